@@ -1,0 +1,25 @@
+//! Thin ractor shells around the pure protocols: I/O, timers, supervision.
+//!
+//! One node's actor tree and its data path:
+//!
+//! ```text
+//! NodeSupervisor ──┬─ Transport ─ quinn endpoint, one connection per neighbour
+//!                  ├─ Topology  ─ chooses the neighbours (full mesh here)
+//!                  ├─ Router    ─ signs, sends, verifies, de-duplicates, delivers
+//!                  └─ AgentSupervisor ─ Agent × n (behaviour chosen by name)
+//!
+//! agent ─RouterHandle::send─▶ router ─sign─▶ PeerTable queue ─▶ writer task ─QUIC─▶
+//! reader task ─decode─▶ router ─verify, window─▶ agent inbox
+//! ```
+//!
+//! State that must survive a child's restart (peer queues, duplicate windows,
+//! the agent directory, counters) lives in the node's [`context::NodeContext`],
+//! which the supervisor owns and hands to every incarnation of every child.
+
+pub mod agent;
+pub mod context;
+pub mod node;
+pub mod router;
+pub mod supervisor;
+pub mod topology;
+pub mod transport;

@@ -1,0 +1,307 @@
+//! A node's root supervisor and the function that starts a node.
+//!
+//! [`start_node`] binds nothing itself: it is given a bound UDP socket, makes
+//! the QUIC endpoint and the node's [`NodeContext`], and spawns the
+//! [`NodeSupervisor`], which starts Transport, Topology and Router at once
+//! and the AgentSupervisor when every neighbour is connected (or after
+//! `supervision.agents_start_timeout_ms`, whichever comes first).
+//!
+//! Escalation: a child that ends unexpectedly is restarted after a jittered
+//! backoff while the node's restart budget lasts (`[supervision]` in the
+//! config; by default 5 restarts in 10 s). The AgentSupervisor has a budget of
+//! its own for agents; when that is spent it fails, and the node supervisor
+//! restarts it (with all its agents) from the node's budget. When the node's
+//! budget is spent, the node supervisor fails and the node stops; the process
+//! running it reports the failure and exits non-zero.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::Semaphore;
+
+use crate::config::ClusterConfig;
+use crate::metrics::NodeMetrics;
+use crate::tls::{NodeCertificate, PinnedKeys};
+
+use super::agent::{AgentSupervisor, AgentSupervisorMsg};
+use super::context::{unix_micros, NodeContext, PeerTable, RouterMemory, Slot};
+use super::router::Router;
+use super::supervisor::Children;
+use super::topology::Topology;
+use super::transport::{quic_server_config, Transport};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChildKind {
+    Transport,
+    Topology,
+    Router,
+    AgentSupervisor,
+}
+
+pub enum NodeMsg {
+    /// Every neighbour is connected.
+    NeighboursUp,
+    /// Start the agents if they are not running yet.
+    StartAgents,
+    Restart(ChildKind),
+    /// Agents stop generating load; deliveries continue.
+    Quiesce,
+    /// Stop everything in order; answers when done.
+    Shutdown(RpcReplyPort<()>),
+}
+
+/// FNV-1a of `text`: a stable hash for deriving per-name seeds.
+pub fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// What a node needs to start.
+pub struct NodeSpec {
+    pub config: Arc<ClusterConfig>,
+    pub node_id: String,
+    pub key: SigningKey,
+    pub node_keys: HashMap<String, VerifyingKey>,
+    pub node_addresses: HashMap<String, SocketAddr>,
+    /// Already bound to this node's listen address.
+    pub socket: std::net::UdpSocket,
+}
+
+/// A running node.
+pub struct NodeHandle {
+    pub id: String,
+    pub supervisor: ActorRef<NodeMsg>,
+    pub join: JoinHandle<()>,
+    pub context: Arc<NodeContext>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("node {node}: {reason}")]
+    Node { node: String, reason: String },
+}
+
+pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
+    let node = spec.node_id.clone();
+    let fail = |reason: String| StartError::Node {
+        node: node.clone(),
+        reason,
+    };
+    crate::tls::install_crypto_provider();
+    let certificate = NodeCertificate::new(&spec.key).map_err(|error| fail(error.to_string()))?;
+    let pinned = PinnedKeys::new(spec.node_keys.iter().map(|(id, key)| (id.clone(), *key)));
+    let server = quic_server_config(&certificate, pinned, &spec.config.transport)
+        .map_err(|error| fail(error.to_string()))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        spec.socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|error| fail(format!("cannot open the QUIC endpoint: {error}")))?;
+    let agent_nodes = spec
+        .config
+        .agents
+        .iter()
+        .map(|agent| (agent.name.clone(), agent.node.clone()))
+        .collect();
+    let context = Arc::new(NodeContext {
+        router_queue: Arc::new(Semaphore::new(spec.config.limits.router_queue_max)),
+        config: spec.config,
+        node_id: spec.node_id,
+        key: spec.key,
+        node_keys: spec.node_keys,
+        node_addresses: spec.node_addresses,
+        agent_nodes,
+        metrics: Arc::new(NodeMetrics::default()),
+        peers: PeerTable::default(),
+        agents: DashMap::new(),
+        agent_stats: DashMap::new(),
+        neighbours: RwLock::new(Vec::new()),
+        node: Slot::default(),
+        router: Slot::default(),
+        transport: Slot::default(),
+        // Starting at the wall clock keeps a restarted process's sequence
+        // numbers above those it used before, so peers' windows admit them
+        // (as long as it sent fewer than one envelope per microsecond).
+        router_memory: Mutex::new(RouterMemory {
+            next_sequence: unix_micros(),
+            windows: HashMap::new(),
+        }),
+        endpoint,
+        certificate,
+    });
+    let (supervisor, join) = Actor::spawn(None, NodeSupervisor, context.clone())
+        .await
+        .map_err(|error| fail(format!("cannot start the node supervisor: {error}")))?;
+    Ok(NodeHandle {
+        id: node,
+        supervisor,
+        join,
+        context,
+    })
+}
+
+impl NodeHandle {
+    /// Stops the node in order and waits for it.
+    pub async fn shutdown(self) {
+        let _ = self
+            .supervisor
+            .call(NodeMsg::Shutdown, Some(Duration::from_secs(10)))
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.join).await;
+    }
+
+    /// True while the node supervisor runs (false after an escalation).
+    pub fn is_running(&self) -> bool {
+        !self.join.is_finished()
+    }
+}
+
+pub struct NodeSupervisor;
+
+pub struct NodeState {
+    context: Arc<NodeContext>,
+    children: Children<ChildKind>,
+    agent_supervisor: Option<ActorRef<AgentSupervisorMsg>>,
+    quiesced: bool,
+}
+
+impl NodeState {
+    async fn spawn(
+        &mut self,
+        myself: &ActorRef<NodeMsg>,
+        kind: ChildKind,
+    ) -> Result<(), ActorProcessingErr> {
+        let context = self.context.clone();
+        let supervisor = myself.get_cell();
+        let id = match kind {
+            ChildKind::Transport => Actor::spawn_linked(None, Transport, context, supervisor)
+                .await?
+                .0
+                .get_id(),
+            ChildKind::Topology => Actor::spawn_linked(None, Topology, context, supervisor)
+                .await?
+                .0
+                .get_id(),
+            ChildKind::Router => Actor::spawn_linked(None, Router, context, supervisor)
+                .await?
+                .0
+                .get_id(),
+            ChildKind::AgentSupervisor => {
+                let (agents, _) =
+                    Actor::spawn_linked(None, AgentSupervisor, context, supervisor).await?;
+                if self.quiesced {
+                    let _ = agents.cast(AgentSupervisorMsg::Quiesce);
+                }
+                let id = agents.get_id();
+                self.agent_supervisor = Some(agents);
+                id
+            }
+        };
+        self.children.insert(id, kind);
+        Ok(())
+    }
+
+    async fn shutdown(&mut self, myself: &ActorRef<NodeMsg>) {
+        self.children.stopping = true;
+        if let Some(agents) = self.agent_supervisor.take() {
+            let _ = agents
+                .call(AgentSupervisorMsg::StopAgents, Some(Duration::from_secs(5)))
+                .await;
+        }
+        myself
+            .stop_children_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+        self.context.endpoint.close(
+            quinn::VarInt::from_u32(super::transport::CLOSE_SHUTDOWN),
+            b"shutdown",
+        );
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), self.context.endpoint.wait_idle()).await;
+    }
+}
+
+impl Actor for NodeSupervisor {
+    type Msg = NodeMsg;
+    type State = NodeState;
+    type Arguments = Arc<NodeContext>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        context: Arc<NodeContext>,
+    ) -> Result<NodeState, ActorProcessingErr> {
+        context.node.set(Some(myself.clone()));
+        let policy = context.config.supervision.restart_policy();
+        let seed = context.config.seed ^ stable_hash(&context.node_id);
+        let children = Children::new(policy, seed, format!("{}/node-supervisor", context.node_id));
+        let mut state = NodeState {
+            context,
+            children,
+            agent_supervisor: None,
+            quiesced: false,
+        };
+        for kind in [ChildKind::Router, ChildKind::Topology, ChildKind::Transport] {
+            state.spawn(&myself, kind).await?;
+        }
+        let wait = Duration::from_millis(state.context.config.supervision.agents_start_timeout_ms);
+        myself.send_after(wait, || NodeMsg::StartAgents);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        message: NodeMsg,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            NodeMsg::NeighboursUp | NodeMsg::StartAgents => {
+                if state.agent_supervisor.is_none() && !state.children.stopping {
+                    tracing::info!(node = %state.context.node_id, "starting agents");
+                    state.spawn(&myself, ChildKind::AgentSupervisor).await?;
+                }
+            }
+            NodeMsg::Restart(kind) => {
+                if !state.children.stopping && !state.children.contains(|child| *child == kind) {
+                    state.spawn(&myself, kind).await?;
+                }
+            }
+            NodeMsg::Quiesce => {
+                state.quiesced = true;
+                if let Some(agents) = &state.agent_supervisor {
+                    let _ = agents.cast(AgentSupervisorMsg::Quiesce);
+                }
+            }
+            NodeMsg::Shutdown(reply) => {
+                state.shutdown(&myself).await;
+                let _ = reply.send(());
+                myself.stop(None);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        event: SupervisionEvent,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some((kind, delay)) = state.children.on_event(&event, &state.context.metrics)? {
+            if kind == ChildKind::AgentSupervisor {
+                state.agent_supervisor = None;
+            }
+            myself.send_after(delay, move || NodeMsg::Restart(kind));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,560 @@
+//! The transport: one QUIC connection per neighbour, mutual TLS with pinned
+//! keys, long-lived unidirectional streams per traffic class, and
+//! length-delimited frames.
+//!
+//! The node with the lower id dials, so two nodes never hold two
+//! connections. Each connection has a bounded send queue (the [`PeerTable`]
+//! entry the router writes to), one writer task and one reader task per
+//! incoming stream. Readers decode and batch frames for the router and wait
+//! when the router's queue is full, so QUIC flow control pushes back on the
+//! sender instead of anything being dropped. A peer that sends a malformed
+//! frame is disconnected and counted.
+//!
+//! All tasks hang off one cancellation token whose guard lives in the
+//! actor's state: when the actor stops or is killed, every task ends and
+//! every connection closes.
+//!
+//! [`PeerTable`]: super::context::PeerTable
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, SinkExt, StreamExt};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, VarInt};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::config::TransportConfig;
+use crate::metrics::NodeMetrics;
+use crate::protocols::supervision::Backoff;
+use crate::protocols::wire::{decode_frame, Frame, StreamHeader, TrafficClass};
+use crate::tls::{self, NodeCertificate, PinnedKeys};
+
+use super::context::{NodeContext, OutboundFrame, PeerLink};
+use super::node::NodeMsg;
+use super::router::RouterMsg;
+
+/// Application close codes, so a peer's log says why it was dropped.
+pub const CLOSE_SHUTDOWN: u32 = 0;
+pub const CLOSE_MALFORMED_FRAME: u32 = 1;
+pub const CLOSE_WRONG_DIALER: u32 = 2;
+pub const CLOSE_REPLACED: u32 = 3;
+
+/// Frames written between two flushes of a stream.
+const WRITE_BATCH_MAX: usize = 64;
+
+pub enum TransportMsg {
+    /// The neighbours to hold connections to.
+    SetNeighbours(Vec<String>),
+    PeerUp(String),
+    PeerDown(String),
+    ConnectedPeers(RpcReplyPort<Vec<String>>),
+}
+
+pub struct Transport;
+
+pub struct TransportState {
+    context: Arc<NodeContext>,
+    token: CancellationToken,
+    /// Cancels every task when the state is dropped, even on kill.
+    _guard: DropGuard,
+    dialers: HashMap<String, CancellationToken>,
+    neighbours: BTreeSet<String>,
+    connected: BTreeSet<String>,
+}
+
+/// The quinn transport parameters from the config.
+pub fn quic_transport_config(config: &TransportConfig) -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_millis(config.keep_alive_ms)));
+    let idle = quinn::IdleTimeout::try_from(Duration::from_millis(config.idle_timeout_ms))
+        .expect("validated idle timeout fits a QUIC varint");
+    transport.max_idle_timeout(Some(idle));
+    Arc::new(transport)
+}
+
+/// The server side of a node's endpoint.
+pub fn quic_server_config(
+    certificate: &NodeCertificate,
+    pinned: PinnedKeys,
+    config: &TransportConfig,
+) -> Result<quinn::ServerConfig, tls::TlsError> {
+    let crypto = QuicServerConfig::try_from(tls::server_config(certificate, pinned)?)
+        .map_err(|error| tls::TlsError::Config(error.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(quic_transport_config(config));
+    Ok(server)
+}
+
+/// The client side for dialing one peer whose key must be `peer_key`.
+pub fn quic_client_config(
+    certificate: &NodeCertificate,
+    pinned: PinnedKeys,
+    config: &TransportConfig,
+) -> Result<quinn::ClientConfig, tls::TlsError> {
+    let crypto = QuicClientConfig::try_from(tls::client_config(certificate, pinned)?)
+        .map_err(|error| tls::TlsError::Config(error.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(quic_transport_config(config));
+    Ok(client)
+}
+
+impl Actor for Transport {
+    type Msg = TransportMsg;
+    type State = TransportState;
+    type Arguments = Arc<NodeContext>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TransportMsg>,
+        context: Arc<NodeContext>,
+    ) -> Result<TransportState, ActorProcessingErr> {
+        context.transport.set(Some(myself.clone()));
+        let token = CancellationToken::new();
+        tokio::spawn(accept_loop(context.clone(), token.clone(), myself));
+        let neighbours = context
+            .neighbours
+            .read()
+            .expect("neighbours lock is never poisoned")
+            .clone();
+        let mut state = TransportState {
+            _guard: token.clone().drop_guard(),
+            context,
+            token,
+            dialers: HashMap::new(),
+            neighbours: BTreeSet::new(),
+            connected: BTreeSet::new(),
+        };
+        state.set_neighbours(neighbours);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<TransportMsg>,
+        message: TransportMsg,
+        state: &mut TransportState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            TransportMsg::SetNeighbours(neighbours) => state.set_neighbours(neighbours),
+            TransportMsg::PeerUp(peer) => {
+                state.connected.insert(peer);
+                if state.neighbours.is_subset(&state.connected) {
+                    if let Some(node) = state.context.node.get() {
+                        let _ = node.cast(NodeMsg::NeighboursUp);
+                    }
+                }
+            }
+            TransportMsg::PeerDown(peer) => {
+                if !state.context.peers.is_connected(&peer) {
+                    state.connected.remove(&peer);
+                }
+            }
+            TransportMsg::ConnectedPeers(reply) => {
+                let _ = reply.send(state.context.peers.connected());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TransportState {
+    fn set_neighbours(&mut self, neighbours: Vec<String>) {
+        self.neighbours = neighbours
+            .into_iter()
+            .filter(|peer| *peer != self.context.node_id)
+            .collect();
+        self.dialers.retain(|peer, token| {
+            let keep = self.neighbours.contains(peer);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        let to_dial: Vec<String> = self
+            .neighbours
+            .iter()
+            .filter(|peer| dials(&self.context.node_id, peer) && !self.dialers.contains_key(*peer))
+            .cloned()
+            .collect();
+        for peer in to_dial {
+            let token = self.token.child_token();
+            self.dialers.insert(peer.clone(), token.clone());
+            let transport = self.context.transport.get();
+            tokio::spawn(dial_loop(self.context.clone(), peer, token, transport));
+        }
+    }
+}
+
+/// The deterministic rule that picks one dialer per pair: the lower id.
+pub fn dials(own_id: &str, peer_id: &str) -> bool {
+    own_id < peer_id
+}
+
+async fn accept_loop(
+    context: Arc<NodeContext>,
+    token: CancellationToken,
+    transport: ActorRef<TransportMsg>,
+) {
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = token.cancelled() => return,
+            incoming = context.endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { return };
+        tokio::spawn(accept_one(
+            context.clone(),
+            incoming,
+            token.clone(),
+            transport.clone(),
+        ));
+    }
+}
+
+async fn accept_one(
+    context: Arc<NodeContext>,
+    incoming: quinn::Incoming,
+    token: CancellationToken,
+    transport: ActorRef<TransportMsg>,
+) {
+    let remote = incoming.remote_address();
+    let refused = |reason: String| {
+        NodeMetrics::count(&context.metrics.counters.handshakes_refused);
+        tracing::warn!(node = %context.node_id, %remote, %reason, "refused incoming connection");
+    };
+    let connection = match incoming.await {
+        Ok(connection) => connection,
+        Err(error) => return refused(format!("handshake failed: {error}")),
+    };
+    let peer = match identify(&context, &connection) {
+        Ok(peer) => peer,
+        Err(reason) => {
+            connection.close(VarInt::from_u32(CLOSE_WRONG_DIALER), reason.as_bytes());
+            return refused(reason);
+        }
+    };
+    if !dials(&peer, &context.node_id) {
+        let reason = format!(
+            "node {peer} dialed, but the lower id ({}) dials",
+            context.node_id
+        );
+        connection.close(VarInt::from_u32(CLOSE_WRONG_DIALER), reason.as_bytes());
+        return refused(reason);
+    }
+    run_connection(context, connection, peer, token, Some(transport)).await;
+}
+
+/// The node id behind a connection's verified certificate.
+fn identify(context: &NodeContext, connection: &Connection) -> Result<String, String> {
+    let identity = connection
+        .peer_identity()
+        .ok_or("peer presented no certificate")?;
+    let chain = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .map_err(|_| "peer identity is not a certificate chain")?;
+    let first = chain
+        .first()
+        .ok_or("peer presented an empty certificate chain")?;
+    PinnedKeys::new(context.node_keys.iter().map(|(id, key)| (id.clone(), *key)))
+        .identify(first)
+        .map_err(|error| error.to_string())
+}
+
+async fn dial_loop(
+    context: Arc<NodeContext>,
+    peer: String,
+    token: CancellationToken,
+    transport: Option<ActorRef<TransportMsg>>,
+) {
+    let config = &context.config.transport;
+    let seed = context.config.seed
+        ^ crate::actors::node::stable_hash(&format!("{}->{peer}", context.node_id));
+    let mut backoff = Backoff::new(
+        config.reconnect_backoff_min_ms,
+        config.reconnect_backoff_max_ms,
+        seed,
+    );
+    let client = match (
+        context.node_keys.get(&peer),
+        context.node_addresses.get(&peer),
+    ) {
+        (Some(key), Some(_)) => {
+            let pinned = PinnedKeys::new([(peer.clone(), *key)]);
+            quic_client_config(&context.certificate, pinned, config)
+        }
+        _ => {
+            tracing::error!(node = %context.node_id, %peer, "neighbour has no key or address in the config");
+            return;
+        }
+    };
+    let client = match client {
+        Ok(client) => client,
+        Err(error) => {
+            return tracing::error!(node = %context.node_id, %peer, %error, "cannot build client TLS")
+        }
+    };
+    let address = context.node_addresses[&peer];
+    while !token.is_cancelled() {
+        match connect(&context, &client, address, &token).await {
+            Ok(connection) => {
+                backoff.reset();
+                run_connection(
+                    context.clone(),
+                    connection,
+                    peer.clone(),
+                    token.clone(),
+                    transport.clone(),
+                )
+                .await;
+            }
+            Err(reason) => tracing::debug!(node = %context.node_id, %peer, %reason, "dial failed"),
+        }
+        let delay = Duration::from_millis(backoff.next_delay_ms());
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn connect(
+    context: &NodeContext,
+    client: &quinn::ClientConfig,
+    address: std::net::SocketAddr,
+    token: &CancellationToken,
+) -> Result<Connection, String> {
+    let started = Instant::now();
+    let connecting = context
+        .endpoint
+        .connect_with(client.clone(), address, tls::SERVER_NAME)
+        .map_err(|error| error.to_string())?;
+    let timeout = Duration::from_millis(context.config.transport.connect_timeout_ms);
+    let connection = tokio::select! {
+        biased;
+        _ = token.cancelled() => return Err("cancelled".into()),
+        result = tokio::time::timeout(timeout, connecting) => match result {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => return Err(format!("no handshake within {} ms", timeout.as_millis())),
+        },
+    };
+    context
+        .metrics
+        .record_connection_setup(started.elapsed().as_micros() as u64);
+    Ok(connection)
+}
+
+/// Why a connection ended.
+enum Ending {
+    Closed,
+    Malformed(String),
+}
+
+/// Serves one established connection until it closes or is cancelled.
+async fn run_connection(
+    context: Arc<NodeContext>,
+    connection: Connection,
+    peer: String,
+    token: CancellationToken,
+    transport: Option<ActorRef<TransportMsg>>,
+) {
+    let counters = &context.metrics.counters;
+    let connection_id = connection.stable_id();
+    let (queue, outbound) = mpsc::channel(context.config.transport.peer_send_queue_max);
+    context.peers.insert(
+        &peer,
+        PeerLink {
+            connection_id,
+            queue,
+        },
+    );
+    NodeMetrics::count(&counters.connections_established);
+    tracing::info!(node = %context.node_id, %peer, remote = %connection.remote_address(), "connected");
+    if let Some(transport) = &transport {
+        let _ = transport.cast(TransportMsg::PeerUp(peer.clone()));
+    }
+    let ending = tokio::select! {
+        biased;
+        _ = token.cancelled() => {
+            connection.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+            Ending::Closed
+        }
+        _ = write_frames(&connection, outbound) => Ending::Closed,
+        ending = read_streams(&context, &connection, &peer) => ending,
+    };
+    if let Ending::Malformed(reason) = &ending {
+        NodeMetrics::count(&counters.peers_closed_malformed);
+        tracing::warn!(node = %context.node_id, %peer, %reason, "peer sent a malformed frame; disconnecting");
+        connection.close(VarInt::from_u32(CLOSE_MALFORMED_FRAME), reason.as_bytes());
+    }
+    context.peers.remove_if_current(&peer, connection_id);
+    NodeMetrics::count(&counters.connections_lost);
+    tracing::info!(node = %context.node_id, %peer, reason = ?connection.close_reason(), "disconnected");
+    if let Some(transport) = &transport {
+        let _ = transport.cast(TransportMsg::PeerDown(peer));
+    }
+}
+
+fn frame_codec(frame_bytes_max: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(frame_bytes_max)
+        .new_codec()
+}
+
+type StreamWriter = FramedWrite<quinn::SendStream, LengthDelimitedCodec>;
+
+/// Drains the peer's send queue into one stream per traffic class, flushing
+/// after each batch. Returns when the queue closes or the connection fails.
+async fn write_frames(connection: &Connection, mut outbound: mpsc::Receiver<OutboundFrame>) {
+    let mut streams: [Option<StreamWriter>; 4] = Default::default();
+    let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
+    while outbound.recv_many(&mut batch, WRITE_BATCH_MAX).await > 0 {
+        let mut dirty = [false; 4];
+        for (class, bytes) in batch.drain(..) {
+            let Some(stream) = stream_for(connection, &mut streams, class).await else {
+                return;
+            };
+            if stream.feed(bytes).await.is_err() {
+                return;
+            }
+            dirty[class.index()] = true;
+        }
+        for (stream, dirty) in streams.iter_mut().zip(dirty) {
+            if let (Some(stream), true) = (stream, dirty) {
+                if SinkExt::<bytes::Bytes>::flush(stream).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn stream_for<'s>(
+    connection: &Connection,
+    streams: &'s mut [Option<StreamWriter>; 4],
+    class: TrafficClass,
+) -> Option<&'s mut StreamWriter> {
+    let slot = &mut streams[class.index()];
+    if slot.is_none() {
+        let mut stream = connection.open_uni().await.ok()?;
+        stream
+            .write_all(&StreamHeader { class }.encode())
+            .await
+            .ok()?;
+        // The writer never sends more than the peer accepts.
+        *slot = Some(FramedWrite::new(stream, frame_codec(usize::MAX >> 1)));
+    }
+    slot.as_mut()
+}
+
+/// Accepts the peer's streams and reads each in its own task.
+async fn read_streams(context: &Arc<NodeContext>, connection: &Connection, peer: &str) -> Ending {
+    let mut readers = JoinSet::new();
+    loop {
+        tokio::select! {
+            stream = connection.accept_uni() => match stream {
+                Ok(stream) => {
+                    readers.spawn(read_stream(context.clone(), stream, peer.to_string()));
+                }
+                Err(_) => return Ending::Closed,
+            },
+            Some(result) = readers.join_next() => {
+                if let Ok(Err(reason)) = result {
+                    return Ending::Malformed(reason);
+                }
+            }
+        }
+    }
+}
+
+/// Reads one stream's frames and hands them to the router in batches.
+/// Returns `Err` with a reason when the peer sent something malformed.
+async fn read_stream(
+    context: Arc<NodeContext>,
+    mut stream: quinn::RecvStream,
+    peer: String,
+) -> Result<(), String> {
+    let counters = &context.metrics.counters;
+    let malformed = |reason: String| {
+        NodeMetrics::count(&counters.frames_malformed);
+        reason
+    };
+    let mut header = [0u8; StreamHeader::BYTES];
+    if stream.read_exact(&mut header).await.is_err() {
+        return Ok(());
+    }
+    StreamHeader::decode(header).map_err(|error| malformed(error.to_string()))?;
+    let batch_max = context.config.transport.receive_batch_max;
+    let mut frames = FramedRead::new(
+        stream,
+        frame_codec(context.config.transport.frame_bytes_max),
+    );
+    loop {
+        let mut batch = Vec::new();
+        let mut next = frames.next().await;
+        loop {
+            let bytes = match next {
+                None => break,
+                Some(Ok(bytes)) => bytes,
+                Some(Err(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
+                    return Err(malformed(error.to_string()));
+                }
+                Some(Err(_)) => break,
+            };
+            counters
+                .frames_received
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            counters
+                .bytes_received
+                .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            match decode_frame(&bytes).map_err(|error| malformed(error.to_string()))? {
+                Frame::Envelope(envelope) => batch.push(envelope),
+            }
+            if batch.len() >= batch_max {
+                break;
+            }
+            // Take what is already buffered without waiting for more.
+            match frames.next().now_or_never() {
+                Some(item) => next = item,
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        hand_to_router(&context, batch, &peer).await;
+    }
+}
+
+/// Waits for room in the router's queue (pushing back on the peer while it
+/// is full) and hands the batch over.
+async fn hand_to_router(
+    context: &NodeContext,
+    envelopes: Vec<crate::protocols::wire::Envelope>,
+    peer: &str,
+) {
+    let Ok(permit) = context.router_queue.clone().acquire_owned().await else {
+        return;
+    };
+    let mut message = RouterMsg::Inbound { envelopes, permit };
+    loop {
+        match context.router.get() {
+            Some(router) => match router.cast(message) {
+                Ok(()) => return,
+                Err(ractor::MessagingErr::SendErr(returned)) => message = returned,
+                Err(_) => return,
+            },
+            None => {}
+        }
+        // The router is restarting; its supervisor brings it back shortly.
+        tracing::trace!(node = %context.node_id, %peer, "router unavailable; waiting");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,434 @@
+//! Starting nodes from a config: all of them in this process (`agentmesh
+//! up`, tests, benchmarks) or one of them (`agentmesh node`), and reading
+//! their combined figures.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::actors::node::{start_node, NodeHandle, NodeMsg, NodeSpec};
+use crate::config::ClusterConfig;
+use crate::identity;
+use crate::metrics::{CounterValues, LatencySummary};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("node {node}: cannot listen on {address}: {source}")]
+    Bind {
+        node: String,
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("node {node}: {reason}")]
+    Key { node: String, reason: String },
+    #[error("no node has id {0:?} in the config")]
+    UnknownNode(String),
+    #[error("node {node}: listen port 0 only works when every node runs in one process (agentmesh up); give node {node} a fixed port")]
+    PortZero { node: String },
+    #[error(transparent)]
+    Start(#[from] crate::actors::node::StartError),
+}
+
+/// Private keys for every node: read from their key files when the config
+/// lists keys, otherwise made in memory for this run.
+fn keys_for_all(config: &ClusterConfig) -> Result<HashMap<String, SigningKey>, ClusterError> {
+    config
+        .nodes
+        .iter()
+        .map(|node| {
+            let key = match (&node.public_key, &node.key_file) {
+                (None, _) => identity::generate_key(),
+                (Some(public), Some(path)) => read_matching_key(&node.id, path, public)?,
+                (Some(_), None) => {
+                    let reason = "the config lists public keys, so running every node here needs each node's key_file".to_string();
+                    return Err(ClusterError::Key { node: node.id.clone(), reason });
+                }
+            };
+            Ok((node.id.clone(), key))
+        })
+        .collect()
+}
+
+fn read_matching_key(
+    node: &str,
+    path: &std::path::Path,
+    public: &VerifyingKey,
+) -> Result<SigningKey, ClusterError> {
+    let key = identity::read_key_file(path).map_err(|error| ClusterError::Key {
+        node: node.into(),
+        reason: error.to_string(),
+    })?;
+    if key.verifying_key() != *public {
+        let reason = format!(
+            "the key in {} does not match the node's public_key in the config",
+            path.display()
+        );
+        return Err(ClusterError::Key {
+            node: node.into(),
+            reason,
+        });
+    }
+    Ok(key)
+}
+
+fn bind(node: &str, address: std::net::SocketAddr) -> Result<std::net::UdpSocket, ClusterError> {
+    std::net::UdpSocket::bind(address).map_err(|source| ClusterError::Bind {
+        node: node.into(),
+        address,
+        source,
+    })
+}
+
+/// Every node of a config, running in this process.
+pub struct LocalCluster {
+    pub config: Arc<ClusterConfig>,
+    pub nodes: Vec<NodeHandle>,
+    pub started: Instant,
+}
+
+impl LocalCluster {
+    /// Binds every node's socket (learning the ports of `:0` addresses), then
+    /// starts every node.
+    pub async fn start(config: ClusterConfig) -> Result<LocalCluster, ClusterError> {
+        let started = Instant::now();
+        let keys = keys_for_all(&config)?;
+        let mut sockets = Vec::with_capacity(config.nodes.len());
+        let mut addresses = HashMap::new();
+        for node in &config.nodes {
+            let socket = bind(&node.id, node.listen)?;
+            let local = socket.local_addr().map_err(|source| ClusterError::Bind {
+                node: node.id.clone(),
+                address: node.listen,
+                source,
+            })?;
+            addresses.insert(node.id.clone(), local);
+            sockets.push(socket);
+        }
+        let node_keys: HashMap<String, VerifyingKey> = keys
+            .iter()
+            .map(|(id, key)| (id.clone(), key.verifying_key()))
+            .collect();
+        let config = Arc::new(config);
+        let mut nodes = Vec::with_capacity(config.nodes.len());
+        for (node, socket) in config.nodes.iter().zip(sockets) {
+            let spec = NodeSpec {
+                config: config.clone(),
+                node_id: node.id.clone(),
+                key: keys[&node.id].clone(),
+                node_keys: node_keys.clone(),
+                node_addresses: addresses.clone(),
+                socket,
+            };
+            nodes.push(start_node(spec).await?);
+        }
+        Ok(LocalCluster {
+            config,
+            nodes,
+            started,
+        })
+    }
+
+    pub fn node(&self, id: &str) -> Option<&NodeHandle> {
+        self.nodes.iter().find(|node| node.id == id)
+    }
+
+    /// True when every node holds a connection to every neighbour.
+    pub fn all_links_up(&self) -> bool {
+        self.nodes.iter().all(node_links_up)
+    }
+
+    /// Waits until every link is up, at most `limit`. Returns how long it took.
+    pub async fn wait_for_links(&self, limit: Duration) -> Option<Duration> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.all_links_up() {
+                return Some(self.started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        None
+    }
+
+    pub fn failed_nodes(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|node| !node.is_running())
+            .map(|node| node.id.clone())
+            .collect()
+    }
+
+    /// Agents stop generating load; in-flight messages are still delivered.
+    pub fn quiesce(&self) {
+        for node in &self.nodes {
+            let _ = node.supervisor.cast(NodeMsg::Quiesce);
+        }
+    }
+
+    /// Waits until everything sent was delivered, or dropped with a cause,
+    /// or `limit` passes.
+    pub async fn drain(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let totals = self.totals();
+            if totals.counters.envelopes_delivered + totals.dropped_after_send()
+                >= totals.counters.envelopes_sent
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn totals(&self) -> Totals {
+        Totals::of(self.nodes.iter())
+    }
+
+    pub async fn shutdown(self) {
+        let stops = self.nodes.into_iter().map(|node| node.shutdown());
+        futures::future::join_all(stops).await;
+    }
+}
+
+pub fn node_links_up(node: &NodeHandle) -> bool {
+    let neighbours = node
+        .context
+        .neighbours
+        .read()
+        .expect("neighbours lock is never poisoned")
+        .clone();
+    !neighbours.is_empty()
+        && neighbours
+            .iter()
+            .all(|peer| node.context.peers.is_connected(peer))
+        || node.context.config.nodes.len() == 1
+}
+
+/// Starts the one node `node_id` of `config` in this process, for
+/// multi-host clusters. Its private key comes from `key_file` or the
+/// config's `key_file` for that node.
+pub async fn start_single(
+    config: ClusterConfig,
+    node_id: &str,
+    key_file: Option<&std::path::Path>,
+) -> Result<NodeHandle, ClusterError> {
+    let node = config
+        .nodes
+        .iter()
+        .find(|node| node.id == node_id)
+        .ok_or_else(|| ClusterError::UnknownNode(node_id.into()))?;
+    if let Some(zero) = config.nodes.iter().find(|node| node.listen.port() == 0) {
+        return Err(ClusterError::PortZero {
+            node: zero.id.clone(),
+        });
+    }
+    let missing_keys = || {
+        ClusterError::Key {
+        node: node_id.into(),
+        reason: "every node needs a public_key in the config to run as a separate process (see agentmesh keygen)".into(),
+    }
+    };
+    let public = node.public_key.ok_or_else(missing_keys)?;
+    let path = key_file
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| node.key_file.clone())
+        .ok_or_else(|| ClusterError::Key {
+            node: node_id.into(),
+            reason: "no private key: pass --key FILE or set key_file for this node".into(),
+        })?;
+    let key = read_matching_key(node_id, &path, &public)?;
+    let mut node_keys = HashMap::new();
+    for peer in &config.nodes {
+        node_keys.insert(peer.id.clone(), peer.public_key.ok_or_else(missing_keys)?);
+    }
+    let node_addresses = config
+        .nodes
+        .iter()
+        .map(|node| (node.id.clone(), node.listen))
+        .collect();
+    let socket = bind(node_id, node.listen)?;
+    let spec = NodeSpec {
+        config: Arc::new(config),
+        node_id: node_id.into(),
+        key,
+        node_keys,
+        node_addresses,
+        socket,
+    };
+    Ok(start_node(spec).await?)
+}
+
+/// Counters and histograms summed over nodes.
+pub struct Totals {
+    pub counters: CounterValues,
+    pub latency: Histogram<u64>,
+    pub connection_setup: Histogram<u64>,
+}
+
+impl Totals {
+    pub fn of<'n>(nodes: impl Iterator<Item = &'n NodeHandle>) -> Totals {
+        let mut totals = Totals {
+            counters: CounterValues::default(),
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("static bounds are valid"),
+            connection_setup: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("static bounds are valid"),
+        };
+        for node in nodes {
+            totals.counters.add(&node.context.metrics.counters.values());
+            let histograms = node
+                .context
+                .metrics
+                .histograms
+                .lock()
+                .expect("metrics lock is never poisoned");
+            let _ = totals.latency.add(&histograms.delivery_latency_micros);
+            let _ = totals
+                .connection_setup
+                .add(&histograms.connection_setup_micros);
+        }
+        totals
+    }
+
+    /// Envelopes accepted for sending that were dropped on the way, each
+    /// with a counted cause.
+    pub fn dropped_after_send(&self) -> u64 {
+        let counters = &self.counters;
+        counters.dropped_agent_inbox_full
+            + counters.dropped_agent_missing
+            + counters.dropped_bad_signature
+            + counters.dropped_misrouted
+            + counters.dropped_unknown_origin
+    }
+
+    pub fn refused(&self) -> u64 {
+        let counters = &self.counters;
+        counters.refused_router_busy
+            + counters.refused_queue_full
+            + counters.refused_peer_down
+            + counters.refused_no_route
+            + counters.refused_payload_too_large
+    }
+}
+
+/// The end-of-run figures of `agentmesh up`.
+#[derive(Clone, Debug, Serialize)]
+pub struct UpSummary {
+    pub cluster: String,
+    pub nodes: usize,
+    pub agents: usize,
+    pub topology: String,
+    pub duration_s: f64,
+    /// From start until every overlay link was up.
+    pub links_up_ms: Option<f64>,
+    /// QUIC connections dialed and established (one per overlay link).
+    pub connections: u64,
+    pub connection_setup_ms: LatencySummary,
+    pub sent: u64,
+    pub delivered: u64,
+    /// Sent but neither delivered nor dropped with a counted cause.
+    pub lost: u64,
+    pub dropped: u64,
+    pub refused: u64,
+    pub duplicates_dropped: u64,
+    pub delivered_per_s: f64,
+    pub latency_ms: LatencySummary,
+    pub restarts: u64,
+    pub failed_nodes: Vec<String>,
+    pub counters: CounterValues,
+}
+
+impl UpSummary {
+    pub fn new(
+        cluster: &LocalCluster,
+        totals: &Totals,
+        links_up: Option<Duration>,
+        active: Duration,
+    ) -> UpSummary {
+        let counters = totals.counters.clone();
+        let dropped = totals.dropped_after_send();
+        let accounted = counters.envelopes_delivered + dropped;
+        UpSummary {
+            cluster: cluster.config.name.clone(),
+            nodes: cluster.nodes.len(),
+            agents: cluster.config.agents.len(),
+            topology: cluster.config.topology.kind.name().into(),
+            duration_s: active.as_secs_f64(),
+            links_up_ms: links_up.map(|elapsed| elapsed.as_secs_f64() * 1e3),
+            connections: totals.connection_setup.len(),
+            connection_setup_ms: LatencySummary::of(&totals.connection_setup),
+            sent: counters.envelopes_sent,
+            delivered: counters.envelopes_delivered,
+            lost: counters.envelopes_sent.saturating_sub(accounted),
+            dropped,
+            refused: totals.refused(),
+            duplicates_dropped: counters.dropped_duplicate,
+            delivered_per_s: counters.envelopes_delivered as f64 / active.as_secs_f64().max(1e-9),
+            latency_ms: LatencySummary::of(&totals.latency),
+            restarts: counters.actor_restarts,
+            failed_nodes: cluster.failed_nodes(),
+            counters,
+        }
+    }
+
+    /// Everything sent was delivered and no node failed.
+    pub fn clean(&self) -> bool {
+        self.lost == 0 && self.dropped == 0 && self.failed_nodes.is_empty()
+    }
+
+    pub fn to_text(&self) -> String {
+        let percent = if self.sent == 0 {
+            100.0
+        } else {
+            self.delivered as f64 * 100.0 / self.sent as f64
+        };
+        let links = self.links_up_ms.map_or("not all up".to_string(), |ms| {
+            format!("all up {ms:.0} ms after start")
+        });
+        let c = &self.counters;
+        let l = &self.latency_ms;
+        let s = &self.connection_setup_ms;
+        let mut text = String::new();
+        text += &format!(
+            "agentmesh up: cluster {:?}, {} nodes, {}, {} agents, {:.1} s of load\n",
+            self.cluster, self.nodes, self.topology, self.agents, self.duration_s
+        );
+        text += &format!(
+            "  links      {} QUIC connections, {links}; set-up p50 {:.2} ms, p99 {:.2} ms\n",
+            self.connections, s.p50, s.p99
+        );
+        text += &format!(
+            "  messages   sent {}  delivered {} ({percent:.2} %)  lost {}  dropped {}  duplicates dropped {}\n",
+            self.sent, self.delivered, self.lost, self.dropped, self.duplicates_dropped
+        );
+        text += &format!(
+            "  refused    {} (router busy {}, queue full {}, peer down {}, no route {})\n",
+            self.refused,
+            c.refused_router_busy,
+            c.refused_queue_full,
+            c.refused_peer_down,
+            c.refused_no_route
+        );
+        text += &format!(
+            "  rate       {:.0} signed messages/s delivered\n",
+            self.delivered_per_s
+        );
+        text += &format!(
+            "  latency    mean {:.3} ms  p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3} ms\n",
+            l.mean, l.p50, l.p95, l.p99, l.max
+        );
+        text += &format!(
+            "  restarts   {}  failed nodes {:?}\n",
+            self.restarts, self.failed_nodes
+        );
+        text += if self.clean() {
+            "  result     every sent message was delivered\n"
+        } else {
+            "  result     MESSAGES LOST OR NODES FAILED\n"
+        };
+        text
+    }
+}

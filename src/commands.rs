@@ -1,0 +1,242 @@
+//! What each CLI command does, below argument parsing: `up`, `node`,
+//! `keygen` and `check`. Each returns its exit status.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::cluster::{self, LocalCluster, Totals, UpSummary};
+use crate::config::{self, ClusterConfig};
+use crate::identity;
+
+/// How long `up` waits for every link before starting the clock anyway.
+const LINKS_WAIT_MAX: Duration = Duration::from_secs(30);
+/// How long `up` waits for in-flight messages after the load stops.
+const DRAIN_WAIT_MAX: Duration = Duration::from_secs(10);
+
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<ClusterConfig> {
+    match path {
+        Some(path) => Ok(config::load(path)?),
+        None => Ok(config::embedded_local()),
+    }
+}
+
+pub struct UpOptions {
+    pub config: Option<PathBuf>,
+    pub duration: Duration,
+    pub json: bool,
+}
+
+/// Runs every node of the config here, shows progress, prints a summary.
+/// Exit status 0 only if every sent message was delivered.
+pub async fn up(options: UpOptions) -> anyhow::Result<i32> {
+    let config = load_config(options.config.as_deref())?;
+    let cluster = LocalCluster::start(config)
+        .await
+        .context("starting the cluster")?;
+    let links_up = cluster.wait_for_links(LINKS_WAIT_MAX).await;
+    if links_up.is_none() {
+        tracing::warn!(
+            "not every link came up within {} s; running anyway",
+            LINKS_WAIT_MAX.as_secs()
+        );
+    }
+    let load_started = Instant::now();
+    let interrupted = show_progress(&cluster, options.duration).await;
+    let active = load_started.elapsed();
+    cluster.quiesce();
+    cluster.drain(DRAIN_WAIT_MAX).await;
+    let summary = UpSummary::new(&cluster, &cluster.totals(), links_up, active);
+    cluster.shutdown().await;
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", summary.to_text());
+    }
+    if interrupted {
+        eprintln!("interrupted: stopped early and shut down cleanly");
+    }
+    Ok(if summary.clean() { 0 } else { 1 })
+}
+
+/// Shows live figures until `duration` passes, Ctrl-C, or a node fails.
+/// Returns true if interrupted.
+async fn show_progress(cluster: &LocalCluster, duration: Duration) -> bool {
+    let terminal = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new(duration.as_millis() as u64);
+    if terminal {
+        let style =
+            indicatif::ProgressStyle::with_template("{bar:30} {elapsed:>3} / {len_s} {msg}")
+                .expect("static template is valid");
+        bar.set_style(style.with_key(
+            "len_s",
+            |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = write!(out, "{}s", state.len().unwrap_or(0) / 1_000);
+            },
+        ));
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let started = Instant::now();
+    let mut previous = (Instant::now(), 0u64);
+    let mut last_line = Instant::now();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let interrupted = loop {
+        let remaining = duration.saturating_sub(started.elapsed());
+        if remaining.is_zero() {
+            break false;
+        }
+        tokio::select! {
+            biased;
+            _ = &mut ctrl_c => break true,
+            _ = tokio::time::sleep(remaining.min(Duration::from_millis(500))) => {}
+        }
+        let totals = cluster.totals();
+        let line = progress_line(&totals, &mut previous);
+        bar.set_position(started.elapsed().as_millis() as u64);
+        bar.set_message(line.clone());
+        if !terminal && last_line.elapsed() >= Duration::from_secs(5) {
+            eprintln!("[{:>5.1} s] {line}", started.elapsed().as_secs_f64());
+            last_line = Instant::now();
+        }
+        let failed = cluster.failed_nodes();
+        if !failed.is_empty() {
+            eprintln!("node(s) {failed:?} failed; stopping");
+            break false;
+        }
+    };
+    bar.finish_and_clear();
+    interrupted
+}
+
+fn progress_line(totals: &Totals, previous: &mut (Instant, u64)) -> String {
+    let delivered = totals.counters.envelopes_delivered;
+    let rate = (delivered - previous.1) as f64 / previous.0.elapsed().as_secs_f64().max(1e-3);
+    *previous = (Instant::now(), delivered);
+    let latency = crate::metrics::LatencySummary::of(&totals.latency);
+    format!(
+        "delivered {delivered} ({rate:.0}/s)  p50 {:.2} ms  p99 {:.2} ms  refused {}",
+        latency.p50,
+        latency.p99,
+        totals.refused()
+    )
+}
+
+pub struct NodeOptions {
+    pub config: PathBuf,
+    pub id: String,
+    pub key: Option<PathBuf>,
+    /// Stop after this long (None: until Ctrl-C or SIGTERM).
+    pub duration: Option<Duration>,
+    pub status_interval: Duration,
+}
+
+/// Runs one node until Ctrl-C, SIGTERM or `duration`; prints a JSON status
+/// line to stdout every `status_interval` and once at the end.
+pub async fn node(options: NodeOptions) -> anyhow::Result<i32> {
+    let config = config::load(&options.config)?;
+    let node = cluster::start_single(config, &options.id, options.key.as_deref()).await?;
+    let deadline = options.duration.map(|duration| Instant::now() + duration);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut ticker = tokio::time::interval(options.status_interval);
+    ticker.tick().await;
+    let failed = loop {
+        let until_deadline = deadline.map_or(Duration::MAX, |at| {
+            at.saturating_duration_since(Instant::now())
+        });
+        tokio::select! {
+            biased;
+            _ = tokio::signal::ctrl_c() => break false,
+            _ = terminate.recv() => break false,
+            _ = tokio::time::sleep(until_deadline) => break false,
+            _ = ticker.tick() => {
+                println!("{}", node_status(&node));
+                if !node.is_running() {
+                    break true;
+                }
+            }
+        }
+    };
+    let status = node_status(&node);
+    node.shutdown().await;
+    println!("{status}");
+    Ok(if failed { 1 } else { 0 })
+}
+
+fn node_status(node: &crate::actors::node::NodeHandle) -> String {
+    let totals = Totals::of(std::iter::once(node));
+    let agents: serde_json::Map<String, serde_json::Value> = node
+        .context
+        .agent_stats
+        .iter()
+        .map(|entry| {
+            let stats = entry.value();
+            let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+            let value = serde_json::json!({
+                "sent": load(&stats.sent), "refused": load(&stats.refused),
+                "received_data": load(&stats.received_data), "received_replies": load(&stats.received_replies),
+            });
+            (entry.key().clone(), value)
+        })
+        .collect();
+    serde_json::json!({
+        "node": node.id,
+        "running": node.is_running(),
+        "connected": node.context.peers.connected(),
+        "counters": totals.counters,
+        "latency_ms": crate::metrics::LatencySummary::of(&totals.latency),
+        "agents": agents,
+    })
+    .to_string()
+}
+
+/// Writes a key file per node id into `out` and prints the TOML lines that
+/// give each node its identity. Ids come from `ids`, or from `config`.
+pub fn keygen(out: &Path, ids: &[String], config: Option<&Path>) -> anyhow::Result<i32> {
+    let ids: Vec<String> = match config {
+        Some(path) => config::load(path)?
+            .nodes
+            .into_iter()
+            .map(|node| node.id)
+            .collect(),
+        None => ids.to_vec(),
+    };
+    anyhow::ensure!(
+        !ids.is_empty(),
+        "name at least one node id, or give --config"
+    );
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for id in &ids {
+        let key = identity::generate_key();
+        let path = out.join(format!("{id}.key"));
+        identity::write_key_file(&path, &key)?;
+        println!(
+            "[[nodes]]\nid = {id:?}\npublic_key = {:?}\nkey_file = {:?}\n",
+            identity::public_key_text(&key.verifying_key()),
+            path.display().to_string()
+        );
+    }
+    eprintln!(
+        "wrote {} key file(s) to {}; add each node's listen address to its entry",
+        ids.len(),
+        out.display()
+    );
+    Ok(0)
+}
+
+/// Validates a config without starting anything.
+pub fn check(path: &Path) -> anyhow::Result<i32> {
+    let config = config::load(path)?;
+    println!(
+        "{}: ok: cluster {:?}, {} nodes, {} agents, topology {}",
+        path.display(),
+        config.name,
+        config.nodes.len(),
+        config.agents.len(),
+        config.topology.kind.name()
+    );
+    Ok(0)
+}

@@ -1,0 +1,889 @@
+//! The cluster configuration: the TOML schema, its defaults and its
+//! validation.
+//!
+//! Parsing goes in two steps. Serde reads the file into `raw` structs that
+//! refuse unknown keys; [`validate`] then checks every rule that spans keys
+//! (unique ids, known behaviours, k against the node count, ...) and builds
+//! the [`ClusterConfig`] the rest of the program uses. Every problem found is
+//! reported, each naming the file, the key path and the reason; nothing
+//! starts from a config with any error.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::VerifyingKey;
+use serde::Deserialize;
+
+use crate::identity;
+use crate::protocols::supervision::RestartPolicy;
+use crate::protocols::wire::limits::{FRAME_BYTES_MAX, NAME_BYTES_MAX, PAYLOAD_BYTES_MAX, TTL_MAX};
+
+/// The example cluster that `agentmesh up` runs when given no file.
+pub const EMBEDDED_LOCAL: &str = include_str!("../config/local.toml");
+pub const EMBEDDED_LOCAL_NAME: &str = "config/local.toml (embedded)";
+
+/// Most agents one config may declare, all entries' counts together.
+pub const AGENTS_MAX: usize = 100_000;
+/// Most nodes one config may declare.
+pub const NODES_MAX: usize = 10_000;
+
+/// One problem in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Where the key is, as `section[index].key`.
+    pub key_path: String,
+    pub reason: String,
+}
+
+/// Everything wrong with a config file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.problems.len();
+        write!(
+            formatter,
+            "{}: {count} problem{}",
+            self.file,
+            if count == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.problems {
+            write!(
+                formatter,
+                "\n  {}: {}: {}",
+                self.file, problem.key_path, problem.reason
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Where this config came from, for messages.
+    pub source: String,
+    pub name: String,
+    /// Every random choice in the cluster derives from this.
+    pub seed: u64,
+    pub nodes: Vec<NodeConfig>,
+    pub topology: TopologyConfig,
+    pub transport: TransportConfig,
+    pub limits: LimitsConfig,
+    pub supervision: SupervisionConfig,
+    pub agents: Vec<AgentConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: String,
+    pub listen: SocketAddr,
+    /// None in local runs, where identities are made in memory.
+    pub public_key: Option<VerifyingKey>,
+    /// The private key, for `agentmesh node`; relative paths are resolved
+    /// against the config file's folder.
+    pub key_file: Option<PathBuf>,
+    pub region: Option<String>,
+    pub zone: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TopologyKind {
+    FullMesh,
+    PartialMesh,
+    Ring,
+    Hierarchical,
+    HubSpoke,
+    Sharded,
+}
+
+impl TopologyKind {
+    /// The shapes this version can build.
+    pub const AVAILABLE: [TopologyKind; 1] = [TopologyKind::FullMesh];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TopologyKind::FullMesh => "full-mesh",
+            TopologyKind::PartialMesh => "partial-mesh",
+            TopologyKind::Ring => "ring",
+            TopologyKind::Hierarchical => "hierarchical",
+            TopologyKind::HubSpoke => "hub-spoke",
+            TopologyKind::Sharded => "sharded",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TopologyConfig {
+    pub kind: TopologyKind,
+    /// Neighbours per node, for the shapes that use it.
+    pub k: Option<usize>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportConfig {
+    /// QUIC keep-alive interval; quinn sends none unless told.
+    pub keep_alive_ms: u64,
+    /// A connection silent this long is closed.
+    pub idle_timeout_ms: u64,
+    /// A dial that has not completed its handshake by then is abandoned.
+    pub connect_timeout_ms: u64,
+    pub reconnect_backoff_min_ms: u64,
+    pub reconnect_backoff_max_ms: u64,
+    /// Frames waiting for one peer's connection; a full queue refuses sends.
+    pub peer_send_queue_max: usize,
+    pub frame_bytes_max: usize,
+    /// Decoded frames handed to the router in one message.
+    pub receive_batch_max: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> TransportConfig {
+        TransportConfig {
+            keep_alive_ms: 1_000,
+            idle_timeout_ms: 10_000,
+            connect_timeout_ms: 5_000,
+            reconnect_backoff_min_ms: 50,
+            reconnect_backoff_max_ms: 5_000,
+            peer_send_queue_max: 8_192,
+            frame_bytes_max: FRAME_BYTES_MAX,
+            receive_batch_max: 128,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Messages waiting in a router's mailbox, from agents and the network.
+    pub router_queue_max: usize,
+    /// Deliveries waiting in one agent's mailbox.
+    pub agent_inbox_max: usize,
+    pub payload_bytes_max: usize,
+    /// Hops an envelope may travel.
+    pub ttl: u8,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        LimitsConfig {
+            router_queue_max: 16_384,
+            agent_inbox_max: 4_096,
+            payload_bytes_max: 64 * 1024,
+            ttl: 8,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    /// Restarts a supervisor allows within `restart_window_ms`; one more
+    /// failure escalates to its own supervisor.
+    pub restarts_max: u32,
+    pub restart_window_ms: u64,
+    pub restart_backoff_min_ms: u64,
+    pub restart_backoff_max_ms: u64,
+    /// Agents start when every neighbour is connected, or after this long.
+    pub agents_start_timeout_ms: u64,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> SupervisionConfig {
+        SupervisionConfig {
+            restarts_max: 5,
+            restart_window_ms: 10_000,
+            restart_backoff_min_ms: 10,
+            restart_backoff_max_ms: 1_000,
+            agents_start_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl SupervisionConfig {
+    pub fn restart_policy(&self) -> RestartPolicy {
+        RestartPolicy {
+            restarts_max: self.restarts_max,
+            window_ms: self.restart_window_ms,
+            backoff_min_ms: self.restart_backoff_min_ms,
+            backoff_max_ms: self.restart_backoff_max_ms,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Cluster-unique name, after `{i}` expansion.
+    pub name: String,
+    pub node: String,
+    pub behaviour: BehaviourConfig,
+}
+
+/// A behaviour by name, with its parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BehaviourConfig {
+    /// Answers every data message with a reply carrying the same payload.
+    Echo,
+    Storm(StormConfig),
+}
+
+impl BehaviourConfig {
+    pub const NAMES: [&'static str; 2] = ["echo", "storm"];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            BehaviourConfig::Echo => "echo",
+            BehaviourConfig::Storm(_) => "storm",
+        }
+    }
+}
+
+/// Sends signed messages at a steady rate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StormConfig {
+    /// Messages per second; 0 sends nothing.
+    pub rate: f64,
+    pub payload_bytes: usize,
+    /// Agents to send to, chosen at random for each message. Empty: every
+    /// other agent in the cluster.
+    pub targets: Vec<String>,
+    /// Stop after this many messages (None: until the run ends).
+    pub messages_max: Option<u64>,
+    pub tick_ms: u64,
+}
+
+// ---------------------------------------------------------------------------
+// The raw, serde-facing schema.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: RawCluster,
+    #[serde(default)]
+    nodes: Vec<RawNode>,
+    #[serde(default)]
+    topology: RawTopology,
+    #[serde(default)]
+    transport: TransportConfig,
+    #[serde(default)]
+    limits: LimitsConfig,
+    #[serde(default)]
+    supervision: SupervisionConfig,
+    #[serde(default)]
+    agents: Vec<RawAgent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: String,
+    #[serde(default)]
+    seed: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: String,
+    listen: String,
+    public_key: Option<String>,
+    key_file: Option<PathBuf>,
+    region: Option<String>,
+    zone: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTopology {
+    kind: TopologyKind,
+    k: Option<usize>,
+}
+
+impl Default for RawTopology {
+    fn default() -> RawTopology {
+        RawTopology {
+            kind: TopologyKind::FullMesh,
+            k: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: String,
+    #[serde(default = "one")]
+    count: usize,
+    behaviour: String,
+    node: Option<String>,
+    placement: Option<String>,
+    rate: Option<f64>,
+    payload_bytes: Option<usize>,
+    targets: Option<Vec<String>>,
+    messages_max: Option<u64>,
+    tick_ms: Option<u64>,
+}
+
+fn one() -> usize {
+    1
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+        file: file.clone(),
+        problems: vec![ConfigProblem {
+            key_path: "(file)".into(),
+            reason: error.to_string(),
+        }],
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(&text, &file, &base)
+}
+
+/// The embedded example cluster.
+pub fn embedded_local() -> ClusterConfig {
+    parse(EMBEDDED_LOCAL, EMBEDDED_LOCAL_NAME, Path::new("."))
+        .expect("the embedded config is valid; a test checks it")
+}
+
+/// Parses and validates config text. `file` names it in messages; relative
+/// key files are resolved against `base`.
+pub fn parse(text: &str, file: &str, base: &Path) -> Result<ClusterConfig, ConfigError> {
+    let deserializer = toml::Deserializer::new(text);
+    let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let key_path = match error.path().to_string() {
+            path if path == "." || path.is_empty() => "(top level)".to_string(),
+            path => path,
+        };
+        let inner = error.into_inner();
+        let line = inner.span().map(|span| line_of(text, span.start));
+        let mut reason = inner.message().trim().to_string();
+        if let Some(line) = line {
+            reason.push_str(&format!(" (line {line})"));
+        }
+        ConfigError {
+            file: file.to_string(),
+            problems: vec![ConfigProblem { key_path, reason }],
+        }
+    })?;
+    let mut checker = Checker::default();
+    let config = validate(raw, file, base, &mut checker);
+    if checker.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError {
+            file: file.to_string(),
+            problems: checker.problems,
+        })
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[derive(Default)]
+struct Checker {
+    problems: Vec<ConfigProblem>,
+}
+
+impl Checker {
+    fn fail(&mut self, key_path: impl Into<String>, reason: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            key_path: key_path.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// Fails unless `value` lies in `low..=high`.
+    fn range<T: PartialOrd + fmt::Display>(&mut self, key_path: &str, value: T, low: T, high: T) {
+        if value < low || value > high {
+            self.fail(
+                key_path,
+                format!("{value} is outside the allowed range {low} to {high}"),
+            );
+        }
+    }
+
+    fn name(&mut self, key_path: &str, name: &str) {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+        if name.is_empty() || name.len() > NAME_BYTES_MAX || !name.chars().all(allowed) {
+            self.fail(
+                key_path,
+                format!(
+                    "{name:?} is not a valid name: use 1 to {NAME_BYTES_MAX} letters, digits, '-', '_' or '.'"
+                ),
+            );
+        }
+    }
+}
+
+fn validate(raw: RawConfig, file: &str, base: &Path, checker: &mut Checker) -> ClusterConfig {
+    checker.name("cluster.name", &raw.cluster.name);
+    let nodes = validate_nodes(&raw.nodes, base, checker);
+    let topology = validate_topology(&raw.topology, nodes.len(), checker);
+    validate_transport(&raw.transport, checker);
+    validate_limits(&raw.limits, checker);
+    validate_supervision(&raw.supervision, checker);
+    let agents = validate_agents(&raw.agents, &nodes, &raw.limits, checker);
+    ClusterConfig {
+        source: file.to_string(),
+        name: raw.cluster.name,
+        seed: raw.cluster.seed,
+        nodes,
+        topology,
+        transport: raw.transport,
+        limits: raw.limits,
+        supervision: raw.supervision,
+        agents,
+    }
+}
+
+fn validate_nodes(raw: &[RawNode], base: &Path, checker: &mut Checker) -> Vec<NodeConfig> {
+    if raw.is_empty() {
+        checker.fail("nodes", "the cluster needs at least one [[nodes]] entry");
+    }
+    if raw.len() > NODES_MAX {
+        checker.fail(
+            "nodes",
+            format!("{} nodes exceed the limit of {NODES_MAX}", raw.len()),
+        );
+    }
+    let mut ids = BTreeMap::new();
+    let mut addresses = BTreeMap::new();
+    let mut keys = BTreeMap::new();
+    let mut nodes = Vec::with_capacity(raw.len());
+    for (index, node) in raw.iter().enumerate() {
+        let at = |key: &str| format!("nodes[{index}].{key}");
+        checker.name(&at("id"), &node.id);
+        if let Some(first) = ids.insert(node.id.clone(), index) {
+            checker.fail(
+                at("id"),
+                format!("duplicate node id {:?} (also nodes[{first}])", node.id),
+            );
+        }
+        let listen = match node.listen.parse::<SocketAddr>() {
+            Ok(address) => address,
+            Err(_) => {
+                let reason = format!("{:?} is not an address like 127.0.0.1:7401", node.listen);
+                checker.fail(at("listen"), reason);
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        };
+        if listen.port() != 0 {
+            if let Some(first) = addresses.insert(listen, index) {
+                let reason = format!("duplicate address {listen} (also nodes[{first}])");
+                checker.fail(at("listen"), reason);
+            }
+        }
+        let public_key =
+            node.public_key
+                .as_deref()
+                .and_then(|text| match identity::parse_public_key(text) {
+                    Ok(key) => {
+                        if let Some(first) = keys.insert(key.to_bytes(), index) {
+                            let reason = format!("the same public key as nodes[{first}]");
+                            checker.fail(at("public_key"), reason);
+                        }
+                        Some(key)
+                    }
+                    Err(error) => {
+                        checker.fail(at("public_key"), error.to_string());
+                        None
+                    }
+                });
+        if node.key_file.is_some() && node.public_key.is_none() {
+            checker.fail(
+                at("key_file"),
+                "a key_file needs the node's public_key beside it",
+            );
+        }
+        nodes.push(NodeConfig {
+            id: node.id.clone(),
+            listen,
+            public_key,
+            key_file: node.key_file.as_ref().map(|path| base.join(path)),
+            region: node.region.clone(),
+            zone: node.zone.clone(),
+        });
+    }
+    let keyed = raw.iter().filter(|node| node.public_key.is_some()).count();
+    if keyed != 0 && keyed != raw.len() {
+        checker.fail(
+            "nodes",
+            format!("{keyed} of {} nodes have a public_key: give every node one, or none (identities are then made in memory)", raw.len()),
+        );
+    }
+    nodes
+}
+
+fn validate_topology(
+    raw: &RawTopology,
+    node_count: usize,
+    checker: &mut Checker,
+) -> TopologyConfig {
+    if !TopologyKind::AVAILABLE.contains(&raw.kind) {
+        let available: Vec<_> = TopologyKind::AVAILABLE
+            .iter()
+            .map(|kind| kind.name())
+            .collect();
+        checker.fail(
+            "topology.kind",
+            format!(
+                "{:?} cannot be built by this version; available: {}",
+                raw.kind.name(),
+                available.join(", ")
+            ),
+        );
+    }
+    if let Some(k) = raw.k {
+        if k == 0 {
+            checker.fail("topology.k", "k must be at least 1");
+        } else if k >= node_count.max(1) {
+            checker.fail(
+                "topology.k",
+                format!(
+                    "k = {k} is larger than {node_count} nodes allow (at most {})",
+                    node_count.saturating_sub(1)
+                ),
+            );
+        }
+    }
+    TopologyConfig {
+        kind: raw.kind,
+        k: raw.k,
+    }
+}
+
+fn validate_transport(transport: &TransportConfig, checker: &mut Checker) {
+    checker.range(
+        "transport.keep_alive_ms",
+        transport.keep_alive_ms,
+        10,
+        60_000,
+    );
+    checker.range(
+        "transport.idle_timeout_ms",
+        transport.idle_timeout_ms,
+        100,
+        600_000,
+    );
+    if transport.idle_timeout_ms <= transport.keep_alive_ms {
+        checker.fail(
+            "transport.idle_timeout_ms",
+            format!(
+                "{} must exceed keep_alive_ms ({}), or live connections time out",
+                transport.idle_timeout_ms, transport.keep_alive_ms
+            ),
+        );
+    }
+    checker.range(
+        "transport.connect_timeout_ms",
+        transport.connect_timeout_ms,
+        10,
+        600_000,
+    );
+    checker.range(
+        "transport.reconnect_backoff_min_ms",
+        transport.reconnect_backoff_min_ms,
+        1,
+        60_000,
+    );
+    checker.range(
+        "transport.reconnect_backoff_max_ms",
+        transport.reconnect_backoff_max_ms,
+        transport.reconnect_backoff_min_ms,
+        600_000,
+    );
+    checker.range(
+        "transport.peer_send_queue_max",
+        transport.peer_send_queue_max,
+        1,
+        1_000_000,
+    );
+    checker.range(
+        "transport.frame_bytes_max",
+        transport.frame_bytes_max,
+        1_024,
+        FRAME_BYTES_MAX,
+    );
+    checker.range(
+        "transport.receive_batch_max",
+        transport.receive_batch_max,
+        1,
+        4_096,
+    );
+}
+
+fn validate_limits(limits: &LimitsConfig, checker: &mut Checker) {
+    checker.range(
+        "limits.router_queue_max",
+        limits.router_queue_max,
+        1,
+        1_000_000,
+    );
+    checker.range(
+        "limits.agent_inbox_max",
+        limits.agent_inbox_max,
+        1,
+        1_000_000,
+    );
+    checker.range(
+        "limits.payload_bytes_max",
+        limits.payload_bytes_max,
+        0,
+        PAYLOAD_BYTES_MAX,
+    );
+    checker.range("limits.ttl", limits.ttl, 1, TTL_MAX);
+}
+
+fn validate_supervision(supervision: &SupervisionConfig, checker: &mut Checker) {
+    checker.range(
+        "supervision.restarts_max",
+        supervision.restarts_max,
+        0,
+        1_000,
+    );
+    checker.range(
+        "supervision.restart_window_ms",
+        supervision.restart_window_ms,
+        1,
+        3_600_000,
+    );
+    checker.range(
+        "supervision.restart_backoff_min_ms",
+        supervision.restart_backoff_min_ms,
+        1,
+        60_000,
+    );
+    checker.range(
+        "supervision.restart_backoff_max_ms",
+        supervision.restart_backoff_max_ms,
+        supervision.restart_backoff_min_ms,
+        600_000,
+    );
+    checker.range(
+        "supervision.agents_start_timeout_ms",
+        supervision.agents_start_timeout_ms,
+        0,
+        600_000,
+    );
+}
+
+fn validate_agents(
+    raw: &[RawAgent],
+    nodes: &[NodeConfig],
+    limits: &LimitsConfig,
+    checker: &mut Checker,
+) -> Vec<AgentConfig> {
+    let total: usize = raw.iter().map(|agent| agent.count).sum();
+    if total > AGENTS_MAX {
+        checker.fail(
+            "agents",
+            format!("{total} agents exceed the limit of {AGENTS_MAX}"),
+        );
+        return Vec::new();
+    }
+    let node_ids: BTreeSet<&str> = nodes.iter().map(|node| node.id.as_str()).collect();
+    let mut agents = Vec::with_capacity(total);
+    let mut names = BTreeMap::new();
+    for (index, agent) in raw.iter().enumerate() {
+        let at = |key: &str| format!("agents[{index}].{key}");
+        let Some(behaviour) = validate_behaviour(agent, index, limits, checker) else {
+            continue;
+        };
+        if agent.count == 0 {
+            checker.fail(at("count"), "count must be at least 1");
+        }
+        if agent.count > 1 && !agent.name.contains("{i}") {
+            checker.fail(
+                at("name"),
+                format!(
+                    "{:?} needs \"{{i}}\" in it when count > 1, so names stay unique",
+                    agent.name
+                ),
+            );
+            continue;
+        }
+        if let Some(node) = &agent.node {
+            if !node_ids.contains(node.as_str()) {
+                checker.fail(at("node"), format!("no node has id {node:?}"));
+            }
+            if agent.placement.is_some() {
+                checker.fail(at("placement"), "give either node or placement, not both");
+            }
+        }
+        if let Some(placement) = &agent.placement {
+            if placement != "spread" {
+                checker.fail(
+                    at("placement"),
+                    format!("unknown placement {placement:?}; available: spread"),
+                );
+            }
+        }
+        for instance in 0..agent.count {
+            let name = agent.name.replace("{i}", &instance.to_string());
+            checker.name(&at("name"), &name);
+            if let Some(first) = names.insert(name.clone(), index) {
+                checker.fail(
+                    at("name"),
+                    format!("agent name {name:?} is also made by agents[{first}]"),
+                );
+            }
+            let node = match &agent.node {
+                Some(node) => node.clone(),
+                None if nodes.is_empty() => continue,
+                None => nodes[instance % nodes.len()].id.clone(),
+            };
+            agents.push(AgentConfig {
+                name,
+                node,
+                behaviour: behaviour.clone(),
+            });
+        }
+    }
+    check_targets(raw, &agents, checker);
+    agents
+}
+
+fn validate_behaviour(
+    agent: &RawAgent,
+    index: usize,
+    limits: &LimitsConfig,
+    checker: &mut Checker,
+) -> Option<BehaviourConfig> {
+    let at = |key: &str| format!("agents[{index}].{key}");
+    match agent.behaviour.as_str() {
+        "echo" => {
+            let storm_keys = [
+                ("rate", agent.rate.is_some()),
+                ("payload_bytes", agent.payload_bytes.is_some()),
+                ("targets", agent.targets.is_some()),
+                ("messages_max", agent.messages_max.is_some()),
+                ("tick_ms", agent.tick_ms.is_some()),
+            ];
+            for (key, given) in storm_keys {
+                if given {
+                    checker.fail(at(key), "not used by behaviour \"echo\"");
+                }
+            }
+            Some(BehaviourConfig::Echo)
+        }
+        "storm" => {
+            let storm = StormConfig {
+                rate: agent.rate.unwrap_or(100.0),
+                payload_bytes: agent.payload_bytes.unwrap_or(64),
+                targets: agent.targets.clone().unwrap_or_default(),
+                messages_max: agent.messages_max,
+                tick_ms: agent.tick_ms.unwrap_or(10),
+            };
+            if !storm.rate.is_finite() || storm.rate < 0.0 || storm.rate > 1_000_000.0 {
+                checker.fail(
+                    at("rate"),
+                    format!("{} is not a rate from 0 to 1000000 messages/s", storm.rate),
+                );
+            }
+            if storm.payload_bytes > limits.payload_bytes_max {
+                checker.fail(
+                    at("payload_bytes"),
+                    format!(
+                        "{} exceeds limits.payload_bytes_max ({})",
+                        storm.payload_bytes, limits.payload_bytes_max
+                    ),
+                );
+            }
+            checker.range(&at("tick_ms"), storm.tick_ms, 1, 1_000);
+            Some(BehaviourConfig::Storm(storm))
+        }
+        other => {
+            checker.fail(
+                at("behaviour"),
+                format!(
+                    "unknown behaviour {other:?}; available: {}",
+                    BehaviourConfig::NAMES.join(", ")
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// True if `pattern` (an agent name, or a prefix ending in `*`) names `agent`.
+pub fn target_matches(pattern: &str, agent: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => agent.starts_with(prefix),
+        None => pattern == agent,
+    }
+}
+
+fn check_targets(raw: &[RawAgent], agents: &[AgentConfig], checker: &mut Checker) {
+    for (index, agent) in raw.iter().enumerate() {
+        for (position, pattern) in agent.targets.iter().flatten().enumerate() {
+            if !agents
+                .iter()
+                .any(|candidate| target_matches(pattern, &candidate.name))
+            {
+                checker.fail(
+                    format!("agents[{index}].targets[{position}]"),
+                    format!("{pattern:?} names no agent (use a name, or a prefix ending in '*')"),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_local_config_is_valid() {
+        let config = parse(EMBEDDED_LOCAL, EMBEDDED_LOCAL_NAME, Path::new(".")).unwrap();
+        assert!(config.nodes.len() >= 3);
+        assert!(config
+            .agents
+            .iter()
+            .any(|agent| agent.behaviour.name() == "storm"));
+        assert!(config
+            .agents
+            .iter()
+            .any(|agent| agent.behaviour.name() == "echo"));
+    }
+
+    #[test]
+    fn spread_placement_is_round_robin() {
+        let text = r#"
+            [cluster]
+            name = "t"
+            [[nodes]]
+            id = "a"
+            listen = "127.0.0.1:0"
+            [[nodes]]
+            id = "b"
+            listen = "127.0.0.1:0"
+            [[agents]]
+            name = "e-{i}"
+            count = 3
+            behaviour = "echo"
+        "#;
+        let config = parse(text, "t.toml", Path::new(".")).unwrap();
+        let placed: Vec<_> = config
+            .agents
+            .iter()
+            .map(|a| (a.name.as_str(), a.node.as_str()))
+            .collect();
+        assert_eq!(placed, [("e-0", "a"), ("e-1", "b"), ("e-2", "a")]);
+    }
+}

@@ -1,0 +1,13 @@
+//! agentmesh: a runtime for swarms of cooperating agents spread over many
+//! hosts. See DESIGN.md for the architecture; `actors` draws a node's actor
+//! tree and data path.
+
+pub mod actors;
+pub mod behaviours;
+pub mod cluster;
+pub mod commands;
+pub mod config;
+pub mod identity;
+pub mod metrics;
+pub mod protocols;
+pub mod tls;

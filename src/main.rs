@@ -1,0 +1,155 @@
+//! The `agentmesh` command line: parses arguments, sets up logging, and
+//! calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use agentmesh::commands;
+
+#[derive(Parser)]
+#[command(
+    name = "agentmesh",
+    version,
+    about = "A runtime for swarms of cooperating agents over authenticated QUIC"
+)]
+struct Cli {
+    /// Log line format (logs go to stderr; RUST_LOG sets the level).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every node of a cluster in this process, show progress, print a summary.
+    Up {
+        /// Cluster config (default: the embedded config/local.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// How long to run the load, e.g. 10s, 2m.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one node of a multi-host cluster.
+    Node {
+        #[arg(long)]
+        config: PathBuf,
+        /// The node's id in the config.
+        #[arg(long)]
+        id: String,
+        /// The node's private key file (default: key_file in the config).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Stop after this long (default: run until Ctrl-C or SIGTERM).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// How often to print a JSON status line to stdout.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        status_interval: Duration,
+    },
+    /// Make Ed25519 node keys and print their config entries.
+    Keygen {
+        /// Folder to write <id>.key files to.
+        #[arg(long, default_value = "keys")]
+        out: PathBuf,
+        /// Take the node ids from this config instead of the command line.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Node ids.
+        ids: Vec<String>,
+    },
+    /// Validate a config without starting anything.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|error| format!("{text:?}: {error} (try 10s, 500ms, 2m)"))?;
+    if duration.is_zero() {
+        return Err(format!("{text:?}: a duration must be longer than zero"));
+    }
+    Ok(duration)
+}
+
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Node { .. } => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, default_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Up {
+                config,
+                duration,
+                json,
+            } => {
+                commands::up(commands::UpOptions {
+                    config,
+                    duration,
+                    json,
+                })
+                .await
+            }
+            Command::Node {
+                config,
+                id,
+                key,
+                duration,
+                status_interval,
+            } => {
+                commands::node(commands::NodeOptions {
+                    config,
+                    id,
+                    key,
+                    duration,
+                    status_interval,
+                })
+                .await
+            }
+            Command::Keygen { out, config, ids } => commands::keygen(&out, &ids, config.as_deref()),
+            Command::Check { config } => commands::check(&config),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

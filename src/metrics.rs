@@ -1,0 +1,162 @@
+//! Counters and histograms of one node, shared by its actors.
+//!
+//! Every limit that refuses or drops something moves a counter here, so
+//! nothing is lost silently. Counters are atomics (actors on many threads
+//! bump them); histograms sit behind a mutex that only one actor writes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Every counter of a node.
+        #[derive(Debug, Default)]
+        pub struct Counters { $($(#[$doc])* pub $name: AtomicU64,)* }
+
+        /// The counters' values at one moment.
+        #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+        pub struct CounterValues { $(pub $name: u64,)* }
+
+        impl Counters {
+            pub fn values(&self) -> CounterValues {
+                CounterValues { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl CounterValues {
+            /// Element-wise sum, for cluster totals.
+            pub fn add(&mut self, other: &CounterValues) {
+                $(self.$name += other.$name;)*
+            }
+        }
+    };
+}
+
+counters! {
+    /// Envelopes signed and handed to a connection or a local agent.
+    envelopes_sent,
+    /// Envelopes handed to their destination agent, each exactly once.
+    envelopes_delivered,
+    /// Sends refused: the router's queue was full.
+    refused_router_busy,
+    /// Sends refused: the peer's send queue was full.
+    refused_queue_full,
+    /// Sends refused: no connection to the destination node.
+    refused_peer_down,
+    /// Sends refused: no agent of that name in the directory.
+    refused_no_route,
+    /// Sends refused: payload above limits.payload_bytes_max.
+    refused_payload_too_large,
+    /// Envelopes dropped: signature did not verify.
+    dropped_bad_signature,
+    /// Envelopes dropped: origin not in the cluster config.
+    dropped_unknown_origin,
+    /// Envelopes dropped: already delivered (replay or retransmission).
+    dropped_duplicate,
+    /// Envelopes dropped: older than the duplicate window remembers.
+    dropped_too_old,
+    /// Envelopes dropped: addressed to an agent this node does not host.
+    dropped_misrouted,
+    /// Envelopes dropped: the destination agent's inbox was full.
+    dropped_agent_inbox_full,
+    /// Envelopes dropped: the destination agent was not running.
+    dropped_agent_missing,
+    /// Frames that failed to decode.
+    frames_malformed,
+    /// Connections closed because the peer sent malformed frames.
+    peers_closed_malformed,
+    /// Handshakes refused (unknown key, wrong dialer, bad ALPN, ...).
+    handshakes_refused,
+    connections_established,
+    connections_lost,
+    frames_sent,
+    frames_received,
+    bytes_sent,
+    bytes_received,
+    /// Child actors restarted by a supervisor of this node.
+    actor_restarts,
+    /// Restart budgets spent, each escalated to the next supervisor up.
+    supervisor_escalations,
+}
+
+/// Histograms of a node, in microseconds.
+pub struct Histograms {
+    /// From the origin's signing to delivery to the agent.
+    pub delivery_latency_micros: Histogram<u64>,
+    /// From dialing to a connection ready for streams.
+    pub connection_setup_micros: Histogram<u64>,
+}
+
+impl Default for Histograms {
+    fn default() -> Histograms {
+        let histogram =
+            || Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid");
+        Histograms {
+            delivery_latency_micros: histogram(),
+            connection_setup_micros: histogram(),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct NodeMetrics {
+    pub counters: Counters,
+    pub histograms: Mutex<Histograms>,
+}
+
+impl NodeMetrics {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_latency(&self, micros: u64) {
+        let mut histograms = self
+            .histograms
+            .lock()
+            .expect("metrics lock is never poisoned");
+        histograms
+            .delivery_latency_micros
+            .saturating_record(micros.max(1));
+    }
+
+    pub fn record_connection_setup(&self, micros: u64) {
+        let mut histograms = self
+            .histograms
+            .lock()
+            .expect("metrics lock is never poisoned");
+        histograms
+            .connection_setup_micros
+            .saturating_record(micros.max(1));
+    }
+}
+
+/// Quantiles of a histogram in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl LatencySummary {
+    pub fn of(histogram: &Histogram<u64>) -> LatencySummary {
+        if histogram.is_empty() {
+            return LatencySummary::default();
+        }
+        let millis = |micros: u64| micros as f64 / 1_000.0;
+        LatencySummary {
+            count: histogram.len(),
+            mean: histogram.mean() / 1_000.0,
+            p50: millis(histogram.value_at_quantile(0.50)),
+            p95: millis(histogram.value_at_quantile(0.95)),
+            p99: millis(histogram.value_at_quantile(0.99)),
+            max: millis(histogram.max()),
+        }
+    }
+}

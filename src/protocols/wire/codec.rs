@@ -1,0 +1,141 @@
+//! The byte encoding of everything on the wire: bincode 2.0.1, standard
+//! configuration (little-endian, variable-length integers), with a decode
+//! limit so a length field can never make a reader allocate more than a
+//! frame's worth.
+//!
+//! Encoding is infallible; decoding is fallible and never panics. A stream
+//! starts with a two-byte [`StreamHeader`], then carries length-delimited
+//! frames (the length prefix belongs to the transport's framing codec), each
+//! frame exactly one encoded [`Frame`] with no bytes left over.
+
+use bincode::config::{self, Configuration, Limit};
+use bincode::{Decode, Encode};
+
+use super::envelope::{Envelope, EnvelopeError};
+use super::limits::FRAME_BYTES_MAX;
+
+type WireConfig = Configuration<config::LittleEndian, config::Varint, Limit<FRAME_BYTES_MAX>>;
+
+const fn wire_config() -> WireConfig {
+    config::standard().with_limit::<FRAME_BYTES_MAX>()
+}
+
+/// One message on a stream.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Frame {
+    /// An envelope travelling toward its destination.
+    Envelope(Envelope),
+}
+
+/// The traffic classes, each on its own long-lived unidirectional stream so
+/// that bulk data never queues behind control traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum TrafficClass {
+    Control = 0,
+    Data = 1,
+    Consensus = 2,
+    Bulk = 3,
+}
+
+impl TrafficClass {
+    pub const ALL: [TrafficClass; 4] = [
+        TrafficClass::Control,
+        TrafficClass::Data,
+        TrafficClass::Consensus,
+        TrafficClass::Bulk,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The first bytes of every stream: protocol version, then traffic class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamHeader {
+    pub class: TrafficClass,
+}
+
+/// The stream protocol version this build speaks.
+pub const STREAM_VERSION: u8 = 1;
+
+impl StreamHeader {
+    pub const BYTES: usize = 2;
+
+    pub fn encode(self) -> [u8; Self::BYTES] {
+        [STREAM_VERSION, self.class as u8]
+    }
+
+    pub fn decode(bytes: [u8; Self::BYTES]) -> Result<StreamHeader, DecodeError> {
+        if bytes[0] != STREAM_VERSION {
+            return Err(DecodeError::UnsupportedStreamVersion(bytes[0]));
+        }
+        let class = match bytes[1] {
+            0 => TrafficClass::Control,
+            1 => TrafficClass::Data,
+            2 => TrafficClass::Consensus,
+            3 => TrafficClass::Bulk,
+            other => return Err(DecodeError::UnknownTrafficClass(other)),
+        };
+        Ok(StreamHeader { class })
+    }
+}
+
+/// Why bytes from a peer are not a frame. Every variant means the peer is
+/// broken or hostile: a correct peer never sends any of these.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The frame is longer than FRAME_BYTES_MAX.
+    #[error("frame of {0} bytes exceeds {FRAME_BYTES_MAX}")]
+    FrameTooLarge(usize),
+    /// bincode rejected the bytes: truncated, unknown tag, bad UTF-8, ...
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The frame decoded but bytes were left over.
+    #[error("{0} bytes left over after the frame")]
+    TrailingBytes(usize),
+    /// The frame decoded but its envelope breaks a bound.
+    #[error("invalid envelope: {0}")]
+    InvalidEnvelope(#[from] EnvelopeError),
+    /// The stream header names a version this build does not speak.
+    #[error("unsupported stream version {0}")]
+    UnsupportedStreamVersion(u8),
+    /// The stream header names no known traffic class.
+    #[error("unknown traffic class {0}")]
+    UnknownTrafficClass(u8),
+}
+
+/// Appends the encoding of `value` to `bytes`.
+pub(crate) fn encode_into<T: Encode>(value: &T, bytes: &mut Vec<u8>) {
+    // Writing to a Vec cannot fail and our types have no fallible Encode.
+    bincode::encode_into_std_write(value, bytes, config::standard())
+        .expect("encoding into a Vec is infallible");
+}
+
+/// Encodes one frame.
+pub fn encode_frame(frame: &Frame) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(256);
+    encode_into(frame, &mut bytes);
+    debug_assert!(
+        bytes.len() <= FRAME_BYTES_MAX,
+        "a node must never emit an oversized frame"
+    );
+    bytes
+}
+
+/// Decodes one frame and checks every bound of what it carries.
+pub fn decode_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
+    if bytes.len() > FRAME_BYTES_MAX {
+        return Err(DecodeError::FrameTooLarge(bytes.len()));
+    }
+    let (frame, used): (Frame, usize) = bincode::decode_from_slice(bytes, wire_config())
+        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
+    if used != bytes.len() {
+        return Err(DecodeError::TrailingBytes(bytes.len() - used));
+    }
+    match &frame {
+        Frame::Envelope(envelope) => envelope.validate()?,
+    }
+    Ok(frame)
+}

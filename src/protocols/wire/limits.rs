@@ -1,0 +1,29 @@
+//! Size bounds of everything that crosses the wire.
+//!
+//! A decoder checks these before it trusts a length; an encoder asserts them
+//! so that a node never emits what its peers would refuse.
+
+/// Largest frame a peer may send, in bytes. Large enough for a maximal
+/// envelope with room to spare, small enough that a hostile peer cannot make
+/// a reader buffer much.
+pub const FRAME_BYTES_MAX: usize = 256 * 1024;
+
+/// Largest payload an envelope may carry. Bulk transfers (snapshots) are split
+/// into chunks of at most this size.
+pub const PAYLOAD_BYTES_MAX: usize = 128 * 1024;
+
+/// Longest node or agent name, in bytes of UTF-8.
+pub const NAME_BYTES_MAX: usize = 64;
+
+/// Most hops an envelope may be allowed to travel.
+pub const TTL_MAX: u8 = 32;
+
+/// The envelope format this build speaks.
+pub const ENVELOPE_VERSION: u8 = 1;
+
+/// Bytes of framing and fixed fields around the payload, generously counted:
+/// three names, a destination tag, varint integers and the signature.
+pub const ENVELOPE_OVERHEAD_BYTES_MAX: usize = 3 * (NAME_BYTES_MAX + 10) + 64 + 64;
+
+const _: () = assert!(PAYLOAD_BYTES_MAX + ENVELOPE_OVERHEAD_BYTES_MAX <= FRAME_BYTES_MAX);
+const _: () = assert!(TTL_MAX >= 1);
