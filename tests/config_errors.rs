@@ -1,0 +1,202 @@
+//! `agentmesh check` rejects each kind of broken config with a message that
+//! names the file, the key path and the reason, and exits non-zero.
+
+use std::process::Command;
+
+const GOOD: &str = r#"
+[cluster]
+name = "t"
+[[nodes]]
+id = "n1"
+listen = "127.0.0.1:7401"
+[[nodes]]
+id = "n2"
+listen = "127.0.0.1:7402"
+[[agents]]
+name = "echo-{i}"
+count = 2
+behaviour = "echo"
+"#;
+
+fn check(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text)
+}
+
+fn assert_rejected(text: &str, key_path: &str, reason: &str) {
+    let (code, output) = check(text);
+    assert_ne!(code, 0, "accepted:\n{text}");
+    assert!(output.contains("cluster.toml"), "names no file: {output}");
+    assert!(
+        output.contains(key_path),
+        "names no key path {key_path:?}: {output}"
+    );
+    assert!(
+        output.contains(reason),
+        "gives no reason {reason:?}: {output}"
+    );
+}
+
+#[test]
+fn a_good_config_passes() {
+    let (code, output) = check(GOOD);
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("ok"));
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    assert_rejected(
+        &GOOD.replace("name = \"t\"", "name = \"t\"\ncolour = \"red\""),
+        "cluster",
+        "unknown field `colour`",
+    );
+    assert_rejected(
+        &GOOD.replace("id = \"n2\"", "id = \"n2\"\nlisten_on = 1"),
+        "nodes[1]",
+        "unknown field `listen_on`",
+    );
+}
+
+#[test]
+fn duplicate_node_ids_and_addresses_are_errors() {
+    assert_rejected(
+        &GOOD.replace("id = \"n2\"", "id = \"n1\""),
+        "nodes[1].id",
+        "duplicate node id",
+    );
+    assert_rejected(
+        &GOOD.replace("7402", "7401"),
+        "nodes[1].listen",
+        "duplicate address",
+    );
+}
+
+#[test]
+fn bad_addresses_are_errors() {
+    assert_rejected(
+        &GOOD.replace("127.0.0.1:7402", "localhost"),
+        "nodes[1].listen",
+        "not an address",
+    );
+}
+
+#[test]
+fn unknown_behaviours_are_errors() {
+    assert_rejected(
+        &GOOD.replace("behaviour = \"echo\"", "behaviour = \"dance\""),
+        "agents[0].behaviour",
+        "unknown behaviour \"dance\"",
+    );
+}
+
+#[test]
+fn k_larger_than_the_node_count_allows_is_an_error() {
+    assert_rejected(
+        &format!("{GOOD}\n[topology]\nkind = \"full-mesh\"\nk = 5\n"),
+        "topology.k",
+        "larger than 2 nodes allow",
+    );
+}
+
+#[test]
+fn unknown_topology_kinds_and_unavailable_ones_are_errors() {
+    assert_rejected(
+        &format!("{GOOD}\n[topology]\nkind = \"star\"\n"),
+        "topology.kind",
+        "unknown variant `star`",
+    );
+    assert_rejected(
+        &format!("{GOOD}\n[topology]\nkind = \"ring\"\n"),
+        "topology.kind",
+        "cannot be built",
+    );
+}
+
+#[test]
+fn agent_errors_name_the_agent_entry() {
+    assert_rejected(
+        &GOOD.replace("count = 2", "count = 2\nnode = \"n9\""),
+        "agents[0].node",
+        "no node has id \"n9\"",
+    );
+    assert_rejected(
+        &GOOD.replace("echo-{i}", "echo"),
+        "agents[0].name",
+        "needs \"{i}\"",
+    );
+    assert_rejected(
+        &GOOD.replace("count = 2", "count = 2\nrate = 5"),
+        "agents[0].rate",
+        "not used by behaviour \"echo\"",
+    );
+    let storm = "\n[[agents]]\nname = \"s\"\nbehaviour = \"storm\"\ntargets = [\"nobody\"]\n";
+    assert_rejected(
+        &format!("{GOOD}{storm}"),
+        "agents[1].targets[0]",
+        "names no agent",
+    );
+}
+
+#[test]
+fn bad_keys_and_limits_are_errors() {
+    assert_rejected(
+        &GOOD.replace("id = \"n2\"", "id = \"n2\"\npublic_key = \"xyz\""),
+        "nodes[1].public_key",
+        "not base64",
+    );
+    assert_rejected(
+        &format!("{GOOD}\n[limits]\nttl = 0\n"),
+        "limits.ttl",
+        "outside the allowed range",
+    );
+    assert_rejected(
+        &format!("{GOOD}\n[transport]\nkeep_alive_ms = 5000\nidle_timeout_ms = 1000\n"),
+        "transport.idle_timeout_ms",
+        "must exceed keep_alive_ms",
+    );
+}
+
+#[test]
+fn toml_syntax_errors_give_a_line() {
+    assert_rejected(
+        &GOOD.replace("[cluster]", "[cluster"),
+        "(top level)",
+        "line 2",
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let broken = GOOD
+        .replace("id = \"n2\"", "id = \"n1\"")
+        .replace("behaviour = \"echo\"", "behaviour = \"dance\"");
+    let (code, output) = check(&broken);
+    assert_ne!(code, 0);
+    assert!(output.contains("2 problems"), "{output}");
+}
+
+#[test]
+fn a_missing_file_is_an_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .args(["check", "--config", "/nonexistent/c.toml"])
+        .output()
+        .unwrap();
+    assert_ne!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/c.toml"));
+}
+
+#[test]
+fn the_embedded_default_and_shipped_examples_pass() {
+    let (code, output) = check(include_str!("../config/local.toml"));
+    assert_eq!(code, 0, "{output}");
+}
