@@ -118,7 +118,8 @@ fn hop_count_is_not_signed_but_bounded_by_ttl() {
 fn changing_any_signed_field_fails_verification() {
     let signer = key(9);
     let envelope = Envelope::sign(sample(1), &signer);
-    let tamperings: [(&str, fn(&mut SignedFields)); 9] = [
+    type Tampering = (&'static str, fn(&mut SignedFields));
+    let tamperings: [Tampering; 9] = [
         ("version", |s| s.version = 2),
         ("kind", |s| s.kind = EnvelopeKind::Reply),
         ("origin_node", |s| s.origin_node.push('x')),

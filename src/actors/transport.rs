@@ -545,13 +545,12 @@ async fn hand_to_router(
     };
     let mut message = RouterMsg::Inbound { envelopes, permit };
     loop {
-        match context.router.get() {
-            Some(router) => match router.cast(message) {
+        if let Some(router) = context.router.get() {
+            match router.cast(message) {
                 Ok(()) => return,
                 Err(ractor::MessagingErr::SendErr(returned)) => message = returned,
                 Err(_) => return,
-            },
-            None => {}
+            }
         }
         // The router is restarting; its supervisor brings it back shortly.
         tracing::trace!(node = %context.node_id, %peer, "router unavailable; waiting");

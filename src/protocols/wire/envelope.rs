@@ -208,7 +208,7 @@ pub fn verify_batch<'k>(
         if results[index].is_err() {
             continue;
         }
-        let verified = keys[known].verify(&message_slices[known], &signatures[known]);
+        let verified = keys[known].verify(message_slices[known], &signatures[known]);
         if verified.is_err() {
             results[index] = Err(VerifyError::BadSignature);
         }
