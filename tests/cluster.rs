@@ -186,6 +186,10 @@ async fn dial(
     Ok(connection)
 }
 
+async fn shutdown_all(nodes: Vec<NodeHandle>) {
+    futures::future::join_all(nodes.into_iter().map(NodeHandle::shutdown)).await;
+}
+
 async fn storm_to_echo_flows(nodes: &[NodeHandle]) {
     let before = stat(&nodes[1], "echo", |s| &s.received_data);
     wait_until("the storm on b1 still reaches the echo on c2", || {
@@ -232,9 +236,7 @@ async fn a_node_whose_key_is_not_in_the_config_cannot_connect() {
         "the refusal did not disturb the others"
     );
     storm_to_echo_flows(&nodes).await;
-    for node in nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,9 +284,7 @@ async fn a_peer_sending_malformed_or_oversized_frames_is_disconnected_and_counte
         assert!(counters.peers_closed_malformed.load(Ordering::Relaxed) > round as u64);
     }
     storm_to_echo_flows(&nodes).await;
-    for node in nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 fn supervised_config(restarts_max: u32) -> ClusterConfig {

@@ -162,6 +162,8 @@ pub struct NodeContext {
     pub router_memory: Mutex<RouterMemory>,
     pub endpoint: quinn::Endpoint,
     pub certificate: crate::tls::NodeCertificate,
+    /// Every node's key by id, as the TLS verifiers check them.
+    pub pinned: crate::tls::PinnedKeys,
 }
 
 impl NodeContext {

@@ -97,7 +97,7 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
     crate::tls::install_crypto_provider();
     let certificate = NodeCertificate::new(&spec.key).map_err(|error| fail(error.to_string()))?;
     let pinned = PinnedKeys::new(spec.node_keys.iter().map(|(id, key)| (id.clone(), *key)));
-    let server = quic_server_config(&certificate, pinned, &spec.config.transport)
+    let server = quic_server_config(&certificate, pinned.clone(), &spec.config.transport)
         .map_err(|error| fail(error.to_string()))?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -137,6 +137,7 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         }),
         endpoint,
         certificate,
+        pinned,
     });
     let (supervisor, join) = Actor::spawn(None, NodeSupervisor, context.clone())
         .await

@@ -261,7 +261,8 @@ fn identify(context: &NodeContext, connection: &Connection) -> Result<String, St
     let first = chain
         .first()
         .ok_or("peer presented an empty certificate chain")?;
-    PinnedKeys::new(context.node_keys.iter().map(|(id, key)| (id.clone(), *key)))
+    context
+        .pinned
         .identify(first)
         .map_err(|error| error.to_string())
 }
