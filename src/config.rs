@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::identity;
 use crate::protocols::supervision::RestartPolicy;
+use crate::protocols::topology::{KRule, Shape};
 use crate::protocols::wire::limits::{FRAME_BYTES_MAX, NAME_BYTES_MAX, PAYLOAD_BYTES_MAX, TTL_MAX};
 
 /// The example cluster that `agentmesh up` runs when given no file.
@@ -104,8 +105,14 @@ pub enum TopologyKind {
 }
 
 impl TopologyKind {
-    /// The shapes this version can build.
-    pub const AVAILABLE: [TopologyKind; 1] = [TopologyKind::FullMesh];
+    pub const ALL: [TopologyKind; 6] = [
+        TopologyKind::FullMesh,
+        TopologyKind::PartialMesh,
+        TopologyKind::Ring,
+        TopologyKind::Hierarchical,
+        TopologyKind::HubSpoke,
+        TopologyKind::Sharded,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -117,13 +124,58 @@ impl TopologyKind {
             TopologyKind::Sharded => "sharded",
         }
     }
+
+    /// The kind named `name`, or a message listing the names.
+    pub fn parse(name: &str) -> Result<TopologyKind, String> {
+        TopologyKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = TopologyKind::ALL.iter().map(|kind| kind.name()).collect();
+                format!("unknown topology {name:?}; available: {}", names.join(", "))
+            })
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct TopologyConfig {
     pub kind: TopologyKind,
-    /// Neighbours per node, for the shapes that use it.
+    /// Neighbours per node for partial-mesh and inside shards; None picks k
+    /// from the node count with `k_rule`.
     pub k: Option<usize>,
+    pub k_rule: KRule,
+    /// Children per node of the hierarchical tree.
+    pub fanout: usize,
+    /// Hubs of the hub-spoke shape.
+    pub hubs: usize,
+    /// Nodes per shard of the sharded shape.
+    pub shard_size: usize,
+}
+
+impl TopologyConfig {
+    /// The k the partial mesh uses for `nodes` nodes.
+    pub fn k_for(&self, nodes: usize) -> usize {
+        self.k.unwrap_or_else(|| self.k_rule.k_for(nodes))
+    }
+
+    /// The overlay shape for a cluster of `nodes` nodes.
+    pub fn shape(&self, nodes: usize) -> Shape {
+        match self.kind {
+            TopologyKind::FullMesh => Shape::FullMesh,
+            TopologyKind::PartialMesh => Shape::PartialMesh {
+                k: self.k_for(nodes),
+            },
+            TopologyKind::Ring => Shape::Ring,
+            TopologyKind::Hierarchical => Shape::Hierarchical {
+                fanout: self.fanout,
+            },
+            TopologyKind::HubSpoke => Shape::HubSpoke { hubs: self.hubs },
+            TopologyKind::Sharded => Shape::Sharded {
+                shard_size: self.shard_size,
+                k: self.k_for(self.shard_size.min(nodes)),
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -300,17 +352,30 @@ struct RawNode {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 struct RawTopology {
     kind: TopologyKind,
     k: Option<usize>,
+    k_factor: f64,
+    k_min: usize,
+    k_max: usize,
+    fanout: usize,
+    hubs: usize,
+    shard_size: usize,
 }
 
 impl Default for RawTopology {
     fn default() -> RawTopology {
+        let rule = KRule::default();
         RawTopology {
             kind: TopologyKind::FullMesh,
             k: None,
+            k_factor: rule.factor,
+            k_min: rule.min,
+            k_max: rule.max,
+            fanout: 4,
+            hubs: 1,
+            shard_size: 250,
         }
     }
 }
@@ -534,20 +599,6 @@ fn validate_topology(
     node_count: usize,
     checker: &mut Checker,
 ) -> TopologyConfig {
-    if !TopologyKind::AVAILABLE.contains(&raw.kind) {
-        let available: Vec<_> = TopologyKind::AVAILABLE
-            .iter()
-            .map(|kind| kind.name())
-            .collect();
-        checker.fail(
-            "topology.kind",
-            format!(
-                "{:?} cannot be built by this version; available: {}",
-                raw.kind.name(),
-                available.join(", ")
-            ),
-        );
-    }
     if let Some(k) = raw.k {
         if k == 0 {
             checker.fail("topology.k", "k must be at least 1");
@@ -561,9 +612,28 @@ fn validate_topology(
             );
         }
     }
+    if !(raw.k_factor.is_finite() && (0.1..=100.0).contains(&raw.k_factor)) {
+        checker.fail(
+            "topology.k_factor",
+            format!("{} is outside the allowed range 0.1 to 100", raw.k_factor),
+        );
+    }
+    checker.range("topology.k_min", raw.k_min, 1, 1_000);
+    checker.range("topology.k_max", raw.k_max, raw.k_min, 1_000);
+    checker.range("topology.fanout", raw.fanout, 1, 1_000);
+    checker.range("topology.hubs", raw.hubs, 1, node_count.max(1));
+    checker.range("topology.shard_size", raw.shard_size, 2, NODES_MAX);
     TopologyConfig {
         kind: raw.kind,
         k: raw.k,
+        k_rule: KRule {
+            factor: raw.k_factor,
+            min: raw.k_min,
+            max: raw.k_max,
+        },
+        fanout: raw.fanout,
+        hubs: raw.hubs,
+        shard_size: raw.shard_size,
     }
 }
 

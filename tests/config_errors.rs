@@ -109,16 +109,21 @@ fn k_larger_than_the_node_count_allows_is_an_error() {
 }
 
 #[test]
-fn unknown_topology_kinds_and_unavailable_ones_are_errors() {
+fn unknown_topology_kinds_and_bad_shape_parameters_are_errors() {
     assert_rejected(
         &format!("{GOOD}\n[topology]\nkind = \"star\"\n"),
         "topology.kind",
         "unknown variant `star`",
     );
     assert_rejected(
-        &format!("{GOOD}\n[topology]\nkind = \"ring\"\n"),
-        "topology.kind",
-        "cannot be built",
+        &format!("{GOOD}\n[topology]\nkind = \"hub-spoke\"\nhubs = 3\n"),
+        "topology.hubs",
+        "outside the allowed range 1 to 2",
+    );
+    assert_rejected(
+        &format!("{GOOD}\n[topology]\nkind = \"partial-mesh\"\nk_min = 8\nk_max = 4\n"),
+        "topology.k_max",
+        "outside the allowed range 8 to 1000",
     );
 }
 

@@ -56,12 +56,7 @@ pub enum NodeMsg {
     Shutdown(RpcReplyPort<()>),
 }
 
-/// FNV-1a of `text`: a stable hash for deriving per-name seeds.
-pub fn stable_hash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+pub use crate::protocols::stable_hash;
 
 /// What a node needs to start.
 pub struct NodeSpec {

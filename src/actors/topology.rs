@@ -8,8 +8,6 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::config::TopologyKind;
-
 use super::context::NodeContext;
 use super::transport::TransportMsg;
 
@@ -20,21 +18,12 @@ pub enum TopologyMsg {
 
 pub struct Topology;
 
-/// The neighbours of `node_id` in the configured overlay.
+/// The neighbours of this node in the configured overlay.
 pub fn neighbours_of(context: &NodeContext) -> Vec<String> {
-    match context.config.topology.kind {
-        TopologyKind::FullMesh => context
-            .config
-            .nodes
-            .iter()
-            .map(|node| node.id.clone())
-            .filter(|id| *id != context.node_id)
-            .collect(),
-        other => unreachable!(
-            "config validation admits only available shapes, not {}",
-            other.name()
-        ),
-    }
+    let config = &context.config;
+    let names: Vec<String> = config.nodes.iter().map(|node| node.id.clone()).collect();
+    let shape = config.topology.shape(names.len());
+    crate::protocols::topology::build(shape, &names, config.seed).neighbours_of(&context.node_id)
 }
 
 fn publish(context: &NodeContext) {

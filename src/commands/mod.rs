@@ -1,5 +1,5 @@
 //! What each CLI command does, below argument parsing: `up`, `node`,
-//! `keygen` and `check`. Each returns its exit status.
+//! `keygen`, `check` and `topology`. Each returns its exit status.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,9 @@ use anyhow::Context;
 use crate::cluster::{self, LocalCluster, Totals, UpSummary};
 use crate::config::{self, ClusterConfig};
 use crate::identity;
+
+mod topology;
+pub use topology::{topology, TopologyFormat, TopologyOptions};
 
 /// How long `up` waits for every link before starting the clock anyway.
 const LINKS_WAIT_MAX: Duration = Duration::from_secs(30);
