@@ -1,0 +1,276 @@
+//! Reliable delivery: sequence numbers, end-to-end acknowledgements,
+//! retransmission, and per-source rate limits.
+//!
+//! The origin numbers envelopes per destination node, keeps each one until
+//! the destination acknowledges it, and sends it again after a timeout that
+//! doubles on every attempt, up to a retry limit; then it gives up and says
+//! so (`retries_exhausted`). The sequences a destination has not yet
+//! acknowledged never span more than `span_max`, so every retransmission
+//! still falls inside the destination's duplicate window — that is what
+//! makes delivery exactly-once to the agent while the wire is
+//! at-least-once.
+//!
+//! Time is given in milliseconds (microseconds for the token bucket) by the
+//! caller.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bincode::{Decode, Encode};
+
+/// A run of acknowledged sequence numbers: `first`, `first + 1`, ...,
+/// `first + count - 1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct AckRange {
+    pub first: u64,
+    pub count: u32,
+}
+
+/// Most ranges one acknowledgement carries.
+pub const ACK_RANGES_MAX: usize = 1_024;
+
+/// Sorts and compresses sequence numbers into runs.
+pub fn to_ranges(sequences: &mut Vec<u64>) -> Vec<AckRange> {
+    sequences.sort_unstable();
+    sequences.dedup();
+    let mut ranges: Vec<AckRange> = Vec::new();
+    for &sequence in sequences.iter() {
+        match ranges.last_mut() {
+            Some(last)
+                if last.first + u64::from(last.count) == sequence && last.count < u32::MAX =>
+            {
+                last.count += 1
+            }
+            _ => ranges.push(AckRange {
+                first: sequence,
+                count: 1,
+            }),
+        }
+    }
+    ranges
+}
+
+/// Why the sender refuses a new message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `inflight_max` messages await acknowledgement.
+    InFlightFull,
+    /// The destination has not acknowledged an old message, and new
+    /// sequence numbers would leave its duplicate window.
+    WindowFull,
+}
+
+/// The sender's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SenderConfig {
+    pub inflight_max: usize,
+    pub span_max: u64,
+    pub retransmit_timeout_ms: u64,
+    pub retransmit_timeout_max_ms: u64,
+    /// Sends after the first before giving up.
+    pub retries_max: u32,
+}
+
+struct Pending<T> {
+    item: T,
+    attempts: u32,
+    due_ms: u64,
+}
+
+#[derive(Default)]
+struct Destination<T> {
+    next_sequence: u64,
+    pending: BTreeMap<u64, Pending<T>>,
+}
+
+/// What came due in one poll.
+pub struct Polled<T> {
+    /// (destination, sequence) to send again; the item stays pending.
+    pub retransmit: Vec<(String, u64)>,
+    /// (destination, sequence, item) given up after the last retry.
+    pub exhausted: Vec<(String, u64, T)>,
+}
+
+/// Messages awaiting acknowledgement, per destination node.
+pub struct ReliableSender<T> {
+    config: SenderConfig,
+    first_sequence: u64,
+    destinations: BTreeMap<String, Destination<T>>,
+    /// (due, destination, sequence) of every pending message.
+    timers: BTreeSet<(u64, String, u64)>,
+    inflight: usize,
+}
+
+impl<T> ReliableSender<T> {
+    /// Sequence numbers to every destination start at `first_sequence`
+    /// (the node's boot time, so a restarted node stays ahead of what its
+    /// peers' windows saw).
+    pub fn new(config: SenderConfig, first_sequence: u64) -> ReliableSender<T> {
+        assert!(config.inflight_max > 0 && config.span_max > 0 && config.retries_max < 64);
+        ReliableSender {
+            config,
+            first_sequence,
+            destinations: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            inflight: 0,
+        }
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight
+    }
+
+    /// Takes the next sequence number to `destination` for `make(sequence)`
+    /// and starts its retransmission timer.
+    pub fn send(
+        &mut self,
+        now_ms: u64,
+        destination: &str,
+        make: impl FnOnce(u64) -> T,
+    ) -> Result<u64, Refusal> {
+        if self.inflight >= self.config.inflight_max {
+            return Err(Refusal::InFlightFull);
+        }
+        let first = self.first_sequence;
+        let state = self
+            .destinations
+            .entry(destination.to_string())
+            .or_insert_with(|| Destination {
+                next_sequence: first,
+                pending: BTreeMap::new(),
+            });
+        if let Some((&oldest, _)) = state.pending.first_key_value() {
+            if state.next_sequence - oldest >= self.config.span_max {
+                return Err(Refusal::WindowFull);
+            }
+        }
+        let sequence = state.next_sequence;
+        state.next_sequence += 1;
+        let due_ms = now_ms + self.config.retransmit_timeout_ms;
+        state.pending.insert(
+            sequence,
+            Pending {
+                item: make(sequence),
+                attempts: 1,
+                due_ms,
+            },
+        );
+        self.timers
+            .insert((due_ms, destination.to_string(), sequence));
+        self.inflight += 1;
+        Ok(sequence)
+    }
+
+    /// The destination acknowledged `ranges`. Returns the acknowledged items
+    /// (each once, however often it is acknowledged).
+    pub fn acknowledge(&mut self, destination: &str, ranges: &[AckRange]) -> Vec<(u64, T)> {
+        let Some(state) = self.destinations.get_mut(destination) else {
+            return Vec::new();
+        };
+        let mut acknowledged = Vec::new();
+        for range in ranges {
+            let last = range.first.saturating_add(u64::from(range.count));
+            let sequences: Vec<u64> = state
+                .pending
+                .range(range.first..last)
+                .map(|(&s, _)| s)
+                .collect();
+            for sequence in sequences {
+                let pending = state.pending.remove(&sequence).expect("just listed");
+                self.timers
+                    .remove(&(pending.due_ms, destination.to_string(), sequence));
+                self.inflight -= 1;
+                acknowledged.push((sequence, pending.item));
+            }
+        }
+        acknowledged
+    }
+
+    /// The earliest retransmission time, if anything is pending.
+    pub fn next_due_ms(&self) -> Option<u64> {
+        self.timers.first().map(|(due, _, _)| *due)
+    }
+
+    /// Everything due at `now_ms`, at most `batch_max`: items that have
+    /// retries left are rescheduled and returned for retransmission; items
+    /// that do not are removed and returned as given up.
+    pub fn poll_due(&mut self, now_ms: u64, batch_max: usize) -> Polled<T> {
+        let mut retransmit = Vec::new();
+        let mut exhausted = Vec::new();
+        while retransmit.len() + exhausted.len() < batch_max {
+            let Some((due, _, _)) = self.timers.first() else {
+                break;
+            };
+            if *due > now_ms {
+                break;
+            }
+            let (_, destination, sequence) = self.timers.pop_first().expect("just seen");
+            let state = self
+                .destinations
+                .get_mut(&destination)
+                .expect("timers follow pending");
+            let pending = state
+                .pending
+                .get_mut(&sequence)
+                .expect("timers follow pending");
+            if pending.attempts > self.config.retries_max {
+                let pending = state.pending.remove(&sequence).expect("present");
+                self.inflight -= 1;
+                exhausted.push((destination, sequence, pending.item));
+                continue;
+            }
+            let backoff = self.config.retransmit_timeout_ms << pending.attempts.min(16);
+            pending.attempts += 1;
+            pending.due_ms = now_ms + backoff.min(self.config.retransmit_timeout_max_ms);
+            self.timers
+                .insert((pending.due_ms, destination.clone(), sequence));
+            retransmit.push((destination, sequence));
+        }
+        Polled {
+            retransmit,
+            exhausted,
+        }
+    }
+
+    /// The pending item `sequence` to `destination`, for retransmission.
+    pub fn get(&self, destination: &str, sequence: u64) -> Option<&T> {
+        self.destinations
+            .get(destination)?
+            .pending
+            .get(&sequence)
+            .map(|pending| &pending.item)
+    }
+}
+
+/// A token bucket: `rate` tokens per second, holding at most `burst`.
+#[derive(Clone, Debug)]
+pub struct TokenBucket {
+    rate_per_s: f64,
+    burst: f64,
+    tokens: f64,
+    last_micros: u64,
+}
+
+impl TokenBucket {
+    /// A full bucket at `now_micros`.
+    pub fn new(rate_per_s: f64, burst: u32, now_micros: u64) -> TokenBucket {
+        TokenBucket {
+            rate_per_s,
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            last_micros: now_micros,
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn try_take(&mut self, now_micros: u64) -> bool {
+        let elapsed = now_micros.saturating_sub(self.last_micros) as f64 / 1e6;
+        self.last_micros = self.last_micros.max(now_micros);
+        self.tokens = (self.tokens + elapsed * self.rate_per_s).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Membership: who is alive, by a phi-accrual failure detector on direct
+//! neighbours and SWIM-style incarnation numbers for what spreads.
+//!
+//! Each node heartbeats its overlay neighbours. For each neighbour a
+//! [`PhiDetector`] turns the heartbeat arrival history into a suspicion
+//! level φ (Hayashibara et al.; the formula is Akka's): φ = 1 means about a
+//! 10 % chance that a heartbeat is merely late, φ = 8 about 10⁻⁸. Above
+//! `suspect_phi` the neighbour is suspect, above `dead_phi` dead.
+//!
+//! A verdict is a [`MemberRecord`] (node, incarnation, status); records
+//! merge by incarnation first and status second (alive < suspect < dead),
+//! which is a join, so views converge whatever order records arrive in.
+//! A node that hears it is suspected or dead refutes it by raising its own
+//! incarnation; a restarted node starts with a higher incarnation (its boot
+//! time), so it is alive again as soon as anyone hears from it.
+//!
+//! Time is given in milliseconds by the caller.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bincode::{Decode, Encode};
+
+/// Heartbeat intervals a detector remembers.
+pub const INTERVALS_MAX: usize = 100;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub enum Status {
+    Alive,
+    Suspect,
+    Dead,
+}
+
+/// One node's state as some node believes it.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct MemberRecord {
+    pub node: String,
+    pub incarnation: u64,
+    pub status: Status,
+}
+
+/// The failure detector's settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DetectorConfig {
+    pub heartbeat_interval_ms: u64,
+    /// Suspicion level at which a neighbour is suspect.
+    pub suspect_phi: f64,
+    /// Suspicion level at which a neighbour is dead.
+    pub dead_phi: f64,
+    /// A pause this long beyond the mean interval is not yet suspicious.
+    pub acceptable_pause_ms: u64,
+    /// Floor on the interval's standard deviation, so a perfectly regular
+    /// history does not make one late heartbeat fatal.
+    pub min_std_deviation_ms: u64,
+    /// Time given to a neighbour never heard from before it is judged.
+    pub first_heartbeat_grace_ms: u64,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> DetectorConfig {
+        DetectorConfig {
+            heartbeat_interval_ms: 200,
+            suspect_phi: 3.0,
+            dead_phi: 8.0,
+            acceptable_pause_ms: 0,
+            min_std_deviation_ms: 50,
+            first_heartbeat_grace_ms: 5_000,
+        }
+    }
+}
+
+/// Phi-accrual failure detector for one neighbour.
+#[derive(Clone, Debug)]
+pub struct PhiDetector {
+    intervals: VecDeque<u64>,
+    last_ms: u64,
+}
+
+impl PhiDetector {
+    /// Starts judging at `now_ms` as if a heartbeat had arrived `grace_ms`
+    /// from now, with a history of one nominal interval.
+    pub fn new(now_ms: u64, config: &DetectorConfig) -> PhiDetector {
+        let mut intervals = VecDeque::with_capacity(INTERVALS_MAX);
+        intervals.push_back(config.heartbeat_interval_ms);
+        PhiDetector {
+            intervals,
+            last_ms: now_ms + config.first_heartbeat_grace_ms,
+        }
+    }
+
+    pub fn heartbeat(&mut self, now_ms: u64) {
+        if now_ms > self.last_ms {
+            if self.intervals.len() == INTERVALS_MAX {
+                self.intervals.pop_front();
+            }
+            self.intervals.push_back(now_ms - self.last_ms);
+        }
+        self.last_ms = self.last_ms.max(now_ms);
+    }
+
+    pub fn phi(&self, now_ms: u64, config: &DetectorConfig) -> f64 {
+        let elapsed = now_ms.saturating_sub(self.last_ms) as f64;
+        let count = self.intervals.len() as f64;
+        let mean = self.intervals.iter().sum::<u64>() as f64 / count;
+        let variance = self
+            .intervals
+            .iter()
+            .map(|&interval| (interval as f64 - mean).powi(2))
+            .sum::<f64>()
+            / count;
+        let deviation = variance.sqrt().max(config.min_std_deviation_ms as f64);
+        let mean = mean + config.acceptable_pause_ms as f64;
+        let y = (elapsed - mean) / deviation;
+        let e = (-y * (1.5976 + 0.070566 * y * y)).exp();
+        if elapsed > mean {
+            -(e / (1.0 + e)).log10()
+        } else {
+            -(1.0 - 1.0 / (1.0 + e)).log10()
+        }
+    }
+}
+
+/// This node's view of the cluster.
+#[derive(Clone, Debug)]
+pub struct Membership {
+    me: String,
+    config: DetectorConfig,
+    members: BTreeMap<String, MemberRecord>,
+    detectors: BTreeMap<String, PhiDetector>,
+    /// The latest time any input carried.
+    now_ms: u64,
+}
+
+impl Membership {
+    /// Every configured node starts alive at incarnation 0, this one at
+    /// `incarnation` (its boot time, so it outranks its earlier lives).
+    pub fn new(me: &str, incarnation: u64, nodes: &[String], config: DetectorConfig) -> Membership {
+        let members = nodes
+            .iter()
+            .map(|node| {
+                let incarnation = if node == me { incarnation } else { 0 };
+                let record = MemberRecord {
+                    node: node.clone(),
+                    incarnation,
+                    status: Status::Alive,
+                };
+                (node.clone(), record)
+            })
+            .collect();
+        Membership {
+            me: me.to_string(),
+            config,
+            members,
+            detectors: BTreeMap::new(),
+            now_ms: 0,
+        }
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.members[&self.me].incarnation
+    }
+
+    pub fn status(&self, node: &str) -> Option<Status> {
+        self.members.get(node).map(|record| record.status)
+    }
+
+    /// Nodes not known to be dead, this one included.
+    pub fn live(&self) -> BTreeSet<String> {
+        self.members
+            .values()
+            .filter(|record| record.status != Status::Dead)
+            .map(|record| record.node.clone())
+            .collect()
+    }
+
+    pub fn records(&self) -> Vec<MemberRecord> {
+        self.members.values().cloned().collect()
+    }
+
+    /// A hash of the whole view; neighbours whose digests differ exchange
+    /// records.
+    pub fn digest(&self) -> u64 {
+        self.members
+            .values()
+            .fold(0xcbf2_9ce4_8422_2325, |hash, record| {
+                let mixed = crate::protocols::stable_hash(&record.node)
+                    ^ record.incarnation.rotate_left(17)
+                    ^ (record.status as u64).rotate_left(3);
+                (hash ^ mixed).wrapping_mul(0x0100_0000_01b3)
+            })
+    }
+
+    /// Watch exactly `neighbours` from now on.
+    pub fn monitor(&mut self, now_ms: u64, neighbours: &BTreeSet<String>) {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.detectors.retain(|node, _| neighbours.contains(node));
+        for node in neighbours {
+            if *node != self.me && self.members.contains_key(node) {
+                let config = self.config;
+                self.detectors
+                    .entry(node.clone())
+                    .or_insert_with(|| PhiDetector::new(now_ms, &config));
+            }
+        }
+    }
+
+    /// A heartbeat from `node`, which says it is at `incarnation`. Returns
+    /// the record that changed, if any.
+    pub fn heartbeat(&mut self, now_ms: u64, node: &str, incarnation: u64) -> Option<MemberRecord> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let changed = self.merge_one(MemberRecord {
+            node: node.to_string(),
+            incarnation,
+            status: Status::Alive,
+        });
+        if let Some(detector) = self.detectors.get_mut(node) {
+            detector.heartbeat(now_ms);
+        }
+        changed
+    }
+
+    /// Merges records heard from a neighbour. Returns those that changed
+    /// this view (to pass on).
+    pub fn merge(&mut self, records: &[MemberRecord]) -> Vec<MemberRecord> {
+        records
+            .iter()
+            .filter_map(|record| self.merge_one(record.clone()))
+            .collect()
+    }
+
+    fn merge_one(&mut self, record: MemberRecord) -> Option<MemberRecord> {
+        let current = self.members.get(&record.node)?.clone();
+        if record.node == self.me {
+            if record.status != Status::Alive && record.incarnation >= current.incarnation {
+                // Refute: a higher incarnation, alive, outranks the rumour.
+                let refuted = MemberRecord {
+                    node: self.me.clone(),
+                    incarnation: record.incarnation + 1,
+                    status: Status::Alive,
+                };
+                self.members.insert(self.me.clone(), refuted.clone());
+                return Some(refuted);
+            }
+            return None;
+        }
+        let newer = (record.incarnation, record.status) > (current.incarnation, current.status);
+        if !newer {
+            return None;
+        }
+        if record.status == Status::Alive {
+            // Heard alive at a new incarnation: judge it afresh.
+            if let Some(detector) = self.detectors.get_mut(&record.node) {
+                *detector = PhiDetector::new(self.now_ms, &self.config);
+            }
+        }
+        self.members.insert(record.node.clone(), record.clone());
+        Some(record)
+    }
+
+    /// Judges every watched neighbour at `now_ms`. Returns the records that
+    /// changed.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<MemberRecord> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let mut changed = Vec::new();
+        let verdicts: Vec<(String, Status)> = self
+            .detectors
+            .iter()
+            .filter_map(|(node, detector)| {
+                let phi = detector.phi(now_ms, &self.config);
+                let status = if phi >= self.config.dead_phi {
+                    Status::Dead
+                } else if phi >= self.config.suspect_phi {
+                    Status::Suspect
+                } else {
+                    return None;
+                };
+                Some((node.clone(), status))
+            })
+            .collect();
+        for (node, status) in verdicts {
+            let incarnation = self.members[&node].incarnation;
+            if let Some(record) = self.merge_one(MemberRecord {
+                node: node.clone(),
+                incarnation,
+                status,
+            }) {
+                changed.push(record);
+            }
+            if status == Status::Dead {
+                self.detectors.remove(&node);
+            }
+        }
+        changed
+    }
+}

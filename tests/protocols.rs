@@ -1,0 +1,426 @@
+//! The pure protocol cores: routing against an oracle and under link churn,
+//! the failure detector in virtual time, membership merging, reliable
+//! delivery and rate limits. Randomised runs print their seed on failure.
+
+#![allow(clippy::needless_range_loop)] // index loops read best over matrices
+
+use std::collections::BTreeSet;
+
+use agentmesh::protocols::delivery::{
+    to_ranges, AckRange, ReliableSender, SenderConfig, TokenBucket,
+};
+use agentmesh::protocols::membership::{
+    DetectorConfig, MemberRecord, Membership, PhiDetector, Status,
+};
+use agentmesh::protocols::routing::{self, Step};
+use agentmesh::protocols::topology::{build, Overlay, Shape};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn names(count: usize) -> Vec<String> {
+    (0..count).map(|index| format!("n{index:03}")).collect()
+}
+
+/// Deterministic asymmetric-looking but symmetric weights.
+fn weight_of(seed: u64) -> impl Fn(usize, usize) -> u64 {
+    move |a: usize, b: usize| {
+        let (low, high) = (a.min(b) as u64, a.max(b) as u64);
+        1 + (low * 7919 + high * 104_729 + seed) % 5_000
+    }
+}
+
+/// All-pairs shortest costs by Floyd–Warshall.
+fn oracle(graph: &Overlay, weight: &impl Fn(usize, usize) -> u64) -> Vec<Vec<u64>> {
+    let count = graph.node_count();
+    let mut cost = vec![vec![u64::MAX / 4; count]; count];
+    for a in 0..count {
+        cost[a][a] = 0;
+        for &b in graph.adjacent(a) {
+            cost[a][b] = weight(a, b);
+        }
+    }
+    for via in 0..count {
+        for a in 0..count {
+            for b in 0..count {
+                let through = cost[a][via] + cost[via][b];
+                if through < cost[a][b] {
+                    cost[a][b] = through;
+                }
+            }
+        }
+    }
+    cost
+}
+
+#[test]
+fn routing_tables_agree_with_a_floyd_warshall_oracle() {
+    for seed in 0..20u64 {
+        let graph = build(Shape::PartialMesh { k: 4 }, &names(30), seed);
+        let weight = weight_of(seed);
+        let cost = oracle(&graph, &weight);
+        for source in 0..graph.node_count() {
+            let table = routing::compute(&graph, source, &weight);
+            for target in 0..graph.node_count() {
+                let Some(route) = table.route(target) else {
+                    assert_eq!(source, target, "SIM_SEED={seed}: every node is reachable");
+                    continue;
+                };
+                assert_eq!(route.cost, cost[source][target], "SIM_SEED={seed}");
+                let next = route.next_hop;
+                assert_eq!(
+                    weight(source, next) + cost[next][target],
+                    cost[source][target],
+                    "SIM_SEED={seed}: next hop {next} lies on a shortest path"
+                );
+                assert_eq!(route.hops + 1, route.path.len());
+            }
+        }
+    }
+}
+
+/// Walks an envelope from `source` to `target` with `next_step` at every
+/// hop, each router seeing only `links_up`. Returns the nodes visited.
+fn walk(
+    graph: &Overlay,
+    source: usize,
+    target: usize,
+    weight: &impl Fn(usize, usize) -> u64,
+    links_up: &BTreeSet<(usize, usize)>,
+) -> (Vec<usize>, Step) {
+    let up = |a: usize, b: usize| links_up.contains(&(a.min(b), a.max(b)));
+    let mut path = vec![source];
+    let mut here = source;
+    let mut hops = 0;
+    let ttl = graph.node_count();
+    loop {
+        let step = routing::next_step(
+            graph,
+            routing::Position {
+                here,
+                destination: target,
+                path: &path,
+                hops,
+                ttl,
+            },
+            weight,
+            |next| up(here, next),
+        );
+        match step {
+            Step::Forward { path: planned } => {
+                path = planned;
+                hops += 1;
+                here = path[hops];
+            }
+            other => return (path[..=hops].to_vec(), other),
+        }
+    }
+}
+
+fn reachable(graph: &Overlay, links_up: &BTreeSet<(usize, usize)>, from: usize, to: usize) -> bool {
+    let mut seen = vec![false; graph.node_count()];
+    let mut stack = vec![from];
+    seen[from] = true;
+    while let Some(node) = stack.pop() {
+        if node == to {
+            return true;
+        }
+        for &next in graph.adjacent(node) {
+            if !seen[next] && links_up.contains(&(node.min(next), node.max(next))) {
+                seen[next] = true;
+                stack.push(next);
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn forwarding_never_loops_under_link_failures_and_recoveries() {
+    for seed in 0..30u64 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let graph = build(Shape::PartialMesh { k: 3 }, &names(24), seed);
+        let weight = weight_of(seed);
+        let edges = graph.edges();
+        let mut links_up: BTreeSet<(usize, usize)> = edges.iter().copied().collect();
+        for _ in 0..40 {
+            let edge = edges[rng.gen_range(0..edges.len())];
+            if !links_up.remove(&edge) {
+                links_up.insert(edge);
+            }
+            let source = rng.gen_range(0..graph.node_count());
+            let target = rng.gen_range(0..graph.node_count());
+            let (visited, step) = walk(&graph, source, target, &weight, &links_up);
+            let distinct: BTreeSet<usize> = visited.iter().copied().collect();
+            assert_eq!(
+                distinct.len(),
+                visited.len(),
+                "SIM_SEED={seed}: loop in {visited:?}"
+            );
+            if step == Step::Deliver {
+                assert_eq!(*visited.last().unwrap(), target, "SIM_SEED={seed}");
+            } else {
+                assert_eq!(step, Step::NoRoute, "SIM_SEED={seed}");
+            }
+            if reachable(&graph, &links_up, source, target) && step != Step::Deliver {
+                // Greedy detours can strand an envelope only behind nodes it
+                // already visited; from the source itself a path must be found.
+                let fresh =
+                    routing::path_avoiding(&graph, source, target, &[source], &weight, |next| {
+                        links_up.contains(&(source.min(next), source.max(next)))
+                    });
+                assert!(fresh.is_some() || source == target, "SIM_SEED={seed}");
+            }
+        }
+    }
+}
+
+#[test]
+fn ttl_stops_an_envelope_that_has_used_up_its_hops() {
+    let graph = build(Shape::Ring, &names(10), 0);
+    let weight = |_: usize, _: usize| 1;
+    let path = [0, 1, 2];
+    let step = routing::next_step(
+        &graph,
+        routing::Position {
+            here: 2,
+            destination: 5,
+            path: &path,
+            hops: 2,
+            ttl: 2,
+        },
+        weight,
+        |_| true,
+    );
+    assert_eq!(step, Step::TtlExpired);
+}
+
+fn detector_config() -> DetectorConfig {
+    DetectorConfig {
+        heartbeat_interval_ms: 100,
+        suspect_phi: 3.0,
+        dead_phi: 8.0,
+        acceptable_pause_ms: 0,
+        min_std_deviation_ms: 20,
+        first_heartbeat_grace_ms: 1_000,
+    }
+}
+
+#[test]
+fn a_silent_peer_is_declared_dead_within_the_bound_and_a_slow_one_is_not() {
+    let config = detector_config();
+    let all = names(3);
+    let mut view = Membership::new("n000", 1, &all, config);
+    view.monitor(0, &all[1..].iter().cloned().collect());
+    // Both heartbeat every 100 ms for 2 s; then n001 falls silent while n002
+    // slows to every 160 ms with jitter.
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut now = 0;
+    let mut declared_dead_at = None;
+    let mut next_slow = 0;
+    while now < 6_000 {
+        now += 10;
+        if now <= 2_000 && now % 100 == 0 {
+            view.heartbeat(now, "n001", 0);
+        }
+        if now >= next_slow {
+            view.heartbeat(now, "n002", 0);
+            next_slow = now
+                + if now < 2_000 {
+                    100
+                } else {
+                    140 + rng.gen_range(0..40)
+                };
+        }
+        for record in view.tick(now) {
+            if record.node == "n001" && record.status == Status::Dead {
+                declared_dead_at.get_or_insert(now);
+            }
+        }
+    }
+    let dead_at = declared_dead_at.expect("the silent peer is declared dead");
+    // Mean 100 ms, deviation floor 20 ms: φ = 8 is reached about 5.5
+    // deviations past the mean, so well within a second of silence.
+    assert!(
+        dead_at > 2_100 && dead_at <= 3_000,
+        "declared dead at {dead_at} ms"
+    );
+    assert_eq!(
+        view.status("n002"),
+        Some(Status::Alive),
+        "slow but alive is not dead"
+    );
+    assert_eq!(view.live().len(), 2);
+}
+
+#[test]
+fn phi_grows_with_silence() {
+    let config = detector_config();
+    let mut detector = PhiDetector::new(0, &config);
+    for beat in 1..=20 {
+        detector.heartbeat(1_000 + beat * 100);
+    }
+    let at = |ms: u64| detector.phi(3_000 + ms, &config);
+    assert!(at(0) < at(100) && at(100) < at(200) && at(200) < at(400));
+    assert!(at(0) < 1.0 && at(400) > 8.0);
+}
+
+#[test]
+fn views_converge_and_rumours_of_death_are_refuted() {
+    let config = detector_config();
+    let all = names(3);
+    let mut a = Membership::new("n000", 10, &all, config);
+    let mut b = Membership::new("n001", 20, &all, config);
+    let rumour = MemberRecord {
+        node: "n001".into(),
+        incarnation: 20,
+        status: Status::Dead,
+    };
+    assert_eq!(a.merge(std::slice::from_ref(&rumour)).len(), 1);
+    assert!(!a.live().contains("n001"));
+    // n001 hears it and refutes with a higher incarnation.
+    let refuted = b.merge(&[rumour]);
+    assert_eq!(
+        refuted,
+        [MemberRecord {
+            node: "n001".into(),
+            incarnation: 21,
+            status: Status::Alive
+        }]
+    );
+    a.merge(&refuted);
+    assert!(a.live().contains("n001"));
+    // Merging in either order gives the same view.
+    b.merge(&a.records());
+    a.merge(&b.records());
+    assert_eq!(a.digest(), b.digest());
+    assert_eq!(a.records(), b.records());
+    // Stale news changes nothing.
+    assert!(a
+        .merge(&[MemberRecord {
+            node: "n002".into(),
+            incarnation: 0,
+            status: Status::Alive
+        }])
+        .is_empty());
+}
+
+#[test]
+fn a_restarted_node_rejoins_with_its_new_incarnation() {
+    let all = names(2);
+    let mut view = Membership::new("n000", 1, &all, detector_config());
+    view.merge(&[MemberRecord {
+        node: "n001".into(),
+        incarnation: 5,
+        status: Status::Dead,
+    }]);
+    assert_eq!(view.status("n001"), Some(Status::Dead));
+    assert!(
+        view.heartbeat(10, "n001", 5).is_none(),
+        "same life stays dead until refuted"
+    );
+    let back = view.heartbeat(20, "n001", 99).expect("a new life is news");
+    assert_eq!(back.status, Status::Alive);
+    assert_eq!(view.status("n001"), Some(Status::Alive));
+}
+
+fn sender_config() -> SenderConfig {
+    SenderConfig {
+        inflight_max: 8,
+        span_max: 4,
+        retransmit_timeout_ms: 100,
+        retransmit_timeout_max_ms: 1_000,
+        retries_max: 2,
+    }
+}
+
+#[test]
+fn acknowledged_messages_leave_and_unacknowledged_ones_are_retried_then_given_up() {
+    let mut sender = ReliableSender::new(sender_config(), 1_000);
+    let first = sender.send(0, "b", |s| s).unwrap();
+    let second = sender.send(0, "b", |s| s).unwrap();
+    assert_eq!((first, second), (1_000, 1_001));
+    let acked = sender.acknowledge(
+        "b",
+        &[AckRange {
+            first: 1_000,
+            count: 1,
+        }],
+    );
+    assert_eq!(acked, [(1_000, 1_000)]);
+    assert!(
+        sender
+            .acknowledge(
+                "b",
+                &[AckRange {
+                    first: 1_000,
+                    count: 1
+                }]
+            )
+            .is_empty(),
+        "once"
+    );
+    // 1001 is retried at 100 ms, then 100 + 200, then given up.
+    assert!(sender.poll_due(99, 10).retransmit.is_empty());
+    assert_eq!(
+        sender.poll_due(100, 10).retransmit,
+        [("b".to_string(), 1_001)]
+    );
+    assert_eq!(
+        sender.poll_due(300, 10).retransmit,
+        [("b".to_string(), 1_001)]
+    );
+    let polled = sender.poll_due(10_000, 10);
+    assert!(polled.retransmit.is_empty());
+    assert_eq!(polled.exhausted.len(), 1);
+    assert_eq!(sender.inflight(), 0);
+}
+
+#[test]
+fn the_sender_never_runs_past_the_receivers_window_or_its_inflight_limit() {
+    let mut sender = ReliableSender::new(sender_config(), 0);
+    for _ in 0..4 {
+        sender.send(0, "b", |s| s).unwrap();
+    }
+    assert_eq!(
+        sender.send(0, "b", |s| s),
+        Err(agentmesh::protocols::delivery::Refusal::WindowFull)
+    );
+    // Acknowledging everything but the oldest does not open the window.
+    sender.acknowledge("b", &[AckRange { first: 1, count: 3 }]);
+    assert!(sender.send(0, "b", |s| s).is_err());
+    sender.acknowledge("b", &[AckRange { first: 0, count: 1 }]);
+    for _ in 0..4 {
+        assert!(sender.send(0, "b", |s| s).is_ok());
+    }
+    assert!(sender.send(0, "b", |s| s).is_err());
+    for destination in ["c", "d", "e", "f"] {
+        sender.send(0, destination, |s| s).unwrap();
+    }
+    assert_eq!(
+        sender.send(0, "g", |s| s),
+        Err(agentmesh::protocols::delivery::Refusal::InFlightFull)
+    );
+}
+
+#[test]
+fn ack_ranges_compress_runs() {
+    let mut sequences = vec![7, 3, 4, 5, 9, 4, 10];
+    assert_eq!(
+        to_ranges(&mut sequences),
+        [
+            AckRange { first: 3, count: 3 },
+            AckRange { first: 7, count: 1 },
+            AckRange { first: 9, count: 2 }
+        ]
+    );
+}
+
+#[test]
+fn a_token_bucket_allows_its_burst_then_its_rate() {
+    let mut bucket = TokenBucket::new(100.0, 5, 0);
+    assert_eq!((0..10).filter(|_| bucket.try_take(0)).count(), 5);
+    // 100/s: one token per 10 ms.
+    assert_eq!((0..10).filter(|_| bucket.try_take(50_000)).count(), 5);
+    assert!(!bucket.try_take(55_000));
+    assert!(bucket.try_take(60_000));
+}
