@@ -69,7 +69,15 @@ pub fn make(agent: &AgentConfig, agents: &[AgentConfig]) -> Box<dyn Behaviour> {
     match &agent.behaviour {
         BehaviourConfig::Echo => Box::new(Echo),
         BehaviourConfig::Storm(storm) => Box::new(Storm::new(storm.clone(), &agent.name, agents)),
+        BehaviourConfig::Sink => Box::new(Sink),
     }
+}
+
+/// Takes every message and answers none (the agent actor records them).
+pub struct Sink;
+
+impl Behaviour for Sink {
+    fn message(&mut self, _context: &mut AgentContext<'_>, _delivery: Delivery) {}
 }
 
 /// Answers every data message with a reply carrying the same payload.

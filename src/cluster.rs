@@ -168,15 +168,14 @@ impl LocalCluster {
         }
     }
 
-    /// Waits until everything sent was delivered, or dropped with a cause,
-    /// or `limit` passes.
+    /// Waits until everything sent was acknowledged or given up, or
+    /// `limit` passes.
     pub async fn drain(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             let totals = self.totals();
-            if totals.counters.envelopes_delivered + totals.dropped_after_send()
-                >= totals.counters.envelopes_sent
-            {
+            let counters = &totals.counters;
+            if counters.acknowledged + counters.lost_retries_exhausted >= counters.envelopes_sent {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -293,24 +292,29 @@ impl Totals {
         totals
     }
 
-    /// Envelopes accepted for sending that were dropped on the way, each
-    /// with a counted cause.
-    pub fn dropped_after_send(&self) -> u64 {
+    /// Transmissions dropped on the way, each with a counted cause; the
+    /// origin retransmits every one of them until it is acknowledged or its
+    /// retries run out.
+    pub fn dropped_in_transit(&self) -> u64 {
         let counters = &self.counters;
         counters.dropped_agent_inbox_full
             + counters.dropped_agent_missing
             + counters.dropped_bad_signature
             + counters.dropped_misrouted
             + counters.dropped_unknown_origin
+            + counters.dropped_ttl_expired
+            + counters.dropped_no_route
+            + counters.dropped_queue_full
+            + counters.dropped_peer_down
     }
 
     pub fn refused(&self) -> u64 {
         let counters = &self.counters;
         counters.refused_router_busy
-            + counters.refused_queue_full
-            + counters.refused_peer_down
             + counters.refused_no_route
             + counters.refused_payload_too_large
+            + counters.refused_rate_limited
+            + counters.refused_inflight_full
     }
 }
 
@@ -329,9 +333,15 @@ pub struct UpSummary {
     pub connection_setup_ms: LatencySummary,
     pub sent: u64,
     pub delivered: u64,
-    /// Sent but neither delivered nor dropped with a counted cause.
+    /// Messages the destination acknowledged consuming.
+    pub acknowledged: u64,
+    /// Messages given up after every retry.
     pub lost: u64,
+    /// Messages neither acknowledged nor given up when the run ended.
+    pub unsettled: u64,
+    /// Transmissions dropped on the way (each retried), by counted causes.
     pub dropped: u64,
+    pub retransmissions: u64,
     pub refused: u64,
     pub duplicates_dropped: u64,
     pub delivered_per_s: f64,
@@ -349,8 +359,8 @@ impl UpSummary {
         active: Duration,
     ) -> UpSummary {
         let counters = totals.counters.clone();
-        let dropped = totals.dropped_after_send();
-        let accounted = counters.envelopes_delivered + dropped;
+        let dropped = totals.dropped_in_transit();
+        let settled = counters.acknowledged + counters.lost_retries_exhausted;
         UpSummary {
             cluster: cluster.config.name.clone(),
             nodes: cluster.nodes.len(),
@@ -362,8 +372,11 @@ impl UpSummary {
             connection_setup_ms: LatencySummary::of(&totals.connection_setup),
             sent: counters.envelopes_sent,
             delivered: counters.envelopes_delivered,
-            lost: counters.envelopes_sent.saturating_sub(accounted),
+            acknowledged: counters.acknowledged,
+            lost: counters.lost_retries_exhausted,
+            unsettled: counters.envelopes_sent.saturating_sub(settled),
             dropped,
+            retransmissions: counters.retransmissions,
             refused: totals.refused(),
             duplicates_dropped: counters.dropped_duplicate,
             delivered_per_s: counters.envelopes_delivered as f64 / active.as_secs_f64().max(1e-9),
@@ -374,9 +387,12 @@ impl UpSummary {
         }
     }
 
-    /// Everything sent was delivered and no node failed.
+    /// Everything sent was delivered and acknowledged, and no node failed.
     pub fn clean(&self) -> bool {
-        self.lost == 0 && self.dropped == 0 && self.failed_nodes.is_empty()
+        self.lost == 0
+            && self.unsettled == 0
+            && self.acknowledged == self.sent
+            && self.failed_nodes.is_empty()
     }
 
     pub fn to_text(&self) -> String {
@@ -401,15 +417,26 @@ impl UpSummary {
             self.connections, s.p50, s.p99
         );
         text += &format!(
-            "  messages   sent {}  delivered {} ({percent:.2} %)  lost {}  dropped {}  duplicates dropped {}\n",
-            self.sent, self.delivered, self.lost, self.dropped, self.duplicates_dropped
+            "  messages   sent {}  delivered {} ({percent:.2} %)  acknowledged {}  lost {}  unsettled {}\n",
+            self.sent, self.delivered, self.acknowledged, self.lost, self.unsettled
         );
         text += &format!(
-            "  refused    {} (router busy {}, queue full {}, peer down {}, no route {})\n",
+            "  on the way {} dropped and retransmitted (ttl {}, no route {}, queue full {}, peer down {}, inbox full {}); {} retransmissions; {} duplicates dropped\n",
+            self.dropped,
+            c.dropped_ttl_expired,
+            c.dropped_no_route,
+            c.dropped_queue_full,
+            c.dropped_peer_down,
+            c.dropped_agent_inbox_full,
+            self.retransmissions,
+            self.duplicates_dropped
+        );
+        text += &format!(
+            "  refused    {} (router busy {}, in flight full {}, rate limited {}, no route {})\n",
             self.refused,
             c.refused_router_busy,
-            c.refused_queue_full,
-            c.refused_peer_down,
+            c.refused_inflight_full,
+            c.refused_rate_limited,
             c.refused_no_route
         );
         text += &format!(
@@ -425,7 +452,7 @@ impl UpSummary {
             self.restarts, self.failed_nodes
         );
         text += if self.clean() {
-            "  result     every sent message was delivered\n"
+            "  result     every sent message was delivered and acknowledged\n"
         } else {
             "  result     MESSAGES LOST OR NODES FAILED\n"
         };

@@ -17,6 +17,7 @@ use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 
 use crate::identity;
+use crate::protocols::membership::DetectorConfig;
 use crate::protocols::supervision::RestartPolicy;
 use crate::protocols::topology::{KRule, Shape};
 use crate::protocols::wire::limits::{FRAME_BYTES_MAX, NAME_BYTES_MAX, PAYLOAD_BYTES_MAX, TTL_MAX};
@@ -77,6 +78,8 @@ pub struct ClusterConfig {
     pub transport: TransportConfig,
     pub limits: LimitsConfig,
     pub supervision: SupervisionConfig,
+    pub membership: MembershipConfig,
+    pub delivery: DeliveryConfig,
     pub agents: Vec<AgentConfig>,
 }
 
@@ -270,6 +273,83 @@ impl SupervisionConfig {
     }
 }
 
+/// Heartbeats and the phi-accrual failure detector.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipConfig {
+    /// How often a node heartbeats each overlay neighbour.
+    pub heartbeat_interval_ms: u64,
+    /// Suspicion level (φ) at which a neighbour is suspect.
+    pub suspect_phi: f64,
+    /// Suspicion level (φ) at which a neighbour is declared dead.
+    pub dead_phi: f64,
+    /// A pause this long beyond the usual interval is not suspicious yet.
+    pub acceptable_pause_ms: u64,
+    pub min_std_deviation_ms: u64,
+    /// Time a neighbour never heard from gets before it is judged.
+    pub first_heartbeat_grace_ms: u64,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> MembershipConfig {
+        let detector = DetectorConfig::default();
+        MembershipConfig {
+            heartbeat_interval_ms: detector.heartbeat_interval_ms,
+            suspect_phi: detector.suspect_phi,
+            dead_phi: detector.dead_phi,
+            acceptable_pause_ms: detector.acceptable_pause_ms,
+            min_std_deviation_ms: detector.min_std_deviation_ms,
+            first_heartbeat_grace_ms: detector.first_heartbeat_grace_ms,
+        }
+    }
+}
+
+impl MembershipConfig {
+    pub fn detector(&self) -> DetectorConfig {
+        DetectorConfig {
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            suspect_phi: self.suspect_phi,
+            dead_phi: self.dead_phi,
+            acceptable_pause_ms: self.acceptable_pause_ms,
+            min_std_deviation_ms: self.min_std_deviation_ms,
+            first_heartbeat_grace_ms: self.first_heartbeat_grace_ms,
+        }
+    }
+}
+
+/// End-to-end acknowledgements, retransmission and per-source rate limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// How often the router sends acknowledgements and checks for
+    /// retransmissions.
+    pub tick_ms: u64,
+    pub retransmit_timeout_ms: u64,
+    pub retransmit_timeout_max_ms: u64,
+    /// Retransmissions before a message is given up (retries_exhausted).
+    pub retries_max: u32,
+    /// Messages a node keeps awaiting acknowledgement.
+    pub inflight_max: usize,
+    /// Messages per second one agent may send; 0 means no limit.
+    pub source_rate_max: f64,
+    /// Messages one agent may send at once above its rate.
+    pub source_burst_max: u32,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> DeliveryConfig {
+        DeliveryConfig {
+            tick_ms: 10,
+            retransmit_timeout_ms: 500,
+            retransmit_timeout_max_ms: 4_000,
+            retries_max: 8,
+            inflight_max: 65_536,
+            source_rate_max: 0.0,
+            source_burst_max: 1_000,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     /// Cluster-unique name, after `{i}` expansion.
@@ -284,15 +364,19 @@ pub enum BehaviourConfig {
     /// Answers every data message with a reply carrying the same payload.
     Echo,
     Storm(StormConfig),
+    /// Records what it receives (up to a million deliveries) and answers
+    /// nothing: for tests and checks of exactly-once delivery.
+    Sink,
 }
 
 impl BehaviourConfig {
-    pub const NAMES: [&'static str; 2] = ["echo", "storm"];
+    pub const NAMES: [&'static str; 3] = ["echo", "storm", "sink"];
 
     pub fn name(&self) -> &'static str {
         match self {
             BehaviourConfig::Echo => "echo",
             BehaviourConfig::Storm(_) => "storm",
+            BehaviourConfig::Sink => "sink",
         }
     }
 }
@@ -328,6 +412,10 @@ struct RawConfig {
     limits: LimitsConfig,
     #[serde(default)]
     supervision: SupervisionConfig,
+    #[serde(default)]
+    membership: MembershipConfig,
+    #[serde(default)]
+    delivery: DeliveryConfig,
     #[serde(default)]
     agents: Vec<RawAgent>,
 }
@@ -502,6 +590,8 @@ fn validate(raw: RawConfig, file: &str, base: &Path, checker: &mut Checker) -> C
     validate_transport(&raw.transport, checker);
     validate_limits(&raw.limits, checker);
     validate_supervision(&raw.supervision, checker);
+    validate_membership(&raw.membership, checker);
+    validate_delivery(&raw.delivery, checker);
     let agents = validate_agents(&raw.agents, &nodes, &raw.limits, checker);
     ClusterConfig {
         source: file.to_string(),
@@ -512,6 +602,8 @@ fn validate(raw: RawConfig, file: &str, base: &Path, checker: &mut Checker) -> C
         transport: raw.transport,
         limits: raw.limits,
         supervision: raw.supervision,
+        membership: raw.membership,
+        delivery: raw.delivery,
         agents,
     }
 }
@@ -752,6 +844,87 @@ fn validate_supervision(supervision: &SupervisionConfig, checker: &mut Checker) 
     );
 }
 
+fn validate_membership(membership: &MembershipConfig, checker: &mut Checker) {
+    checker.range(
+        "membership.heartbeat_interval_ms",
+        membership.heartbeat_interval_ms,
+        10,
+        60_000,
+    );
+    let phi_ok = |phi: f64| phi.is_finite() && (0.5..=100.0).contains(&phi);
+    if !phi_ok(membership.suspect_phi) {
+        checker.fail(
+            "membership.suspect_phi",
+            format!("{} is outside 0.5 to 100", membership.suspect_phi),
+        );
+    }
+    if !phi_ok(membership.dead_phi) || membership.dead_phi < membership.suspect_phi {
+        checker.fail(
+            "membership.dead_phi",
+            format!(
+                "{} must be from suspect_phi ({}) to 100",
+                membership.dead_phi, membership.suspect_phi
+            ),
+        );
+    }
+    checker.range(
+        "membership.acceptable_pause_ms",
+        membership.acceptable_pause_ms,
+        0,
+        600_000,
+    );
+    checker.range(
+        "membership.min_std_deviation_ms",
+        membership.min_std_deviation_ms,
+        1,
+        60_000,
+    );
+    checker.range(
+        "membership.first_heartbeat_grace_ms",
+        membership.first_heartbeat_grace_ms,
+        0,
+        600_000,
+    );
+}
+
+fn validate_delivery(delivery: &DeliveryConfig, checker: &mut Checker) {
+    checker.range("delivery.tick_ms", delivery.tick_ms, 1, 1_000);
+    checker.range(
+        "delivery.retransmit_timeout_ms",
+        delivery.retransmit_timeout_ms,
+        delivery.tick_ms,
+        600_000,
+    );
+    checker.range(
+        "delivery.retransmit_timeout_max_ms",
+        delivery.retransmit_timeout_max_ms,
+        delivery.retransmit_timeout_ms,
+        3_600_000,
+    );
+    checker.range("delivery.retries_max", delivery.retries_max, 0, 60);
+    checker.range(
+        "delivery.inflight_max",
+        delivery.inflight_max,
+        1,
+        10_000_000,
+    );
+    if !(delivery.source_rate_max.is_finite() && delivery.source_rate_max >= 0.0) {
+        checker.fail(
+            "delivery.source_rate_max",
+            format!(
+                "{} is not a rate (0 for no limit)",
+                delivery.source_rate_max
+            ),
+        );
+    }
+    checker.range(
+        "delivery.source_burst_max",
+        delivery.source_burst_max,
+        1,
+        10_000_000,
+    );
+}
+
 fn validate_agents(
     raw: &[RawAgent],
     nodes: &[NodeConfig],
@@ -836,7 +1009,7 @@ fn validate_behaviour(
 ) -> Option<BehaviourConfig> {
     let at = |key: &str| format!("agents[{index}].{key}");
     match agent.behaviour.as_str() {
-        "echo" => {
+        "echo" | "sink" => {
             let storm_keys = [
                 ("rate", agent.rate.is_some()),
                 ("payload_bytes", agent.payload_bytes.is_some()),
@@ -846,8 +1019,12 @@ fn validate_behaviour(
             ];
             for (key, given) in storm_keys {
                 if given {
-                    checker.fail(at(key), "not used by behaviour \"echo\"");
+                    let reason = format!("not used by behaviour {:?}", agent.behaviour);
+                    checker.fail(at(key), reason);
                 }
+            }
+            if agent.behaviour == "sink" {
+                return Some(BehaviourConfig::Sink);
             }
             Some(BehaviourConfig::Echo)
         }

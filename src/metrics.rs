@@ -42,14 +42,40 @@ counters! {
     envelopes_delivered,
     /// Sends refused: the router's queue was full.
     refused_router_busy,
-    /// Sends refused: the peer's send queue was full.
-    refused_queue_full,
-    /// Sends refused: no connection to the destination node.
-    refused_peer_down,
     /// Sends refused: no agent of that name in the directory.
     refused_no_route,
     /// Sends refused: payload above limits.payload_bytes_max.
     refused_payload_too_large,
+    /// Sends refused: the agent is past delivery.source_rate_max.
+    refused_rate_limited,
+    /// Sends refused: delivery.inflight_max messages await acknowledgement,
+    /// or the destination's duplicate window would be overrun.
+    refused_inflight_full,
+    /// Transmissions lost on the way (each is retransmitted): TTL used up.
+    dropped_ttl_expired,
+    /// Transmissions lost on the way: no path avoiding visited nodes.
+    dropped_no_route,
+    /// Transmissions lost on the way: a connection's send queue was full.
+    dropped_queue_full,
+    /// Transmissions lost on the way: the next hop's connection was down.
+    dropped_peer_down,
+    /// Messages given up after delivery.retries_max retransmissions.
+    lost_retries_exhausted,
+    /// Messages whose destination acknowledged consuming them.
+    acknowledged,
+    /// Retransmissions after a timeout.
+    retransmissions,
+    /// Envelopes forwarded for other nodes.
+    envelopes_forwarded,
+    /// Acknowledgement envelopes sent.
+    acks_sent,
+    /// Heartbeats and membership frames dropped because the topology
+    /// actor's queue was full.
+    dropped_control_queue_full,
+    /// Membership changes this node saw (suspect, dead, alive again).
+    membership_changes,
+    /// Overlay recomputations that changed this node's neighbours.
+    overlay_changes,
     /// Envelopes dropped: signature did not verify.
     dropped_bad_signature,
     /// Envelopes dropped: origin not in the cluster config.
@@ -101,13 +127,40 @@ impl Default for Histograms {
     }
 }
 
-#[derive(Default)]
+/// Hop counts of delivered envelopes: index h counts those that travelled
+/// h hops.
+pub type HopCounts = [AtomicU64; crate::protocols::wire::limits::PATH_NODES_MAX];
+
 pub struct NodeMetrics {
     pub counters: Counters,
     pub histograms: Mutex<Histograms>,
+    pub hops: HopCounts,
+}
+
+impl Default for NodeMetrics {
+    fn default() -> NodeMetrics {
+        NodeMetrics {
+            counters: Counters::default(),
+            histograms: Mutex::default(),
+            hops: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 impl NodeMetrics {
+    pub fn record_hops(&self, hops: u8) {
+        if let Some(counter) = self.hops.get(hops as usize) {
+            NodeMetrics::count(counter);
+        }
+    }
+
+    pub fn hop_values(&self) -> Vec<u64> {
+        self.hops
+            .iter()
+            .map(|counter| counter.load(Ordering::Relaxed))
+            .collect()
+    }
+
     pub fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

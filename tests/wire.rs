@@ -176,7 +176,9 @@ fn a_replayed_envelope_is_refused() {
     let replay = decode_frame(&encode_frame(&Frame::Envelope(envelope.clone()))).unwrap();
     let mut window = DuplicateWindow::new();
     assert_eq!(window.admit(envelope.signed.sequence), Admission::Fresh);
-    let Frame::Envelope(replay) = replay;
+    let Frame::Envelope(replay) = replay else {
+        panic!("an envelope frame decodes as an envelope");
+    };
     assert_eq!(
         replay.verify(&signer.verifying_key()),
         Ok(()),
@@ -202,7 +204,7 @@ fn oversized_frames_and_bad_stream_headers_are_errors() {
         Err(DecodeError::UnsupportedStreamVersion(9))
     );
     assert_eq!(
-        StreamHeader::decode([1, 9]),
+        StreamHeader::decode([agentmesh::protocols::wire::codec::STREAM_VERSION, 9]),
         Err(DecodeError::UnknownTrafficClass(9))
     );
     // A length field claiming far more than the frame holds allocates nothing.

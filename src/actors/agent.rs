@@ -7,8 +7,9 @@
 //! its restart budget; a spent budget fails the agent supervisor, which
 //! escalates to the node supervisor.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::concurrency::JoinHandle;
@@ -25,6 +26,10 @@ use super::context::{unix_micros, AgentHandle, NodeContext, SendError};
 use super::router::{self, OutboundMessage};
 use super::supervisor::Children;
 
+/// Deliveries a recording agent keeps (`behaviour = "sink"`); more are
+/// counted in `unrecorded`.
+pub const RECORDED_MAX: usize = 1_000_000;
+
 /// An agent's counters; they outlive the agent's restarts.
 #[derive(Debug, Default)]
 pub struct AgentStats {
@@ -33,6 +38,32 @@ pub struct AgentStats {
     pub received_data: AtomicU64,
     pub received_replies: AtomicU64,
     pub starts: AtomicU64,
+    /// (from agent, payload) of every delivery, for sinks.
+    pub recorded: Mutex<Option<Vec<(String, Vec<u8>)>>>,
+    pub unrecorded: AtomicU64,
+}
+
+impl AgentStats {
+    /// Keeps what a sink received (no-op for other behaviours).
+    fn record(&self, delivery: &Delivery) {
+        let mut recorded = self.recorded.lock().expect("record lock is never poisoned");
+        if let Some(recorded) = recorded.as_mut() {
+            if recorded.len() < RECORDED_MAX {
+                recorded.push((delivery.from_agent.clone(), delivery.payload.clone()));
+            } else {
+                self.unrecorded.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Everything recorded so far.
+    pub fn recorded(&self) -> Vec<(String, Vec<u8>)> {
+        self.recorded
+            .lock()
+            .expect("record lock is never poisoned")
+            .clone()
+            .unwrap_or_default()
+    }
 }
 
 pub enum AgentMsg {
@@ -60,6 +91,9 @@ pub struct AgentState {
     rng: ChaCha8Rng,
     stats: Arc<AgentStats>,
     ticker: Option<JoinHandle<()>>,
+    /// This incarnation's deliveries not yet consumed (shared with the
+    /// router through the directory).
+    in_inbox: Arc<Mutex<HashSet<(String, u64)>>>,
 }
 
 /// Carries a behaviour's sends to the router and counts them.
@@ -76,6 +110,7 @@ impl Outbox for RouterOutbox<'_> {
             destination_agent: to.to_string(),
             kind,
             payload,
+            receipt: None,
         };
         let result = router::send(self.context, message);
         let counter = if result.is_ok() {
@@ -122,13 +157,22 @@ impl Actor for Agent {
     ) -> Result<AgentState, ActorProcessingErr> {
         let behaviour = behaviours::make(&config, &context.config.agents);
         let stats = context.stats_of(&config.name);
+        if config.behaviour == crate::config::BehaviourConfig::Sink {
+            let mut recorded = stats
+                .recorded
+                .lock()
+                .expect("record lock is never poisoned");
+            recorded.get_or_insert_with(Vec::new);
+        }
         stats.starts.fetch_add(1, Ordering::Relaxed);
         let inbox = Arc::new(Semaphore::new(context.config.limits.agent_inbox_max));
+        let in_inbox = Arc::new(Mutex::new(HashSet::new()));
         context.agents.insert(
             config.name.clone(),
             AgentHandle {
                 actor: myself.clone(),
                 inbox,
+                in_inbox: in_inbox.clone(),
             },
         );
         let ticker = behaviour
@@ -142,6 +186,7 @@ impl Actor for Agent {
             rng,
             stats,
             ticker,
+            in_inbox,
         };
         state.with_behaviour(|behaviour, agent_context| behaviour.start(agent_context));
         Ok(state)
@@ -171,17 +216,27 @@ impl Actor for Agent {
                 let counter = match signed.kind {
                     EnvelopeKind::Data => &state.stats.received_data,
                     EnvelopeKind::Reply => &state.stats.received_replies,
+                    EnvelopeKind::Ack => return Ok(()),
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                let (origin, sequence) = (signed.origin_node, signed.sequence);
                 let delivery = Delivery {
                     from_agent: signed.source_agent,
                     kind: signed.kind,
                     payload: signed.payload,
                     sent_at_micros: signed.sent_at_micros,
                 };
+                state.stats.record(&delivery);
                 state.with_behaviour(|behaviour, agent_context| {
                     behaviour.message(agent_context, delivery)
                 });
+                // Consumed: acknowledge it, and never hand it over again.
+                state.context.memory().consumed(&origin, sequence);
+                state
+                    .in_inbox
+                    .lock()
+                    .expect("inbox set lock is never poisoned")
+                    .remove(&(origin, sequence));
             }
             AgentMsg::Tick => {
                 state.with_behaviour(|behaviour, agent_context| behaviour.tick(agent_context))

@@ -2,7 +2,7 @@
 //! live connection table, the agent directory, the router's memory and the
 //! metrics. The node supervisor creates it once; restarts reuse it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,15 +11,19 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use ractor::ActorRef;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ClusterConfig;
 use crate::metrics::NodeMetrics;
-use crate::protocols::wire::{DuplicateWindow, TrafficClass};
+use crate::protocols::delivery::{ReliableSender, TokenBucket};
+use crate::protocols::routing::RoutingTable;
+use crate::protocols::topology::Overlay;
+use crate::protocols::wire::{DuplicateWindow, Envelope, TrafficClass};
 
 use super::agent::{AgentMsg, AgentStats};
 use super::node::NodeMsg;
 use super::router::RouterMsg;
+use super::topology::TopologyMsg;
 use super::transport::TransportMsg;
 
 /// Why a message was not accepted for sending. The caller always gets one
@@ -29,15 +33,26 @@ pub enum SendError {
     /// The router's queue is full; try again later.
     #[error("router queue full")]
     RouterBusy,
-    /// The connection's send queue to the destination node is full.
-    #[error("send queue to node {0} is full")]
-    QueueFull(String),
-    /// There is no live connection to the destination node.
-    #[error("no connection to node {0}")]
-    PeerDown(String),
+    /// The sending agent is past its rate limit (delivery.source_rate_max).
+    #[error("agent {0} is past its rate limit")]
+    RateLimited(String),
+    /// Too many messages await acknowledgement (to this destination node,
+    /// or in all); try again when some are acknowledged.
+    #[error("too many unacknowledged messages to node {0}")]
+    InFlightFull(String),
+    /// The message was retransmitted delivery.retries_max times and never
+    /// acknowledged.
+    #[error("no acknowledgement from node {0} after every retry")]
+    RetriesExhausted(String),
     /// No agent of that name is known.
     #[error("no route to agent {0}")]
     NoRoute(String),
+    /// The connection's send queue to a node is full.
+    #[error("send queue to node {0} is full")]
+    QueueFull(String),
+    /// There is no live connection to a node.
+    #[error("no connection to node {0}")]
+    PeerDown(String),
     /// The payload is larger than limits.payload_bytes_max.
     #[error("payload of {bytes} bytes exceeds {max}")]
     PayloadTooLarge { bytes: usize, max: usize },
@@ -129,18 +144,120 @@ pub struct AgentHandle {
     pub actor: ActorRef<AgentMsg>,
     /// One permit per delivery waiting in the agent's mailbox.
     pub inbox: Arc<Semaphore>,
+    /// (origin node, sequence) of deliveries in this incarnation's mailbox,
+    /// not consumed yet: a retransmission of one of these is not handed
+    /// over twice. Lost with the incarnation, so a restarted agent gets
+    /// them again.
+    pub in_inbox: Arc<Mutex<HashSet<(String, u64)>>>,
+}
+
+/// A message awaiting acknowledgement.
+pub struct InFlight {
+    pub envelope: Envelope,
+    pub destination_node: String,
+    /// Told the outcome, if the sender asked.
+    pub receipt: Option<oneshot::Sender<Result<(), SendError>>>,
 }
 
 /// What the router remembers across its own restarts.
 pub struct RouterMemory {
-    /// Next sequence number this node stamps on an envelope.
-    pub next_sequence: u64,
+    /// Per origin node: sequences its agents consumed here.
     pub windows: HashMap<String, DuplicateWindow>,
+    /// Per origin node: consumed sequences not yet acknowledged.
+    pub acks_due: HashMap<String, Vec<u64>>,
+    pub sender: ReliableSender<InFlight>,
+}
+
+impl RouterMemory {
+    /// Records that a local agent consumed `sequence` from `origin`, so it
+    /// is acknowledged and never handed over again.
+    pub fn consumed(&mut self, origin: &str, sequence: u64) {
+        self.windows
+            .entry(origin.to_string())
+            .or_default()
+            .admit(sequence);
+        self.acks_due
+            .entry(origin.to_string())
+            .or_default()
+            .push(sequence);
+    }
+}
+
+/// The live overlay and link weights the router routes by.
+pub struct RoutingView {
+    pub overlay: Overlay,
+    /// This node's index in `overlay`.
+    pub me: Option<usize>,
+    pub table: Option<RoutingTable>,
+    /// Link weights in microseconds, by overlay indices (lower first).
+    pub weights: HashMap<(usize, usize), u64>,
+    /// Weight of a link nobody has measured yet.
+    pub default_weight: u64,
+    /// Overlay index of each node index on the wire (sorted node list).
+    pub overlay_of_wire: Vec<Option<usize>>,
+    /// Wire index of each overlay index.
+    pub wire_of_overlay: Vec<u16>,
+}
+
+impl RoutingView {
+    /// The view of `overlay` from `me`, with `weights` by overlay indices.
+    pub fn new(
+        overlay: Overlay,
+        me: &str,
+        node_names: &[String],
+        weights: HashMap<(usize, usize), u64>,
+        default_weight: u64,
+    ) -> RoutingView {
+        let overlay_of_wire = node_names
+            .iter()
+            .map(|name| overlay.index_of(name))
+            .collect();
+        let wire_of_overlay = overlay
+            .names()
+            .iter()
+            .map(|name| {
+                let index = node_names
+                    .binary_search(name)
+                    .expect("overlay nodes are configured nodes");
+                u16::try_from(index).expect("NODES_MAX fits u16")
+            })
+            .collect();
+        let mut view = RoutingView {
+            me: overlay.index_of(me),
+            overlay,
+            table: None,
+            weights,
+            default_weight: default_weight.max(1),
+            overlay_of_wire,
+            wire_of_overlay,
+        };
+        if let Some(me) = view.me {
+            view.table = Some(crate::protocols::routing::compute(
+                &view.overlay,
+                me,
+                |a, b| view.weight(a, b),
+            ));
+        }
+        view
+    }
+
+    pub fn weight(&self, a: usize, b: usize) -> u64 {
+        *self
+            .weights
+            .get(&(a.min(b), a.max(b)))
+            .unwrap_or(&self.default_weight)
+    }
 }
 
 pub struct NodeContext {
     pub config: Arc<ClusterConfig>,
     pub node_id: String,
+    /// This life of the node: its boot time in unix microseconds.
+    pub incarnation: u64,
+    /// Every configured node id, sorted; a node's index here is how paths
+    /// name it on the wire.
+    pub node_names: Vec<String>,
+    pub node_index: HashMap<String, u16>,
     pub key: SigningKey,
     /// Every node's key, this one's included.
     pub node_keys: HashMap<String, VerifyingKey>,
@@ -157,6 +274,12 @@ pub struct NodeContext {
     pub node: Slot<NodeMsg>,
     pub router: Slot<RouterMsg>,
     pub transport: Slot<TransportMsg>,
+    pub topology: Slot<TopologyMsg>,
+    /// Bounds the topology actor's mailbox of frames from peers.
+    pub control_queue: Arc<Semaphore>,
+    pub routing: RwLock<Arc<RoutingView>>,
+    /// Token buckets of this node's agents, when rate limits are on.
+    pub rate_limits: DashMap<String, TokenBucket>,
     /// Bounds the router's mailbox: one permit per queued message.
     pub router_queue: Arc<Semaphore>,
     pub router_memory: Mutex<RouterMemory>,
@@ -175,12 +298,35 @@ impl NodeContext {
         })
     }
 
+    pub fn routing_view(&self) -> Arc<RoutingView> {
+        self.routing
+            .read()
+            .expect("routing lock is never poisoned")
+            .clone()
+    }
+
+    pub fn memory(&self) -> std::sync::MutexGuard<'_, RouterMemory> {
+        self.router_memory
+            .lock()
+            .expect("router memory lock is never poisoned")
+    }
+
     pub fn stats_of(&self, agent: &str) -> Arc<AgentStats> {
         self.agent_stats
             .entry(agent.to_string())
             .or_default()
             .clone()
     }
+}
+
+/// Microseconds on a clock that never goes back, shared by the process
+/// (for timers and round trips, never sent as a time of day).
+pub fn monotonic_micros() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros() as u64
 }
 
 /// Wall-clock microseconds since the Unix epoch (for envelope timestamps,

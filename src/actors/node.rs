@@ -27,13 +27,14 @@ use tokio::sync::Semaphore;
 
 use crate::config::ClusterConfig;
 use crate::metrics::NodeMetrics;
+use crate::protocols::delivery::{ReliableSender, SenderConfig};
 use crate::tls::{NodeCertificate, PinnedKeys};
 
 use super::agent::{AgentSupervisor, AgentSupervisorMsg};
-use super::context::{unix_micros, NodeContext, PeerTable, RouterMemory, Slot};
+use super::context::{unix_micros, NodeContext, PeerTable, RouterMemory, RoutingView, Slot};
 use super::router::Router;
 use super::supervisor::Children;
-use super::topology::Topology;
+use super::topology::TopologyActor;
 use super::transport::{quic_server_config, Transport};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -43,6 +44,12 @@ pub enum ChildKind {
     Router,
     AgentSupervisor,
 }
+
+/// Frames from peers waiting for the topology actor (heartbeats and
+/// membership records); more are dropped and counted.
+pub const CONTROL_QUEUE_MAX: usize = 4_096;
+/// Weight of a link before its round trip is measured: 1 ms.
+pub const DEFAULT_LINK_WEIGHT_MICROS: u64 = 1_000;
 
 pub enum NodeMsg {
     /// Every neighbour is connected.
@@ -107,10 +114,45 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         .iter()
         .map(|agent| (agent.name.clone(), agent.node.clone()))
         .collect();
+    let mut node_names: Vec<String> = spec.config.nodes.iter().map(|n| n.id.clone()).collect();
+    node_names.sort();
+    let node_index = node_names
+        .iter()
+        .enumerate()
+        .map(|(index, name)| (name.clone(), index as u16))
+        .collect();
+    let shape = spec.config.topology.shape(node_names.len());
+    let base = crate::protocols::topology::build(shape, &node_names, spec.config.seed);
+    let routing = RoutingView::new(
+        base,
+        &spec.node_id,
+        &node_names,
+        HashMap::new(),
+        DEFAULT_LINK_WEIGHT_MICROS,
+    );
+    // Starting at the wall clock keeps a restarted process's incarnation and
+    // sequence numbers above those it used before, so peers' windows admit
+    // them (as long as it sent fewer than one envelope per microsecond).
+    let incarnation = unix_micros();
+    let delivery = &spec.config.delivery;
+    let sender = ReliableSender::new(
+        SenderConfig {
+            inflight_max: delivery.inflight_max,
+            span_max: crate::protocols::wire::duplicate_window::WINDOW_BITS / 2,
+            retransmit_timeout_ms: delivery.retransmit_timeout_ms,
+            retransmit_timeout_max_ms: delivery.retransmit_timeout_max_ms,
+            retries_max: delivery.retries_max,
+        },
+        incarnation,
+    );
     let context = Arc::new(NodeContext {
         router_queue: Arc::new(Semaphore::new(spec.config.limits.router_queue_max)),
+        control_queue: Arc::new(Semaphore::new(CONTROL_QUEUE_MAX)),
         config: spec.config,
         node_id: spec.node_id,
+        incarnation,
+        node_names,
+        node_index,
         key: spec.key,
         node_keys: spec.node_keys,
         node_addresses: spec.node_addresses,
@@ -123,12 +165,13 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         node: Slot::default(),
         router: Slot::default(),
         transport: Slot::default(),
-        // Starting at the wall clock keeps a restarted process's sequence
-        // numbers above those it used before, so peers' windows admit them
-        // (as long as it sent fewer than one envelope per microsecond).
+        topology: Slot::default(),
+        routing: RwLock::new(Arc::new(routing)),
+        rate_limits: DashMap::new(),
         router_memory: Mutex::new(RouterMemory {
-            next_sequence: unix_micros(),
             windows: HashMap::new(),
+            acks_due: HashMap::new(),
+            sender,
         }),
         endpoint,
         certificate,
@@ -183,7 +226,7 @@ impl NodeState {
                 .await?
                 .0
                 .get_id(),
-            ChildKind::Topology => Actor::spawn_linked(None, Topology, context, supervisor)
+            ChildKind::Topology => Actor::spawn_linked(None, TopologyActor, context, supervisor)
                 .await?
                 .0
                 .get_id(),

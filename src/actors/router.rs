@@ -1,21 +1,35 @@
-//! The router: the only actor that signs and verifies envelopes.
+//! The router: signs, routes, forwards, verifies, acknowledges and
+//! retransmits envelopes.
 //!
-//! Outbound, it stamps the node's next sequence number and the send time,
-//! signs, and hands the encoded frame to the destination node's connection
-//! queue (or straight to a local agent). Inbound, it verifies a batch of
-//! envelopes at once, admits each through its origin's duplicate window and
-//! delivers it to the agent's bounded inbox. In this version the overlay is a
-//! full mesh, so every envelope travels one hop.
+//! Outbound, it numbers a message per destination node, signs it, keeps it
+//! until the destination acknowledges it, and sends it along the best path
+//! of the routing view the topology actor keeps current (the path travels
+//! in the envelope). Transit envelopes follow their path, or a detour
+//! through nodes they have not visited when the next link is down; transit
+//! routers do not verify signatures (destinations do). Inbound, it
+//! verifies a batch at once and hands each fresh envelope to its agent's
+//! bounded inbox; the agent marks it consumed, and the router acknowledges
+//! consumed sequences to their origin in batches (one signature per batch).
+//! Every `delivery.tick_ms` it sends due acknowledgements and retransmits
+//! what timed out, giving up after `delivery.retries_max` retries.
 //!
-//! Every refusal answers the sending agent with a typed [`SendError`] and
-//! moves a counter; every drop moves a counter.
+//! Delivery is at-least-once on the wire and exactly-once to the agent: the
+//! destination's duplicate window, the in-inbox set and the sender's bounded
+//! sequence span make sure of it. Every refusal answers the sending agent
+//! with a typed [`SendError`] and moves a counter; every drop moves a
+//! counter named for its cause.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::metrics::NodeMetrics;
+use crate::protocols::delivery::{to_ranges, Refusal, ACK_RANGES_MAX};
+use crate::protocols::routing::{self, Position, Step};
+use crate::protocols::wire::codec::{decode_acks, encode_acks};
 use crate::protocols::wire::envelope::verify_batch;
 use crate::protocols::wire::{
     encode_frame, Admission, Destination, Envelope, EnvelopeKind, Frame, SignedFields,
@@ -23,15 +37,24 @@ use crate::protocols::wire::{
 };
 
 use super::agent::AgentMsg;
-use super::context::{unix_micros, NodeContext, SendError};
+use super::context::{unix_micros, InFlight, NodeContext, RoutingView, SendError};
+
+/// Retransmissions handled per tick; the rest wait for the next one.
+const RETRANSMIT_BATCH_MAX: usize = 4_096;
+
+/// What a sender learns about one message: delivered (acknowledged by the
+/// destination) or why not.
+pub type Receipt = Result<(), SendError>;
 
 /// A message an agent asks the router to carry.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct OutboundMessage {
     pub source_agent: String,
     pub destination_agent: String,
     pub kind: EnvelopeKind,
     pub payload: Vec<u8>,
+    /// Told when the destination acknowledges, or when the router gives up.
+    pub receipt: Option<oneshot::Sender<Receipt>>,
 }
 
 pub enum RouterMsg {
@@ -46,18 +69,27 @@ pub enum RouterMsg {
         envelopes: Vec<Envelope>,
         permit: OwnedSemaphorePermit,
     },
+    /// Send due acknowledgements and retransmissions.
+    Tick,
+}
+
+/// Milliseconds on a clock that never goes back (for timers only).
+pub fn monotonic_ms() -> u64 {
+    super::context::monotonic_micros() / 1_000
 }
 
 /// Hands `message` to the node's router without waiting.
 pub fn send(context: &NodeContext, message: OutboundMessage) -> Result<(), SendError> {
+    let counters = &context.metrics.counters;
     let payload_max = context.config.limits.payload_bytes_max;
     if message.payload.len() > payload_max {
-        NodeMetrics::count(&context.metrics.counters.refused_payload_too_large);
+        NodeMetrics::count(&counters.refused_payload_too_large);
         return Err(SendError::PayloadTooLarge {
             bytes: message.payload.len(),
             max: payload_max,
         });
     }
+    check_rate(context, &message.source_agent)?;
     let permit = context.try_reserve_router()?;
     let router = context.router.get().ok_or(SendError::RouterBusy)?;
     router
@@ -65,181 +97,490 @@ pub fn send(context: &NodeContext, message: OutboundMessage) -> Result<(), SendE
         .map_err(|_| SendError::RouterBusy)
 }
 
+/// Like [`send`], and returns where the outcome will be told.
+pub fn send_with_receipt(
+    context: &NodeContext,
+    source_agent: &str,
+    destination_agent: &str,
+    kind: EnvelopeKind,
+    payload: Vec<u8>,
+) -> Result<oneshot::Receiver<Receipt>, SendError> {
+    let (sender, receiver) = oneshot::channel();
+    let message = OutboundMessage {
+        source_agent: source_agent.to_string(),
+        destination_agent: destination_agent.to_string(),
+        kind,
+        payload,
+        receipt: Some(sender),
+    };
+    send(context, message)?;
+    Ok(receiver)
+}
+
+/// Takes a token from the agent's bucket when rate limits are on.
+fn check_rate(context: &NodeContext, agent: &str) -> Result<(), SendError> {
+    let delivery = &context.config.delivery;
+    if delivery.source_rate_max <= 0.0 {
+        return Ok(());
+    }
+    let now = unix_micros();
+    let mut bucket = context
+        .rate_limits
+        .entry(agent.to_string())
+        .or_insert_with(|| {
+            crate::protocols::delivery::TokenBucket::new(
+                delivery.source_rate_max,
+                delivery.source_burst_max,
+                now,
+            )
+        });
+    if bucket.try_take(now) {
+        Ok(())
+    } else {
+        NodeMetrics::count(&context.metrics.counters.refused_rate_limited);
+        Err(SendError::RateLimited(agent.to_string()))
+    }
+}
+
 pub struct Router;
+
+pub struct RouterState {
+    context: Arc<NodeContext>,
+    ticker: Option<JoinHandle<()>>,
+}
 
 impl Actor for Router {
     type Msg = RouterMsg;
-    type State = Arc<NodeContext>;
+    type State = RouterState;
     type Arguments = Arc<NodeContext>;
 
     async fn pre_start(
         &self,
         myself: ActorRef<RouterMsg>,
         context: Arc<NodeContext>,
-    ) -> Result<Arc<NodeContext>, ActorProcessingErr> {
-        context.router.set(Some(myself));
-        Ok(context)
+    ) -> Result<RouterState, ActorProcessingErr> {
+        context.router.set(Some(myself.clone()));
+        let every = Duration::from_millis(context.config.delivery.tick_ms);
+        let ticker = Some(myself.send_interval(every, || RouterMsg::Tick));
+        Ok(RouterState { context, ticker })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<RouterMsg>,
+        state: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(ticker) = state.ticker.take() {
+            ticker.abort();
+        }
+        Ok(())
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<RouterMsg>,
         message: RouterMsg,
-        context: &mut Arc<NodeContext>,
+        state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
+        let context = &state.context;
         match message {
             RouterMsg::Send { message, permit } => {
-                let source = message.source_agent.clone();
-                let destination = message.destination_agent.clone();
-                if let Err(error) = send_envelope(context, message) {
-                    answer_refusal(context, &source, destination, error);
-                }
+                accept(context, message);
                 drop(permit);
             }
             RouterMsg::Inbound { envelopes, permit } => {
                 receive(context, envelopes);
                 drop(permit);
             }
+            RouterMsg::Tick => {
+                flush_acks(context);
+                retransmit_due(context);
+            }
         }
         Ok(())
     }
 }
 
-fn send_envelope(context: &NodeContext, message: OutboundMessage) -> Result<(), SendError> {
+/// Numbers, signs and sends a message from a local agent, or refuses it.
+fn accept(context: &NodeContext, mut message: OutboundMessage) {
     let counters = &context.metrics.counters;
-    let Some(node) = context.agent_nodes.get(&message.destination_agent) else {
+    let mut receipt = message.receipt.take();
+    let refuse = |error: SendError, receipt: Option<oneshot::Sender<Receipt>>| {
+        if let Some(receipt) = receipt {
+            let _ = receipt.send(Err(error.clone()));
+        }
+        answer_refusal(
+            context,
+            &message.source_agent,
+            &message.destination_agent,
+            error,
+        );
+    };
+    let Some(node) = context.agent_nodes.get(&message.destination_agent).cloned() else {
         NodeMetrics::count(&counters.refused_no_route);
-        return Err(SendError::NoRoute(message.destination_agent));
+        return refuse(
+            SendError::NoRoute(message.destination_agent.clone()),
+            receipt,
+        );
     };
-    let sequence = {
-        let mut memory = context
-            .router_memory
-            .lock()
-            .expect("router memory lock is never poisoned");
-        memory.next_sequence += 1;
-        memory.next_sequence
+    let mut memory = context.memory();
+    let sent = memory
+        .sender
+        .send(monotonic_ms(), &node, |sequence| InFlight {
+            envelope: sign(context, &message, sequence),
+            destination_node: node.clone(),
+            receipt: receipt.take(),
+        });
+    let envelope = match sent {
+        Ok(sequence) => memory
+            .sender
+            .get(&node, sequence)
+            .map(|in_flight| in_flight.envelope.clone()),
+        Err(Refusal::InFlightFull | Refusal::WindowFull) => None,
     };
+    drop(memory);
+    match envelope {
+        Some(envelope) => {
+            NodeMetrics::count(&counters.envelopes_sent);
+            transmit(context, envelope, &node);
+        }
+        None => {
+            NodeMetrics::count(&counters.refused_inflight_full);
+            refuse(SendError::InFlightFull(node), receipt);
+        }
+    }
+}
+
+fn sign(context: &NodeContext, message: &OutboundMessage, sequence: u64) -> Envelope {
     let signed = SignedFields {
         version: crate::protocols::wire::limits::ENVELOPE_VERSION,
         kind: message.kind,
         origin_node: context.node_id.clone(),
-        source_agent: message.source_agent,
-        destination: Destination::Agent(message.destination_agent),
+        source_agent: message.source_agent.clone(),
+        destination: Destination::Agent(message.destination_agent.clone()),
         sequence,
         ttl: context.config.limits.ttl,
         sent_at_micros: unix_micros(),
-        payload: message.payload,
+        payload: message.payload.clone(),
     };
-    let envelope = Envelope::sign(signed, &context.key);
-    if *node == context.node_id {
-        NodeMetrics::count(&counters.envelopes_sent);
-        deliver(context, envelope);
-        return Ok(());
+    Envelope::sign(signed, &context.key)
+}
+
+/// Tells the sending agent, if it still runs, why its message failed.
+fn answer_refusal(context: &NodeContext, source: &str, destination: &str, error: SendError) {
+    if let Some(agent) = context.agents.get(source) {
+        let _ = agent.actor.cast(AgentMsg::SendFailed {
+            destination: destination.to_string(),
+            error,
+        });
     }
+}
+
+/// Sends an envelope this node originates (first time or again) toward
+/// `destination_node` along the best path whose first link is up.
+fn transmit(context: &NodeContext, mut envelope: Envelope, destination_node: &str) {
+    let counters = &context.metrics.counters;
+    if destination_node == context.node_id {
+        return arrive(context, vec![envelope], false);
+    }
+    let view = context.routing_view();
+    let link_up = |next: usize| context.peers.is_connected(view.overlay.name(next));
+    let (Some(me), Some(destination)) = (view.me, view.overlay.index_of(destination_node)) else {
+        return NodeMetrics::count(&counters.dropped_no_route);
+    };
+    let planned = view
+        .table
+        .as_ref()
+        .and_then(|table| table.route(destination))
+        .filter(|route| link_up(route.next_hop))
+        .map(|route| route.path.clone());
+    let path = planned.or_else(|| {
+        routing::path_avoiding(
+            &view.overlay,
+            me,
+            destination,
+            &[me],
+            |a, b| view.weight(a, b),
+            link_up,
+        )
+    });
+    let Some(path) = path else {
+        return NodeMetrics::count(&counters.dropped_no_route);
+    };
+    if path.len() - 1 > envelope.signed.ttl as usize {
+        return NodeMetrics::count(&counters.dropped_ttl_expired);
+    }
+    envelope.hop_count = 0;
+    envelope.path = path
+        .iter()
+        .map(|&index| view.wire_of_overlay[index])
+        .collect();
+    send_hop(context, &view, envelope, path[1]);
+}
+
+/// Sends `envelope` one hop, to overlay node `next`.
+fn send_hop(context: &NodeContext, view: &RoutingView, mut envelope: Envelope, next: usize) {
+    let counters = &context.metrics.counters;
+    envelope.hop_count += 1;
+    let class = match envelope.signed.kind {
+        EnvelopeKind::Ack => TrafficClass::Control,
+        EnvelopeKind::Data | EnvelopeKind::Reply => TrafficClass::Data,
+    };
     let bytes = encode_frame(&Frame::Envelope(envelope));
     let length = bytes.len() as u64;
-    context
-        .peers
-        .try_send(node, (TrafficClass::Data, bytes.into()))
-        .inspect_err(|error| {
-            let counter = match error {
-                SendError::QueueFull(_) => &counters.refused_queue_full,
-                _ => &counters.refused_peer_down,
-            };
-            NodeMetrics::count(counter);
-        })?;
-    NodeMetrics::count(&counters.envelopes_sent);
-    counters
-        .frames_sent
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    counters
-        .bytes_sent
-        .fetch_add(length, std::sync::atomic::Ordering::Relaxed);
-    Ok(())
-}
-
-/// Tells the sending agent, if it still runs, why its message was refused.
-fn answer_refusal(context: &NodeContext, source: &str, destination: String, error: SendError) {
-    if let Some(agent) = context.agents.get(source) {
-        let _ = agent
-            .actor
-            .cast(AgentMsg::SendFailed { destination, error });
+    let peer = view.overlay.name(next);
+    match context.peers.try_send(peer, (class, bytes.into())) {
+        Ok(()) => {
+            NodeMetrics::count(&counters.frames_sent);
+            counters
+                .bytes_sent
+                .fetch_add(length, std::sync::atomic::Ordering::Relaxed);
+        }
+        Err(SendError::QueueFull(_)) => NodeMetrics::count(&counters.dropped_queue_full),
+        Err(_) => NodeMetrics::count(&counters.dropped_peer_down),
     }
 }
 
+/// The node an envelope is going to, if it names one this cluster has.
+fn destination_node<'c>(context: &'c NodeContext, envelope: &'c Envelope) -> Option<&'c str> {
+    match &envelope.signed.destination {
+        Destination::Agent(agent) => context.agent_nodes.get(agent).map(String::as_str),
+        Destination::Node(node) => context
+            .node_index
+            .contains_key(node)
+            .then_some(node.as_str()),
+        Destination::Broadcast => None,
+    }
+}
+
+/// Envelopes from a peer: forward those for other nodes, take the rest.
 fn receive(context: &NodeContext, envelopes: Vec<Envelope>) {
-    let counters = &context.metrics.counters;
-    let (local, misrouted): (Vec<Envelope>, Vec<Envelope>) = envelopes
-        .into_iter()
-        .partition(|envelope| is_local(context, envelope));
-    for _ in &misrouted {
-        NodeMetrics::count(&counters.dropped_misrouted);
+    let mut here = Vec::with_capacity(envelopes.len());
+    let view = context.routing_view();
+    for envelope in envelopes {
+        match destination_node(context, &envelope) {
+            None => NodeMetrics::count(&context.metrics.counters.dropped_misrouted),
+            Some(node) if node == context.node_id => here.push(envelope),
+            Some(node) => {
+                let node = node.to_string();
+                forward(context, &view, envelope, &node);
+            }
+        }
     }
-    let verdicts = verify_batch(&local, |origin| context.node_keys.get(origin));
-    let mut memory = context
-        .router_memory
-        .lock()
-        .expect("router memory lock is never poisoned");
-    let mut fresh = Vec::with_capacity(local.len());
-    for (envelope, verdict) in local.into_iter().zip(verdicts) {
+    if !here.is_empty() {
+        arrive(context, here, true);
+    }
+}
+
+/// Passes a transit envelope on along its path, or a detour.
+fn forward(context: &NodeContext, view: &RoutingView, mut envelope: Envelope, node: &str) {
+    let counters = &context.metrics.counters;
+    let (Some(me), Some(destination)) = (view.me, view.overlay.index_of(node)) else {
+        return NodeMetrics::count(&counters.dropped_no_route);
+    };
+    let path: Vec<usize> = envelope
+        .path
+        .iter()
+        .map(|&wire| {
+            view.overlay_of_wire
+                .get(wire as usize)
+                .copied()
+                .flatten()
+                .unwrap_or(usize::MAX)
+        })
+        .collect();
+    let position = Position {
+        here: me,
+        destination,
+        path: &path,
+        hops: envelope.hop_count as usize,
+        ttl: envelope.signed.ttl as usize,
+    };
+    let link_up = |next: usize| context.peers.is_connected(view.overlay.name(next));
+    match routing::next_step(&view.overlay, position, |a, b| view.weight(a, b), link_up) {
+        Step::Forward { path } => {
+            let next = path[envelope.hop_count as usize + 1];
+            envelope.path = path
+                .iter()
+                .map(|&index| view.wire_of_overlay[index])
+                .collect();
+            NodeMetrics::count(&counters.envelopes_forwarded);
+            send_hop(context, view, envelope, next);
+        }
+        Step::TtlExpired => NodeMetrics::count(&counters.dropped_ttl_expired),
+        Step::NoRoute => NodeMetrics::count(&counters.dropped_no_route),
+        Step::Deliver | Step::Misrouted => NodeMetrics::count(&counters.dropped_misrouted),
+    }
+}
+
+/// Envelopes for this node: verify (unless they never left it), then take
+/// acknowledgements and hand data to agents.
+fn arrive(context: &NodeContext, envelopes: Vec<Envelope>, verify: bool) {
+    let counters = &context.metrics.counters;
+    let verdicts = if verify {
+        verify_batch(&envelopes, |origin| context.node_keys.get(origin))
+    } else {
+        vec![Ok(()); envelopes.len()]
+    };
+    for (envelope, verdict) in envelopes.into_iter().zip(verdicts) {
         match verdict {
             Err(VerifyError::UnknownOrigin(_)) => {
                 NodeMetrics::count(&counters.dropped_unknown_origin)
             }
             Err(VerifyError::BadSignature) => NodeMetrics::count(&counters.dropped_bad_signature),
-            Ok(()) => {
-                let window = memory
-                    .windows
-                    .entry(envelope.signed.origin_node.clone())
-                    .or_default();
-                match window.admit(envelope.signed.sequence) {
-                    Admission::Fresh => fresh.push(envelope),
-                    Admission::Duplicate => NodeMetrics::count(&counters.dropped_duplicate),
-                    Admission::TooOld => NodeMetrics::count(&counters.dropped_too_old),
-                }
-            }
+            Ok(()) if envelope.signed.kind == EnvelopeKind::Ack => take_acks(context, &envelope),
+            Ok(()) => hand_over(context, envelope),
         }
     }
-    drop(memory);
-    for envelope in fresh {
-        deliver(context, envelope);
+}
+
+/// An acknowledgement from a destination node: settle what it covers.
+fn take_acks(context: &NodeContext, envelope: &Envelope) {
+    let counters = &context.metrics.counters;
+    let Ok(ranges) = decode_acks(&envelope.signed.payload) else {
+        return NodeMetrics::count(&counters.frames_malformed);
+    };
+    let settled = context
+        .memory()
+        .sender
+        .acknowledge(&envelope.signed.origin_node, &ranges);
+    for (_, in_flight) in settled {
+        NodeMetrics::count(&counters.acknowledged);
+        if let Some(receipt) = in_flight.receipt {
+            let _ = receipt.send(Ok(()));
+        }
     }
 }
 
-fn is_local(context: &NodeContext, envelope: &Envelope) -> bool {
-    match &envelope.signed.destination {
-        Destination::Agent(agent) => context.agent_nodes.get(agent) == Some(&context.node_id),
-        Destination::Node(node) => *node == context.node_id,
-        Destination::Broadcast => false,
-    }
-}
-
-/// Hands a verified, fresh envelope to its agent's bounded inbox.
-fn deliver(context: &NodeContext, envelope: Envelope) {
+/// Hands a verified data envelope to its agent unless it was consumed
+/// already (then it is acknowledged again) or waits in the inbox.
+fn hand_over(context: &NodeContext, envelope: Envelope) {
     let counters = &context.metrics.counters;
     let Destination::Agent(agent) = &envelope.signed.destination else {
-        NodeMetrics::count(&counters.dropped_misrouted);
-        return;
+        return NodeMetrics::count(&counters.dropped_misrouted);
     };
+    let origin = envelope.signed.origin_node.clone();
+    let sequence = envelope.signed.sequence;
+    {
+        let mut memory = context.memory();
+        let admission = memory
+            .windows
+            .get(&origin)
+            .map_or(Admission::Fresh, |window| window.check(sequence));
+        match admission {
+            Admission::Fresh => {}
+            Admission::Duplicate => {
+                // Consumed before; the acknowledgement must have been lost.
+                memory.acks_due.entry(origin).or_default().push(sequence);
+                return NodeMetrics::count(&counters.dropped_duplicate);
+            }
+            Admission::TooOld => return NodeMetrics::count(&counters.dropped_too_old),
+        }
+    }
     let Some(handle) = context.agents.get(agent).map(|entry| entry.clone()) else {
-        NodeMetrics::count(&counters.dropped_agent_missing);
-        return;
+        return NodeMetrics::count(&counters.dropped_agent_missing);
     };
+    let key = (origin, sequence);
+    let mut in_inbox = handle
+        .in_inbox
+        .lock()
+        .expect("inbox set lock is never poisoned");
+    if in_inbox.contains(&key) {
+        return NodeMetrics::count(&counters.dropped_duplicate);
+    }
     let Ok(permit) = handle.inbox.clone().try_acquire_owned() else {
-        NodeMetrics::count(&counters.dropped_agent_inbox_full);
-        return;
+        return NodeMetrics::count(&counters.dropped_agent_inbox_full);
     };
     let sent_at_micros = envelope.signed.sent_at_micros;
+    let hops = envelope.hop_count;
     if handle
         .actor
         .cast(AgentMsg::Deliver { envelope, permit })
         .is_err()
     {
-        NodeMetrics::count(&counters.dropped_agent_missing);
-        return;
+        return NodeMetrics::count(&counters.dropped_agent_missing);
     }
+    in_inbox.insert(key);
+    drop(in_inbox);
     NodeMetrics::count(&counters.envelopes_delivered);
+    context.metrics.record_hops(hops);
     context
         .metrics
         .record_latency(unix_micros().saturating_sub(sent_at_micros));
+}
+
+/// Sends every due acknowledgement, one signed envelope per origin node
+/// (per ACK_RANGES_MAX ranges).
+fn flush_acks(context: &NodeContext) {
+    let due = std::mem::take(&mut context.memory().acks_due);
+    for (origin, mut sequences) in due {
+        if sequences.is_empty() {
+            continue;
+        }
+        let ranges = to_ranges(&mut sequences);
+        for chunk in ranges.chunks(ACK_RANGES_MAX) {
+            let signed = SignedFields {
+                version: crate::protocols::wire::limits::ENVELOPE_VERSION,
+                kind: EnvelopeKind::Ack,
+                origin_node: context.node_id.clone(),
+                source_agent: context.node_id.clone(),
+                destination: Destination::Node(origin.clone()),
+                sequence: 0,
+                ttl: context.config.limits.ttl,
+                sent_at_micros: unix_micros(),
+                payload: encode_acks(chunk),
+            };
+            let envelope = if origin == context.node_id {
+                // Never leaves the node: no signature needed.
+                Envelope {
+                    signed,
+                    hop_count: 0,
+                    path: Vec::new(),
+                    signature: [0; 64],
+                }
+            } else {
+                NodeMetrics::count(&context.metrics.counters.acks_sent);
+                Envelope::sign(signed, &context.key)
+            };
+            transmit(context, envelope, &origin);
+        }
+    }
+}
+
+/// Retransmits what timed out and gives up on what ran out of retries.
+fn retransmit_due(context: &NodeContext) {
+    let counters = &context.metrics.counters;
+    let mut memory = context.memory();
+    if memory
+        .sender
+        .next_due_ms()
+        .is_none_or(|due| due > monotonic_ms())
+    {
+        return;
+    }
+    let polled = memory.sender.poll_due(monotonic_ms(), RETRANSMIT_BATCH_MAX);
+    let again: Vec<(Envelope, String)> = polled
+        .retransmit
+        .iter()
+        .filter_map(|(node, sequence)| {
+            let in_flight = memory.sender.get(node, *sequence)?;
+            Some((in_flight.envelope.clone(), node.clone()))
+        })
+        .collect();
+    drop(memory);
+    for (node, _, in_flight) in polled.exhausted {
+        NodeMetrics::count(&counters.lost_retries_exhausted);
+        let error = SendError::RetriesExhausted(node);
+        if let Some(receipt) = in_flight.receipt {
+            let _ = receipt.send(Err(error.clone()));
+        }
+        let signed = &in_flight.envelope.signed;
+        if let Destination::Agent(destination) = &signed.destination {
+            answer_refusal(context, &signed.source_agent, destination, error);
+        }
+    }
+    for (envelope, node) in again {
+        NodeMetrics::count(&counters.retransmissions);
+        transmit(context, envelope, &node);
+    }
 }

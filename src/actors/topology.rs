@@ -1,65 +1,343 @@
-//! The topology actor: chooses this node's overlay neighbours and tells the
-//! transport to hold connections to exactly those.
+//! The topology actor: membership, the overlay, and the routing view.
 //!
-//! This version builds a full mesh among the configured nodes; the shapes
-//! that choose fewer neighbours (partial mesh, ring, tree, ...) plug in here.
+//! It heartbeats every overlay neighbour on the control stream, feeds what
+//! it hears to the phi-accrual detector ([`Membership`]), spreads
+//! membership changes to its neighbours (and reconciles whole views when
+//! heartbeat digests differ), and derives the overlay from the live set
+//! with [`Topology::overlay_for`] — a pure function, so nodes that agree on
+//! who is alive agree on the overlay. It tells the transport which
+//! neighbours to hold connections to (overlay edges only, plus base-overlay
+//! neighbours thought dead, which it keeps probing so a node that comes back
+//! is heard), and publishes a fresh [`RoutingView`] (overlay plus smoothed
+//! round-trip times, its own and those its neighbours report) for the
+//! router after every change and every heartbeat interval.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
+use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::OwnedSemaphorePermit;
 
-use super::context::NodeContext;
+use crate::metrics::NodeMetrics;
+use crate::protocols::membership::{MemberRecord, Membership};
+use crate::protocols::topology::{Overlay, Topology};
+use crate::protocols::wire::codec::MEMBER_RECORDS_MAX;
+use crate::protocols::wire::{encode_frame, Frame, Heartbeat, TrafficClass};
+
+use super::context::{monotonic_micros, NodeContext, RoutingView};
+use super::node::DEFAULT_LINK_WEIGHT_MICROS;
 use super::transport::TransportMsg;
 
+/// A control frame from a neighbour.
+pub enum ControlFrame {
+    Heartbeat(Heartbeat),
+    Members(Vec<MemberRecord>),
+}
+
 pub enum TopologyMsg {
-    /// Tell the transport the current neighbours again (after it restarts).
+    /// Tell the transport and router the current state again.
     Publish,
+    /// Heartbeat the neighbours and judge them.
+    Tick,
+    /// A frame from neighbour `from`; the permit bounds the queue.
+    Control {
+        from: String,
+        frame: ControlFrame,
+        permit: OwnedSemaphorePermit,
+    },
+    LinkUp(String),
+    LinkDown(String),
 }
 
-pub struct Topology;
+pub struct TopologyActor;
 
-/// The neighbours of this node in the configured overlay.
-pub fn neighbours_of(context: &NodeContext) -> Vec<String> {
-    let config = &context.config;
-    let names: Vec<String> = config.nodes.iter().map(|node| node.id.clone()).collect();
-    let shape = config.topology.shape(names.len());
-    crate::protocols::topology::build(shape, &names, config.seed).neighbours_of(&context.node_id)
+pub struct TopologyState {
+    context: Arc<NodeContext>,
+    topology: Topology,
+    membership: Membership,
+    live: BTreeSet<String>,
+    overlay: Overlay,
+    published: Option<(Vec<String>, Vec<String>)>,
+    /// Smoothed round trip to each neighbour, microseconds.
+    round_trips: HashMap<String, u64>,
+    /// What each neighbour reports of its own links.
+    reported: HashMap<String, Vec<(u16, u32)>>,
+    /// Per neighbour: its last heartbeat's send time and when it arrived.
+    last_heard: HashMap<String, (u64, u64)>,
+    /// When this node last sent its whole view to each neighbour.
+    view_sent_micros: HashMap<String, u64>,
+    ticker: Option<JoinHandle<()>>,
 }
 
-fn publish(context: &NodeContext) {
-    let neighbours = neighbours_of(context);
-    *context
-        .neighbours
-        .write()
-        .expect("neighbours lock is never poisoned") = neighbours.clone();
-    if let Some(transport) = context.transport.get() {
-        let _ = transport.cast(TransportMsg::SetNeighbours(neighbours));
-    }
-}
-
-impl Actor for Topology {
+impl Actor for TopologyActor {
     type Msg = TopologyMsg;
-    type State = Arc<NodeContext>;
+    type State = TopologyState;
     type Arguments = Arc<NodeContext>;
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<TopologyMsg>,
+        myself: ActorRef<TopologyMsg>,
         context: Arc<NodeContext>,
-    ) -> Result<Arc<NodeContext>, ActorProcessingErr> {
-        publish(&context);
-        Ok(context)
+    ) -> Result<TopologyState, ActorProcessingErr> {
+        context.topology.set(Some(myself.clone()));
+        let config = &context.config;
+        let names = context.node_names.clone();
+        let topology = Topology::new(config.topology.shape(names.len()), &names, config.seed);
+        let detector = config.membership.detector();
+        let membership = Membership::new(&context.node_id, context.incarnation, &names, detector);
+        let every = Duration::from_millis(config.membership.heartbeat_interval_ms);
+        let ticker = Some(myself.send_interval(every, || TopologyMsg::Tick));
+        let mut state = TopologyState {
+            live: names.iter().cloned().collect(),
+            overlay: topology.base().clone(),
+            topology,
+            membership,
+            context,
+            published: None,
+            round_trips: HashMap::new(),
+            reported: HashMap::new(),
+            last_heard: HashMap::new(),
+            view_sent_micros: HashMap::new(),
+            ticker,
+        };
+        state.publish();
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<TopologyMsg>,
+        state: &mut TopologyState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(ticker) = state.ticker.take() {
+            ticker.abort();
+        }
+        Ok(())
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<TopologyMsg>,
         message: TopologyMsg,
-        context: &mut Arc<NodeContext>,
+        state: &mut TopologyState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            TopologyMsg::Publish => publish(context),
+            TopologyMsg::Publish => {
+                state.published = None;
+                state.publish();
+            }
+            TopologyMsg::Tick => state.tick(),
+            TopologyMsg::Control {
+                from,
+                frame,
+                permit,
+            } => {
+                drop(permit);
+                match frame {
+                    ControlFrame::Heartbeat(heartbeat) => state.heard(&from, heartbeat),
+                    ControlFrame::Members(records) => {
+                        let changed = state.membership.merge(&records);
+                        state.spread(&changed, Some(&from));
+                    }
+                }
+            }
+            TopologyMsg::LinkUp(_) | TopologyMsg::LinkDown(_) => state.publish_routes(),
         }
         Ok(())
+    }
+}
+
+impl TopologyState {
+    fn now_ms(&self) -> u64 {
+        monotonic_micros() / 1_000
+    }
+
+    fn tick(&mut self) {
+        let changed = self.membership.tick(self.now_ms());
+        self.spread(&changed, None);
+        let now = monotonic_micros();
+        let digest = self.membership.digest();
+        let links = self.own_links();
+        for peer in self.context.peers.connected() {
+            let (echo_micros, held_micros) = self
+                .last_heard
+                .get(&peer)
+                .map_or((0, 0), |&(sent, arrived)| {
+                    (sent, now.saturating_sub(arrived))
+                });
+            let heartbeat = Heartbeat {
+                incarnation: self.membership.incarnation(),
+                sent_micros: now,
+                echo_micros,
+                held_micros,
+                view_digest: digest,
+                links: links.clone(),
+            };
+            self.send(&peer, &Frame::Heartbeat(heartbeat));
+        }
+        self.publish_routes();
+    }
+
+    /// A heartbeat from a neighbour: liveness, round trip, its links, and
+    /// whether our views differ.
+    fn heard(&mut self, from: &str, heartbeat: Heartbeat) {
+        let now = monotonic_micros();
+        let changed = self
+            .membership
+            .heartbeat(now / 1_000, from, heartbeat.incarnation);
+        if heartbeat.echo_micros != 0 {
+            let sample = now
+                .saturating_sub(heartbeat.echo_micros)
+                .saturating_sub(heartbeat.held_micros)
+                .max(1);
+            let smoothed = self
+                .round_trips
+                .get(from)
+                .map_or(sample, |&old| (7 * old + sample) / 8);
+            self.round_trips.insert(from.to_string(), smoothed);
+        }
+        self.last_heard
+            .insert(from.to_string(), (heartbeat.sent_micros, now));
+        self.reported.insert(from.to_string(), heartbeat.links);
+        if heartbeat.view_digest != self.membership.digest() {
+            let interval = self.context.config.membership.heartbeat_interval_ms * 1_000;
+            let last = self.view_sent_micros.get(from).copied().unwrap_or(0);
+            if last == 0 || now.saturating_sub(last) >= interval {
+                self.view_sent_micros.insert(from.to_string(), now);
+                let records = self.membership.records();
+                for chunk in records.chunks(MEMBER_RECORDS_MAX) {
+                    self.send(from, &Frame::Members(chunk.to_vec()));
+                }
+            }
+        }
+        if let Some(record) = changed {
+            self.spread(&[record], Some(from));
+        }
+    }
+
+    /// Passes membership changes on to every neighbour but `except`, then
+    /// recomputes the overlay.
+    fn spread(&mut self, changed: &[MemberRecord], except: Option<&str>) {
+        if changed.is_empty() {
+            return;
+        }
+        let counters = &self.context.metrics.counters;
+        for record in changed {
+            NodeMetrics::count(&counters.membership_changes);
+            tracing::info!(node = %self.context.node_id, member = %record.node, status = ?record.status, incarnation = record.incarnation, "membership change");
+        }
+        for peer in self.context.peers.connected() {
+            if Some(peer.as_str()) != except {
+                for chunk in changed.chunks(MEMBER_RECORDS_MAX) {
+                    self.send(&peer, &Frame::Members(chunk.to_vec()));
+                }
+            }
+        }
+        self.publish();
+    }
+
+    fn send(&self, peer: &str, frame: &Frame) {
+        let bytes = encode_frame(frame);
+        // A full control queue drops this frame; the next heartbeat or
+        // digest exchange makes up for it.
+        let _ = self
+            .context
+            .peers
+            .try_send(peer, (TrafficClass::Control, bytes.into()));
+    }
+
+    /// This node's smoothed round trips, by wire index.
+    fn own_links(&self) -> Vec<(u16, u32)> {
+        let mut links: Vec<(u16, u32)> = self
+            .round_trips
+            .iter()
+            .filter_map(|(peer, &micros)| {
+                let index = *self.context.node_index.get(peer)?;
+                Some((index, micros.min(u32::MAX as u64) as u32))
+            })
+            .collect();
+        links.sort_unstable();
+        links
+    }
+
+    /// Recomputes the overlay if the live set changed, and tells the
+    /// transport and router.
+    fn publish(&mut self) {
+        let live = self.membership.live();
+        if live != self.live {
+            self.overlay = self.topology.overlay_for(&live);
+            self.live = live;
+        }
+        let me = self.context.node_id.clone();
+        let neighbours = self.overlay.neighbours_of(&me);
+        let probes: Vec<String> = self
+            .topology
+            .base()
+            .neighbours_of(&me)
+            .into_iter()
+            .filter(|peer| !self.live.contains(peer))
+            .collect();
+        let watched: BTreeSet<String> = neighbours.iter().cloned().collect();
+        self.membership.monitor(self.now_ms(), &watched);
+        let now_published = (neighbours.clone(), probes.clone());
+        if self.published.as_ref() != Some(&now_published) {
+            if self.published.is_some() {
+                NodeMetrics::count(&self.context.metrics.counters.overlay_changes);
+                tracing::info!(node = %me, neighbours = ?neighbours, "overlay changed");
+            }
+            self.published = Some(now_published);
+            *self
+                .context
+                .neighbours
+                .write()
+                .expect("neighbours lock is never poisoned") = neighbours.clone();
+            if let Some(transport) = self.context.transport.get() {
+                let _ = transport.cast(TransportMsg::SetNeighbours { neighbours, probes });
+            }
+        }
+        self.publish_routes();
+    }
+
+    /// A fresh routing view from the overlay and every known round trip.
+    fn publish_routes(&self) {
+        let overlay = &self.overlay;
+        let me = &self.context.node_id;
+        let mut weights = HashMap::new();
+        let mut own: Vec<u64> = Vec::new();
+        let mut put = |a: &str, b: &str, micros: u64| {
+            if let (Some(a), Some(b)) = (overlay.index_of(a), overlay.index_of(b)) {
+                weights.insert((a.min(b), a.max(b)), micros.max(1));
+            }
+        };
+        for (reporter, links) in &self.reported {
+            for &(index, micros) in links {
+                if let Some(other) = self.context.node_names.get(index as usize) {
+                    put(reporter, other, u64::from(micros));
+                }
+            }
+        }
+        for (peer, &micros) in &self.round_trips {
+            put(me, peer, micros);
+            own.push(micros);
+        }
+        own.sort_unstable();
+        let default_weight = own
+            .get(own.len() / 2)
+            .copied()
+            .unwrap_or(DEFAULT_LINK_WEIGHT_MICROS);
+        let view = RoutingView::new(
+            overlay.clone(),
+            me,
+            &self.context.node_names,
+            weights,
+            default_weight,
+        );
+        *self
+            .context
+            .routing
+            .write()
+            .expect("routing lock is never poisoned") = Arc::new(view);
     }
 }

@@ -38,6 +38,7 @@ use crate::tls::{self, NodeCertificate, PinnedKeys};
 use super::context::{NodeContext, OutboundFrame, PeerLink};
 use super::node::NodeMsg;
 use super::router::RouterMsg;
+use super::topology::{ControlFrame, TopologyMsg};
 
 /// Application close codes, so a peer's log says why it was dropped.
 pub const CLOSE_SHUTDOWN: u32 = 0;
@@ -49,8 +50,13 @@ pub const CLOSE_REPLACED: u32 = 3;
 const WRITE_BATCH_MAX: usize = 64;
 
 pub enum TransportMsg {
-    /// The neighbours to hold connections to.
-    SetNeighbours(Vec<String>),
+    /// The overlay neighbours to hold connections to, and nodes to keep
+    /// dialing although they are thought dead (base-overlay neighbours, so
+    /// a node that comes back is heard from).
+    SetNeighbours {
+        neighbours: Vec<String>,
+        probes: Vec<String>,
+    },
     PeerUp(String),
     PeerDown(String),
     ConnectedPeers(RpcReplyPort<Vec<String>>),
@@ -65,6 +71,7 @@ pub struct TransportState {
     _guard: DropGuard,
     dialers: HashMap<String, CancellationToken>,
     neighbours: BTreeSet<String>,
+    probes: BTreeSet<String>,
     connected: BTreeSet<String>,
 }
 
@@ -128,9 +135,10 @@ impl Actor for Transport {
             token,
             dialers: HashMap::new(),
             neighbours: BTreeSet::new(),
+            probes: BTreeSet::new(),
             connected: BTreeSet::new(),
         };
-        state.set_neighbours(neighbours);
+        state.set_neighbours(neighbours, Vec::new());
         Ok(state)
     }
 
@@ -141,18 +149,23 @@ impl Actor for Transport {
         state: &mut TransportState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            TransportMsg::SetNeighbours(neighbours) => state.set_neighbours(neighbours),
+            TransportMsg::SetNeighbours { neighbours, probes } => {
+                state.set_neighbours(neighbours, probes);
+                state.check_neighbours_up();
+            }
             TransportMsg::PeerUp(peer) => {
-                state.connected.insert(peer);
-                if state.neighbours.is_subset(&state.connected) {
-                    if let Some(node) = state.context.node.get() {
-                        let _ = node.cast(NodeMsg::NeighboursUp);
-                    }
+                state.connected.insert(peer.clone());
+                state.check_neighbours_up();
+                if let Some(topology) = state.context.topology.get() {
+                    let _ = topology.cast(TopologyMsg::LinkUp(peer));
                 }
             }
             TransportMsg::PeerDown(peer) => {
                 if !state.context.peers.is_connected(&peer) {
                     state.connected.remove(&peer);
+                    if let Some(topology) = state.context.topology.get() {
+                        let _ = topology.cast(TopologyMsg::LinkDown(peer));
+                    }
                 }
             }
             TransportMsg::ConnectedPeers(reply) => {
@@ -164,13 +177,23 @@ impl Actor for Transport {
 }
 
 impl TransportState {
-    fn set_neighbours(&mut self, neighbours: Vec<String>) {
-        self.neighbours = neighbours
-            .into_iter()
-            .filter(|peer| *peer != self.context.node_id)
-            .collect();
+    fn check_neighbours_up(&self) {
+        // No neighbours yet means the topology has not spoken, unless this
+        // node is the whole cluster.
+        let alone = self.context.node_names.len() == 1;
+        if (alone || !self.neighbours.is_empty()) && self.neighbours.is_subset(&self.connected) {
+            if let Some(node) = self.context.node.get() {
+                let _ = node.cast(NodeMsg::NeighboursUp);
+            }
+        }
+    }
+
+    fn set_neighbours(&mut self, neighbours: Vec<String>, probes: Vec<String>) {
+        let own = |peer: &String| *peer != self.context.node_id;
+        self.neighbours = neighbours.into_iter().filter(own).collect();
+        self.probes = probes.into_iter().filter(own).collect();
         self.dialers.retain(|peer, token| {
-            let keep = self.neighbours.contains(peer);
+            let keep = self.neighbours.contains(peer) || self.probes.contains(peer);
             if !keep {
                 token.cancel();
             }
@@ -178,7 +201,7 @@ impl TransportState {
         });
         let to_dial: Vec<String> = self
             .neighbours
-            .iter()
+            .union(&self.probes)
             .filter(|peer| dials(&self.context.node_id, peer) && !self.dialers.contains_key(*peer))
             .cloned()
             .collect();
@@ -387,7 +410,10 @@ async fn run_connection(
             connection.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
             Ending::Closed
         }
-        _ = write_frames(&connection, outbound) => Ending::Closed,
+        reason = write_frames(&connection, outbound) => {
+            tracing::debug!(node = %context.node_id, %peer, %reason, "writer stopped");
+            Ending::Closed
+        }
         ending = read_streams(&context, &connection, &peer) => ending,
     };
     if let Ending::Malformed(reason) = &ending {
@@ -413,28 +439,32 @@ type StreamWriter = FramedWrite<quinn::SendStream, LengthDelimitedCodec>;
 
 /// Drains the peer's send queue into one stream per traffic class, flushing
 /// after each batch. Returns when the queue closes or the connection fails.
-async fn write_frames(connection: &Connection, mut outbound: mpsc::Receiver<OutboundFrame>) {
+async fn write_frames(
+    connection: &Connection,
+    mut outbound: mpsc::Receiver<OutboundFrame>,
+) -> &'static str {
     let mut streams: [Option<StreamWriter>; 4] = Default::default();
     let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
     while outbound.recv_many(&mut batch, WRITE_BATCH_MAX).await > 0 {
         let mut dirty = [false; 4];
         for (class, bytes) in batch.drain(..) {
             let Some(stream) = stream_for(connection, &mut streams, class).await else {
-                return;
+                return "cannot open a stream";
             };
             if stream.feed(bytes).await.is_err() {
-                return;
+                return "stream write failed";
             }
             dirty[class.index()] = true;
         }
         for (stream, dirty) in streams.iter_mut().zip(dirty) {
             if let (Some(stream), true) = (stream, dirty) {
                 if SinkExt::<bytes::Bytes>::flush(stream).await.is_err() {
-                    return;
+                    return "stream flush failed";
                 }
             }
         }
     }
+    "send queue closed"
 }
 
 async fn stream_for<'s>(
@@ -499,15 +529,22 @@ async fn read_stream(
     );
     loop {
         let mut batch = Vec::new();
+        let mut ended = false;
         let mut next = frames.next().await;
         loop {
             let bytes = match next {
-                None => break,
+                None => {
+                    ended = true;
+                    break;
+                }
                 Some(Ok(bytes)) => bytes,
                 Some(Err(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
                     return Err(malformed(error.to_string()));
                 }
-                Some(Err(_)) => break,
+                Some(Err(_)) => {
+                    ended = true;
+                    break;
+                }
             };
             counters
                 .frames_received
@@ -517,6 +554,12 @@ async fn read_stream(
                 .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
             match decode_frame(&bytes).map_err(|error| malformed(error.to_string()))? {
                 Frame::Envelope(envelope) => batch.push(envelope),
+                Frame::Heartbeat(heartbeat) => {
+                    hand_to_topology(&context, &peer, ControlFrame::Heartbeat(heartbeat))
+                }
+                Frame::Members(records) => {
+                    hand_to_topology(&context, &peer, ControlFrame::Members(records))
+                }
             }
             if batch.len() >= batch_max {
                 break;
@@ -527,11 +570,30 @@ async fn read_stream(
                 None => break,
             }
         }
-        if batch.is_empty() {
+        if !batch.is_empty() {
+            hand_to_router(&context, batch, &peer).await;
+        }
+        if ended {
             return Ok(());
         }
-        hand_to_router(&context, batch, &peer).await;
     }
+}
+
+/// Hands a control frame to the topology actor if its queue has room;
+/// otherwise drops it and counts it (heartbeats are periodic, and membership
+/// views are reconciled by digest, so a dropped one is made good later).
+fn hand_to_topology(context: &NodeContext, peer: &str, frame: ControlFrame) {
+    let Ok(permit) = context.control_queue.clone().try_acquire_owned() else {
+        return NodeMetrics::count(&context.metrics.counters.dropped_control_queue_full);
+    };
+    let Some(topology) = context.topology.get() else {
+        return NodeMetrics::count(&context.metrics.counters.dropped_control_queue_full);
+    };
+    let _ = topology.cast(TopologyMsg::Control {
+        from: peer.to_string(),
+        frame,
+        permit,
+    });
 }
 
 /// Waits for room in the router's queue (pushing back on the peer while it

@@ -13,6 +13,8 @@ use bincode::{Decode, Encode};
 
 use super::envelope::{Envelope, EnvelopeError};
 use super::limits::FRAME_BYTES_MAX;
+use crate::protocols::delivery::{AckRange, ACK_RANGES_MAX};
+use crate::protocols::membership::MemberRecord;
 
 type WireConfig = Configuration<config::LittleEndian, config::Varint, Limit<FRAME_BYTES_MAX>>;
 
@@ -25,6 +27,36 @@ const fn wire_config() -> WireConfig {
 pub enum Frame {
     /// An envelope travelling toward its destination.
     Envelope(Envelope),
+    /// Liveness and link latency, between direct neighbours only. The QUIC
+    /// connection authenticates it, so it is not signed.
+    Heartbeat(Heartbeat),
+    /// Membership records passed between direct neighbours.
+    Members(Vec<MemberRecord>),
+}
+
+/// Most membership records in one frame (a larger view is sent in parts).
+pub const MEMBER_RECORDS_MAX: usize = 1_024;
+/// Most link weights one heartbeat reports.
+pub const HEARTBEAT_LINKS_MAX: usize = 1_024;
+
+/// What a node tells each neighbour every heartbeat interval.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Heartbeat {
+    /// The sender's incarnation (its boot time, raised to refute rumours).
+    pub incarnation: u64,
+    /// The sender's clock when sending, microseconds (only the sender
+    /// compares it, when it comes back as `echo_micros`).
+    pub sent_micros: u64,
+    /// The last `sent_micros` received from this neighbour (0: none yet)
+    /// and how long it was held here before this heartbeat left, so the
+    /// neighbour can compute the round trip.
+    pub echo_micros: u64,
+    pub held_micros: u64,
+    /// Digest of the sender's membership view.
+    pub view_digest: u64,
+    /// The sender's smoothed round-trip time to each of its neighbours, as
+    /// (node index in the sorted node list, microseconds).
+    pub links: Vec<(u16, u32)>,
 }
 
 /// The traffic classes, each on its own long-lived unidirectional stream so
@@ -58,7 +90,7 @@ pub struct StreamHeader {
 }
 
 /// The stream protocol version this build speaks.
-pub const STREAM_VERSION: u8 = 1;
+pub const STREAM_VERSION: u8 = 2;
 
 impl StreamHeader {
     pub const BYTES: usize = 2;
@@ -104,6 +136,13 @@ pub enum DecodeError {
     /// The stream header names no known traffic class.
     #[error("unknown traffic class {0}")]
     UnknownTrafficClass(u8),
+    /// A control frame carries more entries than its limit.
+    #[error("{what}: {count} entries exceed {max}")]
+    TooManyEntries {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
 }
 
 /// Appends the encoding of `value` to `bytes`.
@@ -124,6 +163,31 @@ pub fn encode_frame(frame: &Frame) -> Vec<u8> {
     bytes
 }
 
+/// Encodes the payload of an acknowledgement envelope.
+pub fn encode_acks(ranges: &[AckRange]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(ranges.len() * 12);
+    encode_into(&ranges.to_vec(), &mut bytes);
+    bytes
+}
+
+/// Decodes the payload of an acknowledgement envelope.
+pub fn decode_acks(bytes: &[u8]) -> Result<Vec<AckRange>, DecodeError> {
+    let (ranges, used): (Vec<AckRange>, usize) =
+        bincode::decode_from_slice(bytes, wire_config())
+            .map_err(|error| DecodeError::Malformed(error.to_string()))?;
+    if used != bytes.len() {
+        return Err(DecodeError::TrailingBytes(bytes.len() - used));
+    }
+    if ranges.len() > ACK_RANGES_MAX {
+        return Err(DecodeError::TooManyEntries {
+            what: "acknowledged ranges",
+            count: ranges.len(),
+            max: ACK_RANGES_MAX,
+        });
+    }
+    Ok(ranges)
+}
+
 /// Decodes one frame and checks every bound of what it carries.
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
     if bytes.len() > FRAME_BYTES_MAX {
@@ -134,8 +198,24 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
     if used != bytes.len() {
         return Err(DecodeError::TrailingBytes(bytes.len() - used));
     }
+    let too_many = |what, count, max| DecodeError::TooManyEntries { what, count, max };
     match &frame {
         Frame::Envelope(envelope) => envelope.validate()?,
+        Frame::Heartbeat(heartbeat) if heartbeat.links.len() > HEARTBEAT_LINKS_MAX => {
+            return Err(too_many(
+                "heartbeat links",
+                heartbeat.links.len(),
+                HEARTBEAT_LINKS_MAX,
+            ));
+        }
+        Frame::Members(records) if records.len() > MEMBER_RECORDS_MAX => {
+            return Err(too_many(
+                "member records",
+                records.len(),
+                MEMBER_RECORDS_MAX,
+            ));
+        }
+        Frame::Heartbeat(_) | Frame::Members(_) => {}
     }
     Ok(frame)
 }

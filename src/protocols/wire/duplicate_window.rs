@@ -44,6 +44,17 @@ impl DuplicateWindow {
         DuplicateWindow::default()
     }
 
+    /// Says whether `sequence` is fresh without recording it.
+    pub fn check(&self, sequence: u64) -> Admission {
+        match self.highest {
+            None => Admission::Fresh,
+            Some(highest) if sequence > highest => Admission::Fresh,
+            Some(highest) if highest - sequence >= WINDOW_BITS => Admission::TooOld,
+            Some(highest) if self.get(highest - sequence) => Admission::Duplicate,
+            Some(_) => Admission::Fresh,
+        }
+    }
+
     /// Records `sequence` and says whether it is fresh.
     pub fn admit(&mut self, sequence: u64) -> Admission {
         let Some(highest) = self.highest else {

@@ -10,7 +10,7 @@ use bincode::{Decode, Encode};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
 use super::codec;
-use super::limits::{NAME_BYTES_MAX, PAYLOAD_BYTES_MAX, TTL_MAX};
+use super::limits::{NAME_BYTES_MAX, PATH_NODES_MAX, PAYLOAD_BYTES_MAX, TTL_MAX};
 
 /// Domain separation: a signature over an envelope can never be mistaken for
 /// a signature over anything else this node signs.
@@ -34,11 +34,15 @@ pub enum EnvelopeKind {
     Data,
     /// An answer to a `Data` envelope; never answered itself.
     Reply,
+    /// End-to-end acknowledgement from a destination node to an origin
+    /// node: the payload lists the sequence numbers its agents consumed.
+    /// Never acknowledged itself, and idempotent, so it has no sequence.
+    Ack,
 }
 
 impl EnvelopeKind {
     /// Every kind, for tests and exhaustive reports.
-    pub const ALL: [EnvelopeKind; 2] = [EnvelopeKind::Data, EnvelopeKind::Reply];
+    pub const ALL: [EnvelopeKind; 3] = [EnvelopeKind::Data, EnvelopeKind::Reply, EnvelopeKind::Ack];
 }
 
 /// The fields the origin node signs.
@@ -65,6 +69,10 @@ pub struct Envelope {
     pub signed: SignedFields,
     /// Hops travelled so far; not signed because every router raises it.
     pub hop_count: u8,
+    /// The route, as node indices in the cluster's sorted node list, from
+    /// the origin (`path[0]`) to the destination; `path[hop_count]` is the
+    /// node holding the envelope. Not signed: routers may re-route.
+    pub path: Vec<u16>,
     pub signature: [u8; 64],
 }
 
@@ -97,6 +105,9 @@ pub enum EnvelopeError {
     /// The envelope has travelled more hops than its TTL allows.
     #[error("hop count {hop_count} exceeds ttl {ttl}")]
     HopCountExceedsTtl { hop_count: u8, ttl: u8 },
+    /// The path is longer than TTL_MAX + 1 nodes.
+    #[error("path of {0} nodes exceeds {PATH_NODES_MAX}")]
+    PathTooLong(usize),
 }
 
 impl SignedFields {
@@ -149,6 +160,7 @@ impl Envelope {
         Envelope {
             signed,
             hop_count: 0,
+            path: Vec::new(),
             signature,
         }
     }
@@ -156,6 +168,9 @@ impl Envelope {
     /// Checks the fields' bounds and that hops have not outrun the TTL.
     pub fn validate(&self) -> Result<(), EnvelopeError> {
         self.signed.validate()?;
+        if self.path.len() > PATH_NODES_MAX {
+            return Err(EnvelopeError::PathTooLong(self.path.len()));
+        }
         if self.hop_count > self.signed.ttl {
             return Err(EnvelopeError::HopCountExceedsTtl {
                 hop_count: self.hop_count,

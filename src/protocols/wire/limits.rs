@@ -18,12 +18,16 @@ pub const NAME_BYTES_MAX: usize = 64;
 /// Most hops an envelope may be allowed to travel.
 pub const TTL_MAX: u8 = 32;
 
+/// Most nodes an envelope's path may name: the origin plus one per hop.
+pub const PATH_NODES_MAX: usize = TTL_MAX as usize + 1;
+
 /// The envelope format this build speaks.
 pub const ENVELOPE_VERSION: u8 = 1;
 
 /// Bytes of framing and fixed fields around the payload, generously counted:
 /// three names, a destination tag, varint integers and the signature.
-pub const ENVELOPE_OVERHEAD_BYTES_MAX: usize = 3 * (NAME_BYTES_MAX + 10) + 64 + 64;
+pub const ENVELOPE_OVERHEAD_BYTES_MAX: usize =
+    3 * (NAME_BYTES_MAX + 10) + 64 + 64 + 3 * PATH_NODES_MAX + 8;
 
 const _: () = assert!(PAYLOAD_BYTES_MAX + ENVELOPE_OVERHEAD_BYTES_MAX <= FRAME_BYTES_MAX);
 const _: () = assert!(TTL_MAX >= 1);

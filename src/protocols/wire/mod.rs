@@ -12,6 +12,8 @@ pub mod duplicate_window;
 pub mod envelope;
 pub mod limits;
 
-pub use codec::{decode_frame, encode_frame, DecodeError, Frame, StreamHeader, TrafficClass};
+pub use codec::{
+    decode_frame, encode_frame, DecodeError, Frame, Heartbeat, StreamHeader, TrafficClass,
+};
 pub use duplicate_window::{Admission, DuplicateWindow};
 pub use envelope::{Destination, Envelope, EnvelopeKind, SignedFields, VerifyError};
