@@ -186,6 +186,16 @@ impl LocalCluster {
         Totals::of(self.nodes.iter())
     }
 
+    /// Stops node `id` and takes it out of the cluster (its peers learn of
+    /// it only by its silence). False if there is no such node.
+    pub async fn stop_node(&mut self, id: &str) -> bool {
+        let Some(position) = self.nodes.iter().position(|node| node.id == id) else {
+            return false;
+        };
+        self.nodes.remove(position).shutdown().await;
+        true
+    }
+
     pub async fn shutdown(self) {
         let stops = self.nodes.into_iter().map(|node| node.shutdown());
         futures::future::join_all(stops).await;

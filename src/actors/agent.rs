@@ -30,6 +30,9 @@ use super::supervisor::Children;
 /// counted in `unrecorded`.
 pub const RECORDED_MAX: usize = 1_000_000;
 
+/// (from agent, payload) of one recorded delivery.
+pub type RecordedDelivery = (String, Vec<u8>);
+
 /// An agent's counters; they outlive the agent's restarts.
 #[derive(Debug, Default)]
 pub struct AgentStats {
@@ -39,7 +42,7 @@ pub struct AgentStats {
     pub received_replies: AtomicU64,
     pub starts: AtomicU64,
     /// (from agent, payload) of every delivery, for sinks.
-    pub recorded: Mutex<Option<Vec<(String, Vec<u8>)>>>,
+    pub recorded: Mutex<Option<Vec<RecordedDelivery>>>,
     pub unrecorded: AtomicU64,
 }
 
@@ -57,7 +60,7 @@ impl AgentStats {
     }
 
     /// Everything recorded so far.
-    pub fn recorded(&self) -> Vec<(String, Vec<u8>)> {
+    pub fn recorded(&self) -> Vec<RecordedDelivery> {
         self.recorded
             .lock()
             .expect("record lock is never poisoned")
