@@ -340,6 +340,7 @@ fn acknowledged_messages_leave_and_unacknowledged_ones_are_retried_then_given_up
     let second = sender.send(0, "b", |s| s).unwrap();
     assert_eq!((first, second), (1_000, 1_001));
     let acked = sender.acknowledge(
+        0,
         "b",
         &[AckRange {
             first: 1_000,
@@ -350,6 +351,7 @@ fn acknowledged_messages_leave_and_unacknowledged_ones_are_retried_then_given_up
     assert!(
         sender
             .acknowledge(
+                0,
                 "b",
                 &[AckRange {
                     first: 1_000,
@@ -386,9 +388,9 @@ fn the_sender_never_runs_past_the_receivers_window_or_its_inflight_limit() {
         Err(agentmesh::protocols::delivery::Refusal::WindowFull)
     );
     // Acknowledging everything but the oldest does not open the window.
-    sender.acknowledge("b", &[AckRange { first: 1, count: 3 }]);
+    sender.acknowledge(0, "b", &[AckRange { first: 1, count: 3 }]);
     assert!(sender.send(0, "b", |s| s).is_err());
-    sender.acknowledge("b", &[AckRange { first: 0, count: 1 }]);
+    sender.acknowledge(0, "b", &[AckRange { first: 0, count: 1 }]);
     for _ in 0..4 {
         assert!(sender.send(0, "b", |s| s).is_ok());
     }

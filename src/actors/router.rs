@@ -378,7 +378,7 @@ fn forward(context: &NodeContext, view: &RoutingView, mut envelope: Envelope, no
     let (Some(me), Some(destination)) = (view.me, view.overlay.index_of(node)) else {
         return NodeMetrics::count(&counters.dropped_no_route);
     };
-    let path: Vec<usize> = envelope
+    let known: Vec<usize> = envelope
         .path
         .iter()
         .map(|&wire| {
@@ -392,7 +392,7 @@ fn forward(context: &NodeContext, view: &RoutingView, mut envelope: Envelope, no
     let position = Position {
         here: me,
         destination,
-        path: &path,
+        path: &known,
         hops: envelope.hop_count as usize,
         ttl: envelope.signed.ttl as usize,
     };
@@ -400,10 +400,7 @@ fn forward(context: &NodeContext, view: &RoutingView, mut envelope: Envelope, no
     match routing::next_step(&view.overlay, position, |a, b| view.weight(a, b), link_up) {
         Step::Forward { path } => {
             let next = path[envelope.hop_count as usize + 1];
-            envelope.path = path
-                .iter()
-                .map(|&index| view.wire_of_overlay[index])
-                .collect();
+            envelope.path = wire_path(view, &envelope.path, &known, &path);
             NodeMetrics::count(&counters.envelopes_forwarded);
             send_hop(context, view, envelope, next);
         }
@@ -411,6 +408,19 @@ fn forward(context: &NodeContext, view: &RoutingView, mut envelope: Envelope, no
         Step::NoRoute => NodeMetrics::count(&counters.dropped_no_route),
         Step::Deliver | Step::Misrouted => NodeMetrics::count(&counters.dropped_misrouted),
     }
+}
+
+/// The wire form of `path`. Nodes this node does not know as live appear
+/// in `known` (the old path in overlay indices) as usize::MAX; where the
+/// new path keeps the old one's node, the old wire index is kept.
+fn wire_path(view: &RoutingView, old_wire: &[u16], known: &[usize], path: &[usize]) -> Vec<u16> {
+    path.iter()
+        .enumerate()
+        .map(|(position, &index)| match known.get(position) {
+            Some(&old) if old == index && index == usize::MAX => old_wire[position],
+            _ => view.wire_of_overlay[index],
+        })
+        .collect()
 }
 
 /// Envelopes for this node: verify (unless they never left it), then take
@@ -440,10 +450,11 @@ fn take_acks(context: &NodeContext, envelope: &Envelope) {
     let Ok(ranges) = decode_acks(&envelope.signed.payload) else {
         return NodeMetrics::count(&counters.frames_malformed);
     };
-    let settled = context
-        .memory()
-        .sender
-        .acknowledge(&envelope.signed.origin_node, &ranges);
+    let settled =
+        context
+            .memory()
+            .sender
+            .acknowledge(monotonic_ms(), &envelope.signed.origin_node, &ranges);
     for (_, in_flight) in settled {
         NodeMetrics::count(&counters.acknowledged);
         if let Some(receipt) = in_flight.receipt {

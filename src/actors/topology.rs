@@ -21,7 +21,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::metrics::NodeMetrics;
-use crate::protocols::membership::{MemberRecord, Membership};
+use crate::protocols::membership::{MemberRecord, Membership, Status};
 use crate::protocols::topology::{Overlay, Topology};
 use crate::protocols::wire::codec::MEMBER_RECORDS_MAX;
 use crate::protocols::wire::{encode_frame, Frame, Heartbeat, TrafficClass};
@@ -68,6 +68,10 @@ pub struct TopologyState {
     last_heard: HashMap<String, (u64, u64)>,
     /// When this node last sent its whole view to each neighbour.
     view_sent_micros: HashMap<String, u64>,
+    /// Neighbours whose link has come up since they were last thought
+    /// dead: only these are judged, so a link still being set up on a
+    /// loaded machine is not mistaken for a dead node.
+    linked: BTreeSet<String>,
     ticker: Option<JoinHandle<()>>,
 }
 
@@ -100,6 +104,7 @@ impl Actor for TopologyActor {
             reported: HashMap::new(),
             last_heard: HashMap::new(),
             view_sent_micros: HashMap::new(),
+            linked: BTreeSet::new(),
             ticker,
         };
         state.publish();
@@ -143,7 +148,14 @@ impl Actor for TopologyActor {
                     }
                 }
             }
-            TopologyMsg::LinkUp(_) | TopologyMsg::LinkDown(_) => state.publish_routes(),
+            TopologyMsg::LinkUp(peer) => {
+                if state.linked.insert(peer) {
+                    state.publish();
+                } else {
+                    state.publish_routes();
+                }
+            }
+            TopologyMsg::LinkDown(_) => state.publish_routes(),
         }
         Ok(())
     }
@@ -226,7 +238,16 @@ impl TopologyState {
         let counters = &self.context.metrics.counters;
         for record in changed {
             NodeMetrics::count(&counters.membership_changes);
-            tracing::info!(node = %self.context.node_id, member = %record.node, status = ?record.status, incarnation = record.incarnation, "membership change");
+            if record.status == Status::Dead {
+                self.linked.remove(&record.node);
+            }
+            let node = &self.context.node_id;
+            let (member, status, incarnation) = (&record.node, record.status, record.incarnation);
+            if status == Status::Alive {
+                tracing::debug!(%node, %member, ?status, incarnation, "membership change");
+            } else {
+                tracing::info!(%node, %member, ?status, incarnation, "membership change");
+            }
         }
         for peer in self.context.peers.connected() {
             if Some(peer.as_str()) != except {
@@ -279,7 +300,11 @@ impl TopologyState {
             .into_iter()
             .filter(|peer| !self.live.contains(peer))
             .collect();
-        let watched: BTreeSet<String> = neighbours.iter().cloned().collect();
+        let watched: BTreeSet<String> = neighbours
+            .iter()
+            .filter(|peer| self.linked.contains(*peer))
+            .cloned()
+            .collect();
         self.membership.monitor(self.now_ms(), &watched);
         let now_published = (neighbours.clone(), probes.clone());
         if self.published.as_ref() != Some(&now_published) {

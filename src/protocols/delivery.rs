@@ -64,6 +64,8 @@ pub enum Refusal {
 pub struct SenderConfig {
     pub inflight_max: usize,
     pub span_max: u64,
+    /// Floor of the retransmission timeout, which otherwise follows the
+    /// measured acknowledgement round trip.
     pub retransmit_timeout_ms: u64,
     pub retransmit_timeout_max_ms: u64,
     /// Sends after the first before giving up.
@@ -74,12 +76,44 @@ struct Pending<T> {
     item: T,
     attempts: u32,
     due_ms: u64,
+    first_sent_ms: u64,
 }
 
-#[derive(Default)]
 struct Destination<T> {
     next_sequence: u64,
     pending: BTreeMap<u64, Pending<T>>,
+    /// Smoothed acknowledgement round trip and its variation (RFC 6298),
+    /// from messages acknowledged after their first send only (Karn).
+    smoothed_ms: Option<f64>,
+    variation_ms: f64,
+}
+
+impl<T> Destination<T> {
+    /// The retransmission timeout: smoothed + 4 × variation, within the
+    /// configured bounds.
+    fn timeout_ms(&self, config: &SenderConfig) -> u64 {
+        let estimate = self
+            .smoothed_ms
+            .map_or(0.0, |smoothed| smoothed + 4.0 * self.variation_ms);
+        (estimate.ceil() as u64).clamp(
+            config.retransmit_timeout_ms,
+            config.retransmit_timeout_max_ms,
+        )
+    }
+
+    fn sample(&mut self, round_trip_ms: f64) {
+        match self.smoothed_ms {
+            None => {
+                self.smoothed_ms = Some(round_trip_ms);
+                self.variation_ms = round_trip_ms / 2.0;
+            }
+            Some(smoothed) => {
+                self.variation_ms =
+                    0.75 * self.variation_ms + 0.25 * (smoothed - round_trip_ms).abs();
+                self.smoothed_ms = Some(0.875 * smoothed + 0.125 * round_trip_ms);
+            }
+        }
+    }
 }
 
 /// What came due in one poll.
@@ -137,6 +171,8 @@ impl<T> ReliableSender<T> {
             .or_insert_with(|| Destination {
                 next_sequence: first,
                 pending: BTreeMap::new(),
+                smoothed_ms: None,
+                variation_ms: 0.0,
             });
         if let Some((&oldest, _)) = state.pending.first_key_value() {
             if state.next_sequence - oldest >= self.config.span_max {
@@ -145,13 +181,14 @@ impl<T> ReliableSender<T> {
         }
         let sequence = state.next_sequence;
         state.next_sequence += 1;
-        let due_ms = now_ms + self.config.retransmit_timeout_ms;
+        let due_ms = now_ms + state.timeout_ms(&self.config);
         state.pending.insert(
             sequence,
             Pending {
                 item: make(sequence),
                 attempts: 1,
                 due_ms,
+                first_sent_ms: now_ms,
             },
         );
         self.timers
@@ -160,9 +197,14 @@ impl<T> ReliableSender<T> {
         Ok(sequence)
     }
 
-    /// The destination acknowledged `ranges`. Returns the acknowledged items
-    /// (each once, however often it is acknowledged).
-    pub fn acknowledge(&mut self, destination: &str, ranges: &[AckRange]) -> Vec<(u64, T)> {
+    /// The destination acknowledged `ranges` at `now_ms`. Returns the
+    /// acknowledged items (each once, however often it is acknowledged).
+    pub fn acknowledge(
+        &mut self,
+        now_ms: u64,
+        destination: &str,
+        ranges: &[AckRange],
+    ) -> Vec<(u64, T)> {
         let Some(state) = self.destinations.get_mut(destination) else {
             return Vec::new();
         };
@@ -176,6 +218,9 @@ impl<T> ReliableSender<T> {
                 .collect();
             for sequence in sequences {
                 let pending = state.pending.remove(&sequence).expect("just listed");
+                if pending.attempts == 1 {
+                    state.sample(now_ms.saturating_sub(pending.first_sent_ms) as f64);
+                }
                 self.timers
                     .remove(&(pending.due_ms, destination.to_string(), sequence));
                 self.inflight -= 1;
@@ -208,6 +253,7 @@ impl<T> ReliableSender<T> {
                 .destinations
                 .get_mut(&destination)
                 .expect("timers follow pending");
+            let timeout_ms = state.timeout_ms(&self.config);
             let pending = state
                 .pending
                 .get_mut(&sequence)
@@ -218,7 +264,7 @@ impl<T> ReliableSender<T> {
                 exhausted.push((destination, sequence, pending.item));
                 continue;
             }
-            let backoff = self.config.retransmit_timeout_ms << pending.attempts.min(16);
+            let backoff = timeout_ms << pending.attempts.min(16);
             pending.attempts += 1;
             pending.due_ms = now_ms + backoff.min(self.config.retransmit_timeout_max_ms);
             self.timers

@@ -61,8 +61,11 @@ impl Default for DetectorConfig {
             heartbeat_interval_ms: 200,
             suspect_phi: 3.0,
             dead_phi: 8.0,
-            acceptable_pause_ms: 0,
-            min_std_deviation_ms: 50,
+            // A loaded 2-core machine running a hundred nodes (a thousand
+            // TLS handshakes at start) stalls heartbeats by up to a second;
+            // these declare a silent neighbour dead after about 2.3 s.
+            acceptable_pause_ms: 1_000,
+            min_std_deviation_ms: 200,
             first_heartbeat_grace_ms: 5_000,
         }
     }
@@ -73,6 +76,8 @@ impl Default for DetectorConfig {
 pub struct PhiDetector {
     intervals: VecDeque<u64>,
     last_ms: u64,
+    /// No heartbeat yet: `last_ms` is the end of the grace period.
+    in_grace: bool,
 }
 
 impl PhiDetector {
@@ -84,10 +89,17 @@ impl PhiDetector {
         PhiDetector {
             intervals,
             last_ms: now_ms + config.first_heartbeat_grace_ms,
+            in_grace: true,
         }
     }
 
     pub fn heartbeat(&mut self, now_ms: u64) {
+        if self.in_grace {
+            // The grace was a stand-in for a first heartbeat; this is one.
+            self.in_grace = false;
+            self.last_ms = now_ms;
+            return;
+        }
         if now_ms > self.last_ms {
             if self.intervals.len() == INTERVALS_MAX {
                 self.intervals.pop_front();
@@ -128,6 +140,8 @@ pub struct Membership {
     detectors: BTreeMap<String, PhiDetector>,
     /// The latest time any input carried.
     now_ms: u64,
+    /// `digest()` of the current records, kept up to date on change.
+    digest: u64,
 }
 
 impl Membership {
@@ -152,7 +166,9 @@ impl Membership {
             members,
             detectors: BTreeMap::new(),
             now_ms: 0,
+            digest: 0,
         }
+        .with_digest()
     }
 
     pub fn me(&self) -> &str {
@@ -183,6 +199,15 @@ impl Membership {
     /// A hash of the whole view; neighbours whose digests differ exchange
     /// records.
     pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    fn with_digest(mut self) -> Membership {
+        self.digest = self.compute_digest();
+        self
+    }
+
+    fn compute_digest(&self) -> u64 {
         self.members
             .values()
             .fold(0xcbf2_9ce4_8422_2325, |hash, record| {
@@ -242,6 +267,7 @@ impl Membership {
                     status: Status::Alive,
                 };
                 self.members.insert(self.me.clone(), refuted.clone());
+                self.digest = self.compute_digest();
                 return Some(refuted);
             }
             return None;
@@ -257,6 +283,7 @@ impl Membership {
             }
         }
         self.members.insert(record.node.clone(), record.clone());
+        self.digest = self.compute_digest();
         Some(record)
     }
 
