@@ -244,9 +244,10 @@ fn a_silent_peer_is_declared_dead_within_the_bound_and_a_slow_one_is_not() {
         dead_at > 2_100 && dead_at <= 3_000,
         "declared dead at {dead_at} ms"
     );
-    assert_eq!(
+    // Slower than its history, it may be suspect, but never dead.
+    assert_ne!(
         view.status("n002"),
-        Some(Status::Alive),
+        Some(Status::Dead),
         "slow but alive is not dead"
     );
     assert_eq!(view.live().len(), 2);
