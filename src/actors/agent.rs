@@ -42,20 +42,18 @@ pub struct AgentStats {
     pub received_replies: AtomicU64,
     pub starts: AtomicU64,
     /// (from agent, payload) of every delivery, for sinks.
-    pub recorded: Mutex<Option<Vec<RecordedDelivery>>>,
+    pub recorded: Mutex<Vec<RecordedDelivery>>,
     pub unrecorded: AtomicU64,
 }
 
 impl AgentStats {
-    /// Keeps what a sink received (no-op for other behaviours).
+    /// Keeps what a sink received.
     fn record(&self, delivery: &Delivery) {
         let mut recorded = self.recorded.lock().expect("record lock is never poisoned");
-        if let Some(recorded) = recorded.as_mut() {
-            if recorded.len() < RECORDED_MAX {
-                recorded.push((delivery.from_agent.clone(), delivery.payload.clone()));
-            } else {
-                self.unrecorded.fetch_add(1, Ordering::Relaxed);
-            }
+        if recorded.len() < RECORDED_MAX {
+            recorded.push((delivery.from_agent.clone(), delivery.payload.clone()));
+        } else {
+            self.unrecorded.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -65,7 +63,6 @@ impl AgentStats {
             .lock()
             .expect("record lock is never poisoned")
             .clone()
-            .unwrap_or_default()
     }
 }
 
@@ -97,6 +94,8 @@ pub struct AgentState {
     /// This incarnation's deliveries not yet consumed (shared with the
     /// router through the directory).
     in_inbox: Arc<Mutex<HashSet<(String, u64)>>>,
+    /// A sink keeps what it receives in its stats.
+    records: bool,
 }
 
 /// Carries a behaviour's sends to the router and counts them.
@@ -160,13 +159,7 @@ impl Actor for Agent {
     ) -> Result<AgentState, ActorProcessingErr> {
         let behaviour = behaviours::make(&config, &context.config.agents);
         let stats = context.stats_of(&config.name);
-        if config.behaviour == crate::config::BehaviourConfig::Sink {
-            let mut recorded = stats
-                .recorded
-                .lock()
-                .expect("record lock is never poisoned");
-            recorded.get_or_insert_with(Vec::new);
-        }
+        let records = config.behaviour == crate::config::BehaviourConfig::Sink;
         stats.starts.fetch_add(1, Ordering::Relaxed);
         let inbox = Arc::new(Semaphore::new(context.config.limits.agent_inbox_max));
         let in_inbox = Arc::new(Mutex::new(HashSet::new()));
@@ -190,6 +183,7 @@ impl Actor for Agent {
             stats,
             ticker,
             in_inbox,
+            records,
         };
         state.with_behaviour(|behaviour, agent_context| behaviour.start(agent_context));
         Ok(state)
@@ -229,7 +223,9 @@ impl Actor for Agent {
                     payload: signed.payload,
                     sent_at_micros: signed.sent_at_micros,
                 };
-                state.stats.record(&delivery);
+                if state.records {
+                    state.stats.record(&delivery);
+                }
                 state.with_behaviour(|behaviour, agent_context| {
                     behaviour.message(agent_context, delivery)
                 });

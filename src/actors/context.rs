@@ -154,7 +154,6 @@ pub struct AgentHandle {
 /// A message awaiting acknowledgement.
 pub struct InFlight {
     pub envelope: Envelope,
-    pub destination_node: String,
     /// Told the outcome, if the sender asked.
     pub receipt: Option<oneshot::Sender<Result<(), SendError>>>,
 }

@@ -121,10 +121,10 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         .enumerate()
         .map(|(index, name)| (name.clone(), index as u16))
         .collect();
-    let shape = spec.config.topology.shape(node_names.len());
-    let base = crate::protocols::topology::build(shape, &node_names, spec.config.seed);
+    // Empty until the topology actor, which starts before the transport and
+    // the agents, publishes the overlay.
     let routing = RoutingView::new(
-        base,
+        crate::protocols::topology::Overlay::default(),
         &spec.node_id,
         &node_names,
         HashMap::new(),

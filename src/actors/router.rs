@@ -228,7 +228,6 @@ fn accept(context: &NodeContext, mut message: OutboundMessage) {
         .sender
         .send(monotonic_ms(), &node, |sequence| InFlight {
             envelope: sign(context, &message, sequence),
-            destination_node: node.clone(),
             receipt: receipt.take(),
         });
     let envelope = match sent {
@@ -562,13 +561,6 @@ fn flush_acks(context: &NodeContext) {
 fn retransmit_due(context: &NodeContext) {
     let counters = &context.metrics.counters;
     let mut memory = context.memory();
-    if memory
-        .sender
-        .next_due_ms()
-        .is_none_or(|due| due > monotonic_ms())
-    {
-        return;
-    }
     let polled = memory.sender.poll_due(monotonic_ms(), RETRANSMIT_BATCH_MAX);
     let again: Vec<(Envelope, String)> = polled
         .retransmit

@@ -37,8 +37,6 @@ pub enum ControlFrame {
 }
 
 pub enum TopologyMsg {
-    /// Tell the transport and router the current state again.
-    Publish,
     /// Heartbeat the neighbours and judge them.
     Tick,
     /// A frame from neighbour `from`; the permit bounds the queue.
@@ -47,8 +45,8 @@ pub enum TopologyMsg {
         frame: ControlFrame,
         permit: OwnedSemaphorePermit,
     },
+    /// A connection to this neighbour came up.
     LinkUp(String),
-    LinkDown(String),
 }
 
 pub struct TopologyActor;
@@ -129,10 +127,6 @@ impl Actor for TopologyActor {
         state: &mut TopologyState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            TopologyMsg::Publish => {
-                state.published = None;
-                state.publish();
-            }
             TopologyMsg::Tick => state.tick(),
             TopologyMsg::Control {
                 from,
@@ -148,14 +142,14 @@ impl Actor for TopologyActor {
                     }
                 }
             }
+            // Only a link's first coming up matters here: from then on its
+            // neighbour is judged. The routing view does not depend on which
+            // links are up; the router asks the peer table when it sends.
             TopologyMsg::LinkUp(peer) => {
                 if state.linked.insert(peer) {
                     state.publish();
-                } else {
-                    state.publish_routes();
                 }
             }
-            TopologyMsg::LinkDown(_) => state.publish_routes(),
         }
         Ok(())
     }

@@ -163,9 +163,6 @@ impl Actor for Transport {
             TransportMsg::PeerDown(peer) => {
                 if !state.context.peers.is_connected(&peer) {
                     state.connected.remove(&peer);
-                    if let Some(topology) = state.context.topology.get() {
-                        let _ = topology.cast(TopologyMsg::LinkDown(peer));
-                    }
                 }
             }
             TransportMsg::ConnectedPeers(reply) => {

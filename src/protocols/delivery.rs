@@ -230,11 +230,6 @@ impl<T> ReliableSender<T> {
         acknowledged
     }
 
-    /// The earliest retransmission time, if anything is pending.
-    pub fn next_due_ms(&self) -> Option<u64> {
-        self.timers.first().map(|(due, _, _)| *due)
-    }
-
     /// Everything due at `now_ms`, at most `batch_max`: items that have
     /// retries left are rescheduled and returned for retransmission; items
     /// that do not are removed and returned as given up.

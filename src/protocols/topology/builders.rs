@@ -121,30 +121,63 @@ pub fn ring(names: &[String]) -> Overlay {
     graph
 }
 
-/// A tree in name order: node i's parent is (i - 1) / fanout, so the root
-/// is the first name and every node has at most `fanout` children.
-pub fn hierarchical(names: &[String], fanout: usize) -> Overlay {
+/// Which nodes are alive, by name.
+pub type Alive<'a> = &'a dyn Fn(&str) -> bool;
+
+/// Adds the edge between two named nodes of `graph`.
+fn link(graph: &mut Overlay, a: &str, b: &str) {
+    let a = graph.index_of(a).expect("a node of the graph");
+    let b = graph.index_of(b).expect("a node of the graph");
+    graph.add_edge(a, b);
+}
+
+/// A tree in name order over every configured name: node i's parent is
+/// (i - 1) / fanout, so the root is the first name and every node has at
+/// most `fanout` children. Only live nodes are in the result: a node whose
+/// parent is dead links to its nearest live ancestor, and orphans of a dead
+/// root to the first live node.
+pub fn hierarchical(names: &[String], fanout: usize, alive: Alive<'_>) -> Overlay {
     let fanout = fanout.max(1);
-    let mut graph = Overlay::with_nodes(names);
-    for node in 1..graph.node_count() {
-        graph.add_edge(node, (node - 1) / fanout);
+    let all = Overlay::with_nodes(names);
+    let all = all.names();
+    let live = |index: usize| alive(&all[index]);
+    let mut graph = Overlay::with_nodes(all.iter().filter(|name| alive(name)));
+    let Some(root) = (0..all.len()).find(|&index| live(index)) else {
+        return graph;
+    };
+    for index in (0..all.len()).filter(|&index| live(index) && index != root) {
+        let mut parent = (index - 1) / fanout;
+        while !live(parent) && parent != 0 {
+            parent = (parent - 1) / fanout;
+        }
+        if !live(parent) {
+            parent = root;
+        }
+        link(&mut graph, &all[index], &all[parent]);
     }
     graph
 }
 
-/// The first `hubs` names are hubs, linked to each other; every other node
-/// links to one hub, round-robin.
-pub fn hub_spoke(names: &[String], hubs: usize) -> Overlay {
-    let mut graph = Overlay::with_nodes(names);
-    let count = graph.node_count();
-    let hubs = hubs.clamp(1, count.max(1));
-    for a in 0..hubs.min(count) {
-        for b in a + 1..hubs.min(count) {
+/// The first `hubs` live names are hubs, linked to each other; every other
+/// live node links to one hub, chosen by its position among every
+/// configured name, so a spoke keeps its hub while others come and go.
+pub fn hub_spoke(names: &[String], hubs: usize, alive: Alive<'_>) -> Overlay {
+    let all = Overlay::with_nodes(names);
+    let live: Vec<(usize, &String)> = all
+        .names()
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| alive(name))
+        .collect();
+    let mut graph = Overlay::with_nodes(live.iter().map(|(_, name)| name.as_str()));
+    let hub_count = hubs.clamp(1, live.len().max(1)).min(live.len());
+    for a in 0..hub_count {
+        for b in a + 1..hub_count {
             graph.add_edge(a, b);
         }
     }
-    for spoke in hubs..count {
-        graph.add_edge(spoke, (spoke - hubs) % hubs);
+    for (spoke, &(position, _)) in live.iter().enumerate().skip(hub_count) {
+        graph.add_edge(spoke, position % hub_count);
     }
     graph
 }
@@ -158,26 +191,36 @@ pub fn shard_of_each(count: usize, shard_size: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Shards of about `shard_size` nodes in name order, a partial mesh of
-/// degree k inside each, and each shard's first node a hub linked to every
+/// Every configured name, in name order, cut into shards of about
+/// `shard_size`; a partial mesh of degree k inside each (repaired around
+/// dead members), and each shard's first live member a hub linked to every
 /// other shard's hub.
-pub fn sharded(names: &[String], shard_size: usize, k: usize, seed: u64) -> Overlay {
-    let mut graph = Overlay::with_nodes(names);
-    let shard = shard_of_each(graph.node_count(), shard_size);
+pub fn sharded(
+    names: &[String],
+    shard_size: usize,
+    k: usize,
+    seed: u64,
+    alive: Alive<'_>,
+) -> Overlay {
+    let all = Overlay::with_nodes(names);
+    let all = all.names();
+    let shard = shard_of_each(all.len(), shard_size);
     let shard_count = shard.last().map_or(0, |last| last + 1);
+    let mut graph = Overlay::with_nodes(all.iter().filter(|name| alive(name)));
     let mut hubs = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
-        let members: Vec<String> = (0..graph.node_count())
+        let members: Vec<String> = (0..all.len())
             .filter(|&node| shard[node] == index)
-            .map(|node| graph.name(node).to_string())
+            .map(|node| all[node].clone())
             .collect();
         let inner = partial_mesh(&members, k, seed ^ index as u64);
+        let inner = repair::without_dead(&inner, k, seed, alive);
         for (a, b) in inner.named_edges() {
-            let a = graph.index_of(&a).expect("member of the graph");
-            let b = graph.index_of(&b).expect("member of the graph");
-            graph.add_edge(a, b);
+            link(&mut graph, &a, &b);
         }
-        hubs.push(graph.index_of(&members[0]).expect("member of the graph"));
+        if let Some(hub) = members.iter().find(|name| alive(name)) {
+            hubs.push(graph.index_of(hub).expect("a live member"));
+        }
     }
     for (position, &a) in hubs.iter().enumerate() {
         for &b in &hubs[position + 1..] {

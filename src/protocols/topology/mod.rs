@@ -33,9 +33,6 @@ pub mod repair;
 
 use std::collections::BTreeSet;
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-
 pub use graph::{EdgeDiff, Overlay};
 pub use metrics::GraphMetrics;
 
@@ -65,13 +62,37 @@ impl Shape {
 
 /// Builds `shape` over `names`.
 pub fn build(shape: Shape, names: &[String], seed: u64) -> Overlay {
+    build_live(shape, names, seed, None, &|_| true)
+}
+
+/// Builds `shape` over the names `alive` accepts, placing them by their
+/// position among all `names`. `mesh` is the partial mesh over all names
+/// when the caller has it already.
+fn build_live(
+    shape: Shape,
+    names: &[String],
+    seed: u64,
+    mesh: Option<&Overlay>,
+    alive: builders::Alive<'_>,
+) -> Overlay {
+    let live: Vec<String> = names.iter().filter(|name| alive(name)).cloned().collect();
     match shape {
-        Shape::FullMesh => builders::full_mesh(names),
-        Shape::PartialMesh { k } => builders::partial_mesh(names, k, seed),
-        Shape::Ring => builders::ring(names),
-        Shape::Hierarchical { fanout } => builders::hierarchical(names, fanout),
-        Shape::HubSpoke { hubs } => builders::hub_spoke(names, hubs),
-        Shape::Sharded { shard_size, k } => builders::sharded(names, shard_size, k, seed),
+        Shape::FullMesh => builders::full_mesh(&live),
+        Shape::Ring => builders::ring(&live),
+        Shape::PartialMesh { k } => {
+            let built;
+            let mesh = match mesh {
+                Some(mesh) => mesh,
+                None => {
+                    built = builders::partial_mesh(names, k, seed);
+                    &built
+                }
+            };
+            repair::without_dead(mesh, k, seed, alive)
+        }
+        Shape::Hierarchical { fanout } => builders::hierarchical(names, fanout, alive),
+        Shape::HubSpoke { hubs } => builders::hub_spoke(names, hubs, alive),
+        Shape::Sharded { shard_size, k } => builders::sharded(names, shard_size, k, seed, alive),
     }
 }
 
@@ -123,19 +144,16 @@ impl KRule {
 pub struct Topology {
     shape: Shape,
     seed: u64,
-    /// Every configured node, in name order.
-    names: Vec<String>,
+    /// The overlay with every configured node alive.
     base: Overlay,
 }
 
 impl Topology {
     pub fn new(shape: Shape, names: &[String], seed: u64) -> Topology {
-        let base = build(shape, names, seed);
         Topology {
             shape,
             seed,
-            names: base.names().to_vec(),
-            base,
+            base: build(shape, names, seed),
         }
     }
 
@@ -152,111 +170,11 @@ impl Topology {
     /// ignored. A pure function of the live set, so nodes that agree on
     /// who is alive agree on the overlay, whatever order they learnt it in.
     pub fn overlay_for(&self, live: &BTreeSet<String>) -> Overlay {
-        let alive: Vec<String> = self
-            .names
-            .iter()
-            .filter(|name| live.contains(*name))
-            .cloned()
-            .collect();
-        if alive.len() == self.names.len() {
+        let names = self.base.names();
+        if names.iter().all(|name| live.contains(name)) {
             return self.base.clone();
         }
-        match self.shape {
-            Shape::FullMesh => builders::full_mesh(&alive),
-            Shape::Ring => builders::ring(&alive),
-            Shape::PartialMesh { k } => self.repaired_mesh(&self.base, k, live),
-            Shape::Hierarchical { fanout } => self.adopted_tree(fanout, live),
-            Shape::HubSpoke { hubs } => self.hub_spoke_for(hubs, live),
-            Shape::Sharded { shard_size, k } => self.sharded_for(shard_size, k, live),
-        }
-    }
-
-    /// `mesh` with every node not in `live` removed in name order, each
-    /// removal repaired with a generator seeded by the removed node's name.
-    fn repaired_mesh(&self, mesh: &Overlay, k: usize, live: &BTreeSet<String>) -> Overlay {
-        let mut graph = mesh.clone();
-        for name in mesh.names() {
-            if !live.contains(name) {
-                let seed = self.seed ^ crate::protocols::stable_hash(name);
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                graph = repair::remove_node(&graph, name, k, &mut rng);
-            }
-        }
-        graph
-    }
-
-    /// Each live node links to its nearest live ancestor in the base tree;
-    /// orphans of a dead root link to the first live node.
-    fn adopted_tree(&self, fanout: usize, live: &BTreeSet<String>) -> Overlay {
-        let fanout = fanout.max(1);
-        let alive = |index: usize| live.contains(&self.names[index]);
-        let mut graph = Overlay::with_nodes(self.names.iter().filter(|n| live.contains(*n)));
-        let Some(root) = (0..self.names.len()).find(|&index| alive(index)) else {
-            return graph;
-        };
-        for index in (0..self.names.len()).filter(|&index| alive(index) && index != root) {
-            let mut parent = (index - 1) / fanout;
-            while !alive(parent) && parent != 0 {
-                parent = (parent - 1) / fanout;
-            }
-            if !alive(parent) {
-                parent = root;
-            }
-            let a = graph.index_of(&self.names[index]).expect("live node");
-            let b = graph.index_of(&self.names[parent]).expect("live node");
-            graph.add_edge(a, b);
-        }
-        graph
-    }
-
-    /// Hubs are the first live nodes; each spoke keeps the hub slot its
-    /// position in the configuration gives it.
-    fn hub_spoke_for(&self, hubs: usize, live: &BTreeSet<String>) -> Overlay {
-        let mut graph = Overlay::with_nodes(self.names.iter().filter(|n| live.contains(*n)));
-        let positions: Vec<usize> = (0..self.names.len())
-            .filter(|&index| live.contains(&self.names[index]))
-            .collect();
-        let hub_count = hubs.clamp(1, positions.len().max(1)).min(positions.len());
-        let hub_nodes: Vec<usize> = (0..hub_count).collect();
-        for (slot, &a) in hub_nodes.iter().enumerate() {
-            for &b in &hub_nodes[slot + 1..] {
-                graph.add_edge(a, b);
-            }
-        }
-        for (live_index, &position) in positions.iter().enumerate().skip(hub_count) {
-            graph.add_edge(live_index, hub_nodes[position % hub_count]);
-        }
-        graph
-    }
-
-    /// Shards keep their configured members; each shard's mesh is repaired
-    /// like a partial mesh, and its hub is its first live member.
-    fn sharded_for(&self, shard_size: usize, k: usize, live: &BTreeSet<String>) -> Overlay {
-        let shard = builders::shard_of_each(self.names.len(), shard_size);
-        let shard_count = shard.last().map_or(0, |last| last + 1);
-        let mut graph = Overlay::with_nodes(self.names.iter().filter(|n| live.contains(*n)));
-        let mut hubs = Vec::new();
-        for index in 0..shard_count {
-            let members: Vec<String> = (0..self.names.len())
-                .filter(|&node| shard[node] == index)
-                .map(|node| self.names[node].clone())
-                .collect();
-            let inner = builders::partial_mesh(&members, k, self.seed ^ index as u64);
-            let inner = self.repaired_mesh(&inner, k, live);
-            for (a, b) in inner.named_edges() {
-                let a = graph.index_of(&a).expect("live member");
-                let b = graph.index_of(&b).expect("live member");
-                graph.add_edge(a, b);
-            }
-            if let Some(hub) = members.iter().find(|name| live.contains(*name)) {
-                hubs.push(graph.index_of(hub).expect("live member"));
-            }
-        }
-        for (position, &a) in hubs.iter().enumerate() {
-            for &b in &hubs[position + 1..] {
-                graph.add_edge(a, b);
-            }
-        }
-        graph
+        let alive = |name: &str| live.contains(name);
+        build_live(self.shape, names, self.seed, Some(&self.base), &alive)
     }
 }

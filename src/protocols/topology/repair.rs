@@ -9,7 +9,7 @@
 //! split it. Every move keeps the graph simple.
 
 use rand::seq::SliceRandom;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::builders;
@@ -243,28 +243,24 @@ fn edge_on_cycle(
     edges.shuffle(rng);
     edges.into_iter().find(|&(a, b)| {
         graph.remove_edge(a, b);
-        let connected = reaches(graph, a, b);
+        let connected = super::metrics::hops_from(graph, a)[b] != usize::MAX;
         graph.add_edge(a, b);
         connected
     })
 }
 
-fn reaches(graph: &Overlay, from: usize, to: usize) -> bool {
-    let mut seen = vec![false; graph.node_count()];
-    let mut stack = vec![from];
-    seen[from] = true;
-    while let Some(node) = stack.pop() {
-        if node == to {
-            return true;
-        }
-        for &next in graph.adjacent(node) {
-            if !seen[next] {
-                seen[next] = true;
-                stack.push(next);
-            }
+/// `mesh` without every node `alive` rejects, removed in name order, each
+/// removal repaired with a generator seeded by `seed` and the removed
+/// node's name, so the result depends only on which nodes are dead.
+pub fn without_dead(mesh: &Overlay, k: usize, seed: u64, alive: builders::Alive<'_>) -> Overlay {
+    let mut graph = mesh.clone();
+    for name in mesh.names() {
+        if !alive(name) {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ crate::protocols::stable_hash(name));
+            graph = remove_node(&graph, name, k, &mut rng);
         }
     }
-    false
+    graph
 }
 
 /// A partial mesh without `name`, repaired. Falls back to a fresh build of
