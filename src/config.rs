@@ -273,49 +273,9 @@ impl SupervisionConfig {
     }
 }
 
-/// Heartbeats and the phi-accrual failure detector.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MembershipConfig {
-    /// How often a node heartbeats each overlay neighbour.
-    pub heartbeat_interval_ms: u64,
-    /// Suspicion level (φ) at which a neighbour is suspect.
-    pub suspect_phi: f64,
-    /// Suspicion level (φ) at which a neighbour is declared dead.
-    pub dead_phi: f64,
-    /// A pause this long beyond the usual interval is not suspicious yet.
-    pub acceptable_pause_ms: u64,
-    pub min_std_deviation_ms: u64,
-    /// Time a neighbour never heard from gets before it is judged.
-    pub first_heartbeat_grace_ms: u64,
-}
-
-impl Default for MembershipConfig {
-    fn default() -> MembershipConfig {
-        let detector = DetectorConfig::default();
-        MembershipConfig {
-            heartbeat_interval_ms: detector.heartbeat_interval_ms,
-            suspect_phi: detector.suspect_phi,
-            dead_phi: detector.dead_phi,
-            acceptable_pause_ms: detector.acceptable_pause_ms,
-            min_std_deviation_ms: detector.min_std_deviation_ms,
-            first_heartbeat_grace_ms: detector.first_heartbeat_grace_ms,
-        }
-    }
-}
-
-impl MembershipConfig {
-    pub fn detector(&self) -> DetectorConfig {
-        DetectorConfig {
-            heartbeat_interval_ms: self.heartbeat_interval_ms,
-            suspect_phi: self.suspect_phi,
-            dead_phi: self.dead_phi,
-            acceptable_pause_ms: self.acceptable_pause_ms,
-            min_std_deviation_ms: self.min_std_deviation_ms,
-            first_heartbeat_grace_ms: self.first_heartbeat_grace_ms,
-        }
-    }
-}
+/// Heartbeats and the phi-accrual failure detector: the `[membership]`
+/// section is the detector's settings.
+pub type MembershipConfig = DetectorConfig;
 
 /// End-to-end acknowledgements, retransmission and per-source rate limits.
 #[derive(Clone, Debug, Deserialize)]

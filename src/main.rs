@@ -78,43 +78,7 @@ enum Command {
         config: PathBuf,
     },
     /// Build an overlay (from a config, or from --nodes/--k/--kind) and print it with its metrics.
-    Topology {
-        /// Take nodes, shape and seed from this cluster config.
-        #[arg(long, conflicts_with_all = ["nodes", "kind"])]
-        config: Option<PathBuf>,
-        /// Number of nodes (named n0, n1, ...).
-        #[arg(long)]
-        nodes: Option<usize>,
-        /// Neighbours per node (partial-mesh, and inside shards); default ⌈2·ln N⌉ clamped to 3..=32.
-        #[arg(long)]
-        k: Option<usize>,
-        /// full-mesh, partial-mesh, ring, hierarchical, hub-spoke or sharded.
-        #[arg(long, default_value = "partial-mesh")]
-        kind: String,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Children per node (hierarchical).
-        #[arg(long, default_value_t = 4)]
-        fanout: usize,
-        /// Hub count (hub-spoke).
-        #[arg(long, default_value_t = 1)]
-        hubs: usize,
-        /// Nodes per shard (sharded).
-        #[arg(long, default_value_t = 250)]
-        shard_size: usize,
-        /// Fail this many nodes (chosen by the seed) and show the repaired overlay.
-        #[arg(long, default_value_t = 0)]
-        fail: usize,
-        #[arg(long, value_enum, default_value_t = Format::Stats)]
-        format: Format,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Format {
-    Stats,
-    Json,
-    Dot,
+    Topology(commands::TopologyOptions),
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -181,33 +145,7 @@ fn main() -> ExitCode {
             }
             Command::Keygen { out, config, ids } => commands::keygen(&out, &ids, config.as_deref()),
             Command::Check { config } => commands::check(&config),
-            Command::Topology {
-                config,
-                nodes,
-                k,
-                kind,
-                seed,
-                fanout,
-                hubs,
-                shard_size,
-                fail,
-                format,
-            } => commands::topology(&commands::TopologyOptions {
-                config,
-                nodes,
-                k,
-                kind,
-                seed,
-                fanout,
-                hubs,
-                shard_size,
-                fail,
-                format: match format {
-                    Format::Stats => commands::TopologyFormat::Stats,
-                    Format::Json => commands::TopologyFormat::Json,
-                    Format::Dot => commands::TopologyFormat::Dot,
-                },
-            }),
+            Command::Topology(options) => commands::topology(&options),
         }
     });
     match result {

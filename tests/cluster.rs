@@ -17,19 +17,8 @@ use agentmesh::protocols::wire::{StreamHeader, TrafficClass};
 use agentmesh::tls::{NodeCertificate, PinnedKeys};
 use ed25519_dalek::SigningKey;
 
-const WAIT_MAX: Duration = Duration::from_secs(60);
-
-/// Polls `condition` until it holds; panics with `what` after WAIT_MAX.
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT_MAX;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+mod common;
+use common::{wait_until, WAIT_MAX};
 
 async fn wait_for<F: Future<Output = bool>>(what: &str, mut condition: impl FnMut() -> F) {
     let deadline = tokio::time::Instant::now() + WAIT_MAX;

@@ -5,7 +5,6 @@
 //! sender while another goes on. Waits are bounded; nothing asserts speed.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use agentmesh::actors::context::SendError;
 use agentmesh::actors::router::{send_with_receipt, Receipt};
@@ -14,20 +13,10 @@ use agentmesh::config::{self, ClusterConfig};
 use agentmesh::protocols::wire::EnvelopeKind;
 use tokio::sync::oneshot;
 
-const WAIT_MAX: Duration = Duration::from_secs(90);
+mod common;
+use common::{wait_until, WAIT_MAX};
 const NODES: usize = 20;
 const STOPPED: &str = "n07";
-
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT_MAX;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn config(extra: &str) -> ClusterConfig {
     let mut text = String::from("[cluster]\nname = \"mesh\"\nseed = 11\n");

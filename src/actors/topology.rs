@@ -87,7 +87,7 @@ impl Actor for TopologyActor {
         let config = &context.config;
         let names = context.node_names.clone();
         let topology = Topology::new(config.topology.shape(names.len()), &names, config.seed);
-        let detector = config.membership.detector();
+        let detector = config.membership;
         let membership = Membership::new(&context.node_id, context.incarnation, &names, detector);
         let every = Duration::from_millis(config.membership.heartbeat_interval_ms);
         let ticker = Some(myself.send_interval(every, || TopologyMsg::Tick));

@@ -10,30 +10,48 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::{self, TopologyKind};
+use crate::config::{self, TopologyConfig, TopologyKind};
 use crate::protocols::topology::{export, GraphMetrics, KRule, Overlay, Shape, Topology};
 
 /// Most nodes `--nodes` accepts (the config's node limit).
 const NODES_MAX: usize = config::NODES_MAX;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum TopologyFormat {
     Stats,
     Json,
     Dot,
 }
 
+#[derive(Debug, clap::Args)]
 pub struct TopologyOptions {
+    /// Take nodes, shape and seed from this cluster config.
+    #[arg(long, conflicts_with_all = ["nodes", "kind"])]
     pub config: Option<PathBuf>,
+    /// Number of nodes (named n0, n1, ...).
+    #[arg(long)]
     pub nodes: Option<usize>,
+    /// Neighbours per node (partial-mesh, and inside shards); default ⌈2·ln N⌉ clamped to 3..=32.
+    #[arg(long)]
     pub k: Option<usize>,
+    /// full-mesh, partial-mesh, ring, hierarchical, hub-spoke or sharded.
+    #[arg(long, default_value = "partial-mesh")]
     pub kind: String,
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Children per node (hierarchical).
+    #[arg(long, default_value_t = 4)]
     pub fanout: usize,
+    /// Hub count (hub-spoke).
+    #[arg(long, default_value_t = 1)]
     pub hubs: usize,
+    /// Nodes per shard (sharded).
+    #[arg(long, default_value_t = 250)]
     pub shard_size: usize,
-    /// Remove this many nodes (chosen by the seed) and report the repair.
+    /// Fail this many nodes (chosen by the seed) and show the repaired overlay.
+    #[arg(long, default_value_t = 0)]
     pub fail: usize,
+    #[arg(long, value_enum, default_value_t = TopologyFormat::Stats)]
     pub format: TopologyFormat,
 }
 
@@ -76,22 +94,15 @@ fn resolve(options: &TopologyOptions) -> anyhow::Result<(Vec<String>, Shape, u64
     let names = (0..count)
         .map(|index| format!("n{index:0width$}"))
         .collect();
-    let k = options.k.unwrap_or_else(|| KRule::default().k_for(count));
-    let shape = match kind {
-        TopologyKind::FullMesh => Shape::FullMesh,
-        TopologyKind::PartialMesh => Shape::PartialMesh { k },
-        TopologyKind::Ring => Shape::Ring,
-        TopologyKind::Hierarchical => Shape::Hierarchical {
-            fanout: options.fanout,
-        },
-        TopologyKind::HubSpoke => Shape::HubSpoke { hubs: options.hubs },
-        TopologyKind::Sharded => Shape::Sharded {
-            shard_size: options.shard_size,
-            k: options
-                .k
-                .unwrap_or_else(|| KRule::default().k_for(options.shard_size.min(count))),
-        },
+    let topology = TopologyConfig {
+        kind,
+        k: options.k,
+        k_rule: KRule::default(),
+        fanout: options.fanout,
+        hubs: options.hubs,
+        shard_size: options.shard_size,
     };
+    let shape = topology.shape(count);
     Ok((names, shape, options.seed))
 }
 

@@ -38,9 +38,11 @@ pub struct MemberRecord {
     pub status: Status,
 }
 
-/// The failure detector's settings.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// The failure detector's settings (the `[membership]` config section).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct DetectorConfig {
+    /// How often a node heartbeats each overlay neighbour.
     pub heartbeat_interval_ms: u64,
     /// Suspicion level at which a neighbour is suspect.
     pub suspect_phi: f64,

@@ -1,0 +1,18 @@
+//! Helpers the integration tests share.
+
+use std::time::Duration;
+
+/// How long a test waits for anything before it fails.
+pub const WAIT_MAX: Duration = Duration::from_secs(90);
+
+/// Polls `condition` until it holds; panics with `what` after WAIT_MAX.
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
