@@ -131,7 +131,12 @@ fn three_node_processes_from_a_generated_config_exchange_messages() {
             && latest
                 .values()
                 .all(|status| status["connected"].as_array().unwrap().len() == 2);
-        if connected_everywhere && agent_sum(&latest, "storm", "received_replies") == 150 {
+        // Status lines are snapshots taken at different moments on each
+        // node: wait until every node's latest one has caught up.
+        if connected_everywhere
+            && agent_sum(&latest, "storm", "received_replies") == 150
+            && agent_sum(&latest, "echo", "received_data") >= 150
+        {
             break;
         }
     }
