@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -22,7 +21,7 @@ use crate::behaviours::{self, AgentContext, Behaviour, Delivery, Outbox};
 use crate::config::AgentConfig;
 use crate::protocols::wire::{Envelope, EnvelopeKind};
 
-use super::context::{unix_micros, AgentHandle, NodeContext, SendError};
+use super::context::{unix_micros, AgentHandle, NodeContext, SendError, Ticker};
 use super::router::{self, OutboundMessage};
 use super::supervisor::Children;
 
@@ -90,7 +89,8 @@ pub struct AgentState {
     behaviour: Box<dyn Behaviour>,
     rng: ChaCha8Rng,
     stats: Arc<AgentStats>,
-    ticker: Option<JoinHandle<()>>,
+    /// Dropped (and stopped) on quiesce.
+    ticker: Option<Ticker>,
     /// This incarnation's deliveries not yet consumed (shared with the
     /// router through the directory).
     in_inbox: Arc<Mutex<HashSet<(String, u64)>>>,
@@ -173,7 +173,8 @@ impl Actor for Agent {
         );
         let ticker = behaviour
             .tick_interval_ms()
-            .map(|every| myself.send_interval(Duration::from_millis(every), || AgentMsg::Tick));
+            .map(|every| myself.send_interval(Duration::from_millis(every), || AgentMsg::Tick))
+            .map(Ticker::new);
         let rng = ChaCha8Rng::seed_from_u64(seed_of(context.config.seed, &config.name));
         let mut state = AgentState {
             context,
@@ -187,17 +188,6 @@ impl Actor for Agent {
         };
         state.with_behaviour(|behaviour, agent_context| behaviour.start(agent_context));
         Ok(state)
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<AgentMsg>,
-        state: &mut AgentState,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some(ticker) = state.ticker.take() {
-            ticker.abort();
-        }
-        Ok(())
     }
 
     async fn handle(
@@ -245,11 +235,7 @@ impl Actor for Agent {
                     behaviour.send_failed(agent_context, &destination, &error)
                 })
             }
-            AgentMsg::Quiesce => {
-                if let Some(ticker) = state.ticker.take() {
-                    ticker.abort();
-                }
-            }
+            AgentMsg::Quiesce => state.ticker = None,
         }
         Ok(())
     }

@@ -84,6 +84,23 @@ impl<M> Slot<M> {
     }
 }
 
+/// A periodic message to an actor (from `send_interval`), stopped when
+/// dropped — so it ends with the state of the actor that owns it, however
+/// the actor ends.
+pub struct Ticker(ractor::concurrency::JoinHandle<()>);
+
+impl Ticker {
+    pub fn new(handle: ractor::concurrency::JoinHandle<()>) -> Ticker {
+        Ticker(handle)
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One frame queued for a peer: its class and its encoded bytes.
 pub type OutboundFrame = (TrafficClass, Bytes);
 

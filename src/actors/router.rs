@@ -22,7 +22,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
@@ -37,7 +36,7 @@ use crate::protocols::wire::{
 };
 
 use super::agent::AgentMsg;
-use super::context::{unix_micros, InFlight, NodeContext, RoutingView, SendError};
+use super::context::{unix_micros, InFlight, NodeContext, RoutingView, SendError, Ticker};
 
 /// Retransmissions handled per tick; the rest wait for the next one.
 const RETRANSMIT_BATCH_MAX: usize = 4_096;
@@ -146,7 +145,7 @@ pub struct Router;
 
 pub struct RouterState {
     context: Arc<NodeContext>,
-    ticker: Option<JoinHandle<()>>,
+    _ticker: Ticker,
 }
 
 impl Actor for Router {
@@ -161,19 +160,11 @@ impl Actor for Router {
     ) -> Result<RouterState, ActorProcessingErr> {
         context.router.set(Some(myself.clone()));
         let every = Duration::from_millis(context.config.delivery.tick_ms);
-        let ticker = Some(myself.send_interval(every, || RouterMsg::Tick));
-        Ok(RouterState { context, ticker })
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<RouterMsg>,
-        state: &mut RouterState,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some(ticker) = state.ticker.take() {
-            ticker.abort();
-        }
-        Ok(())
+        let ticker = Ticker::new(myself.send_interval(every, || RouterMsg::Tick));
+        Ok(RouterState {
+            context,
+            _ticker: ticker,
+        })
     }
 
     async fn handle(

@@ -16,7 +16,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -26,7 +25,7 @@ use crate::protocols::topology::{Overlay, Topology};
 use crate::protocols::wire::codec::MEMBER_RECORDS_MAX;
 use crate::protocols::wire::{encode_frame, Frame, Heartbeat, TrafficClass};
 
-use super::context::{monotonic_micros, NodeContext, RoutingView};
+use super::context::{monotonic_micros, NodeContext, RoutingView, Ticker};
 use super::node::DEFAULT_LINK_WEIGHT_MICROS;
 use super::transport::TransportMsg;
 
@@ -70,7 +69,7 @@ pub struct TopologyState {
     /// dead: only these are judged, so a link still being set up on a
     /// loaded machine is not mistaken for a dead node.
     linked: BTreeSet<String>,
-    ticker: Option<JoinHandle<()>>,
+    _ticker: Ticker,
 }
 
 impl Actor for TopologyActor {
@@ -90,7 +89,7 @@ impl Actor for TopologyActor {
         let detector = config.membership;
         let membership = Membership::new(&context.node_id, context.incarnation, &names, detector);
         let every = Duration::from_millis(config.membership.heartbeat_interval_ms);
-        let ticker = Some(myself.send_interval(every, || TopologyMsg::Tick));
+        let ticker = Ticker::new(myself.send_interval(every, || TopologyMsg::Tick));
         let mut state = TopologyState {
             live: names.iter().cloned().collect(),
             overlay: topology.base().clone(),
@@ -103,21 +102,10 @@ impl Actor for TopologyActor {
             last_heard: HashMap::new(),
             view_sent_micros: HashMap::new(),
             linked: BTreeSet::new(),
-            ticker,
+            _ticker: ticker,
         };
         state.publish();
         Ok(state)
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<TopologyMsg>,
-        state: &mut TopologyState,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some(ticker) = state.ticker.take() {
-            ticker.abort();
-        }
-        Ok(())
     }
 
     async fn handle(
