@@ -345,6 +345,11 @@ pub fn monotonic_micros() -> u64 {
         .as_micros() as u64
 }
 
+/// Milliseconds on the same clock (for timers).
+pub fn monotonic_ms() -> u64 {
+    monotonic_micros() / 1_000
+}
+
 /// Wall-clock microseconds since the Unix epoch (for envelope timestamps,
 /// which are compared across nodes).
 pub fn unix_micros() -> u64 {

@@ -36,7 +36,9 @@ use crate::protocols::wire::{
 };
 
 use super::agent::AgentMsg;
-use super::context::{unix_micros, InFlight, NodeContext, RoutingView, SendError, Ticker};
+use super::context::{
+    monotonic_ms, unix_micros, InFlight, NodeContext, RoutingView, SendError, Ticker,
+};
 
 /// Retransmissions handled per tick; the rest wait for the next one.
 const RETRANSMIT_BATCH_MAX: usize = 4_096;
@@ -70,11 +72,6 @@ pub enum RouterMsg {
     },
     /// Send due acknowledgements and retransmissions.
     Tick,
-}
-
-/// Milliseconds on a clock that never goes back (for timers only).
-pub fn monotonic_ms() -> u64 {
-    super::context::monotonic_micros() / 1_000
 }
 
 /// Hands `message` to the node's router without waiting.

@@ -25,7 +25,7 @@ use crate::protocols::topology::{Overlay, Topology};
 use crate::protocols::wire::codec::MEMBER_RECORDS_MAX;
 use crate::protocols::wire::{encode_frame, Frame, Heartbeat, TrafficClass};
 
-use super::context::{monotonic_micros, NodeContext, RoutingView, Ticker};
+use super::context::{monotonic_micros, monotonic_ms, NodeContext, RoutingView, Ticker};
 use super::node::DEFAULT_LINK_WEIGHT_MICROS;
 use super::transport::TransportMsg;
 
@@ -144,12 +144,8 @@ impl Actor for TopologyActor {
 }
 
 impl TopologyState {
-    fn now_ms(&self) -> u64 {
-        monotonic_micros() / 1_000
-    }
-
     fn tick(&mut self) {
-        let changed = self.membership.tick(self.now_ms());
+        let changed = self.membership.tick(monotonic_ms());
         self.spread(&changed, None);
         let now = monotonic_micros();
         let digest = self.membership.digest();
@@ -287,7 +283,7 @@ impl TopologyState {
             .filter(|peer| self.linked.contains(*peer))
             .cloned()
             .collect();
-        self.membership.monitor(self.now_ms(), &watched);
+        self.membership.monitor(monotonic_ms(), &watched);
         let now_published = (neighbours.clone(), probes.clone());
         if self.published.as_ref() != Some(&now_published) {
             if self.published.is_some() {
