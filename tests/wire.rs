@@ -1,14 +1,19 @@
 //! The wire's promises: every frame kind round-trips; no byte string makes
 //! the decoder panic; a flipped bit in any signed field fails verification;
-//! a replayed envelope is refused by the duplicate window.
+//! a replayed envelope is refused by the duplicate window; an
+//! acknowledgement's MAC holds only under the key its two nodes share.
 
-use agentmesh::protocols::wire::envelope::verify_batch;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use agentmesh::protocols::wire::envelope::{authenticate, verify_batch, OriginKeys};
 use agentmesh::protocols::wire::limits::{FRAME_BYTES_MAX, NAME_BYTES_MAX};
+use agentmesh::protocols::wire::pair_key::PairKey;
 use agentmesh::protocols::wire::{
     decode_frame, encode_frame, Admission, DecodeError, Destination, DuplicateWindow, Envelope,
     EnvelopeKind, Frame, SignedFields, StreamHeader, TrafficClass, VerifyError,
 };
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use proptest::prelude::*;
 
 fn key(seed: u8) -> SigningKey {
@@ -159,7 +164,8 @@ fn batch_verification_singles_out_bad_and_unknown_envelopes() {
         .collect();
     envelopes[3].signed.payload[0] ^= 1;
     envelopes[7].signed.origin_node = "stranger".into();
-    let results = verify_batch(&envelopes, |origin| (origin == "n1").then_some(&public));
+    let batch: Vec<&Envelope> = envelopes.iter().collect();
+    let results = verify_batch(&batch, |origin| (origin == "n1").then_some(&public));
     for (index, result) in results.iter().enumerate() {
         match index {
             3 => assert_eq!(*result, Err(VerifyError::BadSignature)),
@@ -167,6 +173,80 @@ fn batch_verification_singles_out_bad_and_unknown_envelopes() {
             _ => assert_eq!(*result, Ok(())),
         }
     }
+}
+
+/// What node "n2" knows of the others, as a router would.
+struct Keys {
+    own: SigningKey,
+    public: HashMap<String, VerifyingKey>,
+}
+
+impl OriginKeys for Keys {
+    fn verifying_key(&self, origin: &str) -> Option<&VerifyingKey> {
+        self.public.get(origin)
+    }
+
+    fn pair_key(&self, origin: &str) -> Option<Arc<PairKey>> {
+        let other = self.public.get(origin)?;
+        Some(Arc::new(PairKey::derive(&self.own, "n2", other, origin)))
+    }
+}
+
+fn ack(sequence: u64) -> SignedFields {
+    SignedFields {
+        kind: EnvelopeKind::Ack,
+        destination: Destination::Node("n2".into()),
+        ..sample(sequence)
+    }
+}
+
+#[test]
+fn both_ends_derive_the_same_pair_key_and_no_third_node_does() {
+    let (one, two, three) = (key(1), key(2), key(3));
+    let at_one = PairKey::derive(&one, "n1", &two.verifying_key(), "n2");
+    let at_two = PairKey::derive(&two, "n2", &one.verifying_key(), "n1");
+    let at_three = PairKey::derive(&three, "n3", &two.verifying_key(), "n2");
+    let tag = at_one.mac(b"acknowledged");
+    assert!(at_two.check(b"acknowledged", &tag));
+    assert!(!at_two.check(b"acknowledgee", &tag));
+    assert!(!at_three.check(b"acknowledged", &tag));
+}
+
+#[test]
+fn acknowledgements_authenticate_by_mac_and_data_by_signature() {
+    let (one, three) = (key(1), key(3));
+    let keys = Keys {
+        own: key(2),
+        public: [("n1", &one), ("n3", &three)]
+            .into_iter()
+            .map(|(id, key)| (id.to_string(), key.verifying_key()))
+            .collect(),
+    };
+    let to_two = |key: &SigningKey| PairKey::derive(key, "n1", &keys.own.verifying_key(), "n2");
+    let mut envelopes = vec![
+        Envelope::sign(sample(1), &one),
+        Envelope::seal(ack(2), &to_two(&one)),
+        Envelope::seal(ack(3), &to_two(&one)),
+        // Claims n1 but is sealed with a key n1 does not hold.
+        Envelope::seal(ack(4), &to_two(&three)),
+        Envelope::seal(ack(5), &to_two(&one)),
+        // A signature where a MAC belongs.
+        Envelope::sign(ack(6), &one),
+        Envelope::sign(sample(7), &one),
+    ];
+    envelopes[2].signed.payload[0] ^= 1;
+    envelopes[4].signed.origin_node = "stranger".into();
+    let results = authenticate(&envelopes, &keys);
+    let expected = [
+        Ok(()),
+        Ok(()),
+        Err(VerifyError::BadSignature),
+        Err(VerifyError::BadSignature),
+        Err(VerifyError::UnknownOrigin("stranger".into())),
+        Err(VerifyError::BadSignature),
+        Ok(()),
+    ];
+    assert_eq!(results, expected);
 }
 
 #[test]

@@ -18,6 +18,8 @@ use crate::metrics::NodeMetrics;
 use crate::protocols::delivery::{ReliableSender, TokenBucket};
 use crate::protocols::routing::RoutingTable;
 use crate::protocols::topology::Overlay;
+use crate::protocols::wire::envelope::OriginKeys;
+use crate::protocols::wire::pair_key::PairKey;
 use crate::protocols::wire::{DuplicateWindow, Envelope, TrafficClass};
 
 use super::agent::{AgentMsg, AgentStats};
@@ -265,6 +267,22 @@ impl RoutingView {
     }
 }
 
+impl OriginKeys for NodeContext {
+    fn verifying_key(&self, origin: &str) -> Option<&VerifyingKey> {
+        self.node_keys.get(origin)
+    }
+
+    fn pair_key(&self, origin: &str) -> Option<Arc<PairKey>> {
+        if let Some(key) = self.pair_keys.get(origin) {
+            return Some(key.clone());
+        }
+        let other = self.node_keys.get(origin)?;
+        let key = Arc::new(PairKey::derive(&self.key, &self.node_id, other, origin));
+        self.pair_keys.insert(origin.to_string(), key.clone());
+        Some(key)
+    }
+}
+
 pub struct NodeContext {
     pub config: Arc<ClusterConfig>,
     pub node_id: String,
@@ -277,6 +295,9 @@ pub struct NodeContext {
     pub key: SigningKey,
     /// Every node's key, this one's included.
     pub node_keys: HashMap<String, VerifyingKey>,
+    /// Keys this node shares with others, derived on first use (a
+    /// Diffie–Hellman each), for acknowledgement MACs.
+    pub pair_keys: DashMap<String, Arc<PairKey>>,
     /// Where every node listens, this one's included.
     pub node_addresses: HashMap<String, SocketAddr>,
     /// Which node hosts each agent.

@@ -155,6 +155,7 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         node_index,
         key: spec.key,
         node_keys: spec.node_keys,
+        pair_keys: DashMap::new(),
         node_addresses: spec.node_addresses,
         agent_nodes,
         metrics: Arc::new(NodeMetrics::default()),

@@ -9,7 +9,8 @@
 //! routers do not verify signatures (destinations do). Inbound, it
 //! verifies a batch at once and hands each fresh envelope to its agent's
 //! bounded inbox; the agent marks it consumed, and the router acknowledges
-//! consumed sequences to their origin in batches (one signature per batch).
+//! consumed sequences to their origin in batches, each authenticated by a
+//! MAC under the key the two nodes share (cheaper than a signature).
 //! Every `delivery.tick_ms` it sends due acknowledgements and retransmits
 //! what timed out, giving up after `delivery.retries_max` retries.
 //!
@@ -29,7 +30,7 @@ use crate::metrics::NodeMetrics;
 use crate::protocols::delivery::{to_ranges, Refusal, ACK_RANGES_MAX};
 use crate::protocols::routing::{self, Position, Step};
 use crate::protocols::wire::codec::{decode_acks, encode_acks};
-use crate::protocols::wire::envelope::verify_batch;
+use crate::protocols::wire::envelope::{authenticate, OriginKeys};
 use crate::protocols::wire::{
     encode_frame, Admission, Destination, Envelope, EnvelopeKind, Frame, SignedFields,
     TrafficClass, VerifyError,
@@ -410,12 +411,15 @@ fn wire_path(view: &RoutingView, old_wire: &[u16], known: &[usize], path: &[usiz
         .collect()
 }
 
-/// Envelopes for this node: verify (unless they never left it), then take
+/// Envelopes for this node: drop what was taken already (cheap, before
+/// paying for verification: under loss most retransmissions are such),
+/// authenticate the rest unless they never left this node, then take
 /// acknowledgements and hand data to agents.
-fn arrive(context: &NodeContext, envelopes: Vec<Envelope>, verify: bool) {
+fn arrive(context: &NodeContext, mut envelopes: Vec<Envelope>, from_peer: bool) {
     let counters = &context.metrics.counters;
-    let verdicts = if verify {
-        verify_batch(&envelopes, |origin| context.node_keys.get(origin))
+    envelopes.retain(|envelope| !taken_already(context, envelope));
+    let verdicts = if from_peer {
+        authenticate(&envelopes, context)
     } else {
         vec![Ok(()); envelopes.len()]
     };
@@ -427,6 +431,55 @@ fn arrive(context: &NodeContext, envelopes: Vec<Envelope>, verify: bool) {
             Err(VerifyError::BadSignature) => NodeMetrics::count(&counters.dropped_bad_signature),
             Ok(()) if envelope.signed.kind == EnvelopeKind::Ack => take_acks(context, &envelope),
             Ok(()) => hand_over(context, envelope),
+        }
+    }
+}
+
+/// Whether a data envelope's sequence was consumed already, waits in its
+/// agent's inbox, or is too old to admit. Counts the drop, and
+/// acknowledges a consumed one again: its acknowledgement must have been
+/// lost. Safe without verifying: the answer depends only on the origin and
+/// sequence, and acknowledging what was consumed is true whoever asks.
+fn taken_already(context: &NodeContext, envelope: &Envelope) -> bool {
+    let counters = &context.metrics.counters;
+    let Destination::Agent(agent) = &envelope.signed.destination else {
+        return false;
+    };
+    let origin = &envelope.signed.origin_node;
+    let sequence = envelope.signed.sequence;
+    let mut memory = context.memory();
+    let admission = memory
+        .windows
+        .get(origin)
+        .map_or(Admission::Fresh, |window| window.check(sequence));
+    match admission {
+        Admission::Duplicate => {
+            memory
+                .acks_due
+                .entry(origin.clone())
+                .or_default()
+                .push(sequence);
+            NodeMetrics::count(&counters.dropped_duplicate);
+            true
+        }
+        Admission::TooOld => {
+            NodeMetrics::count(&counters.dropped_too_old);
+            true
+        }
+        Admission::Fresh => {
+            drop(memory);
+            let waiting = context.agents.get(agent).is_some_and(|handle| {
+                let key = (origin.clone(), sequence);
+                handle
+                    .in_inbox
+                    .lock()
+                    .expect("inbox set lock is never poisoned")
+                    .contains(&key)
+            });
+            if waiting {
+                NodeMetrics::count(&counters.dropped_duplicate);
+            }
+            waiting
         }
     }
 }
@@ -450,40 +503,25 @@ fn take_acks(context: &NodeContext, envelope: &Envelope) {
     }
 }
 
-/// Hands a verified data envelope to its agent unless it was consumed
-/// already (then it is acknowledged again) or waits in the inbox.
+/// Hands a verified, fresh data envelope to its agent.
 fn hand_over(context: &NodeContext, envelope: Envelope) {
     let counters = &context.metrics.counters;
     let Destination::Agent(agent) = &envelope.signed.destination else {
         return NodeMetrics::count(&counters.dropped_misrouted);
     };
-    let origin = envelope.signed.origin_node.clone();
-    let sequence = envelope.signed.sequence;
-    {
-        let mut memory = context.memory();
-        let admission = memory
-            .windows
-            .get(&origin)
-            .map_or(Admission::Fresh, |window| window.check(sequence));
-        match admission {
-            Admission::Fresh => {}
-            Admission::Duplicate => {
-                // Consumed before; the acknowledgement must have been lost.
-                memory.acks_due.entry(origin).or_default().push(sequence);
-                return NodeMetrics::count(&counters.dropped_duplicate);
-            }
-            Admission::TooOld => return NodeMetrics::count(&counters.dropped_too_old),
-        }
-    }
     let Some(handle) = context.agents.get(agent).map(|entry| entry.clone()) else {
         return NodeMetrics::count(&counters.dropped_agent_missing);
     };
-    let key = (origin, sequence);
+    let key = (
+        envelope.signed.origin_node.clone(),
+        envelope.signed.sequence,
+    );
     let mut in_inbox = handle
         .in_inbox
         .lock()
         .expect("inbox set lock is never poisoned");
     if in_inbox.contains(&key) {
+        // A copy in the same batch.
         return NodeMetrics::count(&counters.dropped_duplicate);
     }
     let Ok(permit) = handle.inbox.clone().try_acquire_owned() else {
@@ -507,7 +545,7 @@ fn hand_over(context: &NodeContext, envelope: Envelope) {
         .record_latency(unix_micros().saturating_sub(sent_at_micros));
 }
 
-/// Sends every due acknowledgement, one signed envelope per origin node
+/// Sends every due acknowledgement, one sealed envelope per origin node
 /// (per ACK_RANGES_MAX ranges).
 fn flush_acks(context: &NodeContext) {
     let due = std::mem::take(&mut context.memory().acks_due);
@@ -528,17 +566,21 @@ fn flush_acks(context: &NodeContext) {
                 sent_at_micros: unix_micros(),
                 payload: encode_acks(chunk),
             };
-            let envelope = if origin == context.node_id {
-                // Never leaves the node: no signature needed.
-                Envelope {
+            let pair_key = (origin != context.node_id)
+                .then(|| context.pair_key(&origin))
+                .flatten();
+            let envelope = match pair_key {
+                Some(key) => {
+                    NodeMetrics::count(&context.metrics.counters.acks_sent);
+                    Envelope::seal(signed, &key)
+                }
+                // Never leaves the node: no MAC needed.
+                None => Envelope {
                     signed,
                     hop_count: 0,
                     path: Vec::new(),
                     signature: [0; 64],
-                }
-            } else {
-                NodeMetrics::count(&context.metrics.counters.acks_sent);
-                Envelope::sign(signed, &context.key)
+                },
             };
             transmit(context, envelope, &origin);
         }

@@ -10,7 +10,7 @@
 //! neighbours thought dead, which it keeps probing so a node that comes back
 //! is heard), and publishes a fresh [`RoutingView`] (overlay plus smoothed
 //! round-trip times, its own and those its neighbours report) for the
-//! router after every change and every heartbeat interval.
+//! router after every overlay change and every ROUTES_REFRESH_MS.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -28,6 +28,12 @@ use crate::protocols::wire::{encode_frame, Frame, Heartbeat, TrafficClass};
 use super::context::{monotonic_micros, monotonic_ms, NodeContext, RoutingView, Ticker};
 use super::node::DEFAULT_LINK_WEIGHT_MICROS;
 use super::transport::TransportMsg;
+
+/// How often routes follow drifting round trips when the overlay stays the
+/// same. Round trips are smoothed and move slowly; a fresh table costs a
+/// Dijkstra per node, and tables that change on every heartbeat would only
+/// make routes flap.
+const ROUTES_REFRESH_MS: u64 = 1_000;
 
 /// A control frame from a neighbour.
 pub enum ControlFrame {
@@ -69,6 +75,8 @@ pub struct TopologyState {
     /// dead: only these are judged, so a link still being set up on a
     /// loaded machine is not mistaken for a dead node.
     linked: BTreeSet<String>,
+    /// When the routing view was last published.
+    routes_published_ms: Option<u64>,
     _ticker: Ticker,
 }
 
@@ -102,6 +110,7 @@ impl Actor for TopologyActor {
             last_heard: HashMap::new(),
             view_sent_micros: HashMap::new(),
             linked: BTreeSet::new(),
+            routes_published_ms: None,
             _ticker: ticker,
         };
         state.publish();
@@ -167,7 +176,12 @@ impl TopologyState {
             };
             self.send(&peer, &Frame::Heartbeat(heartbeat));
         }
-        self.publish_routes();
+        let due = self
+            .routes_published_ms
+            .is_none_or(|last| monotonic_ms().saturating_sub(last) >= ROUTES_REFRESH_MS);
+        if due {
+            self.publish_routes();
+        }
     }
 
     /// A heartbeat from a neighbour: liveness, round trip, its links, and
@@ -265,7 +279,8 @@ impl TopologyState {
     /// transport and router.
     fn publish(&mut self) {
         let live = self.membership.live();
-        if live != self.live {
+        let overlay_changed = live != self.live;
+        if overlay_changed {
             self.overlay = self.topology.overlay_for(&live);
             self.live = live;
         }
@@ -300,11 +315,14 @@ impl TopologyState {
                 let _ = transport.cast(TransportMsg::SetNeighbours { neighbours, probes });
             }
         }
-        self.publish_routes();
+        if overlay_changed || self.routes_published_ms.is_none() {
+            self.publish_routes();
+        }
     }
 
     /// A fresh routing view from the overlay and every known round trip.
-    fn publish_routes(&self) {
+    fn publish_routes(&mut self) {
+        self.routes_published_ms = Some(monotonic_ms());
         let overlay = &self.overlay;
         let me = &self.context.node_id;
         let mut weights = HashMap::new();

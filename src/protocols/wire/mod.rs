@@ -5,12 +5,14 @@
 //! - [`envelope`]: the end-to-end signed unit a router carries.
 //! - [`codec`]: the only place that knows the byte encoding (bincode 2.0.1),
 //!   so it can change without touching callers.
+//! - [`pair_key`]: the secret two nodes share, for acknowledgement MACs.
 //! - [`duplicate_window`]: drops replays per origin with a sliding bitmap.
 
 pub mod codec;
 pub mod duplicate_window;
 pub mod envelope;
 pub mod limits;
+pub mod pair_key;
 
 pub use codec::{
     decode_frame, encode_frame, DecodeError, Frame, Heartbeat, StreamHeader, TrafficClass,
