@@ -10,7 +10,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::actors::node::{start_node, NodeHandle, NodeMsg, NodeSpec};
+use crate::actors::node::{start_node, AgentsStart, NodeHandle, NodeMsg, NodeSpec};
 use crate::config::ClusterConfig;
 use crate::identity;
 use crate::metrics::{CounterValues, LatencySummary};
@@ -122,14 +122,30 @@ impl LocalCluster {
                 node_keys: node_keys.clone(),
                 node_addresses: addresses.clone(),
                 socket,
+                agents_start: AgentsStart::WhenTold,
             };
             nodes.push(start_node(spec).await?);
         }
-        Ok(LocalCluster {
+        let cluster = LocalCluster {
             config,
             nodes,
             started,
-        })
+        };
+        cluster.start_agents_when_links_up().await;
+        Ok(cluster)
+    }
+
+    /// Seeing every node, a cluster in one process starts the agents only
+    /// when every link is up (or `supervision.agents_start_timeout_ms` has
+    /// passed), so no load meets a half-built overlay.
+    async fn start_agents_when_links_up(&self) {
+        let wait = Duration::from_millis(self.config.supervision.agents_start_timeout_ms);
+        if self.wait_for_links(wait).await.is_none() {
+            tracing::warn!("not every link came up within {wait:?}; starting the agents anyway");
+        }
+        for node in &self.nodes {
+            let _ = node.supervisor.cast(NodeMsg::StartAgents);
+        }
     }
 
     pub fn node(&self, id: &str) -> Option<&NodeHandle> {
@@ -266,6 +282,7 @@ pub async fn start_single(
         node_keys,
         node_addresses,
         socket,
+        agents_start: AgentsStart::WhenNeighboursUp,
     };
     Ok(start_node(spec).await?)
 }
@@ -273,6 +290,8 @@ pub async fn start_single(
 /// Counters and histograms summed over nodes.
 pub struct Totals {
     pub counters: CounterValues,
+    /// Deliveries by hops travelled: index h counts those of h hops.
+    pub hops: Vec<u64>,
     pub latency: Histogram<u64>,
     pub connection_setup: Histogram<u64>,
 }
@@ -281,6 +300,7 @@ impl Totals {
     pub fn of<'n>(nodes: impl Iterator<Item = &'n NodeHandle>) -> Totals {
         let mut totals = Totals {
             counters: CounterValues::default(),
+            hops: Vec::new(),
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("static bounds are valid"),
             connection_setup: Histogram::new_with_bounds(1, 3_600_000_000, 3)
@@ -288,6 +308,11 @@ impl Totals {
         };
         for node in nodes {
             totals.counters.add(&node.context.metrics.counters.values());
+            let hops = node.context.metrics.hop_values();
+            totals.hops.resize(totals.hops.len().max(hops.len()), 0);
+            for (total, count) in totals.hops.iter_mut().zip(hops) {
+                *total += count;
+            }
             let histograms = node
                 .context
                 .metrics
@@ -355,6 +380,11 @@ pub struct UpSummary {
     pub refused: u64,
     pub duplicates_dropped: u64,
     pub delivered_per_s: f64,
+    /// Deliveries by hops travelled, up to the longest seen.
+    pub hops: Vec<u64>,
+    pub hops_mean: f64,
+    /// Deliveries over as few hops as the overlay allowed, in percent.
+    pub shortest_path_percent: f64,
     pub latency_ms: LatencySummary,
     pub restarts: u64,
     pub failed_nodes: Vec<String>,
@@ -390,6 +420,12 @@ impl UpSummary {
             refused: totals.refused(),
             duplicates_dropped: counters.dropped_duplicate,
             delivered_per_s: counters.envelopes_delivered as f64 / active.as_secs_f64().max(1e-9),
+            hops: hops_seen(&totals.hops),
+            hops_mean: mean_hops(&totals.hops),
+            shortest_path_percent: percent(
+                counters.delivered_on_shortest_path,
+                counters.envelopes_delivered,
+            ),
             latency_ms: LatencySummary::of(&totals.latency),
             restarts: counters.actor_restarts,
             failed_nodes: cluster.failed_nodes(),
@@ -406,11 +442,7 @@ impl UpSummary {
     }
 
     pub fn to_text(&self) -> String {
-        let percent = if self.sent == 0 {
-            100.0
-        } else {
-            self.delivered as f64 * 100.0 / self.sent as f64
-        };
+        let percent = percent(self.delivered, self.sent);
         let links = self.links_up_ms.map_or("not all up".to_string(), |ms| {
             format!("all up {ms:.0} ms after start")
         });
@@ -453,6 +485,19 @@ impl UpSummary {
             "  rate       {:.0} signed messages/s delivered\n",
             self.delivered_per_s
         );
+        let hops: Vec<String> = self
+            .hops
+            .iter()
+            .enumerate()
+            .filter(|(_, &count)| count > 0)
+            .map(|(hops, count)| format!("{hops}: {count}"))
+            .collect();
+        text += &format!(
+            "  routes     deliveries by hops {{{}}}, mean {:.2}; {:.1} % over a shortest path\n",
+            hops.join(", "),
+            self.hops_mean,
+            self.shortest_path_percent
+        );
         text += &format!(
             "  latency    mean {:.3} ms  p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3} ms\n",
             l.mean, l.p50, l.p95, l.p99, l.max
@@ -468,4 +513,32 @@ impl UpSummary {
         };
         text
     }
+}
+
+/// `part` of `whole` in percent; 100 when there is nothing to count.
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        100.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+/// The counts up to the last nonzero one.
+fn hops_seen(hops: &[u64]) -> Vec<u64> {
+    let seen = hops
+        .iter()
+        .rposition(|&count| count > 0)
+        .map_or(0, |last| last + 1);
+    hops[..seen].to_vec()
+}
+
+fn mean_hops(hops: &[u64]) -> f64 {
+    let count: u64 = hops.iter().sum();
+    let total: u64 = hops
+        .iter()
+        .enumerate()
+        .map(|(hops, &count)| hops as u64 * count)
+        .sum();
+    total as f64 / count.max(1) as f64
 }

@@ -40,6 +40,9 @@ counters! {
     envelopes_sent,
     /// Envelopes handed to their destination agent, each exactly once.
     envelopes_delivered,
+    /// Of those, envelopes that came over as few hops as the destination's
+    /// overlay allows.
+    delivered_on_shortest_path,
     /// Sends refused: the router's queue was full.
     refused_router_busy,
     /// Sends refused: no agent of that name in the directory.

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh::actors::node::{start_node, NodeHandle, NodeSpec};
+use agentmesh::actors::node::{start_node, AgentsStart, NodeHandle, NodeSpec};
 use agentmesh::actors::transport::{quic_client_config, CLOSE_MALFORMED_FRAME};
 use agentmesh::cluster::LocalCluster;
 use agentmesh::config::{self, ClusterConfig, TransportConfig};
@@ -148,6 +148,7 @@ async fn two_nodes_and_a_test_peer() -> (Vec<NodeHandle>, SigningKey, HashMap<St
             node_keys: node_keys.clone(),
             node_addresses: addresses.clone(),
             socket: sockets.remove(id).unwrap(),
+            agents_start: AgentsStart::WhenNeighboursUp,
         };
         nodes.push(start_node(spec).await.unwrap());
     }

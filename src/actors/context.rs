@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,6 +18,7 @@ use crate::config::ClusterConfig;
 use crate::metrics::NodeMetrics;
 use crate::protocols::delivery::{ReliableSender, TokenBucket};
 use crate::protocols::routing::RoutingTable;
+use crate::protocols::topology::metrics::hops_from;
 use crate::protocols::topology::Overlay;
 use crate::protocols::wire::envelope::OriginKeys;
 use crate::protocols::wire::pair_key::PairKey;
@@ -113,6 +115,28 @@ pub struct PeerLink {
     /// same peer, so a closing connection never unregisters its successor.
     pub connection_id: usize,
     pub queue: mpsc::Sender<OutboundFrame>,
+    pub activity: Arc<LinkActivity>,
+}
+
+/// When a link last carried traffic each way, in monotonic microseconds
+/// (0: never). The topology actor counts any frame received as a sign of
+/// life, and heartbeats only links that carried no traffic lately.
+#[derive(Default)]
+pub struct LinkActivity {
+    pub sent_micros: AtomicU64,
+    pub received_micros: AtomicU64,
+}
+
+impl LinkActivity {
+    pub fn sent_now(&self) {
+        self.sent_micros
+            .store(monotonic_micros(), Ordering::Relaxed);
+    }
+
+    pub fn received_now(&self) {
+        self.received_micros
+            .store(monotonic_micros(), Ordering::Relaxed);
+    }
 }
 
 /// Live connections by peer node id.
@@ -122,12 +146,32 @@ pub struct PeerTable {
 }
 
 impl PeerTable {
-    /// Queues a frame for `peer` without waiting.
+    /// Queues a frame of traffic for `peer` without waiting; it tells the
+    /// peer this node is alive, so the link needs no heartbeat for a while.
     pub fn try_send(&self, peer: &str, frame: OutboundFrame) -> Result<(), SendError> {
-        let queue = match self.links.get(peer) {
-            Some(link) => link.queue.clone(),
+        let (queue, activity) = match self.links.get(peer) {
+            Some(link) => (link.queue.clone(), link.activity.clone()),
             None => return Err(SendError::PeerDown(peer.to_string())),
         };
+        Self::queue(peer, &queue, frame)?;
+        activity.sent_now();
+        Ok(())
+    }
+
+    /// Queues a heartbeat or membership frame for `peer` without waiting;
+    /// unlike [`PeerTable::try_send`], it does not count as traffic.
+    pub fn try_send_control(&self, peer: &str, frame: OutboundFrame) -> Result<(), SendError> {
+        match self.links.get(peer) {
+            Some(link) => Self::queue(peer, &link.queue.clone(), frame),
+            None => Err(SendError::PeerDown(peer.to_string())),
+        }
+    }
+
+    fn queue(
+        peer: &str,
+        queue: &mpsc::Sender<OutboundFrame>,
+        frame: OutboundFrame,
+    ) -> Result<(), SendError> {
         queue.try_send(frame).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => SendError::QueueFull(peer.to_string()),
             mpsc::error::TrySendError::Closed(_) => SendError::PeerDown(peer.to_string()),
@@ -148,6 +192,10 @@ impl PeerTable {
         self.links
             .get(peer)
             .is_some_and(|link| !link.queue.is_closed())
+    }
+
+    pub fn activity(&self, peer: &str) -> Option<Arc<LinkActivity>> {
+        self.links.get(peer).map(|link| link.activity.clone())
     }
 
     pub fn connected(&self) -> Vec<String> {
@@ -206,6 +254,8 @@ pub struct RoutingView {
     pub overlay: Overlay,
     /// This node's index in `overlay`.
     pub me: Option<usize>,
+    /// Fewest hops from this node to each overlay node (usize::MAX: none).
+    pub hops_from_me: Vec<usize>,
     pub table: Option<RoutingTable>,
     /// Link weights in microseconds, by overlay indices (lower first).
     pub weights: HashMap<(usize, usize), u64>,
@@ -240,8 +290,11 @@ impl RoutingView {
                 u16::try_from(index).expect("NODES_MAX fits u16")
             })
             .collect();
+        let me = overlay.index_of(me);
+        let hops_from_me = me.map_or_else(Vec::new, |me| hops_from(&overlay, me));
         let mut view = RoutingView {
-            me: overlay.index_of(me),
+            me,
+            hops_from_me,
             overlay,
             table: None,
             weights,
@@ -259,11 +312,13 @@ impl RoutingView {
         view
     }
 
+    /// The routing weight of link a–b: its latency plus the cost of a hop.
     pub fn weight(&self, a: usize, b: usize) -> u64 {
-        *self
+        let latency = self
             .weights
             .get(&(a.min(b), a.max(b)))
-            .unwrap_or(&self.default_weight)
+            .unwrap_or(&self.default_weight);
+        latency + crate::protocols::routing::HOP_COST_MICROS
     }
 }
 
@@ -298,6 +353,7 @@ pub struct NodeContext {
     /// Keys this node shares with others, derived on first use (a
     /// Diffie–Hellman each), for acknowledgement MACs.
     pub pair_keys: DashMap<String, Arc<PairKey>>,
+    pub agents_start: super::node::AgentsStart,
     /// Where every node listens, this one's included.
     pub node_addresses: HashMap<String, SocketAddr>,
     /// Which node hosts each agent.

@@ -3,8 +3,9 @@
 //! [`start_node`] binds nothing itself: it is given a bound UDP socket, makes
 //! the QUIC endpoint and the node's [`NodeContext`], and spawns the
 //! [`NodeSupervisor`], which starts Transport, Topology and Router at once
-//! and the AgentSupervisor when every neighbour is connected (or after
-//! `supervision.agents_start_timeout_ms`, whichever comes first).
+//! and the AgentSupervisor as [`AgentsStart`] says: by default when every
+//! neighbour is connected (or after `supervision.agents_start_timeout_ms`,
+//! whichever comes first).
 //!
 //! Escalation: a child that ends unexpectedly is restarted after a jittered
 //! backoff while the node's restart budget lasts (`[supervision]` in the
@@ -54,6 +55,9 @@ pub const DEFAULT_LINK_WEIGHT_MICROS: u64 = 1_000;
 pub enum NodeMsg {
     /// Every neighbour is connected.
     NeighboursUp,
+    /// The wait for neighbours is over: start the agents unless they wait
+    /// to be told.
+    NeighboursWaitOver,
     /// Start the agents if they are not running yet.
     StartAgents,
     Restart(ChildKind),
@@ -74,6 +78,18 @@ pub struct NodeSpec {
     pub node_addresses: HashMap<String, SocketAddr>,
     /// Already bound to this node's listen address.
     pub socket: std::net::UdpSocket,
+    pub agents_start: AgentsStart,
+}
+
+/// When a node starts its agents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentsStart {
+    /// When every neighbour is connected, or after
+    /// `supervision.agents_start_timeout_ms`.
+    WhenNeighboursUp,
+    /// When sent [`NodeMsg::StartAgents`]: a cluster in one process starts
+    /// the load once every node's links are up.
+    WhenTold,
 }
 
 /// A running node.
@@ -156,6 +172,7 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         key: spec.key,
         node_keys: spec.node_keys,
         pair_keys: DashMap::new(),
+        agents_start: spec.agents_start,
         node_addresses: spec.node_addresses,
         agent_nodes,
         metrics: Arc::new(NodeMetrics::default()),
@@ -293,7 +310,7 @@ impl Actor for NodeSupervisor {
             state.spawn(&myself, kind).await?;
         }
         let wait = Duration::from_millis(state.context.config.supervision.agents_start_timeout_ms);
-        myself.send_after(wait, || NodeMsg::StartAgents);
+        myself.send_after(wait, || NodeMsg::NeighboursWaitOver);
         Ok(state)
     }
 
@@ -304,7 +321,9 @@ impl Actor for NodeSupervisor {
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            NodeMsg::NeighboursUp | NodeMsg::StartAgents => {
+            NodeMsg::NeighboursUp | NodeMsg::NeighboursWaitOver
+                if state.context.agents_start == AgentsStart::WhenTold => {}
+            NodeMsg::NeighboursUp | NodeMsg::NeighboursWaitOver | NodeMsg::StartAgents => {
                 if state.agent_supervisor.is_none() && !state.children.stopping {
                     tracing::info!(node = %state.context.node_id, "starting agents");
                     state.spawn(&myself, ChildKind::AgentSupervisor).await?;

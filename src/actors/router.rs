@@ -529,6 +529,7 @@ fn hand_over(context: &NodeContext, envelope: Envelope) {
     };
     let sent_at_micros = envelope.signed.sent_at_micros;
     let hops = envelope.hop_count;
+    let origin = key.0.clone();
     if handle
         .actor
         .cast(AgentMsg::Deliver { envelope, permit })
@@ -540,6 +541,14 @@ fn hand_over(context: &NodeContext, envelope: Envelope) {
     drop(in_inbox);
     NodeMetrics::count(&counters.envelopes_delivered);
     context.metrics.record_hops(hops);
+    let view = context.routing_view();
+    let shortest = view
+        .overlay
+        .index_of(&origin)
+        .and_then(|origin| view.hops_from_me.get(origin));
+    if shortest == Some(&(hops as usize)) {
+        NodeMetrics::count(&counters.delivered_on_shortest_path);
+    }
     context
         .metrics
         .record_latency(unix_micros().saturating_sub(sent_at_micros));

@@ -1,7 +1,9 @@
 //! The topology actor: membership, the overlay, and the routing view.
 //!
-//! It heartbeats every overlay neighbour on the control stream, feeds what
-//! it hears to the phi-accrual detector ([`Membership`]), spreads
+//! It heartbeats overlay neighbours on the control stream (each link that
+//! carried nothing else since the last tick, and every link once a second
+//! for round trips and digests), feeds what it hears, and any other frame's
+//! arrival, to the phi-accrual detector ([`Membership`]), spreads
 //! membership changes to its neighbours (and reconciles whole views when
 //! heartbeat digests differ), and derives the overlay from the live set
 //! with [`Topology::overlay_for`] — a pure function, so nodes that agree on
@@ -9,10 +11,11 @@
 //! neighbours to hold connections to (overlay edges only, plus base-overlay
 //! neighbours thought dead, which it keeps probing so a node that comes back
 //! is heard), and publishes a fresh [`RoutingView`] (overlay plus smoothed
-//! round-trip times, its own and those its neighbours report) for the
+//! link latencies, its own and those its neighbours report) for the
 //! router after every overlay change and every ROUTES_REFRESH_MS.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::metrics::NodeMetrics;
 use crate::protocols::membership::{MemberRecord, Membership, Status};
+use crate::protocols::routing::LinkLatency;
 use crate::protocols::topology::{Overlay, Topology};
 use crate::protocols::wire::codec::MEMBER_RECORDS_MAX;
 use crate::protocols::wire::{encode_frame, Frame, Heartbeat, TrafficClass};
@@ -34,6 +38,14 @@ use super::transport::TransportMsg;
 /// Dijkstra per node, and tables that change on every heartbeat would only
 /// make routes flap.
 const ROUTES_REFRESH_MS: u64 = 1_000;
+
+/// How often each neighbour gets a heartbeat even when other traffic shows
+/// it this node is alive: heartbeats carry round-trip samples, link reports
+/// and view digests.
+const ROUND_TRIP_SAMPLE_MS: u64 = 1_000;
+
+/// How long membership changes wait to be passed on with others.
+const SPREAD_DELAY_MS: u64 = 20;
 
 /// A control frame from a neighbour.
 pub enum ControlFrame {
@@ -52,6 +64,8 @@ pub enum TopologyMsg {
     },
     /// A connection to this neighbour came up.
     LinkUp(String),
+    /// Pass queued membership changes on.
+    Spread,
 }
 
 pub struct TopologyActor;
@@ -63,8 +77,8 @@ pub struct TopologyState {
     live: BTreeSet<String>,
     overlay: Overlay,
     published: Option<(Vec<String>, Vec<String>)>,
-    /// Smoothed round trip to each neighbour, microseconds.
-    round_trips: HashMap<String, u64>,
+    /// Latency of the link to each neighbour.
+    round_trips: HashMap<String, LinkLatency>,
     /// What each neighbour reports of its own links.
     reported: HashMap<String, Vec<(u16, u32)>>,
     /// Per neighbour: its last heartbeat's send time and when it arrived.
@@ -77,6 +91,16 @@ pub struct TopologyState {
     linked: BTreeSet<String>,
     /// When the routing view was last published.
     routes_published_ms: Option<u64>,
+    /// Per neighbour: when this node last heartbeat it.
+    heartbeat_sent_micros: HashMap<String, u64>,
+    /// Per neighbour: the last frame arrival already taken as evidence.
+    evidence_seen_micros: HashMap<String, u64>,
+    last_tick_micros: u64,
+    /// Membership changes not passed on yet, by member, with the
+    /// neighbour each came from.
+    unspread: BTreeMap<String, (MemberRecord, Option<String>)>,
+    spread_scheduled: bool,
+    myself: ActorRef<TopologyMsg>,
     _ticker: Ticker,
 }
 
@@ -111,6 +135,12 @@ impl Actor for TopologyActor {
             view_sent_micros: HashMap::new(),
             linked: BTreeSet::new(),
             routes_published_ms: None,
+            heartbeat_sent_micros: HashMap::new(),
+            evidence_seen_micros: HashMap::new(),
+            last_tick_micros: 0,
+            unspread: BTreeMap::new(),
+            spread_scheduled: false,
+            myself: myself.clone(),
             _ticker: ticker,
         };
         state.publish();
@@ -125,6 +155,7 @@ impl Actor for TopologyActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             TopologyMsg::Tick => state.tick(),
+            TopologyMsg::Spread => state.flush_spread(),
             TopologyMsg::Control {
                 from,
                 frame,
@@ -154,12 +185,16 @@ impl Actor for TopologyActor {
 
 impl TopologyState {
     fn tick(&mut self) {
-        let changed = self.membership.tick(monotonic_ms());
-        self.spread(&changed, None);
         let now = monotonic_micros();
+        self.take_traffic_evidence();
+        let changed = self.membership.tick(now / 1_000);
+        self.spread(&changed, None);
         let digest = self.membership.digest();
         let links = self.own_links();
         for peer in self.context.peers.connected() {
+            if !self.heartbeat_due(&peer, now) {
+                continue;
+            }
             let (echo_micros, held_micros) = self
                 .last_heard
                 .get(&peer)
@@ -175,13 +210,43 @@ impl TopologyState {
                 links: links.clone(),
             };
             self.send(&peer, &Frame::Heartbeat(heartbeat));
+            self.heartbeat_sent_micros.insert(peer, now);
         }
+        self.last_tick_micros = now;
         let due = self
             .routes_published_ms
-            .is_none_or(|last| monotonic_ms().saturating_sub(last) >= ROUTES_REFRESH_MS);
+            .is_none_or(|last| (now / 1_000).saturating_sub(last) >= ROUTES_REFRESH_MS);
         if due {
             self.publish_routes();
         }
+    }
+
+    /// Any frame a neighbour sent since the last tick shows it alive.
+    fn take_traffic_evidence(&mut self) {
+        for peer in &self.linked {
+            let Some(activity) = self.context.peers.activity(peer) else {
+                continue;
+            };
+            let received = activity.received_micros.load(Ordering::Relaxed);
+            let seen = self.evidence_seen_micros.entry(peer.clone()).or_default();
+            if received > *seen {
+                *seen = received;
+                self.membership.evidence(received / 1_000, peer);
+            }
+        }
+    }
+
+    /// Whether `peer` needs a heartbeat now: it does when this node sent it
+    /// nothing since the last tick (it would have no sign of life), and at
+    /// least every ROUND_TRIP_SAMPLE_MS for round trips, links and digests.
+    fn heartbeat_due(&self, peer: &str, now: u64) -> bool {
+        let last_heartbeat = self.heartbeat_sent_micros.get(peer).copied();
+        let sample_due = last_heartbeat
+            .is_none_or(|last| now.saturating_sub(last) >= ROUND_TRIP_SAMPLE_MS * 1_000);
+        let quiet = self.context.peers.activity(peer).is_none_or(|activity| {
+            activity.sent_micros.load(Ordering::Relaxed) <= self.last_tick_micros
+        });
+        sample_due || quiet
     }
 
     /// A heartbeat from a neighbour: liveness, round trip, its links, and
@@ -196,11 +261,10 @@ impl TopologyState {
                 .saturating_sub(heartbeat.echo_micros)
                 .saturating_sub(heartbeat.held_micros)
                 .max(1);
-            let smoothed = self
-                .round_trips
-                .get(from)
-                .map_or(sample, |&old| (7 * old + sample) / 8);
-            self.round_trips.insert(from.to_string(), smoothed);
+            self.round_trips
+                .entry(from.to_string())
+                .or_default()
+                .sample(sample);
         }
         self.last_heard
             .insert(from.to_string(), (heartbeat.sent_micros, now));
@@ -221,9 +285,12 @@ impl TopologyState {
         }
     }
 
-    /// Passes membership changes on to every neighbour but `except`, then
-    /// recomputes the overlay.
-    fn spread(&mut self, changed: &[MemberRecord], except: Option<&str>) {
+    /// Takes membership changes heard from `source` (None: this node's
+    /// own verdicts): recomputes the overlay at once, and queues them to
+    /// pass on to every neighbour but their source within SPREAD_DELAY_MS,
+    /// batched: when a hundred nodes learn each other's incarnations at
+    /// start, one frame per neighbour carries what one record each would.
+    fn spread(&mut self, changed: &[MemberRecord], source: Option<&str>) {
         if changed.is_empty() {
             return;
         }
@@ -240,15 +307,33 @@ impl TopologyState {
             } else {
                 tracing::info!(%node, %member, ?status, incarnation, "membership change");
             }
+            // A later change of the same member replaces an unsent one.
+            let source = source.map(str::to_string);
+            self.unspread
+                .insert(record.node.clone(), (record.clone(), source));
         }
-        for peer in self.context.peers.connected() {
-            if Some(peer.as_str()) != except {
-                for chunk in changed.chunks(MEMBER_RECORDS_MAX) {
-                    self.send(&peer, &Frame::Members(chunk.to_vec()));
-                }
-            }
+        if !self.spread_scheduled {
+            self.spread_scheduled = true;
+            let delay = Duration::from_millis(SPREAD_DELAY_MS);
+            self.myself.send_after(delay, || TopologyMsg::Spread);
         }
         self.publish();
+    }
+
+    /// Sends the queued membership changes, one frame per neighbour.
+    fn flush_spread(&mut self) {
+        self.spread_scheduled = false;
+        let unspread = std::mem::take(&mut self.unspread);
+        for peer in self.context.peers.connected() {
+            let records: Vec<MemberRecord> = unspread
+                .values()
+                .filter(|(_, source)| source.as_deref() != Some(peer.as_str()))
+                .map(|(record, _)| record.clone())
+                .collect();
+            for chunk in records.chunks(MEMBER_RECORDS_MAX) {
+                self.send(&peer, &Frame::Members(chunk.to_vec()));
+            }
+        }
     }
 
     fn send(&self, peer: &str, frame: &Frame) {
@@ -258,16 +343,17 @@ impl TopologyState {
         let _ = self
             .context
             .peers
-            .try_send(peer, (TrafficClass::Control, bytes.into()));
+            .try_send_control(peer, (TrafficClass::Control, bytes.into()));
     }
 
-    /// This node's smoothed round trips, by wire index.
+    /// This node's link latencies, by wire index.
     fn own_links(&self) -> Vec<(u16, u32)> {
         let mut links: Vec<(u16, u32)> = self
             .round_trips
             .iter()
-            .filter_map(|(peer, &micros)| {
+            .filter_map(|(peer, latency)| {
                 let index = *self.context.node_index.get(peer)?;
+                let micros = latency.estimate()?;
                 Some((index, micros.min(u32::MAX as u64) as u32))
             })
             .collect();
@@ -339,7 +425,10 @@ impl TopologyState {
                 }
             }
         }
-        for (peer, &micros) in &self.round_trips {
+        for (peer, latency) in &self.round_trips {
+            let Some(micros) = latency.estimate() else {
+                continue;
+            };
             put(me, peer, micros);
             own.push(micros);
         }

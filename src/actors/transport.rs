@@ -35,7 +35,7 @@ use crate::protocols::supervision::Backoff;
 use crate::protocols::wire::{decode_frame, Frame, StreamHeader, TrafficClass};
 use crate::tls::{self, NodeCertificate, PinnedKeys};
 
-use super::context::{NodeContext, OutboundFrame, PeerLink};
+use super::context::{LinkActivity, NodeContext, OutboundFrame, PeerLink};
 use super::node::NodeMsg;
 use super::router::RouterMsg;
 use super::topology::{ControlFrame, TopologyMsg};
@@ -76,12 +76,24 @@ pub struct TransportState {
 }
 
 /// The quinn transport parameters from the config.
+/// Ack-eliciting packets a peer may receive before it must ACK.
+const ACK_ELICITING_THRESHOLD: u32 = 16;
+/// Longest a peer may hold back an ACK.
+const ACK_DELAY_MAX: Duration = Duration::from_millis(50);
+
 pub fn quic_transport_config(config: &TransportConfig) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_millis(config.keep_alive_ms)));
     let idle = quinn::IdleTimeout::try_from(Duration::from_millis(config.idle_timeout_ms))
         .expect("validated idle timeout fits a QUIC varint");
     transport.max_idle_timeout(Some(idle));
+    // Each overlay link carries a few dozen small frames a second: acking
+    // every other packet at once would send nearly one bare ACK packet per
+    // frame. Asking the peer to wait lets ACKs ride on its own traffic.
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(quinn::VarInt::from_u32(ACK_ELICITING_THRESHOLD))
+        .max_ack_delay(Some(ACK_DELAY_MAX));
+    transport.ack_frequency_config(Some(acks));
     Arc::new(transport)
 }
 
@@ -389,11 +401,13 @@ async fn run_connection(
     let counters = &context.metrics.counters;
     let connection_id = connection.stable_id();
     let (queue, outbound) = mpsc::channel(context.config.transport.peer_send_queue_max);
+    let activity = Arc::new(LinkActivity::default());
     context.peers.insert(
         &peer,
         PeerLink {
             connection_id,
             queue,
+            activity: activity.clone(),
         },
     );
     NodeMetrics::count(&counters.connections_established);
@@ -411,7 +425,7 @@ async fn run_connection(
             tracing::debug!(node = %context.node_id, %peer, %reason, "writer stopped");
             Ending::Closed
         }
-        ending = read_streams(&context, &connection, &peer) => ending,
+        ending = read_streams(&context, &connection, &peer, &activity) => ending,
     };
     if let Ending::Malformed(reason) = &ending {
         NodeMetrics::count(&counters.peers_closed_malformed);
@@ -483,13 +497,19 @@ async fn stream_for<'s>(
 }
 
 /// Accepts the peer's streams and reads each in its own task.
-async fn read_streams(context: &Arc<NodeContext>, connection: &Connection, peer: &str) -> Ending {
+async fn read_streams(
+    context: &Arc<NodeContext>,
+    connection: &Connection,
+    peer: &str,
+    activity: &Arc<LinkActivity>,
+) -> Ending {
     let mut readers = JoinSet::new();
     loop {
         tokio::select! {
             stream = connection.accept_uni() => match stream {
                 Ok(stream) => {
-                    readers.spawn(read_stream(context.clone(), stream, peer.to_string()));
+                    let reader = read_stream(context.clone(), stream, peer.to_string(), activity.clone());
+                    readers.spawn(reader);
                 }
                 Err(_) => return Ending::Closed,
             },
@@ -508,6 +528,7 @@ async fn read_stream(
     context: Arc<NodeContext>,
     mut stream: quinn::RecvStream,
     peer: String,
+    activity: Arc<LinkActivity>,
 ) -> Result<(), String> {
     let counters = &context.metrics.counters;
     let malformed = |reason: String| {
@@ -528,6 +549,7 @@ async fn read_stream(
         let mut batch = Vec::new();
         let mut ended = false;
         let mut next = frames.next().await;
+        activity.received_now();
         loop {
             let bytes = match next {
                 None => {

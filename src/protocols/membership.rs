@@ -60,7 +60,7 @@ pub struct DetectorConfig {
 impl Default for DetectorConfig {
     fn default() -> DetectorConfig {
         DetectorConfig {
-            heartbeat_interval_ms: 200,
+            heartbeat_interval_ms: 500,
             suspect_phi: 3.0,
             dead_phi: 8.0,
             // A loaded 2-core machine running a hundred nodes (a thousand
@@ -247,6 +247,16 @@ impl Membership {
             detector.heartbeat(now_ms);
         }
         changed
+    }
+
+    /// Evidence that watched neighbour `node` was alive at `now_ms`: any
+    /// frame it sent, not only heartbeats, so a heartbeat delayed behind a
+    /// busy link does not make a working neighbour look dead. Feeds the
+    /// detector only; it says nothing about incarnations.
+    pub fn evidence(&mut self, now_ms: u64, node: &str) {
+        if let Some(detector) = self.detectors.get_mut(node) {
+            detector.heartbeat(now_ms);
+        }
     }
 
     /// Merges records heard from a neighbour. Returns those that changed

@@ -1,7 +1,10 @@
 //! Routing over the overlay: latency-weighted shortest paths.
 //!
-//! Edge weights are smoothed round-trip times in microseconds, always at
-//! least 1, so every step along a shortest path strictly lowers the
+//! A link's weight is its latency, measured as the smallest of its recent
+//! round-trip samples ([`LinkLatency`]; a sample also holds whatever time
+//! the heartbeat waited behind other work, which is noise about the node,
+//! not the link), plus [`HOP_COST_MICROS`] for the work every extra hop
+//! costs a router. Weights are always at least 1, so every step along a shortest path strictly lowers the
 //! remaining distance and following next hops can never loop while nodes
 //! agree on the weights. Nodes only measure their own links, so they do
 //! not always agree; envelopes therefore carry their path (source routing),
@@ -18,6 +21,36 @@ use super::topology::Overlay;
 
 /// Weight of a link in microseconds; never zero.
 pub type Weight = u64;
+
+/// What one more hop costs beyond its link's latency: a router decodes,
+/// routes, encodes and queues the envelope. Without it, a detour over
+/// links a few microseconds faster would win over a direct link.
+pub const HOP_COST_MICROS: Weight = 500;
+
+/// Round-trip samples a link's latency is the minimum of.
+pub const LATENCY_SAMPLES_MAX: usize = 8;
+
+/// A link's latency: the smallest of its last LATENCY_SAMPLES_MAX round
+/// trips, in microseconds. The minimum is the link's own delay; what rides
+/// on top is queueing at either end, which comes and goes.
+#[derive(Clone, Debug, Default)]
+pub struct LinkLatency {
+    samples: std::collections::VecDeque<Weight>,
+}
+
+impl LinkLatency {
+    pub fn sample(&mut self, round_trip_micros: Weight) {
+        if self.samples.len() == LATENCY_SAMPLES_MAX {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(round_trip_micros.max(1));
+    }
+
+    /// The latency estimate; None before the first sample.
+    pub fn estimate(&self) -> Option<Weight> {
+        self.samples.iter().copied().min()
+    }
+}
 
 /// The best known way from the table's source to one destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
