@@ -6,7 +6,8 @@
 //! of the routing view the topology actor keeps current (the path travels
 //! in the envelope). Transit envelopes follow their path, or a detour
 //! through nodes they have not visited when the next link is down; transit
-//! routers do not verify signatures (destinations do). Inbound, it
+//! routers do not verify signatures (destinations do) and pass them on from
+//! the connection's reader task ([`pass_on_transit`]). Inbound, it
 //! verifies a batch at once and hands each fresh envelope to its agent's
 //! bounded inbox; the agent marks it consumed, and the router acknowledges
 //! consumed sequences to their origin in batches, each authenticated by a
@@ -66,7 +67,7 @@ pub enum RouterMsg {
         message: OutboundMessage,
         permit: OwnedSemaphorePermit,
     },
-    /// Decoded envelopes from one peer connection.
+    /// Decoded envelopes for this node from one peer connection.
     Inbound {
         envelopes: Vec<Envelope>,
         permit: OwnedSemaphorePermit,
@@ -178,7 +179,7 @@ impl Actor for Router {
                 drop(permit);
             }
             RouterMsg::Inbound { envelopes, permit } => {
-                receive(context, envelopes);
+                arrive(context, envelopes, true);
                 drop(permit);
             }
             RouterMsg::Tick => {
@@ -341,8 +342,12 @@ fn destination_node<'c>(context: &'c NodeContext, envelope: &'c Envelope) -> Opt
     }
 }
 
-/// Envelopes from a peer: forward those for other nodes, take the rest.
-fn receive(context: &NodeContext, envelopes: Vec<Envelope>) {
+/// Envelopes from a peer: passes on those for other nodes and returns
+/// the rest, which are for this node. Called by the connection's reader
+/// task itself: passing a transit envelope on needs only shared state (the
+/// routing view, the peer table), and skipping the router's mailbox saves
+/// a message per hop.
+pub fn pass_on_transit(context: &NodeContext, envelopes: Vec<Envelope>) -> Vec<Envelope> {
     let mut here = Vec::with_capacity(envelopes.len());
     let view = context.routing_view();
     for envelope in envelopes {
@@ -355,9 +360,7 @@ fn receive(context: &NodeContext, envelopes: Vec<Envelope>) {
             }
         }
     }
-    if !here.is_empty() {
-        arrive(context, here, true);
-    }
+    here
 }
 
 /// Passes a transit envelope on along its path, or a detour.

@@ -589,6 +589,7 @@ async fn read_stream(
                 None => break,
             }
         }
+        let batch = super::router::pass_on_transit(&context, batch);
         if !batch.is_empty() {
             hand_to_router(&context, batch, &peer).await;
         }

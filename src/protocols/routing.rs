@@ -25,7 +25,7 @@ pub type Weight = u64;
 /// What one more hop costs beyond its link's latency: a router decodes,
 /// routes, encodes and queues the envelope. Without it, a detour over
 /// links a few microseconds faster would win over a direct link.
-pub const HOP_COST_MICROS: Weight = 500;
+pub const HOP_COST_MICROS: Weight = 2_000;
 
 /// Round-trip samples a link's latency is the minimum of.
 pub const LATENCY_SAMPLES_MAX: usize = 8;
