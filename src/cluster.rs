@@ -204,12 +204,87 @@ impl LocalCluster {
 
     /// Stops node `id` and takes it out of the cluster (its peers learn of
     /// it only by its silence). False if there is no such node.
+    /// Stops node `id`, which tells its peers it leaves. False if no
+    /// such node runs.
     pub async fn stop_node(&mut self, id: &str) -> bool {
         let Some(position) = self.nodes.iter().position(|node| node.id == id) else {
             return false;
         };
         self.nodes.remove(position).shutdown().await;
         true
+    }
+
+    /// Stops node `id` as a crash would: its peers find out from their
+    /// failure detectors. False if no such node runs.
+    pub async fn crash_node(&mut self, id: &str) -> bool {
+        let Some(position) = self.nodes.iter().position(|node| node.id == id) else {
+            return false;
+        };
+        self.nodes.remove(position).crash().await;
+        true
+    }
+
+    /// Stops the nodes `ids` at once; each closes its connections telling
+    /// its peers it leaves. Returns how many were running.
+    pub async fn stop_nodes(&mut self, ids: &[String]) -> usize {
+        let (stopping, staying) = std::mem::take(&mut self.nodes)
+            .into_iter()
+            .partition(|node| ids.contains(&node.id));
+        self.nodes = staying;
+        let stopping: Vec<NodeHandle> = stopping;
+        let count = stopping.len();
+        futures::future::join_all(stopping.into_iter().map(NodeHandle::shutdown)).await;
+        count
+    }
+
+    /// `percent` of the running nodes (at least one, never all), chosen
+    /// by the config's seed.
+    pub fn choose_victims(&self, percent: f64) -> Vec<String> {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let running = self.nodes.len();
+        let count = ((running as f64 * percent / 100.0).round() as usize).clamp(1, running - 1);
+        let mut ids: Vec<String> = self.nodes.iter().map(|node| node.id.clone()).collect();
+        let mut random = rand_chacha::ChaCha8Rng::seed_from_u64(self.config.seed);
+        ids.shuffle(&mut random);
+        ids.truncate(count);
+        ids.sort();
+        ids
+    }
+
+    /// Whether every running node's routing view leaves out every node of
+    /// `departed`, and all of them hold the same overlay.
+    pub fn routes_converged(&self, departed: &[String]) -> bool {
+        let views: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|node| node.context.routing_view())
+            .collect();
+        let excluded = views.iter().all(|view| {
+            view.me.is_some()
+                && departed
+                    .iter()
+                    .all(|node| view.overlay.index_of(node).is_none())
+        });
+        excluded
+            && views
+                .windows(2)
+                .all(|pair| pair[0].overlay == pair[1].overlay)
+    }
+
+    /// Messages the running nodes still await acknowledgement of from
+    /// the nodes `departed`.
+    pub fn unsettled_to(&self, departed: &[String]) -> u64 {
+        self.nodes
+            .iter()
+            .map(|node| {
+                let memory = node.context.memory();
+                departed
+                    .iter()
+                    .map(|id| memory.sender.inflight_to(id) as u64)
+                    .sum::<u64>()
+            })
+            .sum()
     }
 
     pub async fn shutdown(self) {
@@ -388,7 +463,28 @@ pub struct UpSummary {
     pub latency_ms: LatencySummary,
     pub restarts: u64,
     pub failed_nodes: Vec<String>,
+    /// Set when part of the cluster was stopped mid-run.
+    pub kill: Option<KillReport>,
     pub counters: CounterValues,
+}
+
+/// What happened when `up --kill` stopped part of the cluster mid-run.
+#[derive(Clone, Debug, Serialize)]
+pub struct KillReport {
+    pub killed: Vec<String>,
+    /// Seconds into the load when the nodes were stopped.
+    pub at_s: f64,
+    /// How long the stopped nodes took to shut down.
+    pub stop_ms: f64,
+    /// From the stop until every other node's overlay and routes left the
+    /// stopped nodes out, and all of them agreed.
+    pub routes_converged_ms: Option<f64>,
+    /// From the stop until every other node held every link of its new
+    /// overlay.
+    pub links_up_ms: Option<f64>,
+    /// Messages to the stopped nodes not acknowledged when the run ended
+    /// (still retried: a node may come back).
+    pub unsettled_to_departed: u64,
 }
 
 impl UpSummary {
@@ -429,15 +525,19 @@ impl UpSummary {
             latency_ms: LatencySummary::of(&totals.latency),
             restarts: counters.actor_restarts,
             failed_nodes: cluster.failed_nodes(),
+            kill: None,
             counters,
         }
     }
 
-    /// Everything sent was delivered and acknowledged, and no node failed.
+    /// Everything sent was delivered and acknowledged (except, after a
+    /// kill, what was sent to the stopped nodes), and no node failed.
     pub fn clean(&self) -> bool {
-        self.lost == 0
-            && self.unsettled == 0
-            && self.acknowledged == self.sent
+        let (lost_allowed, unsettled_allowed) = self.kill.as_ref().map_or((0, 0), |kill| {
+            (self.counters.lost_to_departed, kill.unsettled_to_departed)
+        });
+        self.lost == lost_allowed
+            && self.unsettled == unsettled_allowed
             && self.failed_nodes.is_empty()
     }
 
@@ -502,12 +602,28 @@ impl UpSummary {
             "  latency    mean {:.3} ms  p50 {:.3}  p95 {:.3}  p99 {:.3}  max {:.3} ms\n",
             l.mean, l.p50, l.p95, l.p99, l.max
         );
+        if let Some(kill) = &self.kill {
+            let within = |ms: Option<f64>| {
+                ms.map_or("not within the wait".into(), |ms| format!("{ms:.0} ms"))
+            };
+            text += &format!(
+                "  kill       stopped {} nodes at {:.1} s {:?} (shut down in {:.0} ms); routes converged on the others after {}, their links all up after {}; to the stopped nodes: {} given up, {} unsettled\n",
+                kill.killed.len(),
+                kill.at_s,
+                kill.killed,
+                kill.stop_ms,
+                within(kill.routes_converged_ms),
+                within(kill.links_up_ms),
+                c.lost_to_departed,
+                kill.unsettled_to_departed
+            );
+        }
         text += &format!(
             "  restarts   {}  failed nodes {:?}\n",
             self.restarts, self.failed_nodes
         );
         text += if self.clean() {
-            "  result     every sent message was delivered and acknowledged\n"
+            "  result     every message to a running node was delivered and acknowledged\n"
         } else {
             "  result     MESSAGES LOST OR NODES FAILED\n"
         };

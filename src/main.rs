@@ -43,6 +43,13 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Stop this percentage of the nodes mid-run (chosen by the
+        /// config's seed) and report how fast the rest converge.
+        #[arg(long, value_name = "PERCENT", value_parser = parse_kill_percent)]
+        kill: Option<f64>,
+        /// When to stop them, into the load (default: half way).
+        #[arg(long, value_parser = parse_duration, requires = "kill")]
+        kill_after: Option<Duration>,
     },
     /// Run one node of a multi-host cluster.
     Node {
@@ -90,6 +97,19 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+fn parse_kill_percent(text: &str) -> Result<f64, String> {
+    let percent: f64 = text
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{text:?} is not a percentage (try 10)"))?;
+    if !(percent > 0.0 && percent < 100.0) {
+        return Err(format!(
+            "{text:?}: the percentage of nodes to stop must be above 0 and below 100"
+        ));
+    }
+    Ok(percent)
+}
+
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
@@ -119,10 +139,14 @@ fn main() -> ExitCode {
                 config,
                 duration,
                 json,
+                kill,
+                kill_after,
             } => {
                 commands::up(commands::UpOptions {
                     config,
                     duration,
+                    kill_percent: kill,
+                    kill_after,
                     json,
                 })
                 .await

@@ -64,6 +64,8 @@ counters! {
     dropped_peer_down,
     /// Messages given up after delivery.retries_max retransmissions.
     lost_retries_exhausted,
+    /// Of those, messages to a node this node thought dead by then.
+    lost_to_departed,
     /// Messages whose destination acknowledged consuming them.
     acknowledged,
     /// Retransmissions after a timeout.

@@ -90,8 +90,26 @@ async fn outcomes(receipts: Vec<(String, oneshot::Receiver<Receipt>)>) -> Vec<(S
     outcomes
 }
 
+/// How the node stops in the second half of the test.
+#[derive(Clone, Copy, Debug)]
+enum Departure {
+    /// It tells its peers it leaves.
+    Leave,
+    /// It goes without a word; the failure detectors find out.
+    Crash,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_nodes_deliver_every_pair_exactly_once_and_survive_a_node_stopping() {
+async fn twenty_nodes_deliver_every_pair_exactly_once_and_survive_a_node_leaving() {
+    every_pair_exactly_once_then_lose_a_node(Departure::Leave).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_nodes_deliver_every_pair_exactly_once_and_survive_a_node_crashing() {
+    every_pair_exactly_once_then_lose_a_node(Departure::Crash).await;
+}
+
+async fn every_pair_exactly_once_then_lose_a_node(departure: Departure) {
     let mut cluster = LocalCluster::start(config("")).await.unwrap();
     wait_until("every overlay link is up", || cluster.all_links_up()).await;
     for node in &cluster.nodes {
@@ -125,7 +143,11 @@ async fn twenty_nodes_deliver_every_pair_exactly_once_and_survive_a_node_stoppin
 
     // Stop one node and, at once, send between every pair of survivors;
     // some of these are routed through the stopped node.
-    assert!(cluster.stop_node(STOPPED).await);
+    let stopped = match departure {
+        Departure::Leave => cluster.stop_node(STOPPED).await,
+        Departure::Crash => cluster.crash_node(STOPPED).await,
+    };
+    assert!(stopped);
     let survivors: Vec<usize> = everyone
         .iter()
         .copied()
@@ -176,7 +198,7 @@ async fn twenty_nodes_deliver_every_pair_exactly_once_and_survive_a_node_stoppin
     );
     let counters = cluster.totals().counters;
     eprintln!(
-        "after the stop: {} retransmissions, drops peer down {} / no route {} / queue full {}, {} duplicates dropped, hops {:?}",
+        "after the {departure:?}: {} retransmissions, drops peer down {} / no route {} / queue full {}, {} duplicates dropped, hops {:?}",
         counters.retransmissions,
         counters.dropped_peer_down,
         counters.dropped_no_route,

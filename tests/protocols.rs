@@ -12,7 +12,7 @@ use agentmesh::protocols::delivery::{
 use agentmesh::protocols::membership::{
     DetectorConfig, MemberRecord, Membership, PhiDetector, Status,
 };
-use agentmesh::protocols::routing::{self, Step};
+use agentmesh::protocols::routing::{self, LinkLatency, Step, LATENCY_SAMPLES_MAX};
 use agentmesh::protocols::topology::{build, Overlay, Shape};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -322,6 +322,63 @@ fn a_restarted_node_rejoins_with_its_new_incarnation() {
     let back = view.heartbeat(20, "n001", 99).expect("a new life is news");
     assert_eq!(back.status, Status::Alive);
     assert_eq!(view.status("n001"), Some(Status::Alive));
+}
+
+#[test]
+fn a_node_that_leaves_is_dead_at_once_and_rejoins_with_a_new_life() {
+    let all = names(3);
+    let mut view = Membership::new("n000", 1, &all, detector_config());
+    view.monitor(0, &all[1..].iter().cloned().collect());
+    view.heartbeat(10, "n001", 7);
+    let left = view.left("n001").expect("leaving is news");
+    assert_eq!((left.incarnation, left.status), (7, Status::Dead));
+    assert!(view.left("n001").is_none(), "and only once");
+    assert!(!view.live().contains("n001"));
+    // Long after, the detector has nothing more to say about it.
+    assert!(view.tick(60_000).iter().all(|record| record.node != "n001"));
+    let back = view.heartbeat(60_010, "n001", 8).expect("a new life");
+    assert_eq!(back.status, Status::Alive);
+}
+
+#[test]
+fn evidence_of_life_keeps_a_peer_alive_without_heartbeats() {
+    let all = names(2);
+    let mut view = Membership::new("n000", 1, &all, detector_config());
+    view.monitor(0, &all[1..].iter().cloned().collect());
+    view.heartbeat(0, "n001", 3);
+    // Only other traffic from now on, every 100 ms, for ten seconds.
+    for now in (100..=10_000).step_by(100) {
+        view.evidence(now, "n001");
+        assert!(view.tick(now + 50).is_empty(), "changed at {now} ms");
+    }
+    // Then silence: the detector declares it dead.
+    let verdicts: Vec<Status> = (10_100..=13_000)
+        .step_by(100)
+        .flat_map(|now| view.tick(now))
+        .map(|record| record.status)
+        .collect();
+    assert_eq!(verdicts.last(), Some(&Status::Dead));
+}
+
+#[test]
+fn link_latency_is_the_smallest_recent_round_trip() {
+    let mut latency = LinkLatency::default();
+    assert_eq!(latency.estimate(), None);
+    for sample in [900, 300, 5_000, 450] {
+        latency.sample(sample);
+    }
+    assert_eq!(
+        latency.estimate(),
+        Some(300),
+        "queueing spikes do not count"
+    );
+    // Old samples age out: after LATENCY_SAMPLES_MAX new ones, the 300 is gone.
+    for _ in 0..LATENCY_SAMPLES_MAX {
+        latency.sample(700);
+    }
+    assert_eq!(latency.estimate(), Some(700));
+    latency.sample(0);
+    assert_eq!(latency.estimate(), Some(1), "never zero");
 }
 
 fn sender_config() -> SenderConfig {

@@ -354,6 +354,9 @@ pub struct NodeContext {
     /// Diffie–Hellman each), for acknowledgement MACs.
     pub pair_keys: DashMap<String, Arc<PairKey>>,
     pub agents_start: super::node::AgentsStart,
+    /// Set when the node shuts down for good: connections then close
+    /// telling peers it is leaving.
+    pub leaving: std::sync::atomic::AtomicBool,
     /// Where every node listens, this one's included.
     pub node_addresses: HashMap<String, SocketAddr>,
     /// Which node hosts each agent.

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -63,8 +64,12 @@ pub enum NodeMsg {
     Restart(ChildKind),
     /// Agents stop generating load; deliveries continue.
     Quiesce,
-    /// Stop everything in order; answers when done.
+    /// Stop everything in order, telling peers the node leaves; answers
+    /// when done.
     Shutdown(RpcReplyPort<()>),
+    /// Stop without telling peers the node leaves, as a crash would:
+    /// they see links close and learn it is dead from their detectors.
+    Crash(RpcReplyPort<()>),
 }
 
 pub use crate::protocols::stable_hash;
@@ -173,6 +178,7 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         node_keys: spec.node_keys,
         pair_keys: DashMap::new(),
         agents_start: spec.agents_start,
+        leaving: AtomicBool::new(false),
         node_addresses: spec.node_addresses,
         agent_nodes,
         metrics: Arc::new(NodeMetrics::default()),
@@ -212,6 +218,15 @@ impl NodeHandle {
         let _ = self
             .supervisor
             .call(NodeMsg::Shutdown, Some(Duration::from_secs(10)))
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.join).await;
+    }
+
+    /// Stops the node as a crash would (see [`NodeMsg::Crash`]).
+    pub async fn crash(self) {
+        let _ = self
+            .supervisor
+            .call(NodeMsg::Crash, Some(Duration::from_secs(10)))
             .await;
         let _ = tokio::time::timeout(Duration::from_secs(10), self.join).await;
     }
@@ -267,8 +282,21 @@ impl NodeState {
         Ok(())
     }
 
+    async fn stop(&mut self, myself: &ActorRef<NodeMsg>, reply: RpcReplyPort<()>, leaving: bool) {
+        self.context.leaving.store(leaving, Ordering::Relaxed);
+        self.shutdown(myself).await;
+        let _ = reply.send(());
+        myself.stop(None);
+    }
+
+    /// Stops the node. A node leaving for good closes its connections
+    /// first, saying so, so its peers route around it at once instead of
+    /// sending it work while its agents and actors wind down.
     async fn shutdown(&mut self, myself: &ActorRef<NodeMsg>) {
         self.children.stopping = true;
+        if self.context.leaving.load(Ordering::Relaxed) {
+            self.close_endpoint(super::transport::CLOSE_LEAVING, b"leaving");
+        }
         if let Some(agents) = self.agent_supervisor.take() {
             let _ = agents
                 .call(AgentSupervisorMsg::StopAgents, Some(Duration::from_secs(5)))
@@ -277,12 +305,16 @@ impl NodeState {
         myself
             .stop_children_and_wait(None, Some(Duration::from_secs(5)))
             .await;
-        self.context.endpoint.close(
-            quinn::VarInt::from_u32(super::transport::CLOSE_SHUTDOWN),
-            b"shutdown",
-        );
+        self.close_endpoint(super::transport::CLOSE_SHUTDOWN, b"shutdown");
         let _ =
             tokio::time::timeout(Duration::from_secs(2), self.context.endpoint.wait_idle()).await;
+    }
+
+    /// Closes every connection (a second close changes nothing).
+    fn close_endpoint(&self, code: u32, reason: &[u8]) {
+        self.context
+            .endpoint
+            .close(quinn::VarInt::from_u32(code), reason);
     }
 }
 
@@ -340,11 +372,8 @@ impl Actor for NodeSupervisor {
                     let _ = agents.cast(AgentSupervisorMsg::Quiesce);
                 }
             }
-            NodeMsg::Shutdown(reply) => {
-                state.shutdown(&myself).await;
-                let _ = reply.send(());
-                myself.stop(None);
-            }
+            NodeMsg::Shutdown(reply) => state.stop(&myself, reply, true).await,
+            NodeMsg::Crash(reply) => state.stop(&myself, reply, false).await,
         }
         Ok(())
     }

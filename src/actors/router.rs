@@ -213,6 +213,13 @@ fn accept(context: &NodeContext, mut message: OutboundMessage) {
             receipt,
         );
     };
+    if !node_thought_live(context, &node) {
+        NodeMetrics::count(&counters.refused_no_route);
+        return refuse(
+            SendError::NoRoute(message.destination_agent.clone()),
+            receipt,
+        );
+    }
     let mut memory = context.memory();
     let sent = memory
         .sender
@@ -238,6 +245,14 @@ fn accept(context: &NodeContext, mut message: OutboundMessage) {
             refuse(SendError::InFlightFull(node), receipt);
         }
     }
+}
+
+/// Whether `node` is in this node's overlay (alive, as far as it knows),
+/// or the overlay is not known yet. A message for a node known dead is
+/// refused at once rather than retried until it runs out of retries.
+fn node_thought_live(context: &NodeContext, node: &str) -> bool {
+    let view = context.routing_view();
+    view.me.is_none() || view.overlay.index_of(node).is_some()
 }
 
 fn sign(context: &NodeContext, message: &OutboundMessage, sequence: u64) -> Envelope {
@@ -615,6 +630,9 @@ fn retransmit_due(context: &NodeContext) {
     drop(memory);
     for (node, _, in_flight) in polled.exhausted {
         NodeMetrics::count(&counters.lost_retries_exhausted);
+        if !node_thought_live(context, &node) {
+            NodeMetrics::count(&counters.lost_to_departed);
+        }
         let error = SendError::RetriesExhausted(node);
         if let Some(receipt) = in_flight.receipt {
             let _ = receipt.send(Err(error.clone()));

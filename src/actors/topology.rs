@@ -66,6 +66,8 @@ pub enum TopologyMsg {
     LinkUp(String),
     /// Pass queued membership changes on.
     Spread,
+    /// This neighbour closed its connection saying it leaves the cluster.
+    PeerLeft(String),
 }
 
 pub struct TopologyActor;
@@ -156,6 +158,10 @@ impl Actor for TopologyActor {
         match message {
             TopologyMsg::Tick => state.tick(),
             TopologyMsg::Spread => state.flush_spread(),
+            TopologyMsg::PeerLeft(peer) => {
+                let changed = state.membership.left(&peer);
+                state.spread(&changed.into_iter().collect::<Vec<_>>(), None);
+            }
             TopologyMsg::Control {
                 from,
                 frame,

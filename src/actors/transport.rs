@@ -45,6 +45,9 @@ pub const CLOSE_SHUTDOWN: u32 = 0;
 pub const CLOSE_MALFORMED_FRAME: u32 = 1;
 pub const CLOSE_WRONG_DIALER: u32 = 2;
 pub const CLOSE_REPLACED: u32 = 3;
+/// The node is shutting down for good: its peers may count it gone at
+/// once instead of waiting for the failure detector.
+pub const CLOSE_LEAVING: u32 = 4;
 
 /// Frames written between two flushes of a stream.
 const WRITE_BATCH_MAX: usize = 64;
@@ -390,6 +393,17 @@ enum Ending {
     Malformed(String),
 }
 
+/// Whether the peer closed the connection because it is leaving the
+/// cluster (the close is authenticated like every packet of the
+/// connection).
+fn peer_left(connection: &Connection) -> bool {
+    matches!(
+        connection.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code == VarInt::from_u32(CLOSE_LEAVING)
+    )
+}
+
 /// Serves one established connection until it closes or is cancelled.
 async fn run_connection(
     context: Arc<NodeContext>,
@@ -418,7 +432,11 @@ async fn run_connection(
     let ending = tokio::select! {
         biased;
         _ = token.cancelled() => {
-            connection.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+            if context.leaving.load(std::sync::atomic::Ordering::Relaxed) {
+                connection.close(VarInt::from_u32(CLOSE_LEAVING), b"leaving");
+            } else {
+                connection.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+            }
             Ending::Closed
         }
         reason = write_frames(&connection, outbound) => {
@@ -435,6 +453,11 @@ async fn run_connection(
     context.peers.remove_if_current(&peer, connection_id);
     NodeMetrics::count(&counters.connections_lost);
     tracing::info!(node = %context.node_id, %peer, reason = ?connection.close_reason(), "disconnected");
+    if peer_left(&connection) {
+        if let Some(topology) = context.topology.get() {
+            let _ = topology.cast(TopologyMsg::PeerLeft(peer.clone()));
+        }
+    }
     if let Some(transport) = &transport {
         let _ = transport.cast(TransportMsg::PeerDown(peer));
     }

@@ -30,7 +30,14 @@ pub struct UpOptions {
     pub config: Option<PathBuf>,
     pub duration: Duration,
     pub json: bool,
+    /// Stop this percentage of the nodes (chosen by the config's seed)...
+    pub kill_percent: Option<f64>,
+    /// ...this far into the load (default: half way).
+    pub kill_after: Option<Duration>,
 }
+
+/// How long `up --kill` waits for routes and links to converge.
+const CONVERGENCE_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// Runs every node of the config here, shows progress, prints a summary.
 /// Exit status 0 only if every sent message was delivered.
@@ -47,11 +54,31 @@ pub async fn up(options: UpOptions) -> anyhow::Result<i32> {
         );
     }
     let load_started = Instant::now();
-    let interrupted = show_progress(&cluster, options.duration).await;
+    let mut cluster = cluster;
+    let mut kill = None;
+    let interrupted = match options.kill_percent {
+        None => show_progress(&cluster, options.duration).await,
+        Some(percent) => {
+            let after = options.kill_after.unwrap_or(options.duration / 2);
+            let before = show_progress(&cluster, after.min(options.duration)).await;
+            if before {
+                true
+            } else {
+                let report = kill_and_watch(&mut cluster, percent, load_started).await;
+                kill = Some(report);
+                let rest = options.duration.saturating_sub(load_started.elapsed());
+                show_progress(&cluster, rest).await
+            }
+        }
+    };
     let active = load_started.elapsed();
     cluster.quiesce();
     cluster.drain(DRAIN_WAIT_MAX).await;
-    let summary = UpSummary::new(&cluster, &cluster.totals(), links_up, active);
+    let mut summary = UpSummary::new(&cluster, &cluster.totals(), links_up, active);
+    if let Some(mut report) = kill {
+        report.unsettled_to_departed = cluster.unsettled_to(&report.killed);
+        summary.kill = Some(report);
+    }
     cluster.shutdown().await;
     if options.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -62,6 +89,41 @@ pub async fn up(options: UpOptions) -> anyhow::Result<i32> {
         eprintln!("interrupted: stopped early and shut down cleanly");
     }
     Ok(if summary.clean() { 0 } else { 1 })
+}
+
+/// Stops `percent` of the nodes, chosen by the config's seed, and waits
+/// until the others' routes converge and their new links are up.
+async fn kill_and_watch(
+    cluster: &mut LocalCluster,
+    percent: f64,
+    load_started: Instant,
+) -> cluster::KillReport {
+    let victims = cluster.choose_victims(percent);
+    eprintln!("stopping {} nodes: {victims:?}", victims.len());
+    let at_s = load_started.elapsed().as_secs_f64();
+    let stopped = Instant::now();
+    cluster.stop_nodes(&victims).await;
+    let stop_ms = stopped.elapsed().as_secs_f64() * 1e3;
+    let mut routes_converged_ms = None;
+    let mut links_up_ms = None;
+    while stopped.elapsed() < CONVERGENCE_WAIT_MAX && links_up_ms.is_none() {
+        let elapsed_ms = || stopped.elapsed().as_secs_f64() * 1e3;
+        if routes_converged_ms.is_none() && cluster.routes_converged(&victims) {
+            routes_converged_ms = Some(elapsed_ms());
+        }
+        if routes_converged_ms.is_some() && cluster.all_links_up() {
+            links_up_ms = Some(elapsed_ms());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    cluster::KillReport {
+        killed: victims,
+        at_s,
+        stop_ms,
+        routes_converged_ms,
+        links_up_ms,
+        unsettled_to_departed: 0,
+    }
 }
 
 /// Shows live figures until `duration` passes, Ctrl-C, or a node fails.

@@ -153,6 +153,13 @@ impl<T> ReliableSender<T> {
         self.inflight
     }
 
+    /// Messages to `destination` awaiting acknowledgement.
+    pub fn inflight_to(&self, destination: &str) -> usize {
+        self.destinations
+            .get(destination)
+            .map_or(0, |pending| pending.pending.len())
+    }
+
     /// Takes the next sequence number to `destination` for `make(sequence)`
     /// and starts its retransmission timer.
     pub fn send(

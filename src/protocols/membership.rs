@@ -259,6 +259,19 @@ impl Membership {
         }
     }
 
+    /// `node` said it leaves the cluster: dead at its current incarnation,
+    /// without waiting for the detector. Returns the record if it changed.
+    pub fn left(&mut self, node: &str) -> Option<MemberRecord> {
+        let incarnation = self.members.get(node)?.incarnation;
+        let changed = self.merge_one(MemberRecord {
+            node: node.to_string(),
+            incarnation,
+            status: Status::Dead,
+        });
+        self.detectors.remove(node);
+        changed
+    }
+
     /// Merges records heard from a neighbour. Returns those that changed
     /// this view (to pass on).
     pub fn merge(&mut self, records: &[MemberRecord]) -> Vec<MemberRecord> {
