@@ -185,13 +185,14 @@ impl LocalCluster {
     }
 
     /// Waits until everything sent was acknowledged or given up, or
-    /// `limit` passes.
-    pub async fn drain(&self, limit: Duration) {
+    /// `limit` passes. Messages to the nodes `departed` are not waited for.
+    pub async fn drain(&self, limit: Duration, departed: &[String]) {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             let totals = self.totals();
             let counters = &totals.counters;
-            if counters.acknowledged + counters.lost_retries_exhausted >= counters.envelopes_sent {
+            let settled = counters.acknowledged + counters.lost_retries_exhausted;
+            if settled + self.unsettled_to(departed) >= counters.envelopes_sent {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -202,8 +203,6 @@ impl LocalCluster {
         Totals::of(self.nodes.iter())
     }
 
-    /// Stops node `id` and takes it out of the cluster (its peers learn of
-    /// it only by its silence). False if there is no such node.
     /// Stops node `id`, which tells its peers it leaves. False if no
     /// such node runs.
     pub async fn stop_node(&mut self, id: &str) -> bool {

@@ -299,7 +299,7 @@ pub struct DeliveryConfig {
 impl Default for DeliveryConfig {
     fn default() -> DeliveryConfig {
         DeliveryConfig {
-            tick_ms: 10,
+            tick_ms: 20,
             retransmit_timeout_ms: 500,
             retransmit_timeout_max_ms: 4_000,
             retries_max: 8,

@@ -205,3 +205,20 @@ fn the_embedded_default_and_shipped_examples_pass() {
     let (code, output) = check(include_str!("../config/local.toml"));
     assert_eq!(code, 0, "{output}");
 }
+
+#[test]
+fn bad_kill_percentages_are_refused_before_anything_starts() {
+    for (value, reason) in [
+        ("0", "above 0 and below 100"),
+        ("100", "above 0 and below 100"),
+        ("ten", "not a percentage"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+            .args(["up", "--duration", "1s", "--kill", value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "--kill {value}: {stderr}");
+        assert!(stderr.contains(reason), "--kill {value}: {stderr}");
+    }
+}

@@ -256,3 +256,38 @@ async fn a_sender_past_its_rate_limit_is_refused_and_others_are_not() {
     assert_eq!(cluster.totals().counters.refused_rate_limited, 15);
     cluster.shutdown().await;
 }
+
+#[test]
+fn up_with_kill_stops_nodes_mid_run_and_reports_convergence() {
+    let mut text = String::from("[cluster]\nname = \"kill\"\nseed = 5\n");
+    for index in 0..8 {
+        text += &format!("[[nodes]]\nid = \"n{index}\"\nlisten = \"127.0.0.1:0\"\n");
+    }
+    text += "[topology]\nkind = \"partial-mesh\"\nk = 3\n";
+    text += "[[agents]]\nname = \"storm-{i}\"\ncount = 8\nbehaviour = \"storm\"\nrate = 20\ntargets = [\"storm-*\"]\n";
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("kill.toml");
+    std::fs::write(&path, text).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .args([
+            "up",
+            "--duration",
+            "3s",
+            "--kill",
+            "25",
+            "--json",
+            "--config",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let kill = &summary["kill"];
+    assert_eq!(kill["killed"].as_array().unwrap().len(), 2, "{kill}");
+    assert!(kill["routes_converged_ms"].is_number(), "{kill}");
+    assert_eq!(summary["nodes"], 6);
+    assert!(summary["acknowledged"].as_u64().unwrap() > 0);
+}

@@ -73,7 +73,12 @@ pub async fn up(options: UpOptions) -> anyhow::Result<i32> {
     };
     let active = load_started.elapsed();
     cluster.quiesce();
-    cluster.drain(DRAIN_WAIT_MAX).await;
+    let departed = kill
+        .as_ref()
+        .map_or_else(Vec::new, |report: &cluster::KillReport| {
+            report.killed.clone()
+        });
+    cluster.drain(DRAIN_WAIT_MAX, &departed).await;
     let mut summary = UpSummary::new(&cluster, &cluster.totals(), links_up, active);
     if let Some(mut report) = kill {
         report.unsettled_to_departed = cluster.unsettled_to(&report.killed);
