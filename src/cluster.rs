@@ -203,23 +203,16 @@ impl LocalCluster {
         Totals::of(self.nodes.iter())
     }
 
-    /// Stops node `id`, which tells its peers it leaves. False if no
-    /// such node runs.
-    pub async fn stop_node(&mut self, id: &str) -> bool {
+    /// Stops node `id` as `how` says. False if no such node runs.
+    pub async fn stop_node(&mut self, id: &str, how: Departure) -> bool {
         let Some(position) = self.nodes.iter().position(|node| node.id == id) else {
             return false;
         };
-        self.nodes.remove(position).shutdown().await;
-        true
-    }
-
-    /// Stops node `id` as a crash would: its peers find out from their
-    /// failure detectors. False if no such node runs.
-    pub async fn crash_node(&mut self, id: &str) -> bool {
-        let Some(position) = self.nodes.iter().position(|node| node.id == id) else {
-            return false;
-        };
-        self.nodes.remove(position).crash().await;
+        let node = self.nodes.remove(position);
+        match how {
+            Departure::Leave => node.shutdown().await,
+            Departure::Crash => node.crash().await,
+        }
         true
     }
 
@@ -359,6 +352,16 @@ pub async fn start_single(
         agents_start: AgentsStart::WhenNeighboursUp,
     };
     Ok(start_node(spec).await?)
+}
+
+/// How a node stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Departure {
+    /// It tells its peers it leaves; they count it dead at once.
+    Leave,
+    /// It goes without a word, as a crash would; its peers' failure
+    /// detectors find out.
+    Crash,
 }
 
 /// Counters and histograms summed over nodes.

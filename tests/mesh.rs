@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use agentmesh::actors::context::SendError;
 use agentmesh::actors::router::{send_with_receipt, Receipt};
-use agentmesh::cluster::{node_links_up, LocalCluster};
+use agentmesh::cluster::{node_links_up, Departure, LocalCluster};
 use agentmesh::config::{self, ClusterConfig};
 use agentmesh::protocols::wire::EnvelopeKind;
 use tokio::sync::oneshot;
@@ -90,15 +90,6 @@ async fn outcomes(receipts: Vec<(String, oneshot::Receiver<Receipt>)>) -> Vec<(S
     outcomes
 }
 
-/// How the node stops in the second half of the test.
-#[derive(Clone, Copy, Debug)]
-enum Departure {
-    /// It tells its peers it leaves.
-    Leave,
-    /// It goes without a word; the failure detectors find out.
-    Crash,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_nodes_deliver_every_pair_exactly_once_and_survive_a_node_leaving() {
     every_pair_exactly_once_then_lose_a_node(Departure::Leave).await;
@@ -143,11 +134,7 @@ async fn every_pair_exactly_once_then_lose_a_node(departure: Departure) {
 
     // Stop one node and, at once, send between every pair of survivors;
     // some of these are routed through the stopped node.
-    let stopped = match departure {
-        Departure::Leave => cluster.stop_node(STOPPED).await,
-        Departure::Crash => cluster.crash_node(STOPPED).await,
-    };
-    assert!(stopped);
+    assert!(cluster.stop_node(STOPPED, departure).await);
     let survivors: Vec<usize> = everyone
         .iter()
         .copied()

@@ -213,22 +213,20 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
 }
 
 impl NodeHandle {
-    /// Stops the node in order and waits for it.
+    /// Stops the node in order, telling peers it leaves, and waits for it.
     pub async fn shutdown(self) {
-        let _ = self
-            .supervisor
-            .call(NodeMsg::Shutdown, Some(Duration::from_secs(10)))
-            .await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.join).await;
+        self.stop_with(NodeMsg::Shutdown).await;
     }
 
     /// Stops the node as a crash would (see [`NodeMsg::Crash`]).
     pub async fn crash(self) {
-        let _ = self
-            .supervisor
-            .call(NodeMsg::Crash, Some(Duration::from_secs(10)))
-            .await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.join).await;
+        self.stop_with(NodeMsg::Crash).await;
+    }
+
+    async fn stop_with(self, message: fn(RpcReplyPort<()>) -> NodeMsg) {
+        let wait = Duration::from_secs(10);
+        let _ = self.supervisor.call(message, Some(wait)).await;
+        let _ = tokio::time::timeout(wait, self.join).await;
     }
 
     /// True while the node supervisor runs (false after an escalation).
