@@ -560,8 +560,15 @@ impl UpSummary {
             "  links      {} QUIC connections, {links}; set-up p50 {:.2} ms, p99 {:.2} ms\n",
             self.connections, s.p50, s.p99
         );
+        // The stopped nodes' own counters left with them; what they sent
+        // before may still be delivered here.
+        let from_stopped = if self.kill.is_some() {
+            ", with some from the stopped nodes"
+        } else {
+            ""
+        };
         text += &format!(
-            "  messages   sent {}  delivered {} ({percent:.2} %)  acknowledged {}  lost {}  unsettled {}\n",
+            "  messages   sent {}  delivered {} ({percent:.2} %{from_stopped})  acknowledged {}  lost {}  unsettled {}\n",
             self.sent, self.delivered, self.acknowledged, self.lost, self.unsettled
         );
         text += &format!(

@@ -101,6 +101,9 @@ counters! {
     peers_closed_malformed,
     /// Handshakes refused (unknown key, wrong dialer, bad ALPN, ...).
     handshakes_refused,
+    /// Handshakes closed part way by either side (a dialer whose overlay
+    /// moved on, a node stopping).
+    handshakes_abandoned,
     connections_established,
     connections_lost,
     frames_sent,

@@ -265,6 +265,17 @@ async fn accept_one(
     };
     let connection = match incoming.await {
         Ok(connection) => connection,
+        // The dialer gave up (its overlay moved on, or it is stopping),
+        // or this node is stopping: routine, not a refusal.
+        Err(
+            quinn::ConnectionError::ApplicationClosed(_)
+            | quinn::ConnectionError::ConnectionClosed(_)
+            | quinn::ConnectionError::LocallyClosed,
+        ) => {
+            NodeMetrics::count(&context.metrics.counters.handshakes_abandoned);
+            tracing::debug!(node = %context.node_id, %remote, "handshake abandoned");
+            return;
+        }
         Err(error) => return refused(format!("handshake failed: {error}")),
     };
     let peer = match identify(&context, &connection) {

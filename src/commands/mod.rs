@@ -54,20 +54,23 @@ pub async fn up(options: UpOptions) -> anyhow::Result<i32> {
         );
     }
     let load_started = Instant::now();
+    let load = Load {
+        started: load_started,
+        duration: options.duration,
+    };
     let mut cluster = cluster;
     let mut kill = None;
     let interrupted = match options.kill_percent {
-        None => show_progress(&cluster, options.duration).await,
+        None => show_progress(&cluster, &load, options.duration).await,
         Some(percent) => {
             let after = options.kill_after.unwrap_or(options.duration / 2);
-            let before = show_progress(&cluster, after.min(options.duration)).await;
+            let before = show_progress(&cluster, &load, after.min(options.duration)).await;
             if before {
                 true
             } else {
                 let report = kill_and_watch(&mut cluster, percent, load_started).await;
                 kill = Some(report);
-                let rest = options.duration.saturating_sub(load_started.elapsed());
-                show_progress(&cluster, rest).await
+                show_progress(&cluster, &load, options.duration).await
             }
         }
     };
@@ -131,31 +134,34 @@ async fn kill_and_watch(
     }
 }
 
-/// Shows live figures until `duration` passes, Ctrl-C, or a node fails.
-/// Returns true if interrupted.
-async fn show_progress(cluster: &LocalCluster, duration: Duration) -> bool {
+/// The load's clock, for progress shown in more than one stretch.
+struct Load {
+    started: Instant,
+    duration: Duration,
+}
+
+/// Shows live figures until `until` into the load, Ctrl-C, or a node
+/// fails. Returns true if interrupted.
+async fn show_progress(cluster: &LocalCluster, load: &Load, until: Duration) -> bool {
     let terminal = std::io::stderr().is_terminal();
-    let bar = indicatif::ProgressBar::new(duration.as_millis() as u64);
+    let bar = indicatif::ProgressBar::new(load.duration.as_millis() as u64);
     if terminal {
-        let style =
-            indicatif::ProgressStyle::with_template("{bar:30} {elapsed:>3} / {len_s} {msg}")
-                .expect("static template is valid");
-        bar.set_style(style.with_key(
-            "len_s",
-            |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
-                let _ = write!(out, "{}s", state.len().unwrap_or(0) / 1_000);
-            },
-        ));
+        let style = indicatif::ProgressStyle::with_template("{bar:30} {msg}")
+            .expect("static template is valid");
+        bar.set_style(style);
     } else {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let started = Instant::now();
-    let mut previous = (Instant::now(), 0u64);
+    let started = load.started;
+    let mut previous = (
+        Instant::now(),
+        cluster.totals().counters.envelopes_delivered,
+    );
     let mut last_line = Instant::now();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let interrupted = loop {
-        let remaining = duration.saturating_sub(started.elapsed());
+        let remaining = until.saturating_sub(started.elapsed());
         if remaining.is_zero() {
             break false;
         }
@@ -169,7 +175,8 @@ async fn show_progress(cluster: &LocalCluster, duration: Duration) -> bool {
         if terminal {
             let line = progress_line(&cluster.totals(), &mut previous);
             bar.set_position(started.elapsed().as_millis() as u64);
-            bar.set_message(line);
+            let elapsed = started.elapsed().as_secs();
+            bar.set_message(format!("{elapsed}s / {}s {line}", load.duration.as_secs()));
         } else if last_line.elapsed() >= Duration::from_secs(5) {
             let line = progress_line(&cluster.totals(), &mut previous);
             eprintln!("[{:>5.1} s] {line}", started.elapsed().as_secs_f64());
@@ -187,7 +194,8 @@ async fn show_progress(cluster: &LocalCluster, duration: Duration) -> bool {
 
 fn progress_line(totals: &Totals, previous: &mut (Instant, u64)) -> String {
     let delivered = totals.counters.envelopes_delivered;
-    let rate = (delivered - previous.1) as f64 / previous.0.elapsed().as_secs_f64().max(1e-3);
+    let rate =
+        delivered.saturating_sub(previous.1) as f64 / previous.0.elapsed().as_secs_f64().max(1e-3);
     *previous = (Instant::now(), delivered);
     let latency = crate::metrics::LatencySummary::of(&totals.latency);
     format!(
