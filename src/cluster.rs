@@ -205,27 +205,25 @@ impl LocalCluster {
 
     /// Stops node `id` as `how` says. False if no such node runs.
     pub async fn stop_node(&mut self, id: &str, how: Departure) -> bool {
-        let Some(position) = self.nodes.iter().position(|node| node.id == id) else {
-            return false;
-        };
-        let node = self.nodes.remove(position);
-        match how {
-            Departure::Leave => node.shutdown().await,
-            Departure::Crash => node.crash().await,
-        }
-        true
+        self.stop_nodes(&[id.to_string()], how).await > 0
     }
 
-    /// Stops the nodes `ids` at once; each closes its connections telling
-    /// its peers it leaves. Returns how many were running.
-    pub async fn stop_nodes(&mut self, ids: &[String]) -> usize {
-        let (stopping, staying) = std::mem::take(&mut self.nodes)
-            .into_iter()
-            .partition(|node| ids.contains(&node.id));
+    /// Stops the nodes `ids` at once, as `how` says. Returns how many were
+    /// running.
+    pub async fn stop_nodes(&mut self, ids: &[String], how: Departure) -> usize {
+        let (stopping, staying): (Vec<NodeHandle>, Vec<NodeHandle>) =
+            std::mem::take(&mut self.nodes)
+                .into_iter()
+                .partition(|node| ids.contains(&node.id));
         self.nodes = staying;
-        let stopping: Vec<NodeHandle> = stopping;
         let count = stopping.len();
-        futures::future::join_all(stopping.into_iter().map(NodeHandle::shutdown)).await;
+        let stops = stopping.into_iter().map(|node| async move {
+            match how {
+                Departure::Leave => node.shutdown().await,
+                Departure::Crash => node.crash().await,
+            }
+        });
+        futures::future::join_all(stops).await;
         count
     }
 
@@ -355,7 +353,8 @@ pub async fn start_single(
 }
 
 /// How a node stops.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum Departure {
     /// It tells its peers it leaves; they count it dead at once.
     Leave,
@@ -474,6 +473,7 @@ pub struct UpSummary {
 #[derive(Clone, Debug, Serialize)]
 pub struct KillReport {
     pub killed: Vec<String>,
+    pub how: Departure,
     /// Seconds into the load when the nodes were stopped.
     pub at_s: f64,
     /// How long the stopped nodes took to shut down.
@@ -616,8 +616,9 @@ impl UpSummary {
                 ms.map_or("not within the wait".into(), |ms| format!("{ms:.0} ms"))
             };
             text += &format!(
-                "  kill       stopped {} nodes at {:.1} s {:?} (shut down in {:.0} ms); routes converged on the others after {}, their links all up after {}; to the stopped nodes: {} given up, {} unsettled\n",
+                "  kill       stopped {} nodes ({:?}) at {:.1} s {:?} (shut down in {:.0} ms); routes converged on the others after {}, their links all up after {}; to the stopped nodes: {} given up, {} unsettled\n",
                 kill.killed.len(),
+                kill.how,
                 kill.at_s,
                 kill.killed,
                 kill.stop_ms,

@@ -50,6 +50,10 @@ enum Command {
         /// When to stop them, into the load (default: half way).
         #[arg(long, value_parser = parse_duration, requires = "kill")]
         kill_after: Option<Duration>,
+        /// How they stop: leave (they tell their peers) or crash (without
+        /// a word; the failure detectors find out).
+        #[arg(long, value_enum, default_value = "leave", requires = "kill")]
+        kill_how: agentmesh::cluster::Departure,
     },
     /// Run one node of a multi-host cluster.
     Node {
@@ -141,12 +145,14 @@ fn main() -> ExitCode {
                 json,
                 kill,
                 kill_after,
+                kill_how,
             } => {
                 commands::up(commands::UpOptions {
                     config,
                     duration,
                     kill_percent: kill,
                     kill_after,
+                    kill_how,
                     json,
                 })
                 .await

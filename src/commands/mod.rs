@@ -32,8 +32,10 @@ pub struct UpOptions {
     pub json: bool,
     /// Stop this percentage of the nodes (chosen by the config's seed)...
     pub kill_percent: Option<f64>,
-    /// ...this far into the load (default: half way).
+    /// ...this far into the load (default: half way)...
     pub kill_after: Option<Duration>,
+    /// ...this way.
+    pub kill_how: cluster::Departure,
 }
 
 /// How long `up --kill` waits for routes and links to converge.
@@ -68,7 +70,8 @@ pub async fn up(options: UpOptions) -> anyhow::Result<i32> {
             if before {
                 true
             } else {
-                let report = kill_and_watch(&mut cluster, percent, load_started).await;
+                let how = options.kill_how;
+                let report = kill_and_watch(&mut cluster, percent, how, load_started).await;
                 kill = Some(report);
                 show_progress(&cluster, &load, options.duration).await
             }
@@ -99,18 +102,20 @@ pub async fn up(options: UpOptions) -> anyhow::Result<i32> {
     Ok(if summary.clean() { 0 } else { 1 })
 }
 
-/// Stops `percent` of the nodes, chosen by the config's seed, and waits
-/// until the others' routes converge and their new links are up.
+/// Stops `percent` of the nodes, chosen by the config's seed, as `how`
+/// says, and waits until the others' routes converge and their new links
+/// are up.
 async fn kill_and_watch(
     cluster: &mut LocalCluster,
     percent: f64,
+    how: cluster::Departure,
     load_started: Instant,
 ) -> cluster::KillReport {
     let victims = cluster.choose_victims(percent);
     eprintln!("stopping {} nodes: {victims:?}", victims.len());
     let at_s = load_started.elapsed().as_secs_f64();
     let stopped = Instant::now();
-    cluster.stop_nodes(&victims).await;
+    cluster.stop_nodes(&victims, how).await;
     let stop_ms = stopped.elapsed().as_secs_f64() * 1e3;
     let mut routes_converged_ms = None;
     let mut links_up_ms = None;
@@ -126,6 +131,7 @@ async fn kill_and_watch(
     }
     cluster::KillReport {
         killed: victims,
+        how,
         at_s,
         stop_ms,
         routes_converged_ms,
