@@ -160,13 +160,15 @@ impl LocalCluster {
     /// Waits until every link is up, at most `limit`. Returns how long it took.
     pub async fn wait_for_links(&self, limit: Duration) -> Option<Duration> {
         let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
+        loop {
             if self.all_links_up() {
                 return Some(self.started.elapsed());
             }
+            if Instant::now() >= deadline {
+                return None;
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        None
     }
 
     pub fn failed_nodes(&self) -> Vec<String> {
@@ -368,6 +370,8 @@ pub struct Totals {
     pub counters: CounterValues,
     /// Deliveries by hops travelled: index h counts those of h hops.
     pub hops: Vec<u64>,
+    /// Delivery latency by hops travelled.
+    pub latency_by_hops: Vec<Histogram<u64>>,
     pub latency: Histogram<u64>,
     pub connection_setup: Histogram<u64>,
 }
@@ -377,6 +381,7 @@ impl Totals {
         let mut totals = Totals {
             counters: CounterValues::default(),
             hops: Vec::new(),
+            latency_by_hops: Vec::new(),
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("static bounds are valid"),
             connection_setup: Histogram::new_with_bounds(1, 3_600_000_000, 3)
@@ -396,6 +401,13 @@ impl Totals {
                 .lock()
                 .expect("metrics lock is never poisoned");
             let _ = totals.latency.add(&histograms.delivery_latency_micros);
+            for (hops, histogram) in histograms.latency_by_hops_micros.iter().enumerate() {
+                if totals.latency_by_hops.len() <= hops {
+                    totals.latency_by_hops.push(histogram.clone());
+                } else {
+                    let _ = totals.latency_by_hops[hops].add(histogram);
+                }
+            }
             let _ = totals
                 .connection_setup
                 .add(&histograms.connection_setup_micros);
@@ -642,7 +654,7 @@ impl UpSummary {
 }
 
 /// `part` of `whole` in percent; 100 when there is nothing to count.
-fn percent(part: u64, whole: u64) -> f64 {
+pub fn percent(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         100.0
     } else {

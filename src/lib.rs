@@ -4,6 +4,7 @@
 
 pub mod actors;
 pub mod behaviours;
+pub mod bench;
 pub mod cluster;
 pub mod commands;
 pub mod config;

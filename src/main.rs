@@ -38,7 +38,7 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// How long to run the load, e.g. 10s, 2m.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = commands::parse_duration)]
         duration: Duration,
         /// Print the summary as JSON.
         #[arg(long)]
@@ -48,7 +48,7 @@ enum Command {
         #[arg(long, value_name = "PERCENT", value_parser = parse_kill_percent)]
         kill: Option<f64>,
         /// When to stop them, into the load (default: half way).
-        #[arg(long, value_parser = parse_duration, requires = "kill")]
+        #[arg(long, value_parser = commands::parse_duration, requires = "kill")]
         kill_after: Option<Duration>,
         /// How they stop: leave (they tell their peers) or crash (without
         /// a word; the failure detectors find out).
@@ -66,10 +66,10 @@ enum Command {
         #[arg(long)]
         key: Option<PathBuf>,
         /// Stop after this long (default: run until Ctrl-C or SIGTERM).
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = commands::parse_duration)]
         duration: Option<Duration>,
         /// How often to print a JSON status line to stdout.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = commands::parse_duration)]
         status_interval: Duration,
     },
     /// Make Ed25519 node keys and print their config entries.
@@ -90,15 +90,15 @@ enum Command {
     },
     /// Build an overlay (from a config, or from --nodes/--k/--kind) and print it with its metrics.
     Topology(commands::TopologyOptions),
+    /// Run a benchmark and write its report (JSON, Markdown, SVG plots).
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text)
-        .map_err(|error| format!("{text:?}: {error} (try 10s, 500ms, 2m)"))?;
-    if duration.is_zero() {
-        return Err(format!("{text:?}: a duration must be longer than zero"));
-    }
-    Ok(duration)
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// A message storm through every node's actor tree.
+    Storm(agentmesh::bench::StormOptions),
 }
 
 fn parse_kill_percent(text: &str) -> Result<f64, String> {
@@ -176,6 +176,7 @@ fn main() -> ExitCode {
             Command::Keygen { out, config, ids } => commands::keygen(&out, &ids, config.as_deref()),
             Command::Check { config } => commands::check(&config),
             Command::Topology(options) => commands::topology(&options),
+            Command::Bench(BenchCommand::Storm(options)) => agentmesh::bench::storm(options).await,
         }
     });
     match result {

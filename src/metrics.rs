@@ -122,16 +122,35 @@ pub struct Histograms {
     pub delivery_latency_micros: Histogram<u64>,
     /// From dialing to a connection ready for streams.
     pub connection_setup_micros: Histogram<u64>,
+    /// Delivery latency by hops travelled (index h: h hops), coarser (two
+    /// significant digits, at most a minute) to keep them small.
+    pub latency_by_hops_micros: Vec<Histogram<u64>>,
 }
 
 impl Default for Histograms {
     fn default() -> Histograms {
         let histogram =
             || Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid");
+        let coarse =
+            || Histogram::new_with_bounds(1, 60_000_000, 2).expect("static bounds are valid");
         Histograms {
             delivery_latency_micros: histogram(),
             connection_setup_micros: histogram(),
+            latency_by_hops_micros: (0..crate::protocols::wire::limits::PATH_NODES_MAX)
+                .map(|_| coarse())
+                .collect(),
         }
+    }
+}
+
+impl Histograms {
+    /// Forgets delivery latencies (a benchmark's warm-up); connection
+    /// set-up times stay.
+    pub fn reset_latency(&mut self) {
+        self.delivery_latency_micros.reset();
+        self.latency_by_hops_micros
+            .iter_mut()
+            .for_each(Histogram::reset);
     }
 }
 
@@ -156,12 +175,6 @@ impl Default for NodeMetrics {
 }
 
 impl NodeMetrics {
-    pub fn record_hops(&self, hops: u8) {
-        if let Some(counter) = self.hops.get(hops as usize) {
-            NodeMetrics::count(counter);
-        }
-    }
-
     pub fn hop_values(&self) -> Vec<u64> {
         self.hops
             .iter()
@@ -173,7 +186,11 @@ impl NodeMetrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn record_latency(&self, micros: u64) {
+    /// A delivery `micros` after signing, over `hops` hops.
+    pub fn record_delivery(&self, micros: u64, hops: u8) {
+        if let Some(counter) = self.hops.get(hops as usize) {
+            NodeMetrics::count(counter);
+        }
         let mut histograms = self
             .histograms
             .lock()
@@ -181,6 +198,9 @@ impl NodeMetrics {
         histograms
             .delivery_latency_micros
             .saturating_record(micros.max(1));
+        if let Some(by_hops) = histograms.latency_by_hops_micros.get_mut(hops as usize) {
+            by_hops.saturating_record(micros.clamp(1, 60_000_000));
+        }
     }
 
     pub fn record_connection_setup(&self, micros: u64) {

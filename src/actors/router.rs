@@ -558,7 +558,7 @@ fn hand_over(context: &NodeContext, envelope: Envelope) {
     in_inbox.insert(key);
     drop(in_inbox);
     NodeMetrics::count(&counters.envelopes_delivered);
-    context.metrics.record_hops(hops);
+
     let view = context.routing_view();
     let shortest = view
         .overlay
@@ -569,7 +569,7 @@ fn hand_over(context: &NodeContext, envelope: Envelope) {
     }
     context
         .metrics
-        .record_latency(unix_micros().saturating_sub(sent_at_micros));
+        .record_delivery(unix_micros().saturating_sub(sent_at_micros), hops);
 }
 
 /// Sends every due acknowledgement, one sealed envelope per origin node

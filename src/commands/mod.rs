@@ -19,6 +19,21 @@ const LINKS_WAIT_MAX: Duration = Duration::from_secs(30);
 /// How long `up` waits for in-flight messages after the load stops.
 const DRAIN_WAIT_MAX: Duration = Duration::from_secs(10);
 
+/// A duration flag like 10s, 500ms or 2m; zero is refused.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration_or_zero(text)?;
+    if duration.is_zero() {
+        return Err(format!("{text:?}: a duration must be longer than zero"));
+    }
+    Ok(duration)
+}
+
+/// A duration flag that may be zero.
+pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|error| format!("{text:?}: {error} (try 10s, 500ms, 2m)"))
+}
+
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<ClusterConfig> {
     match path {
         Some(path) => Ok(config::load(path)?),

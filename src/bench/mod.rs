@@ -1,0 +1,11 @@
+//! `agentmesh bench`: measured, reproducible benchmarks. Each writes
+//! DIR/report.json (DESIGN.md section 8 names its fields), DIR/report.md
+//! and SVG plots.
+
+pub mod crypto;
+mod plots;
+pub mod report;
+mod resources;
+pub mod storm;
+
+pub use storm::{storm, StormOptions};

@@ -1,0 +1,118 @@
+//! SVG plots of a storm report (plotters' SVG backend; no fonts needed).
+
+use std::path::Path;
+
+use hdrhistogram::Histogram as Hdr;
+use plotters::prelude::*;
+
+use super::report::StormReport;
+
+type PlotResult = Result<(), Box<dyn std::error::Error>>;
+
+const SIZE: (u32, u32) = (800, 480);
+
+/// Writes latency-cdf.svg, hops.svg, throughput.svg and memory.svg.
+pub fn write_all(directory: &Path, report: &StormReport, latency: &Hdr<u64>) -> PlotResult {
+    latency_cdf(&directory.join("latency-cdf.svg"), latency)?;
+    hops(&directory.join("hops.svg"), report)?;
+    over_time(
+        &directory.join("throughput.svg"),
+        "Delivered messages per second",
+        "msgs/s",
+        &report
+            .over_time
+            .iter()
+            .map(|sample| (sample.t_s, sample.delivered_per_s))
+            .collect::<Vec<_>>(),
+    )?;
+    let nodes = report.setup.nodes.max(1) as f64;
+    over_time(
+        &directory.join("memory.svg"),
+        "Resident memory per node",
+        "MB",
+        &report
+            .over_time
+            .iter()
+            .map(|sample| (sample.t_s, sample.rss_bytes as f64 / nodes / 1e6))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// The fraction of deliveries at or below each latency, on a log axis.
+fn latency_cdf(path: &Path, latency: &Hdr<u64>) -> PlotResult {
+    let points: Vec<(f64, f64)> = latency
+        .iter_quantiles(1)
+        .map(|step| {
+            let millis = step.value_iterated_to() as f64 / 1_000.0;
+            (millis.max(0.001), step.quantile_iterated_to())
+        })
+        .collect();
+    let high = points.iter().map(|point| point.0).fold(1.0, f64::max);
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Delivery latency (CDF)", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d((0.01f64..high * 1.2).log_scale(), 0f64..1f64)?;
+    chart
+        .configure_mesh()
+        .x_desc("latency, ms (log)")
+        .y_desc("fraction delivered")
+        .draw()?;
+    chart.draw_series(LineSeries::new(points, &BLUE))?;
+    root.present()?;
+    Ok(())
+}
+
+fn hops(path: &Path, report: &StormReport) -> PlotResult {
+    let bars: Vec<(u32, u64)> = report
+        .hops
+        .iter()
+        .filter_map(|(hops, &count)| Some((hops.parse().ok()?, count)))
+        .collect();
+    let most = bars.iter().map(|bar| bar.1).max().unwrap_or(1).max(1);
+    let longest = bars.iter().map(|bar| bar.0).max().unwrap_or(1);
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Deliveries by hops travelled", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((0u32..longest + 1).into_segmented(), 0u64..most + most / 10)?;
+    chart
+        .configure_mesh()
+        .x_desc("hops")
+        .y_desc("deliveries")
+        .draw()?;
+    chart.draw_series(
+        Histogram::vertical(&chart)
+            .style(BLUE.filled())
+            .data(bars.iter().copied()),
+    )?;
+    root.present()?;
+    Ok(())
+}
+
+fn over_time(path: &Path, title: &str, unit: &str, points: &[(f64, f64)]) -> PlotResult {
+    let end = points.iter().map(|point| point.0).fold(1.0, f64::max);
+    let high = points.iter().map(|point| point.1).fold(1.0, f64::max);
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..end, 0f64..high * 1.15)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds into the measured window")
+        .y_desc(unit)
+        .draw()?;
+    chart.draw_series(LineSeries::new(points.iter().copied(), &BLUE))?;
+    root.present()?;
+    Ok(())
+}

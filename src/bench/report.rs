@@ -1,0 +1,306 @@
+//! The storm report: the JSON every run writes (field names from DESIGN.md
+//! section 8, never renamed) and the Markdown a person reads, with the
+//! competitor's published figure beside ours where there is one.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::crypto::CryptoCost;
+use crate::cluster::percent;
+use crate::metrics::LatencySummary;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub os: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Setup {
+    pub nodes: usize,
+    pub edges: usize,
+    pub connections: u64,
+    /// From the cluster's start until every overlay link was up.
+    pub setup_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Graph {
+    pub diameter: usize,
+    pub avg_path_length: f64,
+    pub clustering: f64,
+    pub components: usize,
+    pub degree_min: usize,
+    pub degree_max: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LostByCause {
+    pub ttl_expired: u64,
+    pub no_route: u64,
+    pub queue_full: u64,
+    pub peer_down: u64,
+    pub retries_exhausted: u64,
+}
+
+/// Counts over the whole run, warm-up included, so that every message
+/// sent is accounted for: sent = delivered + lost once the run drained.
+#[derive(Clone, Debug, Serialize)]
+pub struct Messages {
+    pub sent: u64,
+    pub delivered: u64,
+    /// Given up after every retry: the sender was told.
+    pub lost: u64,
+    /// Neither delivered nor given up when the drain ended.
+    pub unsettled: u64,
+    /// Copies the destination's window dropped (none reaches an agent twice).
+    pub duplicates: u64,
+    /// Sends refused at the source with a typed error (never sent).
+    pub refused: u64,
+    /// Transmissions lost on the way, by cause; each was retransmitted.
+    /// `retries_exhausted` counts messages given up.
+    pub lost_by_cause: LostByCause,
+    pub retransmissions: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Quantiles {
+    pub p50: f64,
+    pub p95: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Resources {
+    /// Peak resident memory of the process.
+    pub rss_bytes: u64,
+    pub rss_bytes_per_node: u64,
+    /// CPU time during the measured window.
+    pub cpu_seconds: f64,
+    /// Of one core, per node, during the measured window.
+    pub cpu_percent_per_node: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Bandwidth {
+    pub bytes_sent: u64,
+    pub bytes_per_s: f64,
+}
+
+/// One second of the measured window.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    pub t_s: f64,
+    pub delivered_per_s: f64,
+    pub rss_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentRow {
+    pub agent: String,
+    pub node: String,
+    pub sent: u64,
+    pub refused: u64,
+    pub received: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StormReport {
+    pub scenario: &'static str,
+    pub version: &'static str,
+    pub machine: Machine,
+    pub config: serde_json::Value,
+    pub duration_s: f64,
+    pub ok: bool,
+    pub setup: Setup,
+    pub graph: Graph,
+    pub messages: Messages,
+    /// Delivered per second during the measured window.
+    pub throughput_msgs_per_s: f64,
+    pub throughput_msgs_per_s_per_agent: f64,
+    pub latency_ms: LatencySummary,
+    /// Deliveries in the measured window by hops travelled.
+    pub hops: BTreeMap<String, u64>,
+    pub latency_ms_by_hops: BTreeMap<String, Quantiles>,
+    pub shortest_path_percent: f64,
+    pub resources: Resources,
+    pub crypto: CryptoCost,
+    /// Measured throughput over the crypto ceiling, in percent.
+    pub crypto_ceiling_percent: f64,
+    pub bandwidth: Bandwidth,
+    pub over_time: Vec<Sample>,
+    /// Agents with the most and the fewest deliveries.
+    pub agents_top: Vec<AgentRow>,
+    pub agents_bottom: Vec<AgentRow>,
+}
+
+/// The competitor's published figures for the 100-agent, k = 20 mesh.
+struct Competitor;
+
+impl Competitor {
+    const SETUP_S: &'static str = "8.45 s (1,000 connections)";
+    const DIAMETER: &'static str = "5";
+    const AVG_PATH: &'static str = "2.8";
+    const DEGREES: &'static str = "18–22";
+    const DELIVERED: &'static str = "99.36 %";
+    const THROUGHPUT: &'static str = "1,656 /s of 10,000 offered";
+    const P50: &'static str = "65.3 ms";
+    const P95: &'static str = "142.7 ms";
+    const P99: &'static str = "189.4 ms";
+    const OPTIMAL: &'static str = "89.2 %";
+    const MEMORY: &'static str = "62.4 MB per agent";
+    const CPU: &'static str = "6.8 % per agent";
+}
+
+impl StormReport {
+    pub fn to_markdown(&self) -> String {
+        let mut text = String::new();
+        let m = &self.messages;
+        let l = &self.latency_ms;
+        let r = &self.resources;
+        let delivered_percent = percent(m.delivered, m.sent);
+        let _ = writeln!(
+            text,
+            "# Storm: {} nodes, {}, {:.1} s measured\n",
+            self.setup.nodes,
+            self.config["topology"].as_str().unwrap_or("?"),
+            self.duration_s
+        );
+        let _ = writeln!(
+            text,
+            "Machine: {} CPUs, {}. agentmesh {}. Result: {}.\n",
+            self.machine.cpus,
+            self.machine.os,
+            self.version,
+            if self.ok {
+                "every message accounted for, none lost"
+            } else {
+                "MESSAGES LOST OR UNSETTLED"
+            }
+        );
+        let _ = writeln!(
+            text,
+            "| figure | agentmesh | competitor (100 agents, k = 20) |"
+        );
+        let _ = writeln!(text, "|---|---|---|");
+        let mut row = |name: &str, ours: String, theirs: &str| {
+            let _ = writeln!(text, "| {name} | {ours} | {theirs} |");
+        };
+        row(
+            "links up",
+            format!(
+                "{:.0} ms ({} connections)",
+                self.setup.setup_ms, self.setup.connections
+            ),
+            Competitor::SETUP_S,
+        );
+        row(
+            "diameter",
+            self.graph.diameter.to_string(),
+            Competitor::DIAMETER,
+        );
+        row(
+            "average path",
+            format!("{:.3} hops", self.graph.avg_path_length),
+            Competitor::AVG_PATH,
+        );
+        row(
+            "degrees",
+            format!("{}–{}", self.graph.degree_min, self.graph.degree_max),
+            Competitor::DEGREES,
+        );
+        row(
+            "delivered",
+            format!(
+                "{delivered_percent:.2} % ({} of {}; lost {}, unsettled {})",
+                m.delivered, m.sent, m.lost, m.unsettled
+            ),
+            Competitor::DELIVERED,
+        );
+        row(
+            "throughput",
+            format!(
+                "{:.0} signed msgs/s ({:.1} per agent)",
+                self.throughput_msgs_per_s, self.throughput_msgs_per_s_per_agent
+            ),
+            Competitor::THROUGHPUT,
+        );
+        row("latency p50", format!("{:.2} ms", l.p50), Competitor::P50);
+        row("latency p95", format!("{:.2} ms", l.p95), Competitor::P95);
+        row("latency p99", format!("{:.2} ms", l.p99), Competitor::P99);
+        row(
+            "latency mean / max",
+            format!("{:.2} / {:.2} ms", l.mean, l.max),
+            "",
+        );
+        row(
+            "over a shortest path",
+            format!("{:.1} %", self.shortest_path_percent),
+            Competitor::OPTIMAL,
+        );
+        row(
+            "memory",
+            format!(
+                "{:.1} MB per node (peak RSS {:.0} MB)",
+                r.rss_bytes_per_node as f64 / 1e6,
+                r.rss_bytes as f64 / 1e6
+            ),
+            Competitor::MEMORY,
+        );
+        row(
+            "CPU",
+            format!("{:.2} % of a core per node", r.cpu_percent_per_node),
+            Competitor::CPU,
+        );
+        row(
+            "bandwidth",
+            format!("{:.2} MB/s sent", self.bandwidth.bytes_per_s / 1e6),
+            "",
+        );
+        let c = &self.crypto;
+        row(
+            "crypto ceiling",
+            format!(
+                "{:.0} msgs/s (sign {:.1} µs + verify {:.1} µs; batch verify {:.1} µs); reached {:.1} %",
+                c.ceiling_msgs_per_s, c.sign_us, c.verify_us, c.batch_verify_us, self.crypto_ceiling_percent
+            ),
+            "",
+        );
+        text += "\n## Messages\n\n| sent | delivered | lost | unsettled | refused | duplicates dropped | retransmissions |\n|---|---|---|---|---|---|---|\n";
+        let _ = writeln!(
+            text,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            m.sent, m.delivered, m.lost, m.unsettled, m.refused, m.duplicates, m.retransmissions
+        );
+        let c = &m.lost_by_cause;
+        text += "\nDropped on the way and retransmitted, by cause:\n\n| ttl expired | no route | queue full | peer down | given up (retries exhausted) |\n|---|---|---|---|---|\n";
+        let _ = writeln!(
+            text,
+            "| {} | {} | {} | {} | {} |",
+            c.ttl_expired, c.no_route, c.queue_full, c.peer_down, c.retries_exhausted
+        );
+        text += "\n## Hops\n\n| hops | deliveries | p50 ms | p95 ms |\n|---|---|---|---|\n";
+        for (hops, count) in &self.hops {
+            let quantiles = self.latency_ms_by_hops.get(hops);
+            let _ = writeln!(
+                text,
+                "| {hops} | {count} | {} | {} |",
+                quantiles.map_or("".into(), |q| format!("{:.2}", q.p50)),
+                quantiles.map_or("".into(), |q| format!("{:.2}", q.p95))
+            );
+        }
+        for (title, rows) in [("most", &self.agents_top), ("fewest", &self.agents_bottom)] {
+            let _ = writeln!(text, "\n## Agents with the {title} deliveries\n\n| agent | node | sent | refused | received |\n|---|---|---|---|---|");
+            for row in rows {
+                let _ = writeln!(
+                    text,
+                    "| {} | {} | {} | {} | {} |",
+                    row.agent, row.node, row.sent, row.refused, row.received
+                );
+            }
+        }
+        text += "\nPlots: `latency-cdf.svg`, `hops.svg`, `throughput.svg`, `memory.svg`.\n";
+        text
+    }
+}

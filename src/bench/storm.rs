@@ -1,0 +1,422 @@
+//! `agentmesh bench storm`: storm agents send signed messages to each
+//! other through the whole actor tree (agent → router → transport → QUIC →
+//! ... → agent) for a measured window after a warm-up, then the run drains
+//! and the report is written.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+
+use super::crypto;
+use super::report::{
+    AgentRow, Bandwidth, Graph, LostByCause, Machine, Messages, Quantiles, Resources, Sample,
+    Setup, StormReport,
+};
+use super::resources;
+use crate::cluster::{percent, LocalCluster, Totals};
+use crate::config::{self, ClusterConfig, TopologyKind, NODES_MAX};
+use crate::metrics::{CounterValues, LatencySummary};
+use crate::protocols::topology::{GraphMetrics, Topology};
+
+/// How long the run may take to settle what is in flight at the end.
+const DRAIN_WAIT_MAX: Duration = Duration::from_secs(10);
+/// Agents listed at each end of the per-agent table.
+const AGENT_ROWS: usize = 5;
+/// Time spent measuring the machine's signature costs.
+const CRYPTO_BUDGET: Duration = Duration::from_millis(600);
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct StormOptions {
+    /// Nodes, all in this process.
+    #[arg(long, default_value_t = 100)]
+    pub nodes: usize,
+    /// Neighbours per node (partial mesh, shards); default: the k rule.
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// Overlay shape: full-mesh, partial-mesh, ring, hierarchical,
+    /// hub-spoke, sharded.
+    #[arg(long, default_value = "partial-mesh")]
+    pub topology: String,
+    #[arg(long, default_value_t = 1)]
+    pub agents_per_node: usize,
+    /// Messages per second per agent.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// The measured window.
+    #[arg(long, default_value = "30s", value_parser = crate::commands::parse_duration)]
+    pub duration: Duration,
+    /// Load before the window, not measured.
+    #[arg(long, default_value = "2s", value_parser = crate::commands::parse_duration_or_zero)]
+    pub warmup: Duration,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Processes the nodes run in; 1: all in this one.
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// Where report.json, report.md and the plots go.
+    #[arg(long, default_value = "bench-results/storm")]
+    pub out: PathBuf,
+}
+
+impl StormOptions {
+    /// Refuses what cannot run, naming the flag.
+    fn check(&self) -> anyhow::Result<TopologyKind> {
+        let kind = TopologyKind::parse(&self.topology).map_err(anyhow::Error::msg)?;
+        if self.nodes == 0 || self.nodes > NODES_MAX {
+            bail!("--nodes {}: must be 1 to {NODES_MAX}", self.nodes);
+        }
+        if let Some(k) = self.k {
+            if k == 0 || k >= self.nodes {
+                bail!(
+                    "--k {k}: must be at least 1 and below --nodes ({})",
+                    self.nodes
+                );
+            }
+        }
+        if self.agents_per_node == 0 {
+            bail!("--agents-per-node must be at least 1");
+        }
+        if !(self.rate > 0.0 && self.rate.is_finite()) {
+            bail!(
+                "--rate {}: must be above 0 (an open-loop rate; sending as fast as the system accepts is not built yet)",
+                self.rate
+            );
+        }
+        if self.processes != 1 {
+            bail!(
+                "--processes {}: only 1 (every node in this process) is built yet",
+                self.processes
+            );
+        }
+        Ok(kind)
+    }
+
+    /// The cluster config these flags describe, checked like any file.
+    fn cluster_config(&self) -> anyhow::Result<ClusterConfig> {
+        let mut text = format!("[cluster]\nname = \"storm\"\nseed = {}\n", self.seed);
+        for index in 0..self.nodes {
+            text += &format!(
+                "[[nodes]]\nid = \"{}\"\nlisten = \"127.0.0.1:0\"\n",
+                node_id(index, self.nodes)
+            );
+        }
+        text += &format!("[topology]\nkind = \"{}\"\n", self.topology);
+        if let Some(k) = self.k {
+            text += &format!("k = {k}\n");
+        }
+        text += &format!(
+            "[[agents]]\nname = \"storm-{{i}}\"\ncount = {}\nbehaviour = \"storm\"\nplacement = \"spread\"\nrate = {}\npayload_bytes = {}\ntargets = [\"storm-*\"]\n",
+            self.nodes * self.agents_per_node,
+            self.rate,
+            self.payload
+        );
+        config::parse(&text, "bench storm flags", std::path::Path::new("."))
+            .context("the flags do not make a valid cluster")
+    }
+
+    fn as_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "nodes": self.nodes,
+            "k": self.k,
+            "topology": self.topology,
+            "agents_per_node": self.agents_per_node,
+            "rate": self.rate,
+            "payload": self.payload,
+            "duration": humantime::format_duration(self.duration).to_string(),
+            "warmup": humantime::format_duration(self.warmup).to_string(),
+            "seed": self.seed,
+            "processes": self.processes,
+            "out": self.out,
+        })
+    }
+}
+
+/// Node ids that sort in numeric order: n000, n001, ...
+fn node_id(index: usize, nodes: usize) -> String {
+    let width = nodes.saturating_sub(1).to_string().len().max(3);
+    format!("n{index:0width$}")
+}
+
+/// Runs the storm, writes the report, and returns the exit status: 0 when
+/// every message sent was delivered.
+pub async fn storm(options: StormOptions) -> anyhow::Result<i32> {
+    options.check()?;
+    let config = options.cluster_config()?;
+    std::fs::create_dir_all(&options.out)
+        .with_context(|| format!("cannot create --out {}", options.out.display()))?;
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    let crypto = crypto::measure(options.payload, CRYPTO_BUDGET, cores);
+    let graph = graph_of(&config);
+    let cluster = LocalCluster::start(config)
+        .await
+        .context("starting the cluster")?;
+    let setup_ms = cluster
+        .wait_for_links(Duration::ZERO)
+        .await
+        .map(|elapsed| elapsed.as_secs_f64() * 1e3);
+    let window = measure(&cluster, &options).await;
+    cluster.quiesce();
+    cluster.drain(DRAIN_WAIT_MAX, &[]).await;
+    let totals = cluster.totals();
+    let agents = agent_rows(&cluster);
+    cluster.shutdown().await;
+    let report = build_report(
+        &options, cores, crypto, graph, setup_ms, &totals, &window, agents,
+    );
+    write(&options, &report, &totals.latency)?;
+    print!("{}", report.to_markdown());
+    println!("\nwritten to {}", options.out.display());
+    Ok(if report.ok { 0 } else { 1 })
+}
+
+fn graph_of(config: &ClusterConfig) -> GraphMetrics {
+    let names: Vec<String> = config.nodes.iter().map(|node| node.id.clone()).collect();
+    let topology = Topology::new(config.topology.shape(names.len()), &names, config.seed);
+    GraphMetrics::of(topology.base())
+}
+
+/// What happened in the measured window.
+struct Window {
+    duration: Duration,
+    /// Counters at the window's start and end.
+    start: CounterValues,
+    end: CounterValues,
+    hops_start: Vec<u64>,
+    hops_end: Vec<u64>,
+    cpu: Option<Duration>,
+    samples: Vec<Sample>,
+}
+
+/// Warms up, forgets the warm-up's latencies, then samples each second.
+async fn measure(cluster: &LocalCluster, options: &StormOptions) -> Window {
+    let bar = indicatif::ProgressBar::new((options.warmup + options.duration).as_secs());
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_message("warming up");
+    let warm = Instant::now();
+    while warm.elapsed() < options.warmup {
+        tokio::time::sleep(Duration::from_millis(200).min(options.warmup)).await;
+        bar.set_position(warm.elapsed().as_secs());
+    }
+    for node in &cluster.nodes {
+        let mut histograms = node
+            .context
+            .metrics
+            .histograms
+            .lock()
+            .expect("metrics lock is never poisoned");
+        histograms.reset_latency();
+    }
+    let start = cluster.totals();
+    let cpu_start = resources::cpu_time();
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut previous = (Instant::now(), start.counters.envelopes_delivered);
+    while started.elapsed() < options.duration {
+        let left = options.duration.saturating_sub(started.elapsed());
+        tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+        let delivered = cluster.totals().counters.envelopes_delivered;
+        let rate = delivered.saturating_sub(previous.1) as f64
+            / previous.0.elapsed().as_secs_f64().max(1e-3);
+        previous = (Instant::now(), delivered);
+        let rss_bytes = resources::resident_bytes().map_or(0, |(now, _)| now);
+        samples.push(Sample {
+            t_s: started.elapsed().as_secs_f64(),
+            delivered_per_s: rate,
+            rss_bytes,
+        });
+        bar.set_position((options.warmup + started.elapsed()).as_secs());
+        bar.set_message(format!("{rate:.0} delivered/s"));
+    }
+    bar.finish_and_clear();
+    let duration = started.elapsed();
+    let end = cluster.totals();
+    Window {
+        duration,
+        cpu: resources::cpu_time()
+            .zip(cpu_start)
+            .map(|(end, start)| end.saturating_sub(start)),
+        hops_start: start.hops.clone(),
+        hops_end: end.hops.clone(),
+        start: start.counters,
+        end: end.counters,
+        samples,
+    }
+}
+
+fn agent_rows(cluster: &LocalCluster) -> Vec<AgentRow> {
+    let mut rows: Vec<AgentRow> = cluster
+        .nodes
+        .iter()
+        .flat_map(|node| {
+            node.context
+                .agent_stats
+                .iter()
+                .map(|entry| AgentRow {
+                    agent: entry.key().clone(),
+                    node: node.id.clone(),
+                    sent: entry.sent.load(Ordering::Relaxed),
+                    refused: entry.refused.load(Ordering::Relaxed),
+                    received: entry.received_data.load(Ordering::Relaxed),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.received
+            .cmp(&a.received)
+            .then_with(|| a.agent.cmp(&b.agent))
+    });
+    rows
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_report(
+    options: &StormOptions,
+    cores: usize,
+    crypto: crypto::CryptoCost,
+    graph: GraphMetrics,
+    setup_ms: Option<f64>,
+    totals: &Totals,
+    window: &Window,
+    agents: Vec<AgentRow>,
+) -> StormReport {
+    let c = &totals.counters;
+    let seconds = window.duration.as_secs_f64().max(1e-9);
+    let delivered_in_window = window.end.envelopes_delivered - window.start.envelopes_delivered;
+    let throughput = delivered_in_window as f64 / seconds;
+    let agent_count = (options.nodes * options.agents_per_node).max(1);
+    let hops = hop_counts(&window.hops_start, &window.hops_end);
+    let latency_ms_by_hops = latency_by_hops(totals);
+    let (rss_now, rss_peak) = resources::resident_bytes().unwrap_or((0, 0));
+    let rss = rss_peak.max(rss_now);
+    let cpu_seconds = window.cpu.map_or(0.0, |cpu| cpu.as_secs_f64());
+    let settled = c.envelopes_delivered + c.lost_retries_exhausted;
+    let bytes_sent = window.end.bytes_sent - window.start.bytes_sent;
+    // Few agents: every one in the top table once, none twice.
+    let top: Vec<AgentRow> = agents.iter().take(AGENT_ROWS).cloned().collect();
+    let rest = agents.len() - top.len();
+    let bottom: Vec<AgentRow> = agents
+        .iter()
+        .rev()
+        .take(rest.min(AGENT_ROWS))
+        .cloned()
+        .collect();
+    StormReport {
+        scenario: "storm",
+        version: env!("CARGO_PKG_VERSION"),
+        machine: Machine {
+            cpus: cores,
+            os: std::env::consts::OS.into(),
+        },
+        config: options.as_json(),
+        duration_s: seconds,
+        ok: c.lost_retries_exhausted == 0 && settled >= c.envelopes_sent && setup_ms.is_some(),
+        setup: Setup {
+            nodes: options.nodes,
+            edges: graph.edges,
+            connections: totals.connection_setup.len(),
+            setup_ms: setup_ms.unwrap_or(f64::NAN),
+        },
+        graph: Graph {
+            diameter: graph.diameter,
+            avg_path_length: graph.avg_path_length,
+            clustering: graph.clustering,
+            components: graph.components,
+            degree_min: graph.degree_min,
+            degree_max: graph.degree_max,
+        },
+        messages: Messages {
+            sent: c.envelopes_sent,
+            delivered: c.envelopes_delivered,
+            lost: c.lost_retries_exhausted,
+            unsettled: c.envelopes_sent.saturating_sub(settled),
+            duplicates: c.dropped_duplicate,
+            refused: totals.refused(),
+            lost_by_cause: LostByCause {
+                ttl_expired: c.dropped_ttl_expired,
+                no_route: c.dropped_no_route,
+                queue_full: c.dropped_queue_full,
+                peer_down: c.dropped_peer_down,
+                retries_exhausted: c.lost_retries_exhausted,
+            },
+            retransmissions: c.retransmissions,
+        },
+        throughput_msgs_per_s: throughput,
+        throughput_msgs_per_s_per_agent: throughput / agent_count as f64,
+        latency_ms: LatencySummary::of(&totals.latency),
+        hops,
+        latency_ms_by_hops,
+        shortest_path_percent: percent(
+            window.end.delivered_on_shortest_path - window.start.delivered_on_shortest_path,
+            delivered_in_window,
+        ),
+        resources: Resources {
+            rss_bytes: rss,
+            rss_bytes_per_node: rss / options.nodes.max(1) as u64,
+            cpu_seconds,
+            cpu_percent_per_node: cpu_seconds * 100.0 / seconds / options.nodes.max(1) as f64,
+        },
+        crypto_ceiling_percent: throughput * 100.0 / crypto.ceiling_msgs_per_s.max(1e-9),
+        crypto,
+        bandwidth: Bandwidth {
+            bytes_sent,
+            bytes_per_s: bytes_sent as f64 / seconds,
+        },
+        over_time: window.samples.clone(),
+        agents_top: top,
+        agents_bottom: bottom,
+    }
+}
+
+/// Deliveries in the window by hops, for hop counts that occurred.
+fn hop_counts(start: &[u64], end: &[u64]) -> BTreeMap<String, u64> {
+    end.iter()
+        .enumerate()
+        .map(|(hops, &count)| (hops, count - start.get(hops).copied().unwrap_or(0)))
+        .filter(|&(_, count)| count > 0)
+        .map(|(hops, count)| (hops.to_string(), count))
+        .collect()
+}
+
+fn latency_by_hops(totals: &Totals) -> BTreeMap<String, Quantiles> {
+    totals
+        .latency_by_hops
+        .iter()
+        .enumerate()
+        .filter(|(_, histogram)| !histogram.is_empty())
+        .map(|(hops, histogram)| {
+            let millis = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1_000.0;
+            (
+                hops.to_string(),
+                Quantiles {
+                    p50: millis(0.50),
+                    p95: millis(0.95),
+                },
+            )
+        })
+        .collect()
+}
+
+fn write(
+    options: &StormOptions,
+    report: &StormReport,
+    latency: &Histogram<u64>,
+) -> anyhow::Result<()> {
+    let out = &options.out;
+    let json = serde_json::to_string_pretty(report).expect("the report serialises");
+    std::fs::write(out.join("report.json"), json + "\n")
+        .with_context(|| format!("cannot write {}", out.join("report.json").display()))?;
+    std::fs::write(out.join("report.md"), report.to_markdown())
+        .with_context(|| format!("cannot write {}", out.join("report.md").display()))?;
+    super::plots::write_all(out, report, latency)
+        .map_err(|error| anyhow::anyhow!("cannot draw the plots in {}: {error}", out.display()))
+}

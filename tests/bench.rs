@@ -1,0 +1,113 @@
+//! `agentmesh bench storm` at a tiny size: the report parses, carries every
+//! field DESIGN.md section 8 names, accounts for every message, and the
+//! plots and Markdown are written. Nothing asserts speed.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Fields of DESIGN.md section 8, common and storm, as JSON pointers.
+const SCHEMA: &[&str] = &[
+    "/scenario",
+    "/version",
+    "/machine/cpus",
+    "/machine/os",
+    "/config",
+    "/duration_s",
+    "/ok",
+    "/setup/nodes",
+    "/setup/edges",
+    "/setup/connections",
+    "/setup/setup_ms",
+    "/graph/diameter",
+    "/graph/avg_path_length",
+    "/graph/clustering",
+    "/graph/components",
+    "/graph/degree_min",
+    "/graph/degree_max",
+    "/messages/sent",
+    "/messages/delivered",
+    "/messages/lost",
+    "/messages/duplicates",
+    "/messages/lost_by_cause/ttl_expired",
+    "/messages/lost_by_cause/no_route",
+    "/messages/lost_by_cause/queue_full",
+    "/messages/lost_by_cause/peer_down",
+    "/messages/lost_by_cause/retries_exhausted",
+    "/throughput_msgs_per_s",
+    "/latency_ms/mean",
+    "/latency_ms/p50",
+    "/latency_ms/p95",
+    "/latency_ms/p99",
+    "/latency_ms/max",
+    "/hops",
+    "/latency_ms_by_hops",
+    "/resources/rss_bytes",
+    "/resources/rss_bytes_per_node",
+    "/resources/cpu_seconds",
+    "/resources/cpu_percent_per_node",
+    "/crypto/sign_us",
+    "/crypto/verify_us",
+    "/crypto/batch_verify_us",
+    "/crypto/ceiling_msgs_per_s",
+];
+
+#[test]
+fn a_tiny_storm_writes_a_complete_report() {
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().join("storm");
+    let output = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .args(["bench", "storm", "--nodes", "5", "--k", "2", "--rate", "20"])
+        .args(["--duration", "1s", "--warmup", "0s", "--seed", "3", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let text = std::fs::read_to_string(out.join("report.json")).unwrap();
+    let report: Value = serde_json::from_str(&text).unwrap();
+    for field in SCHEMA {
+        assert!(report.pointer(field).is_some(), "report.json lacks {field}");
+    }
+    assert_eq!(report["scenario"], "storm");
+    assert_eq!(report["setup"]["nodes"], 5);
+    assert_eq!(report["config"]["rate"], 20.0);
+    let messages = &report["messages"];
+    let count = |name: &str| messages[name].as_u64().unwrap();
+    assert!(count("sent") > 0);
+    assert_eq!(
+        count("sent"),
+        count("delivered") + count("lost"),
+        "every message is delivered or counted lost: {messages}"
+    );
+    for file in [
+        "report.md",
+        "latency-cdf.svg",
+        "hops.svg",
+        "throughput.svg",
+        "memory.svg",
+    ] {
+        let bytes = std::fs::read(out.join(file)).unwrap();
+        assert!(!bytes.is_empty(), "{file} is empty");
+    }
+}
+
+#[test]
+fn impossible_arguments_are_refused_with_the_flag_named() {
+    for (arguments, reason) in [
+        (&["--nodes", "5", "--k", "5"][..], "--k 5"),
+        (&["--nodes", "0"][..], "--nodes 0"),
+        (&["--duration", "0s"][..], "longer than zero"),
+        (&["--topology", "star"][..], "star"),
+        (&["--processes", "2"][..], "--processes 2"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+            .args(["bench", "storm", "--out", "/nonexistent/never-written"])
+            .args(arguments)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_ne!(output.status.code(), Some(0), "{arguments:?}");
+        assert!(stderr.contains(reason), "{arguments:?}: {stderr}");
+    }
+}
