@@ -88,6 +88,7 @@ pub fn send(context: &NodeContext, message: OutboundMessage) -> Result<(), SendE
         });
     }
     check_rate(context, &message.source_agent)?;
+    check_inflight(context)?;
     let permit = context.try_reserve_router()?;
     let router = context.router.get().ok_or(SendError::RouterBusy)?;
     router
@@ -113,6 +114,21 @@ pub fn send_with_receipt(
     };
     send(context, message)?;
     Ok(receiver)
+}
+
+/// Refuses at once, rather than after a trip through the router's queue,
+/// when the node's messages awaiting acknowledgement, with those queued
+/// for the router, are at the limit: a sender pushing as fast as it can
+/// learns it at the cost of a lock, and does not fill the router's queue
+/// with messages it would only refuse.
+fn check_inflight(context: &NodeContext) -> Result<(), SendError> {
+    let queued = context.config.limits.router_queue_max - context.router_queue.available_permits();
+    let inflight = context.memory().sender.inflight();
+    if inflight + queued < context.config.delivery.inflight_max {
+        return Ok(());
+    }
+    NodeMetrics::count(&context.metrics.counters.refused_inflight_full);
+    Err(SendError::InFlightFull(context.node_id.clone()))
 }
 
 /// Takes a token from the agent's bucket when rate limits are on.
@@ -459,45 +475,49 @@ fn arrive(context: &NodeContext, mut envelopes: Vec<Envelope>, from_peer: bool) 
 /// lost. Safe without verifying: the answer depends only on the origin and
 /// sequence, and acknowledging what was consumed is true whoever asks.
 fn taken_already(context: &NodeContext, envelope: &Envelope) -> bool {
-    let counters = &context.metrics.counters;
     let Destination::Agent(agent) = &envelope.signed.destination else {
         return false;
     };
-    let origin = &envelope.signed.origin_node;
-    let sequence = envelope.signed.sequence;
+    let (origin, sequence) = (&envelope.signed.origin_node, envelope.signed.sequence);
+    if !window_admits(context, origin, sequence) {
+        return true;
+    }
+    let waiting = context.agents.get(agent).is_some_and(|handle| {
+        handle
+            .in_inbox
+            .lock()
+            .expect("inbox set lock is never poisoned")
+            .contains(&(origin.clone(), sequence))
+    });
+    if waiting {
+        NodeMetrics::count(&context.metrics.counters.dropped_duplicate);
+    }
+    waiting
+}
+
+/// Whether `origin`'s window still admits `sequence`. If not, counts why,
+/// and acknowledges a consumed one again.
+fn window_admits(context: &NodeContext, origin: &str, sequence: u64) -> bool {
+    let counters = &context.metrics.counters;
     let mut memory = context.memory();
     let admission = memory
         .windows
         .get(origin)
         .map_or(Admission::Fresh, |window| window.check(sequence));
     match admission {
+        Admission::Fresh => true,
         Admission::Duplicate => {
             memory
                 .acks_due
-                .entry(origin.clone())
+                .entry(origin.to_string())
                 .or_default()
                 .push(sequence);
             NodeMetrics::count(&counters.dropped_duplicate);
-            true
+            false
         }
         Admission::TooOld => {
             NodeMetrics::count(&counters.dropped_too_old);
-            true
-        }
-        Admission::Fresh => {
-            drop(memory);
-            let waiting = context.agents.get(agent).is_some_and(|handle| {
-                let key = (origin.clone(), sequence);
-                handle
-                    .in_inbox
-                    .lock()
-                    .expect("inbox set lock is never poisoned")
-                    .contains(&key)
-            });
-            if waiting {
-                NodeMetrics::count(&counters.dropped_duplicate);
-            }
-            waiting
+            false
         }
     }
 }
@@ -539,8 +559,13 @@ fn hand_over(context: &NodeContext, envelope: Envelope) {
         .lock()
         .expect("inbox set lock is never poisoned");
     if in_inbox.contains(&key) {
-        // A copy in the same batch.
         return NodeMetrics::count(&counters.dropped_duplicate);
+    }
+    // Checked again under the inbox lock: the agent may have consumed the
+    // original since `taken_already` looked. It marks the window before it
+    // leaves the inbox set, so one of the two still shows it.
+    if !window_admits(context, &key.0, key.1) {
+        return;
     }
     let Ok(permit) = handle.inbox.clone().try_acquire_owned() else {
         return NodeMetrics::count(&counters.dropped_agent_inbox_full);

@@ -23,9 +23,12 @@ use crate::metrics::{CounterValues, LatencySummary};
 use crate::protocols::topology::{GraphMetrics, Topology};
 
 /// How long the run may take to settle what is in flight at the end.
-const DRAIN_WAIT_MAX: Duration = Duration::from_secs(10);
+const DRAIN_WAIT_MAX: Duration = Duration::from_secs(60);
 /// Agents listed at each end of the per-agent table.
 const AGENT_ROWS: usize = 5;
+/// The storm rate for `--rate 0`: more than any node accepts, so every
+/// tick sends until the router refuses (the storm sheds the rest).
+const SATURATING_RATE: f64 = 1_000_000.0;
 /// Time spent measuring the machine's signature costs.
 const CRYPTO_BUDGET: Duration = Duration::from_millis(600);
 
@@ -43,7 +46,9 @@ pub struct StormOptions {
     pub topology: String,
     #[arg(long, default_value_t = 1)]
     pub agents_per_node: usize,
-    /// Messages per second per agent.
+    /// Messages per second per agent; 0: as fast as the system accepts
+    /// (each tick sends until the router refuses, and the refusals are
+    /// counted).
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
     /// Payload bytes per message.
@@ -57,6 +62,10 @@ pub struct StormOptions {
     pub warmup: Duration,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Messages a node keeps awaiting acknowledgement (the config's
+    /// delivery.inflight_max); with --rate 0 this window sets the pace.
+    #[arg(long)]
+    pub inflight_max: Option<usize>,
     /// Processes the nodes run in; 1: all in this one.
     #[arg(long, default_value_t = 1)]
     pub processes: usize,
@@ -83,9 +92,9 @@ impl StormOptions {
         if self.agents_per_node == 0 {
             bail!("--agents-per-node must be at least 1");
         }
-        if !(self.rate > 0.0 && self.rate.is_finite()) {
+        if !(self.rate >= 0.0 && self.rate <= SATURATING_RATE) {
             bail!(
-                "--rate {}: must be above 0 (an open-loop rate; sending as fast as the system accepts is not built yet)",
+                "--rate {}: must be 0 (as fast as accepted) to {SATURATING_RATE}",
                 self.rate
             );
         }
@@ -111,10 +120,13 @@ impl StormOptions {
         if let Some(k) = self.k {
             text += &format!("k = {k}\n");
         }
+        if let Some(inflight) = self.inflight_max {
+            text += &format!("[delivery]\ninflight_max = {inflight}\n");
+        }
         text += &format!(
             "[[agents]]\nname = \"storm-{{i}}\"\ncount = {}\nbehaviour = \"storm\"\nplacement = \"spread\"\nrate = {}\npayload_bytes = {}\ntargets = [\"storm-*\"]\n",
             self.nodes * self.agents_per_node,
-            self.rate,
+            if self.rate == 0.0 { SATURATING_RATE } else { self.rate },
             self.payload
         );
         config::parse(&text, "bench storm flags", std::path::Path::new("."))
@@ -132,6 +144,7 @@ impl StormOptions {
             "duration": humantime::format_duration(self.duration).to_string(),
             "warmup": humantime::format_duration(self.warmup).to_string(),
             "seed": self.seed,
+            "inflight_max": self.inflight_max,
             "processes": self.processes,
             "out": self.out,
         })
