@@ -99,6 +99,11 @@ enum Command {
 enum BenchCommand {
     /// A message storm through every node's actor tree.
     Storm(agentmesh::bench::StormOptions),
+    /// Every report.json below a folder in one Markdown table.
+    Summary {
+        #[arg(default_value = "bench-results")]
+        folder: PathBuf,
+    },
 }
 
 fn parse_kill_percent(text: &str) -> Result<f64, String> {
@@ -177,6 +182,11 @@ fn main() -> ExitCode {
             Command::Check { config } => commands::check(&config),
             Command::Topology(options) => commands::topology(&options),
             Command::Bench(BenchCommand::Storm(options)) => agentmesh::bench::storm(options).await,
+            Command::Bench(BenchCommand::Summary { folder }) => agentmesh::bench::summary(&folder)
+                .map(|table| {
+                    print!("{table}");
+                    0
+                }),
         }
     });
     match result {

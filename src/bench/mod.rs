@@ -7,5 +7,7 @@ mod plots;
 pub mod report;
 mod resources;
 pub mod storm;
+mod summary;
 
 pub use storm::{storm, StormOptions};
+pub use summary::summary;
