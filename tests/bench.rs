@@ -90,6 +90,15 @@ fn a_tiny_storm_writes_a_complete_report() {
         let bytes = std::fs::read(out.join(file)).unwrap();
         assert!(!bytes.is_empty(), "{file} is empty");
     }
+    let summary = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .args(["bench", "summary"])
+        .arg(directory.path())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&summary.stdout);
+    assert_eq!(summary.status.code(), Some(0), "{table}");
+    let row = "| storm | 5 | partial-mesh | 20 |";
+    assert!(table.lines().any(|line| line.starts_with(row)), "{table}");
 }
 
 #[test]

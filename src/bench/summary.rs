@@ -63,7 +63,7 @@ fn row(run: &str, report: &Value) -> String {
         100.0
     };
     let rate = match report.pointer("/config/rate").and_then(Value::as_f64) {
-        Some(rate) if rate == 0.0 => "max".to_string(),
+        Some(0.0) => "max".to_string(),
         Some(rate) => format!("{rate}"),
         None => "–".to_string(),
     };
