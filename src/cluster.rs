@@ -114,6 +114,7 @@ impl LocalCluster {
             .collect();
         let config = Arc::new(config);
         let mut nodes = Vec::with_capacity(config.nodes.len());
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_PROCESS_MAX));
         for (node, socket) in config.nodes.iter().zip(sockets) {
             let spec = NodeSpec {
                 config: config.clone(),
@@ -123,6 +124,7 @@ impl LocalCluster {
                 node_addresses: addresses.clone(),
                 socket,
                 agents_start: AgentsStart::WhenTold,
+                handshakes: Some(handshakes.clone()),
             };
             nodes.push(start_node(spec).await?);
         }
@@ -350,9 +352,14 @@ pub async fn start_single(
         node_addresses,
         socket,
         agents_start: AgentsStart::WhenNeighboursUp,
+        handshakes: None,
     };
     Ok(start_node(spec).await?)
 }
+
+/// Handshakes in progress at once across every node of a cluster in one
+/// process: they share its cores, and a few dozen keep them busy.
+const HANDSHAKES_IN_PROCESS_MAX: usize = 32;
 
 /// How a node stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]

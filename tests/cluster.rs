@@ -149,6 +149,7 @@ async fn two_nodes_and_a_test_peer() -> (Vec<NodeHandle>, SigningKey, HashMap<St
             node_addresses: addresses.clone(),
             socket: sockets.remove(id).unwrap(),
             agents_start: AgentsStart::WhenNeighboursUp,
+            handshakes: None,
         };
         nodes.push(start_node(spec).await.unwrap());
     }

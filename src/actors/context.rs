@@ -381,6 +381,9 @@ pub struct NodeContext {
     pub router_memory: Mutex<RouterMemory>,
     pub endpoint: quinn::Endpoint,
     pub certificate: crate::tls::NodeCertificate,
+    /// Bounds this node's dials that are still handshaking; nodes sharing
+    /// a process may share one, since they share its CPU.
+    pub handshakes: Arc<Semaphore>,
     /// Every node's key by id, as the TLS verifiers check them.
     pub pinned: crate::tls::PinnedKeys,
 }

@@ -84,7 +84,13 @@ pub struct NodeSpec {
     /// Already bound to this node's listen address.
     pub socket: std::net::UdpSocket,
     pub agents_start: AgentsStart,
+    /// Limits handshakes in progress across every node given the same one
+    /// (None: this node's own limit of HANDSHAKES_PER_NODE_MAX).
+    pub handshakes: Option<Arc<Semaphore>>,
 }
+
+/// Dials one node keeps handshaking at once when it has the CPU to itself.
+pub const HANDSHAKES_PER_NODE_MAX: usize = 16;
 
 /// When a node starts its agents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +205,9 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         }),
         endpoint,
         certificate,
+        handshakes: spec
+            .handshakes
+            .unwrap_or_else(|| Arc::new(Semaphore::new(HANDSHAKES_PER_NODE_MAX))),
         pinned,
     });
     let (supervisor, join) = Actor::spawn(None, NodeSupervisor, context.clone())

@@ -377,6 +377,14 @@ async fn connect(
     address: std::net::SocketAddr,
     token: &CancellationToken,
 ) -> Result<Connection, String> {
+    // Handshakes are CPU-bound: a node (or a process full of nodes) that
+    // starts thousands at once finishes none of them in time. Waiting for a
+    // turn does not count against the connect timeout.
+    let _turn = tokio::select! {
+        biased;
+        _ = token.cancelled() => return Err("cancelled".into()),
+        turn = context.handshakes.acquire() => turn.map_err(|_| "no handshakes any more".to_string())?,
+    };
     let started = Instant::now();
     let connecting = context
         .endpoint
