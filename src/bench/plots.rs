@@ -38,6 +38,20 @@ pub fn write_all(directory: &Path, report: &StormReport, latency: &Hdr<u64>) -> 
     )
 }
 
+/// A chart on `root` with `title` and room for axis labels.
+fn titled<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70);
+    builder
+}
+
 /// The fraction of deliveries at or below each latency, on a log axis.
 fn latency_cdf(path: &Path, latency: &Hdr<u64>) -> PlotResult {
     let points: Vec<(f64, f64)> = latency
@@ -50,11 +64,7 @@ fn latency_cdf(path: &Path, latency: &Hdr<u64>) -> PlotResult {
     let high = points.iter().map(|point| point.0).fold(1.0, f64::max);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Delivery latency (CDF)", ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
+    let mut chart = titled(&root, "Delivery latency (CDF)")
         .build_cartesian_2d((0.01f64..high * 1.2).log_scale(), 0f64..1f64)?;
     chart
         .configure_mesh()
@@ -76,11 +86,7 @@ fn hops(path: &Path, report: &StormReport) -> PlotResult {
     let longest = bars.iter().map(|bar| bar.0).max().unwrap_or(1);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Deliveries by hops travelled", ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+    let mut chart = titled(&root, "Deliveries by hops travelled")
         .build_cartesian_2d((0u32..longest + 1).into_segmented(), 0u64..most + most / 10)?;
     chart
         .configure_mesh()
@@ -101,12 +107,7 @@ fn over_time(path: &Path, title: &str, unit: &str, points: &[(f64, f64)]) -> Plo
     let high = points.iter().map(|point| point.1).fold(1.0, f64::max);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..end, 0f64..high * 1.15)?;
+    let mut chart = titled(&root, title).build_cartesian_2d(0f64..end, 0f64..high * 1.15)?;
     chart
         .configure_mesh()
         .x_desc("seconds into the measured window")
