@@ -9,5 +9,5 @@ for shape in full-mesh partial-mesh ring hierarchical hub-spoke sharded; do
   echo "== $shape" >&2
   ./target/release/agentmesh bench storm \
     --nodes 100 --topology "$shape" --rate 20 --duration 20s --warmup 2s \
-    --out "bench-results/topologies/$shape" "$@" > /dev/null || echo "$shape: messages lost (see its report)" >&2
+    --out "bench-results/topologies/$shape" "$@" > /dev/null || echo "$shape: refused or lost messages (see above, or its report)" >&2
 done

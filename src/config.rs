@@ -553,6 +553,9 @@ fn validate(raw: RawConfig, file: &str, base: &Path, checker: &mut Checker) -> C
     validate_membership(&raw.membership, checker);
     validate_delivery(&raw.delivery, checker);
     let agents = validate_agents(&raw.agents, &nodes, &raw.limits, checker);
+    if checker.problems.is_empty() {
+        validate_reach(&nodes, &topology, raw.cluster.seed, raw.limits.ttl, checker);
+    }
     ClusterConfig {
         source: file.to_string(),
         name: raw.cluster.name,
@@ -565,6 +568,37 @@ fn validate(raw: RawConfig, file: &str, base: &Path, checker: &mut Checker) -> C
         membership: raw.membership,
         delivery: raw.delivery,
         agents,
+    }
+}
+
+/// An overlay whose diameter exceeds the TTL cannot carry a message
+/// between its farthest nodes: refused before anything starts.
+fn validate_reach(
+    nodes: &[NodeConfig],
+    topology: &TopologyConfig,
+    seed: u64,
+    ttl: u8,
+    checker: &mut Checker,
+) {
+    let mut names: Vec<String> = nodes.iter().map(|node| node.id.clone()).collect();
+    names.sort();
+    let shape = topology.shape(names.len());
+    let overlay = crate::protocols::topology::build(shape, &names, seed);
+    let diameter = crate::protocols::topology::GraphMetrics::of(&overlay).diameter;
+    if diameter > ttl as usize {
+        let remedy = if diameter <= TTL_MAX as usize {
+            format!("raise limits.ttl to {diameter} or more, or choose")
+        } else {
+            format!("limits.ttl goes up to {TTL_MAX} only: choose")
+        };
+        checker.fail(
+            "limits.ttl",
+            format!(
+                "the {} overlay of {} nodes has a diameter of {diameter} hops, more than ttl = {ttl} lets a message travel; {remedy} a shape with shorter paths",
+                topology.kind.name(),
+                names.len()
+            ),
+        );
     }
 }
 

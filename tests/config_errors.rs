@@ -222,3 +222,22 @@ fn bad_kill_percentages_are_refused_before_anything_starts() {
         assert!(stderr.contains(reason), "--kill {value}: {stderr}");
     }
 }
+
+#[test]
+fn an_overlay_wider_than_the_ttl_is_an_error() {
+    let mut text = String::from("[cluster]\nname = \"t\"\n");
+    for index in 0..20 {
+        text += &format!(
+            "[[nodes]]\nid = \"n{index:02}\"\nlisten = \"127.0.0.1:{}\"\n",
+            7400 + index
+        );
+    }
+    let ring = format!("{text}[topology]\nkind = \"ring\"\n");
+    assert_rejected(
+        &ring,
+        "limits.ttl",
+        "diameter of 10 hops, more than ttl = 8",
+    );
+    let (code, output) = check(&format!("{ring}[limits]\nttl = 10\n"));
+    assert_eq!(code, 0, "a ttl that spans the ring is accepted: {output}");
+}
