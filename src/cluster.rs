@@ -188,13 +188,31 @@ impl LocalCluster {
         }
     }
 
+    /// Counters summed over the running nodes: [`LocalCluster::totals`]
+    /// without merging every node's histograms, cheap enough to poll.
+    pub fn counters(&self) -> CounterValues {
+        let mut counters = CounterValues::default();
+        for node in &self.nodes {
+            counters.add(&node.context.metrics.counters.values());
+        }
+        counters
+    }
+
+    /// Deliveries by hops travelled, summed over the running nodes.
+    pub fn hops(&self) -> Vec<u64> {
+        let mut hops = Vec::new();
+        for node in &self.nodes {
+            add_hops(&mut hops, node.context.metrics.hop_values());
+        }
+        hops
+    }
+
     /// Waits until everything sent was acknowledged or given up, or
     /// `limit` passes. Messages to the nodes `departed` are not waited for.
     pub async fn drain(&self, limit: Duration, departed: &[String]) {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            let totals = self.totals();
-            let counters = &totals.counters;
+            let counters = self.counters();
             let settled = counters.acknowledged + counters.lost_retries_exhausted;
             if settled + self.unsettled_to(departed) >= counters.envelopes_sent {
                 return;
@@ -383,6 +401,14 @@ pub struct Totals {
     pub connection_setup: Histogram<u64>,
 }
 
+/// Adds one node's deliveries by hops to `total`.
+fn add_hops(total: &mut Vec<u64>, hops: Vec<u64>) {
+    total.resize(total.len().max(hops.len()), 0);
+    for (total, count) in total.iter_mut().zip(hops) {
+        *total += count;
+    }
+}
+
 impl Totals {
     pub fn of<'n>(nodes: impl Iterator<Item = &'n NodeHandle>) -> Totals {
         let mut totals = Totals {
@@ -396,11 +422,7 @@ impl Totals {
         };
         for node in nodes {
             totals.counters.add(&node.context.metrics.counters.values());
-            let hops = node.context.metrics.hop_values();
-            totals.hops.resize(totals.hops.len().max(hops.len()), 0);
-            for (total, count) in totals.hops.iter_mut().zip(hops) {
-                *total += count;
-            }
+            add_hops(&mut totals.hops, node.context.metrics.hop_values());
             let histograms = node
                 .context
                 .metrics

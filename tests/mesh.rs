@@ -128,7 +128,7 @@ async fn every_pair_exactly_once_then_lose_a_node(departure: Departure) {
         "exactly once: {seen:?}"
     );
     let totals = cluster.totals();
-    let multi_hop: u64 = totals_hops(&cluster).iter().skip(2).sum();
+    let multi_hop: u64 = cluster.hops().iter().skip(2).sum();
     assert!(multi_hop > 0, "some messages travelled more than one hop");
     assert_eq!(totals.counters.lost_retries_exhausted, 0);
 
@@ -191,22 +191,9 @@ async fn every_pair_exactly_once_then_lose_a_node(departure: Departure) {
         counters.dropped_no_route,
         counters.dropped_queue_full,
         counters.dropped_duplicate,
-        totals_hops(&cluster)
+        cluster.hops()
     );
     cluster.shutdown().await;
-}
-
-fn totals_hops(cluster: &LocalCluster) -> Vec<u64> {
-    let mut hops = Vec::new();
-    for node in &cluster.nodes {
-        for (index, count) in node.context.metrics.hop_values().into_iter().enumerate() {
-            if hops.len() <= index {
-                hops.resize(index + 1, 0);
-            }
-            hops[index] += count;
-        }
-    }
-    hops
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

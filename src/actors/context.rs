@@ -149,33 +149,29 @@ impl PeerTable {
     /// Queues a frame of traffic for `peer` without waiting; it tells the
     /// peer this node is alive, so the link needs no heartbeat for a while.
     pub fn try_send(&self, peer: &str, frame: OutboundFrame) -> Result<(), SendError> {
-        let (queue, activity) = match self.links.get(peer) {
-            Some(link) => (link.queue.clone(), link.activity.clone()),
-            None => return Err(SendError::PeerDown(peer.to_string())),
-        };
-        Self::queue(peer, &queue, frame)?;
-        activity.sent_now();
-        Ok(())
+        self.queue(peer, frame, true)
     }
 
     /// Queues a heartbeat or membership frame for `peer` without waiting;
     /// unlike [`PeerTable::try_send`], it does not count as traffic.
     pub fn try_send_control(&self, peer: &str, frame: OutboundFrame) -> Result<(), SendError> {
-        match self.links.get(peer) {
-            Some(link) => Self::queue(peer, &link.queue.clone(), frame),
-            None => Err(SendError::PeerDown(peer.to_string())),
-        }
+        self.queue(peer, frame, false)
     }
 
-    fn queue(
-        peer: &str,
-        queue: &mpsc::Sender<OutboundFrame>,
-        frame: OutboundFrame,
-    ) -> Result<(), SendError> {
-        queue.try_send(frame).map_err(|error| match error {
+    /// Never waits, so holding the table's read guard meanwhile is fine.
+    fn queue(&self, peer: &str, frame: OutboundFrame, traffic: bool) -> Result<(), SendError> {
+        let link = self
+            .links
+            .get(peer)
+            .ok_or_else(|| SendError::PeerDown(peer.to_string()))?;
+        link.queue.try_send(frame).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => SendError::QueueFull(peer.to_string()),
             mpsc::error::TrySendError::Closed(_) => SendError::PeerDown(peer.to_string()),
-        })
+        })?;
+        if traffic {
+            link.activity.sent_now();
+        }
+        Ok(())
     }
 
     pub fn insert(&self, peer: &str, link: PeerLink) {

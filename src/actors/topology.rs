@@ -99,9 +99,8 @@ pub struct TopologyState {
     evidence_seen_micros: HashMap<String, u64>,
     last_tick_micros: u64,
     /// Membership changes not passed on yet, by member, with the
-    /// neighbour each came from.
+    /// neighbour each came from. A Spread message is due while not empty.
     unspread: BTreeMap<String, (MemberRecord, Option<String>)>,
-    spread_scheduled: bool,
     myself: ActorRef<TopologyMsg>,
     _ticker: Ticker,
 }
@@ -141,7 +140,6 @@ impl Actor for TopologyActor {
             evidence_seen_micros: HashMap::new(),
             last_tick_micros: 0,
             unspread: BTreeMap::new(),
-            spread_scheduled: false,
             myself: myself.clone(),
             _ticker: ticker,
         };
@@ -301,6 +299,7 @@ impl TopologyState {
             return;
         }
         let counters = &self.context.metrics.counters;
+        let schedule_spread = self.unspread.is_empty();
         for record in changed {
             NodeMetrics::count(&counters.membership_changes);
             if record.status == Status::Dead {
@@ -318,8 +317,7 @@ impl TopologyState {
             self.unspread
                 .insert(record.node.clone(), (record.clone(), source));
         }
-        if !self.spread_scheduled {
-            self.spread_scheduled = true;
+        if schedule_spread {
             let delay = Duration::from_millis(SPREAD_DELAY_MS);
             self.myself.send_after(delay, || TopologyMsg::Spread);
         }
@@ -328,7 +326,6 @@ impl TopologyState {
 
     /// Sends the queued membership changes, one frame per neighbour.
     fn flush_spread(&mut self) {
-        self.spread_scheduled = false;
         let unspread = std::mem::take(&mut self.unspread);
         for peer in self.context.peers.connected() {
             let records: Vec<MemberRecord> = unspread

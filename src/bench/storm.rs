@@ -228,15 +228,15 @@ async fn measure(cluster: &LocalCluster, options: &StormOptions) -> Window {
             .expect("metrics lock is never poisoned");
         histograms.reset_latency();
     }
-    let start = cluster.totals();
+    let (start, hops_start) = (cluster.counters(), cluster.hops());
     let cpu_start = resources::cpu_time();
     let started = Instant::now();
     let mut samples = Vec::new();
-    let mut previous = (Instant::now(), start.counters.envelopes_delivered);
+    let mut previous = (Instant::now(), start.envelopes_delivered);
     while started.elapsed() < options.duration {
         let left = options.duration.saturating_sub(started.elapsed());
         tokio::time::sleep(left.min(Duration::from_secs(1))).await;
-        let delivered = cluster.totals().counters.envelopes_delivered;
+        let delivered = cluster.counters().envelopes_delivered;
         let rate = delivered.saturating_sub(previous.1) as f64
             / previous.0.elapsed().as_secs_f64().max(1e-3);
         previous = (Instant::now(), delivered);
@@ -251,16 +251,16 @@ async fn measure(cluster: &LocalCluster, options: &StormOptions) -> Window {
     }
     bar.finish_and_clear();
     let duration = started.elapsed();
-    let end = cluster.totals();
+    let end = cluster.counters();
     Window {
         duration,
         cpu: resources::cpu_time()
             .zip(cpu_start)
             .map(|(end, start)| end.saturating_sub(start)),
-        hops_start: start.hops.clone(),
-        hops_end: end.hops.clone(),
-        start: start.counters,
-        end: end.counters,
+        hops_start,
+        hops_end: cluster.hops(),
+        start,
+        end,
         samples,
     }
 }

@@ -174,10 +174,7 @@ async fn show_progress(cluster: &LocalCluster, load: &Load, until: Duration) -> 
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let started = load.started;
-    let mut previous = (
-        Instant::now(),
-        cluster.totals().counters.envelopes_delivered,
-    );
+    let mut previous = (Instant::now(), cluster.counters().envelopes_delivered);
     let mut last_line = Instant::now();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
