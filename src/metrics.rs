@@ -120,25 +120,27 @@ counters! {
 pub struct Histograms {
     /// From the origin's signing to delivery to the agent.
     pub delivery_latency_micros: Histogram<u64>,
-    /// From dialing to a connection ready for streams.
+    /// From dialing to a connection ready for streams (two significant
+    /// digits: a node has few).
     pub connection_setup_micros: Histogram<u64>,
     /// Delivery latency by hops travelled (index h: h hops), coarser (two
-    /// significant digits, at most a minute) to keep them small.
+    /// significant digits, at most a minute) to keep them small, and made
+    /// only up to the longest path seen: a three-digit histogram is about
+    /// 190 KB, one per possible hop count would be most of a node's memory.
     pub latency_by_hops_micros: Vec<Histogram<u64>>,
+}
+
+fn coarse_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 2).expect("static bounds are valid")
 }
 
 impl Default for Histograms {
     fn default() -> Histograms {
-        let histogram =
-            || Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid");
-        let coarse =
-            || Histogram::new_with_bounds(1, 60_000_000, 2).expect("static bounds are valid");
         Histograms {
-            delivery_latency_micros: histogram(),
-            connection_setup_micros: histogram(),
-            latency_by_hops_micros: (0..crate::protocols::wire::limits::PATH_NODES_MAX)
-                .map(|_| coarse())
-                .collect(),
+            delivery_latency_micros: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("static bounds are valid"),
+            connection_setup_micros: coarse_histogram(),
+            latency_by_hops_micros: Vec::new(),
         }
     }
 }
@@ -198,8 +200,12 @@ impl NodeMetrics {
         histograms
             .delivery_latency_micros
             .saturating_record(micros.max(1));
-        if let Some(by_hops) = histograms.latency_by_hops_micros.get_mut(hops as usize) {
-            by_hops.saturating_record(micros.clamp(1, 60_000_000));
+        let by_hops = &mut histograms.latency_by_hops_micros;
+        if (hops as usize) < crate::protocols::wire::limits::PATH_NODES_MAX {
+            while by_hops.len() <= hops as usize {
+                by_hops.push(coarse_histogram());
+            }
+            by_hops[hops as usize].saturating_record(micros.clamp(1, 60_000_000));
         }
     }
 

@@ -45,19 +45,21 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The keys a node accepts, each with the node id it belongs to.
+/// The keys a node accepts, each with the node id it belongs to. Cheap to
+/// clone: the TLS configs of every node in a process share one table.
 #[derive(Clone, Debug, Default)]
 pub struct PinnedKeys {
-    by_key: HashMap<[u8; 32], String>,
+    by_key: Arc<HashMap<[u8; 32], String>>,
 }
 
 impl PinnedKeys {
     pub fn new(keys: impl IntoIterator<Item = (String, VerifyingKey)>) -> PinnedKeys {
         PinnedKeys {
-            by_key: keys
-                .into_iter()
-                .map(|(id, key)| (key.to_bytes(), id))
-                .collect(),
+            by_key: Arc::new(
+                keys.into_iter()
+                    .map(|(id, key)| (key.to_bytes(), id))
+                    .collect(),
+            ),
         }
     }
 

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentmesh::actors::directory::Directory;
 use agentmesh::actors::node::{start_node, AgentsStart, NodeHandle, NodeSpec};
 use agentmesh::actors::transport::{quic_client_config, CLOSE_MALFORMED_FRAME};
 use agentmesh::cluster::LocalCluster;
@@ -139,14 +140,14 @@ async fn two_nodes_and_a_test_peer() -> (Vec<NodeHandle>, SigningKey, HashMap<St
         addresses.insert(id.to_string(), socket.local_addr().unwrap());
         sockets.insert(id.to_string(), socket);
     }
+    let directory = Arc::new(Directory::new(&config, node_keys, addresses));
     let mut nodes = Vec::new();
     for id in ["b1", "c2"] {
         let spec = NodeSpec {
             config: config.clone(),
             node_id: id.into(),
             key: keys[id].clone(),
-            node_keys: node_keys.clone(),
-            node_addresses: addresses.clone(),
+            directory: directory.clone(),
             socket: sockets.remove(id).unwrap(),
             agents_start: AgentsStart::WhenNeighboursUp,
             handshakes: None,

@@ -146,7 +146,8 @@ async fn every_pair_exactly_once_then_lose_a_node(departure: Departure) {
         || {
             cluster.nodes.iter().all(|node| {
                 let view = node.context.routing_view();
-                !view.overlay.contains(STOPPED) && view.overlay.node_count() == NODES - 1
+                !view.frame.overlay.contains(STOPPED)
+                    && view.frame.overlay.node_count() == NODES - 1
             })
         },
     )
@@ -158,7 +159,7 @@ async fn every_pair_exactly_once_then_lose_a_node(departure: Departure) {
     for node in &cluster.nodes {
         let view = node.context.routing_view();
         let table = view.table.as_ref().expect("a live node routes");
-        let reachable = table.routes.iter().filter(|route| route.is_some()).count();
+        let reachable = table.reachable();
         assert_eq!(
             reachable,
             NODES - 2,

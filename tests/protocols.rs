@@ -306,6 +306,42 @@ fn views_converge_and_rumours_of_death_are_refuted() {
 }
 
 #[test]
+fn a_newer_incarnation_at_the_same_status_is_kept_but_not_spread() {
+    let all = names(3);
+    let mut a = Membership::new("n000", 1, &all, detector_config());
+    let b = Membership::new("n001", 7, &all, detector_config());
+    // Every node starts knowing the others at incarnation 0; views that
+    // agree on who is alive have the same digest whatever they know of
+    // incarnations, so starting nodes exchange nothing.
+    assert_eq!(
+        a.digest(),
+        Membership::new("n002", 3, &all, detector_config()).digest()
+    );
+    let digest = a.digest();
+    assert!(a.heartbeat(5, "n001", 7).is_none(), "not news to pass on");
+    assert_eq!(a.digest(), digest);
+    // The incarnation is kept: the same life's death outranks it, an older
+    // life's does not.
+    let stale = MemberRecord {
+        node: "n001".into(),
+        incarnation: 6,
+        status: Status::Dead,
+    };
+    assert!(a.merge(&[stale]).is_empty());
+    let dead = MemberRecord {
+        node: "n001".into(),
+        incarnation: 7,
+        status: Status::Dead,
+    };
+    assert_eq!(a.merge(std::slice::from_ref(&dead)), [dead]);
+    assert_ne!(
+        a.digest(),
+        b.digest(),
+        "views that differ on a status differ"
+    );
+}
+
+#[test]
 fn a_restarted_node_rejoins_with_its_new_incarnation() {
     let all = names(2);
     let mut view = Membership::new("n000", 1, &all, detector_config());
@@ -433,6 +469,29 @@ fn acknowledged_messages_leave_and_unacknowledged_ones_are_retried_then_given_up
     assert!(polled.retransmit.is_empty());
     assert_eq!(polled.exhausted.len(), 1);
     assert_eq!(sender.inflight(), 0);
+}
+
+#[test]
+fn a_first_message_to_a_new_destination_waits_as_long_as_round_trips_elsewhere_take() {
+    let mut sender = ReliableSender::new(sender_config(), 0);
+    // Acknowledgements from "b" take 600 ms.
+    for at in 0..4u64 {
+        let sent = at * 1_000;
+        let sequence = sender.send(sent, "b", |s| s).unwrap();
+        let range = AckRange {
+            first: sequence,
+            count: 1,
+        };
+        assert_eq!(sender.acknowledge(sent + 600, "b", &[range]).len(), 1);
+    }
+    // "c" has never answered: its first message waits like "b"'s do
+    // (within the 1 s ceiling), not the 100 ms floor.
+    sender.send(10_000, "c", |s| s).unwrap();
+    assert!(sender.poll_due(10_599, 10).retransmit.is_empty());
+    assert_eq!(
+        sender.poll_due(11_000, 10).retransmit,
+        [("c".to_string(), 0)]
+    );
 }
 
 #[test]

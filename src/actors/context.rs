@@ -3,7 +3,6 @@
 //! metrics. The node supervisor creates it once; restarts reuse it.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -245,33 +244,29 @@ impl RouterMemory {
     }
 }
 
-/// The live overlay and link weights the router routes by.
-pub struct RoutingView {
+/// Link weights in microseconds by overlay indices (lower first). A fast
+/// hasher: a routing table looks up every overlay edge.
+pub type LinkWeights = rustc_hash::FxHashMap<(usize, usize), u64>;
+
+/// The live overlay and what follows from it alone, from this node: its
+/// index, hop counts, and the map between overlay and wire indices.
+/// Computed when the overlay changes and shared by every routing view
+/// published until the next change.
+#[derive(Debug)]
+pub struct OverlayFrame {
     pub overlay: Overlay,
     /// This node's index in `overlay`.
     pub me: Option<usize>,
     /// Fewest hops from this node to each overlay node (usize::MAX: none).
     pub hops_from_me: Vec<usize>,
-    pub table: Option<RoutingTable>,
-    /// Link weights in microseconds, by overlay indices (lower first).
-    pub weights: HashMap<(usize, usize), u64>,
-    /// Weight of a link nobody has measured yet.
-    pub default_weight: u64,
     /// Overlay index of each node index on the wire (sorted node list).
     pub overlay_of_wire: Vec<Option<usize>>,
     /// Wire index of each overlay index.
     pub wire_of_overlay: Vec<u16>,
 }
 
-impl RoutingView {
-    /// The view of `overlay` from `me`, with `weights` by overlay indices.
-    pub fn new(
-        overlay: Overlay,
-        me: &str,
-        node_names: &[String],
-        weights: HashMap<(usize, usize), u64>,
-        default_weight: u64,
-    ) -> RoutingView {
+impl OverlayFrame {
+    pub fn new(overlay: Overlay, me: &str, node_names: &[String]) -> OverlayFrame {
         let overlay_of_wire = node_names
             .iter()
             .map(|name| overlay.index_of(name))
@@ -288,19 +283,38 @@ impl RoutingView {
             .collect();
         let me = overlay.index_of(me);
         let hops_from_me = me.map_or_else(Vec::new, |me| hops_from(&overlay, me));
-        let mut view = RoutingView {
+        OverlayFrame {
+            overlay,
             me,
             hops_from_me,
-            overlay,
+            overlay_of_wire,
+            wire_of_overlay,
+        }
+    }
+}
+
+/// The live overlay and link weights the router routes by.
+pub struct RoutingView {
+    pub frame: Arc<OverlayFrame>,
+    pub table: Option<RoutingTable>,
+    /// Link weights in microseconds, by overlay indices (lower first).
+    pub weights: LinkWeights,
+    /// Weight of a link nobody has measured yet.
+    pub default_weight: u64,
+}
+
+impl RoutingView {
+    /// Routes over `frame`'s overlay with `weights` by overlay indices.
+    pub fn new(frame: Arc<OverlayFrame>, weights: LinkWeights, default_weight: u64) -> RoutingView {
+        let mut view = RoutingView {
+            frame,
             table: None,
             weights,
             default_weight: default_weight.max(1),
-            overlay_of_wire,
-            wire_of_overlay,
         };
-        if let Some(me) = view.me {
+        if let Some(me) = view.frame.me {
             view.table = Some(crate::protocols::routing::compute(
-                &view.overlay,
+                &view.frame.overlay,
                 me,
                 |a, b| view.weight(a, b),
             ));
@@ -320,14 +334,14 @@ impl RoutingView {
 
 impl OriginKeys for NodeContext {
     fn verifying_key(&self, origin: &str) -> Option<&VerifyingKey> {
-        self.node_keys.get(origin)
+        self.directory.node_keys.get(origin)
     }
 
     fn pair_key(&self, origin: &str) -> Option<Arc<PairKey>> {
         if let Some(key) = self.pair_keys.get(origin) {
             return Some(key.clone());
         }
-        let other = self.node_keys.get(origin)?;
+        let other = self.directory.node_keys.get(origin)?;
         let key = Arc::new(PairKey::derive(&self.key, &self.node_id, other, origin));
         self.pair_keys.insert(origin.to_string(), key.clone());
         Some(key)
@@ -339,13 +353,10 @@ pub struct NodeContext {
     pub node_id: String,
     /// This life of the node: its boot time in unix microseconds.
     pub incarnation: u64,
-    /// Every configured node id, sorted; a node's index here is how paths
-    /// name it on the wire.
-    pub node_names: Vec<String>,
-    pub node_index: HashMap<String, u16>,
+    /// Names, wire indices, keys and addresses of every node, which node
+    /// hosts each agent, and the base overlay.
+    pub directory: Arc<super::directory::Directory>,
     pub key: SigningKey,
-    /// Every node's key, this one's included.
-    pub node_keys: HashMap<String, VerifyingKey>,
     /// Keys this node shares with others, derived on first use (a
     /// Diffie–Hellman each), for acknowledgement MACs.
     pub pair_keys: DashMap<String, Arc<PairKey>>,
@@ -353,10 +364,6 @@ pub struct NodeContext {
     /// Set when the node shuts down for good: connections then close
     /// telling peers it is leaving.
     pub leaving: std::sync::atomic::AtomicBool,
-    /// Where every node listens, this one's included.
-    pub node_addresses: HashMap<String, SocketAddr>,
-    /// Which node hosts each agent.
-    pub agent_nodes: HashMap<String, String>,
     pub metrics: Arc<NodeMetrics>,
     pub peers: PeerTable,
     pub agents: DashMap<String, AgentHandle>,
@@ -380,8 +387,6 @@ pub struct NodeContext {
     /// Bounds this node's dials that are still handshaking; nodes sharing
     /// a process may share one, since they share its CPU.
     pub handshakes: Arc<Semaphore>,
-    /// Every node's key by id, as the TLS verifiers check them.
-    pub pinned: crate::tls::PinnedKeys,
 }
 
 impl NodeContext {

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! NodeSupervisor ──┬─ Transport ─ quinn endpoint, one connection per neighbour
-//!                  ├─ Topology  ─ chooses the neighbours (full mesh here)
+//!                  ├─ Topology  ─ membership, the overlay, the routing view
 //!                  ├─ Router    ─ signs, sends, verifies, de-duplicates, delivers
 //!                  └─ AgentSupervisor ─ Agent × n (behaviour chosen by name)
 //!
@@ -18,6 +18,7 @@
 
 pub mod agent;
 pub mod context;
+pub mod directory;
 pub mod node;
 pub mod router;
 pub mod supervisor;

@@ -16,13 +16,12 @@
 //! running it reports the failure and exits non-zero.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::Semaphore;
@@ -30,10 +29,13 @@ use tokio::sync::Semaphore;
 use crate::config::ClusterConfig;
 use crate::metrics::NodeMetrics;
 use crate::protocols::delivery::{ReliableSender, SenderConfig};
-use crate::tls::{NodeCertificate, PinnedKeys};
+use crate::tls::NodeCertificate;
 
 use super::agent::{AgentSupervisor, AgentSupervisorMsg};
-use super::context::{unix_micros, NodeContext, PeerTable, RouterMemory, RoutingView, Slot};
+use super::context::{
+    unix_micros, NodeContext, OverlayFrame, PeerTable, RouterMemory, RoutingView, Slot,
+};
+use super::directory::Directory;
 use super::router::Router;
 use super::supervisor::Children;
 use super::topology::TopologyActor;
@@ -79,8 +81,9 @@ pub struct NodeSpec {
     pub config: Arc<ClusterConfig>,
     pub node_id: String,
     pub key: SigningKey,
-    pub node_keys: HashMap<String, VerifyingKey>,
-    pub node_addresses: HashMap<String, SocketAddr>,
+    /// What this node knows of the whole cluster; nodes of one process
+    /// share it.
+    pub directory: Arc<Directory>,
     /// Already bound to this node's listen address.
     pub socket: std::net::UdpSocket,
     pub agents_start: AgentsStart,
@@ -125,8 +128,8 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
     };
     crate::tls::install_crypto_provider();
     let certificate = NodeCertificate::new(&spec.key).map_err(|error| fail(error.to_string()))?;
-    let pinned = PinnedKeys::new(spec.node_keys.iter().map(|(id, key)| (id.clone(), *key)));
-    let server = quic_server_config(&certificate, pinned.clone(), &spec.config.transport)
+    let pinned = spec.directory.pinned.clone();
+    let server = quic_server_config(&certificate, pinned, &spec.config.transport)
         .map_err(|error| fail(error.to_string()))?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -135,26 +138,16 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(|error| fail(format!("cannot open the QUIC endpoint: {error}")))?;
-    let agent_nodes = spec
-        .config
-        .agents
-        .iter()
-        .map(|agent| (agent.name.clone(), agent.node.clone()))
-        .collect();
-    let mut node_names: Vec<String> = spec.config.nodes.iter().map(|n| n.id.clone()).collect();
-    node_names.sort();
-    let node_index = node_names
-        .iter()
-        .enumerate()
-        .map(|(index, name)| (name.clone(), index as u16))
-        .collect();
     // Empty until the topology actor, which starts before the transport and
     // the agents, publishes the overlay.
-    let routing = RoutingView::new(
+    let frame = OverlayFrame::new(
         crate::protocols::topology::Overlay::default(),
         &spec.node_id,
-        &node_names,
-        HashMap::new(),
+        &spec.directory.node_names,
+    );
+    let routing = RoutingView::new(
+        Arc::new(frame),
+        Default::default(),
         DEFAULT_LINK_WEIGHT_MICROS,
     );
     // Starting at the wall clock keeps a restarted process's incarnation and
@@ -178,15 +171,11 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         config: spec.config,
         node_id: spec.node_id,
         incarnation,
-        node_names,
-        node_index,
+        directory: spec.directory,
         key: spec.key,
-        node_keys: spec.node_keys,
         pair_keys: DashMap::new(),
         agents_start: spec.agents_start,
         leaving: AtomicBool::new(false),
-        node_addresses: spec.node_addresses,
-        agent_nodes,
         metrics: Arc::new(NodeMetrics::default()),
         peers: PeerTable::default(),
         agents: DashMap::new(),
@@ -208,7 +197,6 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         handshakes: spec
             .handshakes
             .unwrap_or_else(|| Arc::new(Semaphore::new(HANDSHAKES_PER_NODE_MAX))),
-        pinned,
     });
     let (supervisor, join) = Actor::spawn(None, NodeSupervisor, context.clone())
         .await

@@ -222,7 +222,12 @@ fn accept(context: &NodeContext, mut message: OutboundMessage) {
             error,
         );
     };
-    let Some(node) = context.agent_nodes.get(&message.destination_agent).cloned() else {
+    let Some(node) = context
+        .directory
+        .agent_nodes
+        .get(&message.destination_agent)
+        .cloned()
+    else {
         NodeMetrics::count(&counters.refused_no_route);
         return refuse(
             SendError::NoRoute(message.destination_agent.clone()),
@@ -268,7 +273,7 @@ fn accept(context: &NodeContext, mut message: OutboundMessage) {
 /// refused at once rather than retried until it runs out of retries.
 fn node_thought_live(context: &NodeContext, node: &str) -> bool {
     let view = context.routing_view();
-    view.me.is_none() || view.overlay.index_of(node).is_some()
+    view.frame.me.is_none() || view.frame.overlay.index_of(node).is_some()
 }
 
 fn sign(context: &NodeContext, message: &OutboundMessage, sequence: u64) -> Envelope {
@@ -304,8 +309,10 @@ fn transmit(context: &NodeContext, mut envelope: Envelope, destination_node: &st
         return arrive(context, vec![envelope], false);
     }
     let view = context.routing_view();
-    let link_up = |next: usize| context.peers.is_connected(view.overlay.name(next));
-    let (Some(me), Some(destination)) = (view.me, view.overlay.index_of(destination_node)) else {
+    let link_up = |next: usize| context.peers.is_connected(view.frame.overlay.name(next));
+    let (Some(me), Some(destination)) =
+        (view.frame.me, view.frame.overlay.index_of(destination_node))
+    else {
         return NodeMetrics::count(&counters.dropped_no_route);
     };
     let planned = view
@@ -313,10 +320,10 @@ fn transmit(context: &NodeContext, mut envelope: Envelope, destination_node: &st
         .as_ref()
         .and_then(|table| table.route(destination))
         .filter(|route| link_up(route.next_hop))
-        .map(|route| route.path.clone());
+        .map(|route| route.path);
     let path = planned.or_else(|| {
         routing::path_avoiding(
-            &view.overlay,
+            &view.frame.overlay,
             me,
             destination,
             &[me],
@@ -333,7 +340,7 @@ fn transmit(context: &NodeContext, mut envelope: Envelope, destination_node: &st
     envelope.hop_count = 0;
     envelope.path = path
         .iter()
-        .map(|&index| view.wire_of_overlay[index])
+        .map(|&index| view.frame.wire_of_overlay[index])
         .collect();
     send_hop(context, &view, envelope, path[1]);
 }
@@ -348,7 +355,7 @@ fn send_hop(context: &NodeContext, view: &RoutingView, mut envelope: Envelope, n
     };
     let bytes = encode_frame(&Frame::Envelope(envelope));
     let length = bytes.len() as u64;
-    let peer = view.overlay.name(next);
+    let peer = view.frame.overlay.name(next);
     match context.peers.try_send(peer, (class, bytes.into())) {
         Ok(()) => {
             NodeMetrics::count(&counters.frames_sent);
@@ -364,8 +371,9 @@ fn send_hop(context: &NodeContext, view: &RoutingView, mut envelope: Envelope, n
 /// The node an envelope is going to, if it names one this cluster has.
 fn destination_node<'c>(context: &'c NodeContext, envelope: &'c Envelope) -> Option<&'c str> {
     match &envelope.signed.destination {
-        Destination::Agent(agent) => context.agent_nodes.get(agent).map(String::as_str),
+        Destination::Agent(agent) => context.directory.agent_nodes.get(agent).map(String::as_str),
         Destination::Node(node) => context
+            .directory
             .node_index
             .contains_key(node)
             .then_some(node.as_str()),
@@ -397,14 +405,15 @@ pub fn pass_on_transit(context: &NodeContext, envelopes: Vec<Envelope>) -> Vec<E
 /// Passes a transit envelope on along its path, or a detour.
 fn forward(context: &NodeContext, view: &RoutingView, mut envelope: Envelope, node: &str) {
     let counters = &context.metrics.counters;
-    let (Some(me), Some(destination)) = (view.me, view.overlay.index_of(node)) else {
+    let (Some(me), Some(destination)) = (view.frame.me, view.frame.overlay.index_of(node)) else {
         return NodeMetrics::count(&counters.dropped_no_route);
     };
     let known: Vec<usize> = envelope
         .path
         .iter()
         .map(|&wire| {
-            view.overlay_of_wire
+            view.frame
+                .overlay_of_wire
                 .get(wire as usize)
                 .copied()
                 .flatten()
@@ -418,8 +427,13 @@ fn forward(context: &NodeContext, view: &RoutingView, mut envelope: Envelope, no
         hops: envelope.hop_count as usize,
         ttl: envelope.signed.ttl as usize,
     };
-    let link_up = |next: usize| context.peers.is_connected(view.overlay.name(next));
-    match routing::next_step(&view.overlay, position, |a, b| view.weight(a, b), link_up) {
+    let link_up = |next: usize| context.peers.is_connected(view.frame.overlay.name(next));
+    match routing::next_step(
+        &view.frame.overlay,
+        position,
+        |a, b| view.weight(a, b),
+        link_up,
+    ) {
         Step::Forward { path } => {
             let next = path[envelope.hop_count as usize + 1];
             envelope.path = wire_path(view, &envelope.path, &known, &path);
@@ -440,7 +454,7 @@ fn wire_path(view: &RoutingView, old_wire: &[u16], known: &[usize], path: &[usiz
         .enumerate()
         .map(|(position, &index)| match known.get(position) {
             Some(&old) if old == index && index == usize::MAX => old_wire[position],
-            _ => view.wire_of_overlay[index],
+            _ => view.frame.wire_of_overlay[index],
         })
         .collect()
 }
@@ -586,9 +600,10 @@ fn hand_over(context: &NodeContext, envelope: Envelope) {
 
     let view = context.routing_view();
     let shortest = view
+        .frame
         .overlay
         .index_of(&origin)
-        .and_then(|origin| view.hops_from_me.get(origin));
+        .and_then(|origin| view.frame.hops_from_me.get(origin));
     if shortest == Some(&(hops as usize)) {
         NodeMetrics::count(&counters.delivered_on_shortest_path);
     }

@@ -25,11 +25,13 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::metrics::NodeMetrics;
 use crate::protocols::membership::{MemberRecord, Membership, Status};
 use crate::protocols::routing::LinkLatency;
-use crate::protocols::topology::{Overlay, Topology};
+use crate::protocols::topology::Overlay;
 use crate::protocols::wire::codec::MEMBER_RECORDS_MAX;
 use crate::protocols::wire::{encode_frame, Frame, Heartbeat, TrafficClass};
 
-use super::context::{monotonic_micros, monotonic_ms, NodeContext, RoutingView, Ticker};
+use super::context::{
+    monotonic_micros, monotonic_ms, LinkWeights, NodeContext, OverlayFrame, RoutingView, Ticker,
+};
 use super::node::DEFAULT_LINK_WEIGHT_MICROS;
 use super::transport::TransportMsg;
 
@@ -43,6 +45,13 @@ const ROUTES_REFRESH_MS: u64 = 1_000;
 /// it this node is alive: heartbeats carry round-trip samples, link reports
 /// and view digests.
 const ROUND_TRIP_SAMPLE_MS: u64 = 1_000;
+
+/// How far a link's weight must move before the routes are computed
+/// again: an eighth of the weight, and at least this much. Smaller moves
+/// change no route that matters next to HOP_COST_MICROS, and skipping them
+/// keeps a thousand nodes in one process from spending a core on tables
+/// that come out the same.
+const WEIGHT_CHANGE_MIN_MICROS: u64 = 200;
 
 /// How long membership changes wait to be passed on with others.
 const SPREAD_DELAY_MS: u64 = 20;
@@ -74,7 +83,6 @@ pub struct TopologyActor;
 
 pub struct TopologyState {
     context: Arc<NodeContext>,
-    topology: Topology,
     membership: Membership,
     live: BTreeSet<String>,
     overlay: Overlay,
@@ -91,8 +99,14 @@ pub struct TopologyState {
     /// dead: only these are judged, so a link still being set up on a
     /// loaded machine is not mistaken for a dead node.
     linked: BTreeSet<String>,
-    /// When the routing view was last published.
+    /// When the routing view was last looked at for a refresh.
     routes_published_ms: Option<u64>,
+    /// The link weights (and the default weight) the published routing
+    /// view was computed with; None when the overlay changed since.
+    routes_weights: Option<(LinkWeights, u64)>,
+    /// What the current overlay alone determines for routing; None when
+    /// the overlay changed since it was made.
+    frame: Option<Arc<OverlayFrame>>,
     /// Per neighbour: when this node last heartbeat it.
     heartbeat_sent_micros: HashMap<String, u64>,
     /// Per neighbour: the last frame arrival already taken as evidence.
@@ -117,16 +131,14 @@ impl Actor for TopologyActor {
     ) -> Result<TopologyState, ActorProcessingErr> {
         context.topology.set(Some(myself.clone()));
         let config = &context.config;
-        let names = context.node_names.clone();
-        let topology = Topology::new(config.topology.shape(names.len()), &names, config.seed);
+        let names = &context.directory.node_names;
         let detector = config.membership;
-        let membership = Membership::new(&context.node_id, context.incarnation, &names, detector);
+        let membership = Membership::new(&context.node_id, context.incarnation, names, detector);
         let every = Duration::from_millis(config.membership.heartbeat_interval_ms);
         let ticker = Ticker::new(myself.send_interval(every, || TopologyMsg::Tick));
         let mut state = TopologyState {
             live: names.iter().cloned().collect(),
-            overlay: topology.base().clone(),
-            topology,
+            overlay: context.directory.topology.base().clone(),
             membership,
             context,
             published: None,
@@ -136,6 +148,8 @@ impl Actor for TopologyActor {
             view_sent_micros: HashMap::new(),
             linked: BTreeSet::new(),
             routes_published_ms: None,
+            routes_weights: None,
+            frame: None,
             heartbeat_sent_micros: HashMap::new(),
             evidence_seen_micros: HashMap::new(),
             last_tick_micros: 0,
@@ -355,7 +369,7 @@ impl TopologyState {
             .round_trips
             .iter()
             .filter_map(|(peer, latency)| {
-                let index = *self.context.node_index.get(peer)?;
+                let index = *self.context.directory.node_index.get(peer)?;
                 let micros = latency.estimate()?;
                 Some((index, micros.min(u32::MAX as u64) as u32))
             })
@@ -370,12 +384,16 @@ impl TopologyState {
         let live = self.membership.live();
         let overlay_changed = live != self.live;
         if overlay_changed {
-            self.overlay = self.topology.overlay_for(&live);
+            self.overlay = self.context.directory.topology.overlay_for(&live);
             self.live = live;
+            self.routes_weights = None;
+            self.frame = None;
         }
         let me = self.context.node_id.clone();
         let neighbours = self.overlay.neighbours_of(&me);
         let probes: Vec<String> = self
+            .context
+            .directory
             .topology
             .base()
             .neighbours_of(&me)
@@ -414,7 +432,7 @@ impl TopologyState {
         self.routes_published_ms = Some(monotonic_ms());
         let overlay = &self.overlay;
         let me = &self.context.node_id;
-        let mut weights = HashMap::new();
+        let mut weights = LinkWeights::default();
         let mut own: Vec<u64> = Vec::new();
         let mut put = |a: &str, b: &str, micros: u64| {
             if let (Some(a), Some(b)) = (overlay.index_of(a), overlay.index_of(b)) {
@@ -423,7 +441,7 @@ impl TopologyState {
         };
         for (reporter, links) in &self.reported {
             for &(index, micros) in links {
-                if let Some(other) = self.context.node_names.get(index as usize) {
+                if let Some(other) = self.context.directory.node_names.get(index as usize) {
                     put(reporter, other, u64::from(micros));
                 }
             }
@@ -440,17 +458,40 @@ impl TopologyState {
             .get(own.len() / 2)
             .copied()
             .unwrap_or(DEFAULT_LINK_WEIGHT_MICROS);
-        let view = RoutingView::new(
-            overlay.clone(),
-            me,
-            &self.context.node_names,
-            weights,
-            default_weight,
-        );
+        let unchanged =
+            self.routes_weights
+                .as_ref()
+                .is_some_and(|(published, published_default)| {
+                    !weight_moved(*published_default, default_weight)
+                        && published.len() == weights.len()
+                        && weights.iter().all(|(link, &micros)| {
+                            published
+                                .get(link)
+                                .is_some_and(|&before| !weight_moved(before, micros))
+                        })
+                });
+        if unchanged {
+            return;
+        }
+        self.routes_weights = Some((weights.clone(), default_weight));
+        let frame = self
+            .frame
+            .get_or_insert_with(|| {
+                let names = &self.context.directory.node_names;
+                Arc::new(OverlayFrame::new(self.overlay.clone(), me, names))
+            })
+            .clone();
+        let view = RoutingView::new(frame, weights, default_weight);
         *self
             .context
             .routing
             .write()
             .expect("routing lock is never poisoned") = Arc::new(view);
     }
+}
+
+/// Whether a link weight moved enough from `before` to `now` to compute
+/// the routes again.
+fn weight_moved(before: u64, now: u64) -> bool {
+    before.abs_diff(now) > (before / 8).max(WEIGHT_CHANGE_MIN_MICROS)
 }

@@ -192,7 +192,7 @@ impl TransportState {
     fn check_neighbours_up(&self) {
         // No neighbours yet means the topology has not spoken, unless this
         // node is the whole cluster.
-        let alone = self.context.node_names.len() == 1;
+        let alone = self.context.directory.node_names.len() == 1;
         if (alone || !self.neighbours.is_empty()) && self.neighbours.is_subset(&self.connected) {
             if let Some(node) = self.context.node.get() {
                 let _ = node.cast(NodeMsg::NeighboursUp);
@@ -308,6 +308,7 @@ fn identify(context: &NodeContext, connection: &Connection) -> Result<String, St
         .first()
         .ok_or("peer presented an empty certificate chain")?;
     context
+        .directory
         .pinned
         .identify(first)
         .map_err(|error| error.to_string())
@@ -328,8 +329,8 @@ async fn dial_loop(
         seed,
     );
     let client = match (
-        context.node_keys.get(&peer),
-        context.node_addresses.get(&peer),
+        context.directory.node_keys.get(&peer),
+        context.directory.node_addresses.get(&peer),
     ) {
         (Some(key), Some(_)) => {
             let pinned = PinnedKeys::new([(peer.clone(), *key)]);
@@ -346,7 +347,7 @@ async fn dial_loop(
             return tracing::error!(node = %context.node_id, %peer, %error, "cannot build client TLS")
         }
     };
-    let address = context.node_addresses[&peer];
+    let address = context.directory.node_addresses[&peer];
     while !token.is_cancelled() {
         match connect(&context, &client, address, &token).await {
             Ok(connection) => {

@@ -133,6 +133,8 @@ pub struct StormReport {
     /// Agents with the most and the fewest deliveries.
     pub agents_top: Vec<AgentRow>,
     pub agents_bottom: Vec<AgentRow>,
+    /// Every node counter summed over the cluster, over the whole run.
+    pub counters: crate::metrics::CounterValues,
 }
 
 /// The competitor's published figures for the 100-agent, k = 20 mesh.
@@ -189,10 +191,17 @@ impl StormReport {
         };
         row(
             "links up",
-            format!(
-                "{:.0} ms ({} connections)",
-                self.setup.setup_ms, self.setup.connections
-            ),
+            if self.setup.setup_ms.is_finite() {
+                format!(
+                    "{:.0} ms ({} connections)",
+                    self.setup.setup_ms, self.setup.connections
+                )
+            } else {
+                format!(
+                    "NOT ALL UP before the load started ({} connections)",
+                    self.setup.connections
+                )
+            },
             Competitor::SETUP_S,
         );
         row(

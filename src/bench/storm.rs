@@ -29,6 +29,8 @@ const AGENT_ROWS: usize = 5;
 /// The storm rate for `--rate 0`: more than any node accepts, so every
 /// tick sends until the router refuses (the storm sheds the rest).
 const SATURATING_RATE: f64 = 1_000_000.0;
+/// Nodes per core a process runs with the default failure detector.
+const NODES_PER_CORE_CALM: usize = 64;
 /// Time spent measuring the machine's signature costs.
 const CRYPTO_BUDGET: Duration = Duration::from_millis(600);
 
@@ -66,6 +68,10 @@ pub struct StormOptions {
     /// delivery.inflight_max); with --rate 0 this window sets the pace.
     #[arg(long)]
     pub inflight_max: Option<usize>,
+    /// How long the load waits for every overlay link to come up before it
+    /// starts anyway; default: 10 s, plus 60 ms per node beyond 100.
+    #[arg(long, value_parser = crate::commands::parse_duration)]
+    pub links_wait: Option<Duration>,
     /// Processes the nodes run in; 1: all in this one.
     #[arg(long, default_value_t = 1)]
     pub processes: usize,
@@ -124,6 +130,15 @@ impl StormOptions {
             text += &format!("[delivery]\ninflight_max = {inflight}\n");
         }
         text += &format!(
+            "[supervision]\nagents_start_timeout_ms = {}\n",
+            self.links_wait().as_millis()
+        );
+        if let Some((interval_ms, pause_ms)) = self.crowded_detector() {
+            text += &format!(
+                "[membership]\nheartbeat_interval_ms = {interval_ms}\nacceptable_pause_ms = {pause_ms}\n"
+            );
+        }
+        text += &format!(
             "[[agents]]\nname = \"storm-{{i}}\"\ncount = {}\nbehaviour = \"storm\"\nplacement = \"spread\"\nrate = {}\npayload_bytes = {}\ntargets = [\"storm-*\"]\n",
             self.nodes * self.agents_per_node,
             if self.rate == 0.0 { SATURATING_RATE } else { self.rate },
@@ -131,6 +146,25 @@ impl StormOptions {
         );
         config::parse(&text, "bench storm flags", std::path::Path::new("."))
             .context("the flags do not make a valid cluster")
+    }
+
+    /// Heartbeat interval and acceptable pause for a process crowded with
+    /// nodes, or None for the defaults. Beyond NODES_PER_CORE_CALM nodes
+    /// per core a node's actors wait their turn behind hundreds of others,
+    /// longer than the default detector (500 ms heartbeats, 1 s pause)
+    /// allows, and live neighbours would be declared dead: the pause grows
+    /// with the crowd, and heartbeats halve.
+    fn crowded_detector(&self) -> Option<(u64, u64)> {
+        let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+        let per_core = self.nodes / cores;
+        (per_core > NODES_PER_CORE_CALM).then(|| (1_000, (20 * per_core as u64).max(1_000)))
+    }
+
+    fn links_wait(&self) -> Duration {
+        self.links_wait.unwrap_or_else(|| {
+            let beyond = self.nodes.saturating_sub(100) as u64;
+            Duration::from_secs(10) + Duration::from_millis(60 * beyond)
+        })
     }
 
     fn as_json(&self) -> serde_json::Value {
@@ -145,6 +179,13 @@ impl StormOptions {
             "warmup": humantime::format_duration(self.warmup).to_string(),
             "seed": self.seed,
             "inflight_max": self.inflight_max,
+            "links_wait": humantime::format_duration(self.links_wait()).to_string(),
+            "crowded_detector": self.crowded_detector().map(|(interval_ms, pause_ms)| {
+                serde_json::json!({
+                    "heartbeat_interval_ms": interval_ms,
+                    "acceptable_pause_ms": pause_ms,
+                })
+            }),
             "processes": self.processes,
             "out": self.out,
         })
@@ -387,6 +428,7 @@ fn build_report(
         over_time: window.samples.clone(),
         agents_top: top,
         agents_bottom: bottom,
+        counters: totals.counters.clone(),
     }
 }
 

@@ -4,7 +4,11 @@
 //! The origin numbers envelopes per destination node, keeps each one until
 //! the destination acknowledges it, and sends it again after a timeout that
 //! doubles on every attempt, up to a retry limit; then it gives up and says
-//! so (`retries_exhausted`). The sequences a destination has not yet
+//! so (`retries_exhausted`). The timeout follows the acknowledgement round
+//! trip measured to that destination, or, until there is one, the round
+//! trip measured to every destination: with many destinations each gets
+//! few messages, and a loaded cluster whose round trips are seconds would
+//! otherwise retransmit every first message at the floor. The sequences a destination has not yet
 //! acknowledged never span more than `span_max`, so every retransmission
 //! still falls inside the destination's duplicate window — that is what
 //! makes delivery exactly-once to the agent while the wire is
@@ -82,19 +86,29 @@ struct Pending<T> {
 struct Destination<T> {
     next_sequence: u64,
     pending: BTreeMap<u64, Pending<T>>,
-    /// Smoothed acknowledgement round trip and its variation (RFC 6298),
-    /// from messages acknowledged after their first send only (Karn).
+    round_trip: RoundTrip,
+}
+
+/// Smoothed acknowledgement round trip and its variation (RFC 6298), from
+/// messages acknowledged after their first send only (Karn).
+#[derive(Clone, Copy, Debug, Default)]
+struct RoundTrip {
     smoothed_ms: Option<f64>,
     variation_ms: f64,
 }
 
-impl<T> Destination<T> {
-    /// The retransmission timeout: smoothed + 4 × variation, within the
-    /// configured bounds.
-    fn timeout_ms(&self, config: &SenderConfig) -> u64 {
-        let estimate = self
+impl RoundTrip {
+    /// The retransmission timeout, smoothed + 4 × variation, within the
+    /// configured bounds; `fallback`'s when this has no sample yet.
+    fn timeout_ms(&self, fallback: &RoundTrip, config: &SenderConfig) -> u64 {
+        let measured = if self.smoothed_ms.is_some() {
+            self
+        } else {
+            fallback
+        };
+        let estimate = measured
             .smoothed_ms
-            .map_or(0.0, |smoothed| smoothed + 4.0 * self.variation_ms);
+            .map_or(0.0, |smoothed| smoothed + 4.0 * measured.variation_ms);
         (estimate.ceil() as u64).clamp(
             config.retransmit_timeout_ms,
             config.retransmit_timeout_max_ms,
@@ -132,6 +146,8 @@ pub struct ReliableSender<T> {
     /// (due, destination, sequence) of every pending message.
     timers: BTreeSet<(u64, String, u64)>,
     inflight: usize,
+    /// Round trips to every destination, for those not measured yet.
+    round_trip: RoundTrip,
 }
 
 impl<T> ReliableSender<T> {
@@ -146,6 +162,7 @@ impl<T> ReliableSender<T> {
             destinations: BTreeMap::new(),
             timers: BTreeSet::new(),
             inflight: 0,
+            round_trip: RoundTrip::default(),
         }
     }
 
@@ -178,8 +195,7 @@ impl<T> ReliableSender<T> {
             .or_insert_with(|| Destination {
                 next_sequence: first,
                 pending: BTreeMap::new(),
-                smoothed_ms: None,
-                variation_ms: 0.0,
+                round_trip: RoundTrip::default(),
             });
         if let Some((&oldest, _)) = state.pending.first_key_value() {
             if state.next_sequence - oldest >= self.config.span_max {
@@ -188,7 +204,7 @@ impl<T> ReliableSender<T> {
         }
         let sequence = state.next_sequence;
         state.next_sequence += 1;
-        let due_ms = now_ms + state.timeout_ms(&self.config);
+        let due_ms = now_ms + state.round_trip.timeout_ms(&self.round_trip, &self.config);
         state.pending.insert(
             sequence,
             Pending {
@@ -226,7 +242,9 @@ impl<T> ReliableSender<T> {
             for sequence in sequences {
                 let pending = state.pending.remove(&sequence).expect("just listed");
                 if pending.attempts == 1 {
-                    state.sample(now_ms.saturating_sub(pending.first_sent_ms) as f64);
+                    let round_trip_ms = now_ms.saturating_sub(pending.first_sent_ms) as f64;
+                    state.round_trip.sample(round_trip_ms);
+                    self.round_trip.sample(round_trip_ms);
                 }
                 self.timers
                     .remove(&(pending.due_ms, destination.to_string(), sequence));
@@ -255,7 +273,7 @@ impl<T> ReliableSender<T> {
                 .destinations
                 .get_mut(&destination)
                 .expect("timers follow pending");
-            let timeout_ms = state.timeout_ms(&self.config);
+            let timeout_ms = state.round_trip.timeout_ms(&self.round_trip, &self.config);
             let pending = state
                 .pending
                 .get_mut(&sequence)

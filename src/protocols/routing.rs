@@ -63,17 +63,36 @@ pub struct Route {
     pub path: Vec<usize>,
 }
 
-/// Routes from one source to every reachable node of an overlay.
+/// Routes from one source to every reachable node of an overlay, kept as
+/// the shortest-path tree: a path is spelled out only when asked for, so a
+/// table over a thousand nodes costs one vector, not a thousand.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoutingTable {
     pub source: usize,
-    /// Indexed by destination; None for the source and unreachable nodes.
-    pub routes: Vec<Option<Route>>,
+    /// Per node: (cost, hops, predecessor) on the tree; None if unreachable.
+    tree: Vec<Option<(Weight, usize, usize)>>,
 }
 
 impl RoutingTable {
-    pub fn route(&self, destination: usize) -> Option<&Route> {
-        self.routes.get(destination).and_then(Option::as_ref)
+    /// The best route to `destination`; None for the source itself and for
+    /// nodes it cannot reach.
+    pub fn route(&self, destination: usize) -> Option<Route> {
+        if destination == self.source {
+            return None;
+        }
+        let (cost, hops, _) = (*self.tree.get(destination)?)?;
+        let path = path_to(&self.tree, self.source, destination);
+        Some(Route {
+            next_hop: path[1],
+            hops,
+            cost,
+            path,
+        })
+    }
+
+    /// How many other nodes the source reaches.
+    pub fn reachable(&self) -> usize {
+        self.tree.iter().flatten().count().saturating_sub(1)
     }
 }
 
@@ -135,23 +154,8 @@ pub fn compute(
     source: usize,
     weight: impl Fn(usize, usize) -> Weight,
 ) -> RoutingTable {
-    let best = shortest_paths(graph, source, &weight, &|_| true);
-    let routes = (0..graph.node_count())
-        .map(|target| {
-            let (cost, hops, _) = best[target]?;
-            if target == source {
-                return None;
-            }
-            let path = path_to(&best, source, target);
-            Some(Route {
-                next_hop: path[1],
-                hops,
-                cost,
-                path,
-            })
-        })
-        .collect();
-    RoutingTable { source, routes }
+    let tree = shortest_paths(graph, source, &weight, &|_| true);
+    RoutingTable { source, tree }
 }
 
 /// The shortest path from `from` to `to` that avoids every node in
