@@ -80,6 +80,15 @@ fn a_tiny_storm_writes_a_complete_report() {
         count("delivered") + count("lost"),
         "every message is delivered or counted lost: {messages}"
     );
+    let agents = report["agents_top"].as_array().unwrap();
+    assert_eq!(agents.len(), 5, "five agents, all listed");
+    for agent in agents {
+        let field = |name: &str| agent[name].as_u64().unwrap();
+        assert_eq!(field("acknowledged"), field("sent"), "{agent}");
+        if field("received") > 0 {
+            assert!(agent["latency_mean_ms"].as_f64().unwrap() > 0.0, "{agent}");
+        }
+    }
     for file in [
         "report.md",
         "latency-cdf.svg",

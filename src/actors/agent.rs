@@ -39,6 +39,11 @@ pub struct AgentStats {
     pub refused: AtomicU64,
     pub received_data: AtomicU64,
     pub received_replies: AtomicU64,
+    /// Messages this agent sent that their destination acknowledged.
+    pub acknowledged: AtomicU64,
+    /// Sum over data received of the time from its signing to now, in
+    /// microseconds (with `received_data`, the agent's mean latency).
+    pub latency_micros_total: AtomicU64,
     pub starts: AtomicU64,
     /// (from agent, payload) of every delivery, for sinks.
     pub recorded: Mutex<Vec<RecordedDelivery>>,
@@ -206,6 +211,11 @@ impl Actor for Agent {
                     EnvelopeKind::Ack => return Ok(()),
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                if signed.kind == EnvelopeKind::Data {
+                    let latency = unix_micros().saturating_sub(signed.sent_at_micros);
+                    let total = &state.stats.latency_micros_total;
+                    total.fetch_add(latency, Ordering::Relaxed);
+                }
                 let (origin, sequence) = (signed.origin_node, signed.sequence);
                 let delivery = Delivery {
                     from_agent: signed.source_agent,

@@ -549,6 +549,14 @@ fn take_acks(context: &NodeContext, envelope: &Envelope) {
             .acknowledge(monotonic_ms(), &envelope.signed.origin_node, &ranges);
     for (_, in_flight) in settled {
         NodeMetrics::count(&counters.acknowledged);
+        if let Some(stats) = context
+            .agent_stats
+            .get(&in_flight.envelope.signed.source_agent)
+        {
+            stats
+                .acknowledged
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(receipt) = in_flight.receipt {
             let _ = receipt.send(Ok(()));
         }

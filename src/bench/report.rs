@@ -102,7 +102,13 @@ pub struct AgentRow {
     pub node: String,
     pub sent: u64,
     pub refused: u64,
+    /// Of `sent`, acknowledged by their destination.
+    pub acknowledged: u64,
+    /// acknowledged / sent, in percent.
+    pub success_percent: f64,
     pub received: u64,
+    /// Mean latency of the messages this agent received.
+    pub latency_mean_ms: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -300,12 +306,19 @@ impl StormReport {
             );
         }
         for (title, rows) in [("most", &self.agents_top), ("fewest", &self.agents_bottom)] {
-            let _ = writeln!(text, "\n## Agents with the {title} deliveries\n\n| agent | node | sent | refused | received |\n|---|---|---|---|---|");
+            let _ = writeln!(text, "\n## Agents with the {title} deliveries\n\n| agent | node | sent | refused | acknowledged | success | received | latency mean |\n|---|---|---|---|---|---|---|---|");
             for row in rows {
                 let _ = writeln!(
                     text,
-                    "| {} | {} | {} | {} | {} |",
-                    row.agent, row.node, row.sent, row.refused, row.received
+                    "| {} | {} | {} | {} | {} | {:.2} % | {} | {:.2} ms |",
+                    row.agent,
+                    row.node,
+                    row.sent,
+                    row.refused,
+                    row.acknowledged,
+                    row.success_percent,
+                    row.received,
+                    row.latency_mean_ms
                 );
             }
         }

@@ -314,12 +314,21 @@ fn agent_rows(cluster: &LocalCluster) -> Vec<AgentRow> {
             node.context
                 .agent_stats
                 .iter()
-                .map(|entry| AgentRow {
-                    agent: entry.key().clone(),
-                    node: node.id.clone(),
-                    sent: entry.sent.load(Ordering::Relaxed),
-                    refused: entry.refused.load(Ordering::Relaxed),
-                    received: entry.received_data.load(Ordering::Relaxed),
+                .map(|entry| {
+                    let sent = entry.sent.load(Ordering::Relaxed);
+                    let acknowledged = entry.acknowledged.load(Ordering::Relaxed);
+                    let received = entry.received_data.load(Ordering::Relaxed);
+                    let latency_micros = entry.latency_micros_total.load(Ordering::Relaxed);
+                    AgentRow {
+                        agent: entry.key().clone(),
+                        node: node.id.clone(),
+                        sent,
+                        refused: entry.refused.load(Ordering::Relaxed),
+                        acknowledged,
+                        success_percent: percent(acknowledged, sent),
+                        received,
+                        latency_mean_ms: latency_micros as f64 / 1e3 / received.max(1) as f64,
+                    }
                 })
                 .collect::<Vec<_>>()
         })

@@ -9,7 +9,8 @@ use serde_json::Value;
 /// Reports at most this deep below the folder.
 const DEPTH_MAX: usize = 4;
 
-/// The table of every report under `root`, sorted by path.
+/// The table of every report under `root`, sorted by path, numbers in
+/// paths by value (scale/50 before scale/100).
 pub fn summary(root: &Path) -> anyhow::Result<String> {
     let mut paths = Vec::new();
     find_reports(root, DEPTH_MAX, &mut paths)
@@ -20,7 +21,7 @@ pub fn summary(root: &Path) -> anyhow::Result<String> {
             root.display()
         );
     }
-    paths.sort();
+    paths.sort_by_key(|path| natural_key(&path.to_string_lossy()));
     let mut table = String::from(
         "| run | nodes | topology | rate/agent | links up ms | delivered % | msgs/s | p50 ms | p95 ms | p99 ms | RSS/node MB | CPU %/node | ok |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
@@ -95,4 +96,52 @@ fn find_reports(folder: &Path, depth: usize, found: &mut Vec<PathBuf>) -> std::i
         }
     }
     Ok(())
+}
+
+/// Sorts text with its digit runs compared as numbers.
+fn natural_key(text: &str) -> Vec<(String, u64)> {
+    let mut key = Vec::new();
+    let mut letters = String::new();
+    let mut digits = String::new();
+    for character in text.chars() {
+        if character.is_ascii_digit() {
+            digits.push(character);
+        } else {
+            if !digits.is_empty() {
+                key.push((
+                    std::mem::take(&mut letters),
+                    digits.parse().unwrap_or(u64::MAX),
+                ));
+                digits.clear();
+            }
+            letters.push(character);
+        }
+    }
+    key.push((letters, digits.parse().unwrap_or(0)));
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn numbers_in_paths_sort_by_value() {
+        let mut paths = vec![
+            "scale/1000",
+            "scale/50",
+            "scale/100",
+            "mesh-100",
+            "scale/10",
+        ];
+        paths.sort_by_key(|path| super::natural_key(path));
+        assert_eq!(
+            paths,
+            [
+                "mesh-100",
+                "scale/10",
+                "scale/50",
+                "scale/100",
+                "scale/1000"
+            ]
+        );
+    }
 }
