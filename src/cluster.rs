@@ -114,14 +114,72 @@ impl LocalCluster {
             .map(|(id, key)| (id.clone(), key.verifying_key()))
             .collect();
         let directory = Arc::new(Directory::new(&config, node_keys, addresses));
+        let ids: Vec<String> = config.nodes.iter().map(|node| node.id.clone()).collect();
+        let own = ids.into_iter().zip(sockets).collect();
+        let cluster = LocalCluster::start_nodes(config, directory, keys, own, started).await?;
+        cluster.start_agents_when_links_up().await;
+        Ok(cluster)
+    }
+
+    /// Starts the nodes `own` of `config` in this process, the others
+    /// running elsewhere: every node needs a public key and a fixed listen
+    /// address in the config, and the nodes started here their key_file.
+    /// Agents wait for [`LocalCluster::start_agents`].
+    pub async fn start_part(
+        config: ClusterConfig,
+        own: &[String],
+    ) -> Result<LocalCluster, ClusterError> {
+        let started = Instant::now();
+        let mut node_keys = HashMap::new();
+        let mut keys = HashMap::new();
+        let mut sockets = Vec::new();
+        for node in &config.nodes {
+            let public = node.public_key.ok_or_else(|| ClusterError::Key {
+                node: node.id.clone(),
+                reason: "a cluster over several processes needs every node's public_key".into(),
+            })?;
+            node_keys.insert(node.id.clone(), public);
+            if !own.contains(&node.id) {
+                continue;
+            }
+            let path = node.key_file.as_ref().ok_or_else(|| ClusterError::Key {
+                node: node.id.clone(),
+                reason: "no key_file for a node started here".into(),
+            })?;
+            keys.insert(node.id.clone(), read_matching_key(&node.id, path, &public)?);
+            sockets.push((node.id.clone(), bind(&node.id, node.listen)?));
+        }
+        if let Some(missing) = own.iter().find(|id| !keys.contains_key(*id)) {
+            let reason = "not a node of the config".to_string();
+            return Err(ClusterError::Key {
+                node: missing.clone(),
+                reason,
+            });
+        }
+        let addresses = config
+            .nodes
+            .iter()
+            .map(|node| (node.id.clone(), node.listen))
+            .collect();
+        let directory = Arc::new(Directory::new(&config, node_keys, addresses));
+        LocalCluster::start_nodes(config, directory, keys, sockets, started).await
+    }
+
+    async fn start_nodes(
+        config: ClusterConfig,
+        directory: Arc<Directory>,
+        keys: HashMap<String, SigningKey>,
+        own: Vec<(String, std::net::UdpSocket)>,
+        started: Instant,
+    ) -> Result<LocalCluster, ClusterError> {
         let config = Arc::new(config);
-        let mut nodes = Vec::with_capacity(config.nodes.len());
+        let mut nodes = Vec::with_capacity(own.len());
         let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_PROCESS_MAX));
-        for (node, socket) in config.nodes.iter().zip(sockets) {
+        for (node_id, socket) in own {
             let spec = NodeSpec {
                 config: config.clone(),
-                node_id: node.id.clone(),
-                key: keys[&node.id].clone(),
+                key: keys[&node_id].clone(),
+                node_id,
                 directory: directory.clone(),
                 socket,
                 agents_start: AgentsStart::WhenTold,
@@ -129,13 +187,31 @@ impl LocalCluster {
             };
             nodes.push(start_node(spec).await?);
         }
-        let cluster = LocalCluster {
+        Ok(LocalCluster {
             config,
             nodes,
             started,
-        };
-        cluster.start_agents_when_links_up().await;
-        Ok(cluster)
+        })
+    }
+
+    /// Forgets delivery latencies recorded so far (a benchmark's warm-up).
+    pub fn reset_latency(&self) {
+        for node in &self.nodes {
+            let mut histograms = node
+                .context
+                .metrics
+                .histograms
+                .lock()
+                .expect("metrics lock is never poisoned");
+            histograms.reset_latency();
+        }
+    }
+
+    /// Tells every node to start its agents.
+    pub fn start_agents(&self) {
+        for node in &self.nodes {
+            let _ = node.supervisor.cast(NodeMsg::StartAgents);
+        }
     }
 
     /// Seeing every node, a cluster in one process starts the agents only
@@ -146,9 +222,7 @@ impl LocalCluster {
         if self.wait_for_links(wait).await.is_none() {
             tracing::warn!("not every link came up within {wait:?}; starting the agents anyway");
         }
-        for node in &self.nodes {
-            let _ = node.supervisor.cast(NodeMsg::StartAgents);
-        }
+        self.start_agents();
     }
 
     pub fn node(&self, id: &str) -> Option<&NodeHandle> {
@@ -407,6 +481,18 @@ pub struct Totals {
     pub connection_setup: Histogram<u64>,
 }
 
+/// Adds latency histograms by hop count to `total`'s.
+fn add_by_hops(total: &mut Vec<Histogram<u64>>, other: &[Histogram<u64>]) {
+    for (hops, histogram) in other.iter().enumerate() {
+        match total.get_mut(hops) {
+            Some(sum) => {
+                let _ = sum.add(histogram);
+            }
+            None => total.push(histogram.clone()),
+        }
+    }
+}
+
 /// Adds one node's deliveries by hops to `total`.
 fn add_hops(total: &mut Vec<u64>, hops: Vec<u64>) {
     total.resize(total.len().max(hops.len()), 0);
@@ -436,18 +522,24 @@ impl Totals {
                 .lock()
                 .expect("metrics lock is never poisoned");
             let _ = totals.latency.add(&histograms.delivery_latency_micros);
-            for (hops, histogram) in histograms.latency_by_hops_micros.iter().enumerate() {
-                if totals.latency_by_hops.len() <= hops {
-                    totals.latency_by_hops.push(histogram.clone());
-                } else {
-                    let _ = totals.latency_by_hops[hops].add(histogram);
-                }
-            }
+            add_by_hops(
+                &mut totals.latency_by_hops,
+                &histograms.latency_by_hops_micros,
+            );
             let _ = totals
                 .connection_setup
                 .add(&histograms.connection_setup_micros);
         }
         totals
+    }
+
+    /// Adds another part's totals (a cluster over several processes).
+    pub fn merge(&mut self, other: &Totals) {
+        self.counters.add(&other.counters);
+        add_hops(&mut self.hops, other.hops.clone());
+        let _ = self.latency.add(&other.latency);
+        let _ = self.connection_setup.add(&other.connection_setup);
+        add_by_hops(&mut self.latency_by_hops, &other.latency_by_hops);
     }
 
     /// Transmissions dropped on the way, each with a counted cause; the

@@ -104,6 +104,15 @@ enum BenchCommand {
         #[arg(default_value = "bench-results")]
         folder: PathBuf,
     },
+    /// One worker process of `storm --processes P` (started by it).
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        config: PathBuf,
+        /// The node ids this worker runs, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+    },
 }
 
 fn parse_kill_percent(text: &str) -> Result<f64, String> {
@@ -182,6 +191,9 @@ fn main() -> ExitCode {
             Command::Check { config } => commands::check(&config),
             Command::Topology(options) => commands::topology(&options),
             Command::Bench(BenchCommand::Storm(options)) => agentmesh::bench::storm(options).await,
+            Command::Bench(BenchCommand::Worker { config, nodes }) => {
+                agentmesh::bench::workers::serve(&config, &nodes).await
+            }
             Command::Bench(BenchCommand::Summary { folder }) => agentmesh::bench::summary(&folder)
                 .map(|table| {
                     print!("{table}");

@@ -17,7 +17,7 @@ macro_rules! counters {
         pub struct Counters { $($(#[$doc])* pub $name: AtomicU64,)* }
 
         /// The counters' values at one moment.
-        #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+        #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
         pub struct CounterValues { $(pub $name: u64,)* }
 
         impl Counters {

@@ -56,10 +56,45 @@ const SCHEMA: &[&str] = &[
 fn a_tiny_storm_writes_a_complete_report() {
     let directory = tempfile::tempdir().unwrap();
     let out = directory.path().join("storm");
+    let report = run_storm(&out, &[]);
+    assert_eq!(report["config"]["processes"], 1);
+    for file in [
+        "report.md",
+        "latency-cdf.svg",
+        "hops.svg",
+        "throughput.svg",
+        "memory.svg",
+    ] {
+        let bytes = std::fs::read(out.join(file)).unwrap();
+        assert!(!bytes.is_empty(), "{file} is empty");
+    }
+    let summary = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .args(["bench", "summary"])
+        .arg(directory.path())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&summary.stdout);
+    assert_eq!(summary.status.code(), Some(0), "{table}");
+    let row = "| storm | 5 | partial-mesh | 20 |";
+    assert!(table.lines().any(|line| line.starts_with(row)), "{table}");
+}
+
+#[test]
+fn a_storm_over_two_worker_processes_accounts_for_every_message() {
+    let directory = tempfile::tempdir().unwrap();
+    let report = run_storm(directory.path(), &["--processes", "2"]);
+    assert_eq!(report["config"]["processes"], 2);
+    assert!(report["resources"]["rss_bytes"].as_u64().unwrap() > 0);
+}
+
+/// Runs a storm of 5 nodes (k = 2, 20 msgs/s per agent, 1 s) with `extra`
+/// flags into `out`, and checks what every report must hold.
+fn run_storm(out: &std::path::Path, extra: &[&str]) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
         .args(["bench", "storm", "--nodes", "5", "--k", "2", "--rate", "20"])
         .args(["--duration", "1s", "--warmup", "0s", "--seed", "3", "--out"])
-        .arg(&out)
+        .arg(out)
+        .args(extra)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -89,25 +124,7 @@ fn a_tiny_storm_writes_a_complete_report() {
             assert!(agent["latency_mean_ms"].as_f64().unwrap() > 0.0, "{agent}");
         }
     }
-    for file in [
-        "report.md",
-        "latency-cdf.svg",
-        "hops.svg",
-        "throughput.svg",
-        "memory.svg",
-    ] {
-        let bytes = std::fs::read(out.join(file)).unwrap();
-        assert!(!bytes.is_empty(), "{file} is empty");
-    }
-    let summary = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
-        .args(["bench", "summary"])
-        .arg(directory.path())
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&summary.stdout);
-    assert_eq!(summary.status.code(), Some(0), "{table}");
-    let row = "| storm | 5 | partial-mesh | 20 |";
-    assert!(table.lines().any(|line| line.starts_with(row)), "{table}");
+    report
 }
 
 #[test]
@@ -117,7 +134,8 @@ fn impossible_arguments_are_refused_with_the_flag_named() {
         (&["--nodes", "0"][..], "--nodes 0"),
         (&["--duration", "0s"][..], "longer than zero"),
         (&["--topology", "star"][..], "star"),
-        (&["--processes", "2"][..], "--processes 2"),
+        (&["--processes", "0"][..], "--processes 0"),
+        (&["--nodes", "3", "--processes", "4"][..], "--processes 4"),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
             .args(["bench", "storm", "--out", "/nonexistent/never-written"])

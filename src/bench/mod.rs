@@ -8,6 +8,7 @@ pub mod report;
 mod resources;
 pub mod storm;
 mod summary;
+pub mod workers;
 
 pub use storm::{storm, StormOptions};
 pub use summary::summary;

@@ -96,7 +96,7 @@ pub struct Sample {
     pub rss_bytes: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct AgentRow {
     pub agent: String,
     pub node: String,

@@ -17,6 +17,7 @@ use super::report::{
     Setup, StormReport,
 };
 use super::resources;
+use super::workers::{Request, Workers};
 use crate::cluster::{percent, LocalCluster, Totals};
 use crate::config::{self, ClusterConfig, TopologyKind, NODES_MAX};
 use crate::metrics::{CounterValues, LatencySummary};
@@ -29,6 +30,8 @@ const AGENT_ROWS: usize = 5;
 /// The storm rate for `--rate 0`: more than any node accepts, so every
 /// tick sends until the router refuses (the storm sheds the rest).
 const SATURATING_RATE: f64 = 1_000_000.0;
+/// Most worker processes a storm starts.
+const PROCESSES_MAX: usize = 64;
 /// Nodes per core a process runs with the default failure detector.
 const NODES_PER_CORE_CALM: usize = 64;
 /// Time spent measuring the machine's signature costs.
@@ -72,7 +75,8 @@ pub struct StormOptions {
     /// starts anyway; default: 10 s, plus 60 ms per node beyond 100.
     #[arg(long, value_parser = crate::commands::parse_duration)]
     pub links_wait: Option<Duration>,
-    /// Processes the nodes run in; 1: all in this one.
+    /// Processes the nodes run in; 1: all in this one. More start that
+    /// many `agentmesh bench worker` processes, each with an equal share.
     #[arg(long, default_value_t = 1)]
     pub processes: usize,
     /// Where report.json, report.md and the plots go.
@@ -104,10 +108,11 @@ impl StormOptions {
                 self.rate
             );
         }
-        if self.processes != 1 {
+        if self.processes == 0 || self.processes > self.nodes.min(PROCESSES_MAX) {
             bail!(
-                "--processes {}: only 1 (every node in this process) is built yet",
-                self.processes
+                "--processes {}: must be 1 to {} (and no more than --nodes)",
+                self.processes,
+                PROCESSES_MAX
             );
         }
         Ok(kind)
@@ -115,12 +120,18 @@ impl StormOptions {
 
     /// The cluster config these flags describe, checked like any file.
     fn cluster_config(&self) -> anyhow::Result<ClusterConfig> {
+        let text = self.cluster_config_text(|_| "listen = \"127.0.0.1:0\"\n".into());
+        config::parse(&text, "bench storm flags", std::path::Path::new("."))
+            .context("the flags do not make a valid cluster")
+    }
+
+    /// The config's text; `node_entry(id)` gives each node's lines after
+    /// its id (at least its listen address).
+    fn cluster_config_text(&self, node_entry: impl Fn(&str) -> String) -> String {
         let mut text = format!("[cluster]\nname = \"storm\"\nseed = {}\n", self.seed);
         for index in 0..self.nodes {
-            text += &format!(
-                "[[nodes]]\nid = \"{}\"\nlisten = \"127.0.0.1:0\"\n",
-                node_id(index, self.nodes)
-            );
+            let id = node_id(index, self.nodes);
+            text += &format!("[[nodes]]\nid = \"{id}\"\n{}", node_entry(&id));
         }
         text += &format!("[topology]\nkind = \"{}\"\n", self.topology);
         if let Some(k) = self.k {
@@ -144,8 +155,7 @@ impl StormOptions {
             if self.rate == 0.0 { SATURATING_RATE } else { self.rate },
             self.payload
         );
-        config::parse(&text, "bench storm flags", std::path::Path::new("."))
-            .context("the flags do not make a valid cluster")
+        text
     }
 
     /// Heartbeat interval and acceptable pause for a process crowded with
@@ -208,26 +218,184 @@ pub async fn storm(options: StormOptions) -> anyhow::Result<i32> {
     let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
     let crypto = crypto::measure(options.payload, CRYPTO_BUDGET, cores);
     let graph = graph_of(&config);
-    let cluster = LocalCluster::start(config)
-        .await
-        .context("starting the cluster")?;
-    let setup_ms = cluster
-        .wait_for_links(Duration::ZERO)
-        .await
-        .map(|elapsed| elapsed.as_secs_f64() * 1e3);
-    let window = measure(&cluster, &options).await;
-    cluster.quiesce();
-    cluster.drain(DRAIN_WAIT_MAX, &[]).await;
-    let totals = cluster.totals();
-    let agents = agent_rows(&cluster);
-    cluster.shutdown().await;
+    let (mut swarm, setup_ms) = if options.processes == 1 {
+        let cluster = LocalCluster::start(config)
+            .await
+            .context("starting the cluster")?;
+        let setup_ms = cluster
+            .wait_for_links(Duration::ZERO)
+            .await
+            .map(|elapsed| elapsed.as_secs_f64() * 1e3);
+        (Swarm::Here(cluster), setup_ms)
+    } else {
+        let (workers, setup_ms) = start_workers(&options).await?;
+        (Swarm::Workers(workers), setup_ms)
+    };
+    let window = measure(&mut swarm, &options).await?;
+    swarm.quiesce().await?;
+    swarm.drain(DRAIN_WAIT_MAX).await?;
+    let (totals, agents) = swarm.totals().await?;
+    let resident = swarm.resident_bytes();
+    swarm.shutdown().await?;
     let report = build_report(
-        &options, cores, crypto, graph, setup_ms, &totals, &window, agents,
+        &options, cores, crypto, graph, setup_ms, &totals, &window, agents, resident,
     );
     write(&options, &report, &totals.latency)?;
     print!("{}", report.to_markdown());
     println!("\nwritten to {}", options.out.display());
     Ok(if report.ok { 0 } else { 1 })
+}
+
+/// The nodes a storm runs on.
+enum Swarm {
+    /// Every node in this process.
+    Here(LocalCluster),
+    /// The nodes spread over worker processes.
+    Workers(Workers),
+}
+
+impl Swarm {
+    async fn reset_latency(&mut self) -> anyhow::Result<()> {
+        match self {
+            Swarm::Here(cluster) => cluster.reset_latency(),
+            Swarm::Workers(workers) => {
+                workers.ask(Request::ResetLatency).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counters and deliveries by hops, over every node.
+    async fn sample(&mut self) -> anyhow::Result<(CounterValues, Vec<u64>)> {
+        match self {
+            Swarm::Here(cluster) => Ok((cluster.counters(), cluster.hops())),
+            Swarm::Workers(workers) => workers.sample().await,
+        }
+    }
+
+    async fn quiesce(&mut self) -> anyhow::Result<()> {
+        match self {
+            Swarm::Here(cluster) => cluster.quiesce(),
+            Swarm::Workers(workers) => {
+                workers.ask(Request::Quiesce).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until everything sent was acknowledged or given up, or
+    /// `limit` passes.
+    async fn drain(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let (counters, _) = self.sample().await?;
+            if counters.acknowledged + counters.lost_retries_exhausted >= counters.envelopes_sent {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    async fn totals(&mut self) -> anyhow::Result<(Totals, Vec<AgentRow>)> {
+        let (totals, mut agents) = match self {
+            Swarm::Here(cluster) => (cluster.totals(), agent_rows(cluster)),
+            Swarm::Workers(workers) => workers.totals().await?,
+        };
+        sort_agent_rows(&mut agents);
+        Ok((totals, agents))
+    }
+
+    /// CPU time of every process running nodes.
+    fn cpu_time(&self) -> Option<Duration> {
+        match self {
+            Swarm::Here(_) => resources::cpu_time(),
+            Swarm::Workers(workers) => workers.cpu_time(),
+        }
+    }
+
+    /// Resident bytes now and at the peak, summed over the processes
+    /// running nodes.
+    fn resident_bytes(&self) -> Option<(u64, u64)> {
+        match self {
+            Swarm::Here(_) => resources::resident_bytes(),
+            Swarm::Workers(workers) => workers.resident_bytes(),
+        }
+    }
+
+    async fn shutdown(self) -> anyhow::Result<()> {
+        match self {
+            Swarm::Here(cluster) => {
+                cluster.shutdown().await;
+                Ok(())
+            }
+            Swarm::Workers(workers) => workers.shutdown().await,
+        }
+    }
+}
+
+/// Starts the worker processes over a config with fixed ports and fresh
+/// keys, waits for every link (at most --links-wait), and starts the
+/// agents. Returns the workers and how long the links took.
+async fn start_workers(options: &StormOptions) -> anyhow::Result<(Workers, Option<f64>)> {
+    let files = tempfile::Builder::new()
+        .prefix("agentmesh-storm-")
+        .tempdir()
+        .context("cannot make a folder for the workers' config and keys")?;
+    let ports = free_ports(options.nodes)?;
+    let mut entries = std::collections::HashMap::new();
+    for (index, port) in ports.into_iter().enumerate() {
+        let id = node_id(index, options.nodes);
+        let key = crate::identity::generate_key();
+        let key_file = files.path().join(format!("{id}.key"));
+        crate::identity::write_key_file(&key_file, &key)?;
+        let public = crate::identity::public_key_text(&key.verifying_key());
+        let entry = format!(
+            "listen = \"127.0.0.1:{port}\"\npublic_key = \"{public}\"\nkey_file = {:?}\n",
+            key_file.display().to_string()
+        );
+        entries.insert(id, entry);
+    }
+    let text = options.cluster_config_text(|id| entries[id].clone());
+    let ids: Vec<String> = (0..options.nodes)
+        .map(|index| node_id(index, options.nodes))
+        .collect();
+    let parts: Vec<Vec<String>> = (0..options.processes)
+        .map(|part| {
+            let range =
+                part * ids.len() / options.processes..(part + 1) * ids.len() / options.processes;
+            ids[range].to_vec()
+        })
+        .collect();
+    let started = Instant::now();
+    let mut workers = Workers::start(files, &text, &parts).await?;
+    let deadline = started + options.links_wait();
+    let setup_ms = loop {
+        if workers.links_up().await? {
+            break Some(started.elapsed().as_secs_f64() * 1e3);
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                "not every link came up within --links-wait; starting the agents anyway"
+            );
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    workers.ask(Request::StartAgents).await?;
+    Ok((workers, setup_ms))
+}
+
+/// Ports free on 127.0.0.1 right now (UDP), for the workers' nodes.
+fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
+    let sockets = (0..count)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot find free ports on 127.0.0.1")?;
+    sockets
+        .iter()
+        .map(|socket| Ok(socket.local_addr()?.port()))
+        .collect()
 }
 
 fn graph_of(config: &ClusterConfig) -> GraphMetrics {
@@ -249,7 +417,7 @@ struct Window {
 }
 
 /// Warms up, forgets the warm-up's latencies, then samples each second.
-async fn measure(cluster: &LocalCluster, options: &StormOptions) -> Window {
+async fn measure(swarm: &mut Swarm, options: &StormOptions) -> anyhow::Result<Window> {
     let bar = indicatif::ProgressBar::new((options.warmup + options.duration).as_secs());
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -260,28 +428,20 @@ async fn measure(cluster: &LocalCluster, options: &StormOptions) -> Window {
         tokio::time::sleep(Duration::from_millis(200).min(options.warmup)).await;
         bar.set_position(warm.elapsed().as_secs());
     }
-    for node in &cluster.nodes {
-        let mut histograms = node
-            .context
-            .metrics
-            .histograms
-            .lock()
-            .expect("metrics lock is never poisoned");
-        histograms.reset_latency();
-    }
-    let (start, hops_start) = (cluster.counters(), cluster.hops());
-    let cpu_start = resources::cpu_time();
+    swarm.reset_latency().await?;
+    let (start, hops_start) = swarm.sample().await?;
+    let cpu_start = swarm.cpu_time();
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut previous = (Instant::now(), start.envelopes_delivered);
     while started.elapsed() < options.duration {
         let left = options.duration.saturating_sub(started.elapsed());
         tokio::time::sleep(left.min(Duration::from_secs(1))).await;
-        let delivered = cluster.counters().envelopes_delivered;
+        let delivered = swarm.sample().await?.0.envelopes_delivered;
         let rate = delivered.saturating_sub(previous.1) as f64
             / previous.0.elapsed().as_secs_f64().max(1e-3);
         previous = (Instant::now(), delivered);
-        let rss_bytes = resources::resident_bytes().map_or(0, |(now, _)| now);
+        let rss_bytes = swarm.resident_bytes().map_or(0, |(now, _)| now);
         samples.push(Sample {
             t_s: started.elapsed().as_secs_f64(),
             delivered_per_s: rate,
@@ -292,21 +452,23 @@ async fn measure(cluster: &LocalCluster, options: &StormOptions) -> Window {
     }
     bar.finish_and_clear();
     let duration = started.elapsed();
-    let end = cluster.counters();
-    Window {
+    let (end, hops_end) = swarm.sample().await?;
+    Ok(Window {
         duration,
-        cpu: resources::cpu_time()
+        cpu: swarm
+            .cpu_time()
             .zip(cpu_start)
             .map(|(end, start)| end.saturating_sub(start)),
         hops_start,
-        hops_end: cluster.hops(),
+        hops_end,
         start,
         end,
         samples,
-    }
+    })
 }
 
-fn agent_rows(cluster: &LocalCluster) -> Vec<AgentRow> {
+/// Every agent of the nodes in this process.
+pub(super) fn agent_rows(cluster: &LocalCluster) -> Vec<AgentRow> {
     let mut rows: Vec<AgentRow> = cluster
         .nodes
         .iter()
@@ -333,12 +495,17 @@ fn agent_rows(cluster: &LocalCluster) -> Vec<AgentRow> {
                 .collect::<Vec<_>>()
         })
         .collect();
+    sort_agent_rows(&mut rows);
+    rows
+}
+
+/// Most deliveries first, then by name.
+fn sort_agent_rows(rows: &mut [AgentRow]) {
     rows.sort_by(|a, b| {
         b.received
             .cmp(&a.received)
             .then_with(|| a.agent.cmp(&b.agent))
     });
-    rows
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -351,6 +518,7 @@ fn build_report(
     totals: &Totals,
     window: &Window,
     agents: Vec<AgentRow>,
+    resident: Option<(u64, u64)>,
 ) -> StormReport {
     let c = &totals.counters;
     let seconds = window.duration.as_secs_f64().max(1e-9);
@@ -359,7 +527,7 @@ fn build_report(
     let agent_count = (options.nodes * options.agents_per_node).max(1);
     let hops = hop_counts(&window.hops_start, &window.hops_end);
     let latency_ms_by_hops = latency_by_hops(totals);
-    let (rss_now, rss_peak) = resources::resident_bytes().unwrap_or((0, 0));
+    let (rss_now, rss_peak) = resident.unwrap_or((0, 0));
     let rss = rss_peak.max(rss_now);
     let cpu_seconds = window.cpu.map_or(0.0, |cpu| cpu.as_secs_f64());
     let settled = c.envelopes_delivered + c.lost_retries_exhausted;
