@@ -36,7 +36,7 @@ prop_compose! {
     fn signed_fields()(
         kind in proptest::sample::select(EnvelopeKind::ALL.to_vec()),
         origin_node in name(), source_agent in name(), destination in destination(),
-        sequence in any::<u64>(), ttl in 1u8..=32, sent_at_micros in any::<u64>(),
+        sequence in any::<u64>(), ttl in 1u8..=agentmesh::protocols::wire::limits::TTL_MAX, sent_at_micros in any::<u64>(),
         payload in proptest::collection::vec(any::<u8>(), 0..512),
     ) -> SignedFields {
         SignedFields { version: 1, kind, origin_node, source_agent, destination, sequence, ttl, sent_at_micros, payload }

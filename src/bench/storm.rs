@@ -19,9 +19,10 @@ use super::report::{
 use super::resources;
 use super::workers::{Request, Workers};
 use crate::cluster::{percent, LocalCluster, Totals};
-use crate::config::{self, ClusterConfig, TopologyKind, NODES_MAX};
+use crate::config::{self, ClusterConfig, LimitsConfig, TopologyKind, NODES_MAX};
 use crate::metrics::{CounterValues, LatencySummary};
 use crate::protocols::topology::{GraphMetrics, Topology};
+use crate::protocols::wire::limits::TTL_MAX;
 
 /// How long the run may take to settle what is in flight at the end.
 const DRAIN_WAIT_MAX: Duration = Duration::from_secs(60);
@@ -30,6 +31,9 @@ const AGENT_ROWS: usize = 5;
 /// The storm rate for `--rate 0`: more than any node accepts, so every
 /// tick sends until the router refuses (the storm sheds the rest).
 const SATURATING_RATE: f64 = 1_000_000.0;
+/// Hops beyond the overlay's diameter an envelope may take to route
+/// around a failed link.
+const TTL_DETOUR_HOPS: usize = 4;
 /// Most worker processes a storm starts.
 const PROCESSES_MAX: usize = 64;
 /// Nodes per core a process runs with the default failure detector.
@@ -79,6 +83,9 @@ pub struct StormOptions {
     /// many `agentmesh bench worker` processes, each with an equal share.
     #[arg(long, default_value_t = 1)]
     pub processes: usize,
+    /// The envelope TTL, worked out from the overlay (not a flag).
+    #[arg(skip)]
+    pub ttl: u8,
     /// Where report.json, report.md and the plots go.
     #[arg(long, default_value = "bench-results/storm")]
     pub out: PathBuf,
@@ -118,10 +125,22 @@ impl StormOptions {
         Ok(kind)
     }
 
-    /// The cluster config these flags describe, checked like any file.
-    fn cluster_config(&self) -> anyhow::Result<ClusterConfig> {
-        let text = self.cluster_config_text(|_| "listen = \"127.0.0.1:0\"\n".into());
-        config::parse(&text, "bench storm flags", std::path::Path::new("."))
+    /// The cluster config these flags describe, checked like any file, and
+    /// the envelope TTL it uses: the default, or the overlay's diameter
+    /// plus a few hops of detour where that is more (a ring of 100 nodes is
+    /// 50 hops across), up to TTL_MAX.
+    fn cluster_config(&mut self) -> anyhow::Result<ClusterConfig> {
+        let loopback = |_: &str| "listen = \"127.0.0.1:0\"\n".to_string();
+        self.ttl = TTL_MAX;
+        let probe = self.parse(&self.cluster_config_text(loopback))?;
+        let diameter = graph_of(&probe).diameter;
+        let wanted = u8::try_from(diameter + TTL_DETOUR_HOPS).unwrap_or(u8::MAX);
+        self.ttl = LimitsConfig::default().ttl.max(wanted.min(TTL_MAX));
+        self.parse(&self.cluster_config_text(loopback))
+    }
+
+    fn parse(&self, text: &str) -> anyhow::Result<ClusterConfig> {
+        config::parse(text, "bench storm flags", std::path::Path::new("."))
             .context("the flags do not make a valid cluster")
     }
 
@@ -140,6 +159,7 @@ impl StormOptions {
         if let Some(inflight) = self.inflight_max {
             text += &format!("[delivery]\ninflight_max = {inflight}\n");
         }
+        text += &format!("[limits]\nttl = {}\n", self.ttl);
         text += &format!(
             "[supervision]\nagents_start_timeout_ms = {}\n",
             self.links_wait().as_millis()
@@ -189,6 +209,7 @@ impl StormOptions {
             "warmup": humantime::format_duration(self.warmup).to_string(),
             "seed": self.seed,
             "inflight_max": self.inflight_max,
+            "ttl": self.ttl,
             "links_wait": humantime::format_duration(self.links_wait()).to_string(),
             "crowded_detector": self.crowded_detector().map(|(interval_ms, pause_ms)| {
                 serde_json::json!({
@@ -210,7 +231,7 @@ fn node_id(index: usize, nodes: usize) -> String {
 
 /// Runs the storm, writes the report, and returns the exit status: 0 when
 /// every message sent was delivered.
-pub async fn storm(options: StormOptions) -> anyhow::Result<i32> {
+pub async fn storm(mut options: StormOptions) -> anyhow::Result<i32> {
     options.check()?;
     let config = options.cluster_config()?;
     std::fs::create_dir_all(&options.out)

@@ -15,8 +15,9 @@ pub const PAYLOAD_BYTES_MAX: usize = 128 * 1024;
 /// Longest node or agent name, in bytes of UTF-8.
 pub const NAME_BYTES_MAX: usize = 64;
 
-/// Most hops an envelope may be allowed to travel.
-pub const TTL_MAX: u8 = 32;
+/// Most hops an envelope may be allowed to travel: enough for any shape
+/// with a diameter up to 64 (a ring of 128 nodes), at 2 bytes a hop.
+pub const TTL_MAX: u8 = 64;
 
 /// Most nodes an envelope's path may name: the origin plus one per hop.
 pub const PATH_NODES_MAX: usize = TTL_MAX as usize + 1;
