@@ -11,4 +11,5 @@ pub mod config;
 pub mod identity;
 pub mod metrics;
 pub mod protocols;
+pub mod sim;
 pub mod tls;

@@ -17,4 +17,5 @@ pub fn stable_hash(text: &str) -> u64 {
 }
 pub mod delivery;
 pub mod membership;
+pub mod raft;
 pub mod routing;

@@ -1,0 +1,5 @@
+//! Seeded, virtual-time simulations of the pure protocol cores. Everything
+//! here is deterministic given its seed: a failing run is replayed by
+//! running the same seed again.
+
+pub mod raft;

@@ -1,0 +1,382 @@
+//! A Raft group of [`Replica`]s over a simulated network and disk, in
+//! virtual milliseconds. The network loses, duplicates and delays (so
+//! reorders) messages and can be partitioned; each replica's disk completes
+//! writes in order after a random delay, and a crash loses the writes not
+//! completed yet. The simulation checks, as it goes:
+//!
+//! - election safety: at most one leader per term;
+//! - log matching and durability of commits: every entry applied at an
+//!   index, by any replica in any of its lives, is the same entry;
+//! - each replica applies indices in order, without gaps.
+//!
+//! and, on request, convergence: every live replica has applied every
+//! entry committed anywhere.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use raft::eraftpb::Message;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::protocols::raft::{Durable, Outputs, Persist, Replica, ReplicaConfig};
+
+/// Milliseconds per Raft tick.
+pub const TICK_MS: u64 = 10;
+/// Drives per replica per millisecond, at most: outputs beget outputs.
+const DRIVES_PER_STEP_MAX: usize = 16;
+
+/// How unreliable the network and disks are.
+#[derive(Clone, Copy, Debug)]
+pub struct Faults {
+    /// Chance that a message is lost.
+    pub loss: f64,
+    /// Chance that a message is delivered twice.
+    pub duplicate: f64,
+    /// Messages take 1 to this many milliseconds, so they overtake each
+    /// other.
+    pub delay_max_ms: u64,
+    /// Disk writes take 0 to this many milliseconds.
+    pub disk_delay_max_ms: u64,
+}
+
+impl Faults {
+    /// A network that delivers everything in about a millisecond.
+    pub const NONE: Faults = Faults {
+        loss: 0.0,
+        duplicate: 0.0,
+        delay_max_ms: 1,
+        disk_delay_max_ms: 1,
+    };
+}
+
+/// A safety property the run broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    #[error("term {term} has two leaders, {first} and {second}")]
+    TwoLeaders { term: u64, first: u64, second: u64 },
+    #[error("index {index}: replica {replica} applied term {term}, but term {earlier_term} was applied there before")]
+    EntryChanged {
+        index: u64,
+        replica: u64,
+        term: u64,
+        earlier_term: u64,
+    },
+    #[error("replica {replica} applied index {index} after {previous}")]
+    AppliedOutOfOrder {
+        replica: u64,
+        index: u64,
+        previous: u64,
+    },
+    #[error("raft-rs refused: {0}")]
+    Raft(String),
+}
+
+pub struct RaftSim {
+    rng: ChaCha8Rng,
+    pub now_ms: u64,
+    pub faults: Faults,
+    configs: Vec<ReplicaConfig>,
+    replicas: Vec<Option<Replica>>,
+    durable: Vec<Durable>,
+    /// Per replica: writes in progress and when each completes.
+    disks: Vec<VecDeque<(u64, Persist)>>,
+    /// Messages in flight by (delivery time, sequence).
+    network: BTreeMap<(u64, u64), Message>,
+    sent: u64,
+    /// (from, to) pairs that cannot talk.
+    cut: BTreeSet<(u64, u64)>,
+    leaders: BTreeMap<u64, u64>,
+    /// Every entry applied anywhere: index → (term, data).
+    pub committed: BTreeMap<u64, (u64, Vec<u8>)>,
+    /// Per replica, the last index applied in its current life.
+    applied: Vec<u64>,
+    logger: slog::Logger,
+}
+
+impl RaftSim {
+    /// A new group of `count` replicas (ids 1..=count) with distinct
+    /// election timeouts drawn from `seed`.
+    pub fn new(seed: u64, count: usize, faults: Faults) -> RaftSim {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let ids: Vec<u64> = (1..=count as u64).collect();
+        let mut spreads: Vec<usize> = (0..count).collect();
+        for index in (1..count).rev() {
+            spreads.swap(index, rng.gen_range(0..=index));
+        }
+        let configs: Vec<ReplicaConfig> = ids
+            .iter()
+            .zip(spreads)
+            .map(|(&id, spread)| ReplicaConfig {
+                id,
+                voters: ids.clone(),
+                election_ticks: 10 + 3 * spread,
+                heartbeat_ticks: 3,
+                message_bytes_max: 64 * 1024,
+                inflight_messages_max: 64,
+            })
+            .collect();
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let durable = vec![Durable::default(); count];
+        let replicas = configs
+            .iter()
+            .map(|config| Some(Replica::new(config, &Durable::default(), &logger).expect("valid")))
+            .collect();
+        RaftSim {
+            rng,
+            now_ms: 0,
+            faults,
+            configs,
+            replicas,
+            durable,
+            disks: vec![VecDeque::new(); count],
+            network: BTreeMap::new(),
+            sent: 0,
+            cut: BTreeSet::new(),
+            leaders: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            applied: vec![0; count],
+            logger,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// The replica a live leader of the highest term, if any.
+    pub fn leader(&self) -> Option<u64> {
+        self.replicas
+            .iter()
+            .flatten()
+            .filter(|replica| replica.is_leader())
+            .max_by_key(|replica| replica.term())
+            .map(Replica::id)
+    }
+
+    /// Proposes `data` at replica `id` (followers forward it); false if
+    /// that replica is down or refuses.
+    pub fn propose(&mut self, id: u64, data: Vec<u8>) -> bool {
+        match &mut self.replicas[id as usize - 1] {
+            Some(replica) => replica.propose(data).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Stops replica `id`: its writes in progress are lost, its state
+    /// machine forgotten.
+    pub fn crash(&mut self, id: u64) {
+        let index = id as usize - 1;
+        self.replicas[index] = None;
+        self.disks[index].clear();
+        self.applied[index] = 0;
+    }
+
+    /// Starts replica `id` again from what its disk holds.
+    pub fn restart(&mut self, id: u64) -> Result<(), Violation> {
+        let index = id as usize - 1;
+        if self.replicas[index].is_some() {
+            return Ok(());
+        }
+        let replica = Replica::new(&self.configs[index], &self.durable[index], &self.logger)
+            .map_err(|error| Violation::Raft(error.to_string()))?;
+        self.replicas[index] = Some(replica);
+        Ok(())
+    }
+
+    pub fn is_up(&self, id: u64) -> bool {
+        self.replicas[id as usize - 1].is_some()
+    }
+
+    /// Cuts every link between `group` and the other replicas.
+    pub fn partition(&mut self, group: &[u64]) {
+        for a in 1..=self.count() as u64 {
+            for b in 1..=self.count() as u64 {
+                if group.contains(&a) != group.contains(&b) {
+                    self.cut.insert((a, b));
+                }
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Advances one virtual millisecond.
+    pub fn step(&mut self) -> Result<(), Violation> {
+        self.now_ms += 1;
+        self.deliver()?;
+        self.complete_writes()?;
+        for index in 0..self.count() {
+            if self.now_ms % TICK_MS == 0 {
+                if let Some(replica) = &mut self.replicas[index] {
+                    replica.tick();
+                }
+            }
+            for _ in 0..DRIVES_PER_STEP_MAX {
+                let Some(replica) = &mut self.replicas[index] else {
+                    break;
+                };
+                let outputs = replica
+                    .drive()
+                    .map_err(|error| Violation::Raft(error.to_string()))?;
+                if is_empty(&outputs) {
+                    break;
+                }
+                self.carry_out(index, outputs)?;
+            }
+        }
+        self.check_leaders()
+    }
+
+    /// Runs `milliseconds` steps.
+    pub fn run(&mut self, milliseconds: u64) -> Result<(), Violation> {
+        for _ in 0..milliseconds {
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// Whether every live replica has applied every entry committed
+    /// anywhere.
+    pub fn converged(&self) -> bool {
+        let last = self.committed.keys().next_back().copied().unwrap_or(0);
+        self.replicas
+            .iter()
+            .zip(&self.applied)
+            .all(|(replica, &applied)| replica.is_none() || applied >= last)
+    }
+
+    fn carry_out(&mut self, index: usize, outputs: Outputs) -> Result<(), Violation> {
+        for message in outputs.messages {
+            self.send(message);
+        }
+        if outputs.snapshot.is_some() {
+            // Snapshots are not taken in this simulation yet; raft-rs only
+            // sends one when the log was compacted.
+            return Err(Violation::Raft("unexpected snapshot".into()));
+        }
+        for entry in outputs.committed {
+            self.apply(index, entry.index, entry.term, entry.data.to_vec())?;
+        }
+        if let Some(persist) = outputs.persist {
+            let previous = self.disks[index].back().map_or(self.now_ms, |(at, _)| *at);
+            let delay = self.rng.gen_range(0..=self.faults.disk_delay_max_ms);
+            let done = previous.max(self.now_ms + delay);
+            self.disks[index].push_back((done, persist));
+        }
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        index: usize,
+        entry: u64,
+        term: u64,
+        data: Vec<u8>,
+    ) -> Result<(), Violation> {
+        let replica = index as u64 + 1;
+        if entry != self.applied[index] + 1 {
+            return Err(Violation::AppliedOutOfOrder {
+                replica,
+                index: entry,
+                previous: self.applied[index],
+            });
+        }
+        self.applied[index] = entry;
+        match self.committed.get(&entry) {
+            Some((earlier_term, earlier)) if (*earlier_term, earlier) != (term, &data) => {
+                Err(Violation::EntryChanged {
+                    index: entry,
+                    replica,
+                    term,
+                    earlier_term: *earlier_term,
+                })
+            }
+            Some(_) => Ok(()),
+            None => {
+                self.committed.insert(entry, (term, data));
+                Ok(())
+            }
+        }
+    }
+
+    fn send(&mut self, message: Message) {
+        if self.cut.contains(&(message.from, message.to)) || self.rng.gen_bool(self.faults.loss) {
+            return;
+        }
+        let copies = if self.rng.gen_bool(self.faults.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let at = self.now_ms + self.rng.gen_range(1..=self.faults.delay_max_ms.max(1));
+            self.sent += 1;
+            self.network.insert((at, self.sent), message.clone());
+        }
+    }
+
+    fn deliver(&mut self) -> Result<(), Violation> {
+        while let Some(entry) = self.network.first_entry() {
+            if entry.key().0 > self.now_ms {
+                break;
+            }
+            let message = entry.remove();
+            if self.cut.contains(&(message.from, message.to)) {
+                continue;
+            }
+            if let Some(replica) = &mut self.replicas[message.to as usize - 1] {
+                // A stale or unexpected message is refused, not fatal.
+                let _ = replica.step(message);
+            }
+        }
+        Ok(())
+    }
+
+    fn complete_writes(&mut self) -> Result<(), Violation> {
+        for index in 0..self.count() {
+            while self.disks[index]
+                .front()
+                .is_some_and(|(done, _)| *done <= self.now_ms)
+            {
+                let (_, persist) = self.disks[index].pop_front().expect("just seen");
+                self.durable[index].absorb(&persist);
+                let released = match &mut self.replicas[index] {
+                    Some(replica) => replica.persisted(persist.number),
+                    None => Vec::new(),
+                };
+                for message in released {
+                    self.send(message);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_leaders(&mut self) -> Result<(), Violation> {
+        for replica in self.replicas.iter().flatten() {
+            if !replica.is_leader() {
+                continue;
+            }
+            let (term, id) = (replica.term(), replica.id());
+            let first = *self.leaders.entry(term).or_insert(id);
+            if first != id {
+                return Err(Violation::TwoLeaders {
+                    term,
+                    first,
+                    second: id,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_empty(outputs: &Outputs) -> bool {
+    outputs.messages.is_empty()
+        && outputs.snapshot.is_none()
+        && outputs.committed.is_empty()
+        && outputs.read_states.is_empty()
+        && outputs.persist.is_none()
+}
