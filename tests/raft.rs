@@ -3,10 +3,12 @@
 //! reorders messages, with partitions and crash-restarts from the durable
 //! state. Every step checks election safety, that an applied index never
 //! changes, and that each replica applies in order; once the faults heal,
-//! every replica must have applied everything committed. A failure names
+//! every replica must have applied everything committed, and what the
+//! clients saw of the key-value state must be linearizable. A failure names
 //! its seed (SIM_SEED=...); `SIM_SEEDS=N` runs N seeds per size.
 
-use agentmesh::sim::raft::{Faults, RaftSim};
+use agentmesh::protocols::cluster_state::{Command, Proposal};
+use agentmesh::sim::raft::{CallKind, Faults, RaftSim};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -16,6 +18,9 @@ const FAULTY: Faults = Faults {
     delay_max_ms: 20,
     disk_delay_max_ms: 5,
 };
+
+const CLIENTS: u64 = 4;
+const KEYS: [&str; 3] = ["a", "b", "c"];
 
 fn seeds() -> u64 {
     std::env::var("SIM_SEEDS")
@@ -38,7 +43,13 @@ fn chaos(seed: u64, count: usize) -> Result<RaftSim, String> {
         if millisecond % 5 == 0 {
             proposal += 1;
             let at = rng.gen_range(1..=count as u64);
-            sim.propose(at, proposal.to_be_bytes().to_vec());
+            let client = rng.gen_range(1..=CLIENTS);
+            let key = KEYS[rng.gen_range(0..KEYS.len())];
+            if rng.gen_bool(0.5) {
+                sim.put(at, client, key, proposal.to_be_bytes().to_vec());
+            } else {
+                sim.get(at, client, key);
+            }
         }
         if millisecond % 200 == 100 {
             let replica = rng.gen_range(1..=count as u64);
@@ -65,10 +76,12 @@ fn chaos(seed: u64, count: usize) -> Result<RaftSim, String> {
     for _ in 0..30 {
         sim.run(100).map_err(fail)?;
         if let Some(leader) = sim.leader() {
-            sim.propose(leader, b"after".to_vec());
+            sim.put(leader, 0, "after", b"healed".to_vec());
         }
     }
     sim.run(500).map_err(fail)?;
+    agentmesh::sim::linearizability::check(&sim.history)
+        .map_err(|error| format!("SIM_SEED={seed} ({count} replicas): {error}"))?;
     if !sim.converged() {
         return Err(format!(
             "SIM_SEED={seed} ({count} replicas): not every replica applied all {} committed entries after healing",
@@ -102,21 +115,46 @@ fn a_quiet_group_elects_one_leader_and_commits_in_order() {
     sim.run(1_000).unwrap();
     let leader = sim.leader().expect("a leader within a second");
     for value in 0..100u64 {
-        assert!(sim.propose(leader, value.to_be_bytes().to_vec()));
+        sim.put(leader, 1, "k", value.to_be_bytes().to_vec());
     }
     sim.run(200).unwrap();
     assert!(sim.converged());
     let values: Vec<u64> = sim
         .committed
         .values()
-        .filter(|(_, data)| data.len() == 8)
-        .map(|(_, data)| u64::from_be_bytes(data[..].try_into().unwrap()))
+        .filter(|(_, data)| !data.is_empty())
+        .map(|(_, data)| match Proposal::decode(data).unwrap().command {
+            Command::Put { value, .. } => u64::from_be_bytes(value[..].try_into().unwrap()),
+            other => panic!("unexpected {other:?}"),
+        })
         .collect();
     assert_eq!(
         values,
         (0..100).collect::<Vec<_>>(),
-        "every proposal, once, in order"
+        "every put, once, in order"
     );
+    assert!(sim.history.iter().all(|call| call.answered_ms.is_some()));
+    sim.get(leader, 2, "k");
+    sim.run(50).unwrap();
+    let last = sim.history.last().unwrap();
+    assert_eq!(
+        last.kind,
+        CallKind::Get(Some(Some(99u64.to_be_bytes().to_vec())))
+    );
+}
+
+#[test]
+fn answered_puts_and_gets_are_counted_and_linearizable() {
+    let sim = chaos(3, 3).unwrap();
+    let answered = |put: bool| {
+        sim.history
+            .iter()
+            .filter(|call| call.answered_ms.is_some())
+            .filter(|call| matches!(call.kind, CallKind::Put(_)) == put)
+            .count()
+    };
+    assert!(answered(true) > 10, "puts answered: {}", answered(true));
+    assert!(answered(false) > 10, "gets answered: {}", answered(false));
 }
 
 #[test]
@@ -124,4 +162,5 @@ fn the_same_seed_gives_the_same_run() {
     let first = chaos(7, 5).unwrap();
     let second = chaos(7, 5).unwrap();
     assert_eq!(first.committed, second.committed);
+    assert_eq!(first.history, second.history);
 }

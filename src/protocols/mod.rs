@@ -15,6 +15,7 @@ pub fn stable_hash(text: &str) -> u64 {
         (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3)
     })
 }
+pub mod cluster_state;
 pub mod delivery;
 pub mod membership;
 pub mod raft;

@@ -2,4 +2,5 @@
 //! here is deterministic given its seed: a failing run is replayed by
 //! running the same seed again.
 
+pub mod linearizability;
 pub mod raft;

@@ -11,6 +11,14 @@
 //!
 //! and, on request, convergence: every live replica has applied every
 //! entry committed anywhere.
+//!
+//! Clients put and get keys of the replicated [`ClusterState`]: a put is
+//! proposed at a replica and answered when that replica applies it; a get
+//! asks that replica for a ReadIndex and is answered from its state once it
+//! has applied that far. Every call and answer is recorded in
+//! [`RaftSim::history`] with its virtual times, for a linearizability
+//! check; a call whose replica crashed or whose proposal was lost stays
+//! unanswered (it may or may not have taken effect).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -18,7 +26,26 @@ use raft::eraftpb::Message;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::protocols::cluster_state::{ClusterState, Command, Proposal, RequestId};
 use crate::protocols::raft::{Durable, Outputs, Persist, Replica, ReplicaConfig};
+
+/// One client call and, if it came, its answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub client: u64,
+    pub key: String,
+    pub called_ms: u64,
+    /// None: never answered.
+    pub answered_ms: Option<u64>,
+    pub kind: CallKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallKind {
+    Put(Vec<u8>),
+    /// The value read, once answered (None inside: the key was absent).
+    Get(Option<Option<Vec<u8>>>),
+}
 
 /// Milliseconds per Raft tick.
 pub const TICK_MS: u64 = 10;
@@ -90,6 +117,16 @@ pub struct RaftSim {
     pub committed: BTreeMap<u64, (u64, Vec<u8>)>,
     /// Per replica, the last index applied in its current life.
     applied: Vec<u64>,
+    /// Per replica, its state machine in its current life.
+    states: Vec<ClusterState>,
+    /// Every client call so far.
+    pub history: Vec<Call>,
+    /// Puts awaiting their replica's apply: (replica index, request) → call.
+    pending_puts: BTreeMap<(usize, RequestId), usize>,
+    /// Gets awaiting a read index or the apply it needs: (replica index,
+    /// call, read index once known).
+    pending_gets: Vec<(usize, usize, Option<u64>)>,
+    next_request: u64,
     logger: slog::Logger,
 }
 
@@ -135,6 +172,11 @@ impl RaftSim {
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             applied: vec![0; count],
+            states: vec![ClusterState::default(); count],
+            history: Vec::new(),
+            pending_puts: BTreeMap::new(),
+            pending_gets: Vec::new(),
+            next_request: 0,
             logger,
         }
     }
@@ -169,6 +211,56 @@ impl RaftSim {
         self.replicas[index] = None;
         self.disks[index].clear();
         self.applied[index] = 0;
+        self.states[index] = ClusterState::default();
+        self.pending_puts.retain(|(at, _), _| *at != index);
+        self.pending_gets.retain(|(at, _, _)| *at != index);
+    }
+
+    /// Client `client` puts `value` at `key` through replica `at`.
+    pub fn put(&mut self, at: u64, client: u64, key: &str, value: Vec<u8>) {
+        self.next_request += 1;
+        let request = RequestId {
+            client,
+            sequence: self.next_request,
+        };
+        let proposal = Proposal {
+            request,
+            command: Command::Put {
+                key: key.to_string(),
+                value: value.clone(),
+            },
+        };
+        let call = self.record(client, key, CallKind::Put(value));
+        let data = proposal.encode().expect("small keys and values");
+        if self.propose(at, data) {
+            self.pending_puts.insert((at as usize - 1, request), call);
+        } else {
+            // Refused outright: it never entered the log.
+            self.history.pop();
+        }
+    }
+
+    /// Client `client` reads `key` through replica `at`.
+    pub fn get(&mut self, at: u64, client: u64, key: &str) {
+        let index = at as usize - 1;
+        let Some(replica) = &mut self.replicas[index] else {
+            return;
+        };
+        let call = self.history.len();
+        replica.read_index((call as u64).to_be_bytes().to_vec());
+        self.record(client, key, CallKind::Get(None));
+        self.pending_gets.push((index, call, None));
+    }
+
+    fn record(&mut self, client: u64, key: &str, kind: CallKind) -> usize {
+        self.history.push(Call {
+            client,
+            key: key.to_string(),
+            called_ms: self.now_ms,
+            answered_ms: None,
+            kind,
+        });
+        self.history.len() - 1
     }
 
     /// Starts replica `id` again from what its disk holds.
@@ -256,9 +348,18 @@ impl RaftSim {
             // sends one when the log was compacted.
             return Err(Violation::Raft("unexpected snapshot".into()));
         }
+        for read in outputs.read_states {
+            let call = u64::from_be_bytes(read.request_ctx[..8].try_into().expect("8 bytes"));
+            for pending in &mut self.pending_gets {
+                if pending.0 == index && pending.1 as u64 == call {
+                    pending.2 = Some(read.index);
+                }
+            }
+        }
         for entry in outputs.committed {
             self.apply(index, entry.index, entry.term, entry.data.to_vec())?;
         }
+        self.answer_gets(index);
         if let Some(persist) = outputs.persist {
             let previous = self.disks[index].back().map_or(self.now_ms, |(at, _)| *at);
             let delay = self.rng.gen_range(0..=self.faults.disk_delay_max_ms);
@@ -284,6 +385,14 @@ impl RaftSim {
             });
         }
         self.applied[index] = entry;
+        let applied = self.states[index]
+            .apply(entry, &data)
+            .map_err(|error| Violation::Raft(error.to_string()))?;
+        if let Some((request, _)) = applied {
+            if let Some(call) = self.pending_puts.remove(&(index, request)) {
+                self.history[call].answered_ms = Some(self.now_ms);
+            }
+        }
         match self.committed.get(&entry) {
             Some((earlier_term, earlier)) if (*earlier_term, earlier) != (term, &data) => {
                 Err(Violation::EntryChanged {
@@ -370,6 +479,25 @@ impl RaftSim {
             }
         }
         Ok(())
+    }
+}
+
+impl RaftSim {
+    /// Answers the gets at replica `index` whose read index it has applied.
+    fn answer_gets(&mut self, index: usize) {
+        let applied = self.applied[index];
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .pending_gets
+            .drain(..)
+            .partition(|(at, _, read)| *at == index && read.is_some_and(|read| read <= applied));
+        self.pending_gets = waiting;
+        for (_, call, _) in ready {
+            let value = self.states[index]
+                .get(&self.history[call].key)
+                .map(<[u8]>::to_vec);
+            self.history[call].kind = CallKind::Get(Some(value));
+            self.history[call].answered_ms = Some(self.now_ms);
+        }
     }
 }
 

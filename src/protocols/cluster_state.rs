@@ -1,0 +1,247 @@
+//! The replicated state machine: what the Raft group agrees on. Commands
+//! are applied in log order and every replica that applies the same log
+//! holds the same state. It holds the user key-value space, the agent
+//! directory (agent → node) and the overlay epoch; membership and placement
+//! join it as the control plane grows.
+//!
+//! A command carries the id of the client request that proposed it, so the
+//! replica the client asked can answer it once the command is applied, and
+//! a request retried after a lost answer is applied once.
+
+use std::collections::BTreeMap;
+
+use bincode::{Decode, Encode};
+
+/// Longest key, in bytes.
+pub const KEY_BYTES_MAX: usize = 1_024;
+/// Largest value, in bytes.
+pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+/// Client requests remembered for de-duplication, per client.
+const REQUESTS_REMEMBERED_MAX: usize = 1_024;
+
+/// Identifies one client request: the client, and its own sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct RequestId {
+    pub client: u64,
+    pub sequence: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Command {
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    AssignAgent {
+        agent: String,
+        node: String,
+    },
+    /// The overlay changed: its epoch moves to `epoch` if that is newer.
+    OverlayEpoch {
+        epoch: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Proposal {
+    pub request: RequestId,
+    pub command: Command,
+}
+
+/// What applying a command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// A delete of a key that was not there.
+    NotFound,
+    /// The request was applied before (a retry); nothing changed again.
+    Repeated,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateError {
+    #[error("key of {0} bytes; keys are at most {KEY_BYTES_MAX} bytes")]
+    KeyTooLong(usize),
+    #[error("value of {0} bytes; values are at most {VALUE_BYTES_MAX} bytes")]
+    ValueTooLarge(usize),
+    #[error("malformed log entry or snapshot: {0}")]
+    Malformed(String),
+}
+
+impl Proposal {
+    /// Checks limits and encodes, for `Replica::propose`.
+    pub fn encode(&self) -> Result<Vec<u8>, StateError> {
+        if let Command::Put { key, .. } | Command::Delete { key } = &self.command {
+            if key.len() > KEY_BYTES_MAX {
+                return Err(StateError::KeyTooLong(key.len()));
+            }
+        }
+        if let Command::Put { value, .. } = &self.command {
+            if value.len() > VALUE_BYTES_MAX {
+                return Err(StateError::ValueTooLarge(value.len()));
+            }
+        }
+        Ok(bincode::encode_to_vec(self, bincode::config::standard()).expect("proposals encode"))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Proposal, StateError> {
+        let (proposal, used) = bincode::decode_from_slice(bytes, bincode::config::standard())
+            .map_err(|error| StateError::Malformed(error.to_string()))?;
+        if used != bytes.len() {
+            return Err(StateError::Malformed("trailing bytes".into()));
+        }
+        Ok(proposal)
+    }
+}
+
+/// The cluster's shared state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct ClusterState {
+    /// The last log index applied.
+    pub applied: u64,
+    pub kv: BTreeMap<String, Vec<u8>>,
+    pub agents: BTreeMap<String, String>,
+    pub overlay_epoch: u64,
+    /// Per client, the sequences of its latest applied requests.
+    seen: BTreeMap<u64, std::collections::BTreeSet<u64>>,
+}
+
+impl ClusterState {
+    /// Applies the entry at `index` (an empty entry, as a new leader
+    /// appends, only moves `applied`).
+    pub fn apply(
+        &mut self,
+        index: u64,
+        data: &[u8],
+    ) -> Result<Option<(RequestId, Outcome)>, StateError> {
+        assert!(
+            index > self.applied,
+            "entries apply in order: {index} after {}",
+            self.applied
+        );
+        self.applied = index;
+        if data.is_empty() {
+            return Ok(None);
+        }
+        let proposal = Proposal::decode(data)?;
+        let request = proposal.request;
+        let seen = self.seen.entry(request.client).or_default();
+        if seen.contains(&request.sequence) {
+            return Ok(Some((request, Outcome::Repeated)));
+        }
+        seen.insert(request.sequence);
+        if seen.len() > REQUESTS_REMEMBERED_MAX {
+            seen.pop_first();
+        }
+        let outcome = match proposal.command {
+            Command::Put { key, value } => {
+                self.kv.insert(key, value);
+                Outcome::Done
+            }
+            Command::Delete { key } => match self.kv.remove(&key) {
+                Some(_) => Outcome::Done,
+                None => Outcome::NotFound,
+            },
+            Command::AssignAgent { agent, node } => {
+                self.agents.insert(agent, node);
+                Outcome::Done
+            }
+            Command::OverlayEpoch { epoch } => {
+                self.overlay_epoch = self.overlay_epoch.max(epoch);
+                Outcome::Done
+            }
+        };
+        Ok(Some((request, outcome)))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.kv.get(key).map(Vec::as_slice)
+    }
+
+    /// The whole state, encoded, for a snapshot.
+    pub fn snapshot(&self) -> Vec<u8> {
+        bincode::encode_to_vec(self, bincode::config::standard()).expect("state encodes")
+    }
+
+    pub fn restore(bytes: &[u8]) -> Result<ClusterState, StateError> {
+        bincode::decode_from_slice(bytes, bincode::config::standard())
+            .map(|(state, _)| state)
+            .map_err(|error| StateError::Malformed(error.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proposal(sequence: u64, command: Command) -> Vec<u8> {
+        let request = RequestId {
+            client: 7,
+            sequence,
+        };
+        Proposal { request, command }.encode().unwrap()
+    }
+
+    fn put(key: &str, value: &[u8]) -> Command {
+        Command::Put {
+            key: key.into(),
+            value: value.to_vec(),
+        }
+    }
+
+    #[test]
+    fn commands_apply_once_in_order_and_survive_a_snapshot() {
+        let mut state = ClusterState::default();
+        assert_eq!(state.apply(1, &[]).unwrap(), None, "a leader's empty entry");
+        let outcome = |result: Option<(RequestId, Outcome)>| result.unwrap().1;
+        assert_eq!(
+            outcome(state.apply(2, &proposal(1, put("k", b"v"))).unwrap()),
+            Outcome::Done
+        );
+        let retry = state.apply(3, &proposal(1, put("k", b"other"))).unwrap();
+        assert_eq!(outcome(retry), Outcome::Repeated);
+        assert_eq!(state.get("k"), Some(&b"v"[..]));
+        let missing = Command::Delete { key: "gone".into() };
+        assert_eq!(
+            outcome(state.apply(4, &proposal(2, missing)).unwrap()),
+            Outcome::NotFound
+        );
+        let epoch = Command::OverlayEpoch { epoch: 5 };
+        state.apply(5, &proposal(3, epoch)).unwrap();
+        let older = Command::OverlayEpoch { epoch: 4 };
+        state.apply(6, &proposal(4, older)).unwrap();
+        assert_eq!(state.overlay_epoch, 5, "the epoch never goes back");
+        let restored = ClusterState::restore(&state.snapshot()).unwrap();
+        assert_eq!(restored, state);
+        assert_eq!(restored.applied, 6);
+    }
+
+    #[test]
+    fn oversized_keys_and_values_and_garbage_are_refused() {
+        let request = RequestId {
+            client: 1,
+            sequence: 1,
+        };
+        let long_key = Proposal {
+            request,
+            command: put(&"k".repeat(KEY_BYTES_MAX + 1), b""),
+        };
+        assert!(matches!(long_key.encode(), Err(StateError::KeyTooLong(_))));
+        let big_value = Proposal {
+            request,
+            command: put("k", &vec![0; VALUE_BYTES_MAX + 1]),
+        };
+        assert!(matches!(
+            big_value.encode(),
+            Err(StateError::ValueTooLarge(_))
+        ));
+        let mut state = ClusterState::default();
+        assert!(matches!(
+            state.apply(1, &[0xff, 0xff]),
+            Err(StateError::Malformed(_))
+        ));
+    }
+}
