@@ -38,6 +38,8 @@ fn chaos(seed: u64, count: usize) -> Result<RaftSim, String> {
     };
     let mut sim = RaftSim::new(seed, count, FAULTY);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    // Half the runs snapshot and compact their logs as they go.
+    sim.compact_every = if seed % 2 == 1 { 40 } else { 0 };
     let mut proposal = 0u64;
     for millisecond in 0..3_000u64 {
         if millisecond % 5 == 0 {
@@ -84,8 +86,10 @@ fn chaos(seed: u64, count: usize) -> Result<RaftSim, String> {
         .map_err(|error| format!("SIM_SEED={seed} ({count} replicas): {error}"))?;
     if !sim.converged() {
         return Err(format!(
-            "SIM_SEED={seed} ({count} replicas): not every replica applied all {} committed entries after healing",
-            sim.committed.len()
+            "SIM_SEED={seed} ({count} replicas): not every replica applied all {} committed entries after healing (applied {:?}, leader {:?})",
+            sim.committed.len(),
+            sim.applied(),
+            sim.leader()
         ));
     }
     Ok(sim)
@@ -155,6 +159,36 @@ fn answered_puts_and_gets_are_counted_and_linearizable() {
     };
     assert!(answered(true) > 10, "puts answered: {}", answered(true));
     assert!(answered(false) > 10, "gets answered: {}", answered(false));
+}
+
+#[test]
+fn a_replica_far_behind_catches_up_from_a_snapshot() {
+    let mut sim = RaftSim::new(2, 3, Faults::NONE);
+    sim.compact_every = 50;
+    sim.run(1_000).unwrap();
+    let leader = sim.leader().expect("a leader");
+    let behind = (1..=3).find(|&id| id != leader).unwrap();
+    sim.crash(behind);
+    for value in 0..300u64 {
+        sim.put(leader, 1, "k", value.to_be_bytes().to_vec());
+        sim.step().unwrap();
+    }
+    sim.run(200).unwrap();
+    sim.restart(behind).unwrap();
+    sim.run(1_000).unwrap();
+    assert!(sim.converged(), "the restarted replica caught up");
+    assert!(
+        sim.snapshots_installed >= 1,
+        "it needed a snapshot: the log was compacted"
+    );
+    sim.get(behind, 2, "k");
+    sim.run(100).unwrap();
+    let last = sim.history.last().unwrap();
+    assert_eq!(
+        last.kind,
+        CallKind::Get(Some(Some(299u64.to_be_bytes().to_vec())))
+    );
+    agentmesh::sim::linearizability::check(&sim.history).unwrap();
 }
 
 #[test]

@@ -24,9 +24,87 @@
 //! the caller ([`ReplicaConfig::election_ticks`]), which is what the random
 //! draw is for: that no two replicas time out together for ever.
 
+use std::sync::{Arc, RwLock};
+
 use raft::eraftpb::{ConfState, Entry, HardState, Message, Snapshot};
 use raft::storage::MemStorage;
-use raft::{RawNode, ReadState, StateRole};
+use raft::{GetEntriesContext, RaftState, RawNode, ReadState, StateRole, Storage, StorageError};
+
+/// The log raft-rs reads: raft-rs's in-memory log, plus the latest
+/// snapshot of the state machine (with its data), which followers too far
+/// behind are sent. [`Replica::compact`] takes one and drops the entries
+/// before it.
+#[derive(Clone, Default)]
+pub struct ReplicaLog {
+    entries: MemStorage,
+    snapshot: Arc<RwLock<Snapshot>>,
+}
+
+impl ReplicaLog {
+    fn latest_snapshot(&self) -> Snapshot {
+        self.snapshot
+            .read()
+            .expect("snapshot lock is never poisoned")
+            .clone()
+    }
+
+    fn keep_snapshot(&self, snapshot: Snapshot) {
+        *self
+            .snapshot
+            .write()
+            .expect("snapshot lock is never poisoned") = snapshot;
+    }
+}
+
+impl Storage for ReplicaLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.entries.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.entries.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        let snapshot = self
+            .snapshot
+            .read()
+            .expect("snapshot lock is never poisoned");
+        let metadata = snapshot.get_metadata();
+        if index != 0 && index == metadata.index {
+            return Ok(metadata.term);
+        }
+        drop(snapshot);
+        self.entries.term(index)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.entries.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.entries.last_index()
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let snapshot = self.latest_snapshot();
+        let index = snapshot.get_metadata().index;
+        // request_index is 0 unless a follower asked for a newer one.
+        if index > 0 && index >= request_index {
+            Ok(snapshot)
+        } else {
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ))
+        }
+    }
+}
 
 /// How a replica is set up.
 #[derive(Clone, Debug)]
@@ -79,10 +157,7 @@ impl Durable {
     /// entries replace any durable suffix they conflict with.
     pub fn absorb(&mut self, persist: &Persist) {
         if let Some(snapshot) = &persist.snapshot {
-            let index = snapshot.get_metadata().index;
-            self.entries.retain(|entry| entry.index > index);
-            self.conf_state = Some(snapshot.get_metadata().get_conf_state().clone());
-            self.snapshot = Some(snapshot.clone());
+            self.compacted(snapshot);
         }
         if let Some(first) = persist.entries.first() {
             self.entries.retain(|entry| entry.index < first.index);
@@ -91,6 +166,16 @@ impl Durable {
         if let Some(hard_state) = &persist.hard_state {
             self.hard_state = hard_state.clone();
         }
+    }
+}
+
+impl Durable {
+    /// Keeps `snapshot` in place of every entry up to its index.
+    pub fn compacted(&mut self, snapshot: &Snapshot) {
+        let index = snapshot.get_metadata().index;
+        self.entries.retain(|entry| entry.index > index);
+        self.conf_state = Some(snapshot.get_metadata().get_conf_state().clone());
+        self.snapshot = Some(snapshot.clone());
     }
 }
 
@@ -116,9 +201,11 @@ pub struct Outputs {
 
 /// One Raft replica.
 pub struct Replica {
-    node: RawNode<MemStorage>,
+    node: RawNode<ReplicaLog>,
     /// Per outstanding persist: its number and the messages that wait for it.
     waiting: std::collections::VecDeque<(u64, Vec<Message>)>,
+    /// A snapshot handed out for applying: its persist number and index.
+    snapshot_applied: Option<(u64, u64)>,
 }
 
 impl Replica {
@@ -128,9 +215,12 @@ impl Replica {
         durable: &Durable,
         logger: &slog::Logger,
     ) -> raft::Result<Replica> {
-        let storage = MemStorage::new();
+        let storage = ReplicaLog::default();
+        if let Some(snapshot) = &durable.snapshot {
+            storage.keep_snapshot(snapshot.clone());
+        }
         let applied = {
-            let mut core = storage.wl();
+            let mut core = storage.entries.wl();
             match (&durable.snapshot, &durable.conf_state) {
                 (Some(snapshot), _) => core.apply_snapshot(snapshot.clone())?,
                 (None, Some(conf_state)) => core.set_conf_state(conf_state.clone()),
@@ -139,7 +229,15 @@ impl Replica {
                 }
             }
             core.append(&durable.entries)?;
-            core.set_hardstate(durable.hard_state.clone());
+            // A snapshot holds only committed state, and may have been
+            // written before the hard state that says its index committed.
+            let mut hard_state = durable.hard_state.clone();
+            if let Some(snapshot) = &durable.snapshot {
+                let metadata = snapshot.get_metadata();
+                hard_state.commit = hard_state.commit.max(metadata.index);
+                hard_state.term = hard_state.term.max(metadata.term);
+            }
+            core.set_hardstate(hard_state);
             // The state machine is rebuilt from the snapshot and re-applies
             // the committed entries after it.
             durable
@@ -151,6 +249,7 @@ impl Replica {
         Ok(Replica {
             node,
             waiting: std::collections::VecDeque::new(),
+            snapshot_applied: None,
         })
     }
 
@@ -208,19 +307,19 @@ impl Replica {
         outputs.messages = ready.take_messages();
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
-            self.node
-                .mut_store()
-                .wl()
-                .apply_snapshot(snapshot.clone())?;
+            let log = self.node.mut_store();
+            log.entries.wl().apply_snapshot(snapshot.clone())?;
+            log.keep_snapshot(snapshot.clone());
             outputs.snapshot = Some(snapshot);
         }
         outputs.committed = ready.take_committed_entries();
         outputs.read_states = ready.take_read_states();
         if !ready.entries().is_empty() {
-            self.node.mut_store().wl().append(ready.entries())?;
+            self.node.mut_store().entries.wl().append(ready.entries())?;
         }
         if let Some(hard_state) = ready.hs() {
-            self.node.mut_store().wl().set_hardstate(hard_state.clone());
+            let log = self.node.mut_store();
+            log.entries.wl().set_hardstate(hard_state.clone());
         }
         let persist = Persist {
             number: ready.number(),
@@ -236,6 +335,11 @@ impl Replica {
             self.waiting.push_back((persist.number, held));
             outputs.persist = Some(persist);
         }
+        if let Some(snapshot) = &outputs.snapshot {
+            // The caller restores its state machine from it now; raft-rs
+            // counts it applied once it is durable (see `persisted`).
+            self.snapshot_applied = Some((ready.number(), snapshot.get_metadata().index));
+        }
         self.node.advance_append_async(ready);
         if let Some(last) = outputs.committed.last() {
             self.node.advance_apply_to(last.index);
@@ -243,10 +347,54 @@ impl Replica {
         Ok(outputs)
     }
 
+    /// Snapshots the state machine, whose state after applying `index`
+    /// is `data`, and drops the log before `index` (the entry at `index`
+    /// stays, so the log is never empty). `index` must be applied here.
+    /// Returns the snapshot: the caller writes it durably and may drop its
+    /// durable entries up to `index`.
+    pub fn compact(&mut self, index: u64, data: Vec<u8>) -> raft::Result<Snapshot> {
+        let term = self.node.raft.raft_log.term(index)?;
+        let mut snapshot = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
+        let metadata = snapshot.mut_metadata();
+        metadata.index = index;
+        metadata.term = term;
+        metadata.set_conf_state(self.node.raft.prs().conf().to_conf_state());
+        let log = self.node.mut_store();
+        log.keep_snapshot(snapshot.clone());
+        log.entries.wl().compact(index)?;
+        Ok(snapshot)
+    }
+
+    /// Whether a snapshot this replica sent to `to` arrived. The transport
+    /// must say, either way: until it does, the leader sends that follower
+    /// nothing else.
+    pub fn report_snapshot(&mut self, to: u64, arrived: bool) {
+        let status = if arrived {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.node.report_snapshot(to, status);
+    }
+
+    /// The first index still in the log.
+    pub fn first_index(&self) -> u64 {
+        self.node.raft.raft_log.first_index()
+    }
+
     /// Persist `number` (and every one before it) is durable. Returns the
     /// messages that waited for it, to send now.
     pub fn persisted(&mut self, number: u64) -> Vec<Message> {
         self.node.on_persist_ready(number);
+        if let Some((waiting, index)) = self.snapshot_applied {
+            if waiting <= number {
+                self.node.advance_apply_to(index);
+                self.snapshot_applied = None;
+            }
+        }
         let mut released = Vec::new();
         while self
             .waiting

@@ -119,6 +119,12 @@ pub struct RaftSim {
     applied: Vec<u64>,
     /// Per replica, its state machine in its current life.
     states: Vec<ClusterState>,
+    /// Per replica, the index of its latest snapshot.
+    compacted: Vec<u64>,
+    /// Entries applied between snapshots (0: never snapshot).
+    pub compact_every: u64,
+    /// Snapshots replicas installed from their leader.
+    pub snapshots_installed: u64,
     /// Every client call so far.
     pub history: Vec<Call>,
     /// Puts awaiting their replica's apply: (replica index, request) → call.
@@ -173,6 +179,9 @@ impl RaftSim {
             committed: BTreeMap::new(),
             applied: vec![0; count],
             states: vec![ClusterState::default(); count],
+            compacted: vec![0; count],
+            compact_every: 0,
+            snapshots_installed: 0,
             history: Vec::new(),
             pending_puts: BTreeMap::new(),
             pending_gets: Vec::new(),
@@ -212,6 +221,7 @@ impl RaftSim {
         self.disks[index].clear();
         self.applied[index] = 0;
         self.states[index] = ClusterState::default();
+        self.compacted[index] = 0;
         self.pending_puts.retain(|(at, _), _| *at != index);
         self.pending_gets.retain(|(at, _, _)| *at != index);
     }
@@ -272,6 +282,9 @@ impl RaftSim {
         let replica = Replica::new(&self.configs[index], &self.durable[index], &self.logger)
             .map_err(|error| Violation::Raft(error.to_string()))?;
         self.replicas[index] = Some(replica);
+        if let Some(snapshot) = self.durable[index].snapshot.clone() {
+            self.restore(index, &snapshot)?;
+        }
         Ok(())
     }
 
@@ -329,6 +342,11 @@ impl RaftSim {
         Ok(())
     }
 
+    /// What each replica has applied (0 while down), for failure reports.
+    pub fn applied(&self) -> Vec<u64> {
+        self.applied.clone()
+    }
+
     /// Whether every live replica has applied every entry committed
     /// anywhere.
     pub fn converged(&self) -> bool {
@@ -343,10 +361,9 @@ impl RaftSim {
         for message in outputs.messages {
             self.send(message);
         }
-        if outputs.snapshot.is_some() {
-            // Snapshots are not taken in this simulation yet; raft-rs only
-            // sends one when the log was compacted.
-            return Err(Violation::Raft("unexpected snapshot".into()));
+        if let Some(snapshot) = &outputs.snapshot {
+            self.restore(index, snapshot)?;
+            self.snapshots_installed += 1;
         }
         for read in outputs.read_states {
             let call = u64::from_be_bytes(read.request_ctx[..8].try_into().expect("8 bytes"));
@@ -360,6 +377,7 @@ impl RaftSim {
             self.apply(index, entry.index, entry.term, entry.data.to_vec())?;
         }
         self.answer_gets(index);
+        self.maybe_compact(index)?;
         if let Some(persist) = outputs.persist {
             let previous = self.disks[index].back().map_or(self.now_ms, |(at, _)| *at);
             let delay = self.rng.gen_range(0..=self.faults.disk_delay_max_ms);
@@ -412,6 +430,7 @@ impl RaftSim {
 
     fn send(&mut self, message: Message) {
         if self.cut.contains(&(message.from, message.to)) || self.rng.gen_bool(self.faults.loss) {
+            self.report_snapshot(&message, false);
             return;
         }
         let copies = if self.rng.gen_bool(self.faults.duplicate) {
@@ -432,7 +451,10 @@ impl RaftSim {
                 break;
             }
             let message = entry.remove();
-            if self.cut.contains(&(message.from, message.to)) {
+            let arrived = !self.cut.contains(&(message.from, message.to))
+                && self.replicas[message.to as usize - 1].is_some();
+            self.report_snapshot(&message, arrived);
+            if !arrived {
                 continue;
             }
             if let Some(replica) = &mut self.replicas[message.to as usize - 1] {
@@ -483,6 +505,54 @@ impl RaftSim {
 }
 
 impl RaftSim {
+    /// Tells a snapshot's sender whether it arrived.
+    fn report_snapshot(&mut self, message: &Message, arrived: bool) {
+        if message.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot {
+            return;
+        }
+        if let Some(sender) = &mut self.replicas[message.from as usize - 1] {
+            sender.report_snapshot(message.to, arrived);
+        }
+    }
+
+    /// Replica `index`'s state machine becomes `snapshot`'s.
+    fn restore(
+        &mut self,
+        index: usize,
+        snapshot: &raft::eraftpb::Snapshot,
+    ) -> Result<(), Violation> {
+        let at = snapshot.get_metadata().index;
+        if at < self.applied[index] {
+            return Err(Violation::Raft(format!(
+                "replica {} was sent a snapshot at {at}, behind its applied {}",
+                index + 1,
+                self.applied[index]
+            )));
+        }
+        self.states[index] = ClusterState::restore(&snapshot.data)
+            .map_err(|error| Violation::Raft(error.to_string()))?;
+        self.applied[index] = at;
+        self.compacted[index] = at;
+        Ok(())
+    }
+
+    /// Snapshots replica `index` every `compact_every` applied entries.
+    fn maybe_compact(&mut self, index: usize) -> Result<(), Violation> {
+        let applied = self.applied[index];
+        if self.compact_every == 0 || applied < self.compacted[index] + self.compact_every {
+            return Ok(());
+        }
+        let Some(replica) = &mut self.replicas[index] else {
+            return Ok(());
+        };
+        let snapshot = replica
+            .compact(applied, self.states[index].snapshot())
+            .map_err(|error| Violation::Raft(error.to_string()))?;
+        self.durable[index].compacted(&snapshot);
+        self.compacted[index] = applied;
+        Ok(())
+    }
+
     /// Answers the gets at replica `index` whose read index it has applied.
     fn answer_gets(&mut self, index: usize) {
         let applied = self.applied[index];
