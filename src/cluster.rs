@@ -293,8 +293,7 @@ impl LocalCluster {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             let counters = self.counters();
-            let settled = counters.acknowledged + counters.lost_retries_exhausted;
-            if settled + self.unsettled_to(departed) >= counters.envelopes_sent {
+            if counters.settled() + self.unsettled_to(departed) >= counters.envelopes_sent {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -493,8 +492,8 @@ fn add_by_hops(total: &mut Vec<Histogram<u64>>, other: &[Histogram<u64>]) {
     }
 }
 
-/// Adds one node's deliveries by hops to `total`.
-fn add_hops(total: &mut Vec<u64>, hops: Vec<u64>) {
+/// Adds one node's (or one process's) deliveries by hops to `total`.
+pub fn add_hops(total: &mut Vec<u64>, hops: Vec<u64>) {
     total.resize(total.len().max(hops.len()), 0);
     for (total, count) in total.iter_mut().zip(hops) {
         *total += count;
@@ -637,7 +636,7 @@ impl UpSummary {
     ) -> UpSummary {
         let counters = totals.counters.clone();
         let dropped = totals.dropped_in_transit();
-        let settled = counters.acknowledged + counters.lost_retries_exhausted;
+        let settled = counters.settled();
         UpSummary {
             cluster: cluster.config.name.clone(),
             nodes: cluster.nodes.len(),

@@ -35,6 +35,14 @@ macro_rules! counters {
     };
 }
 
+impl CounterValues {
+    /// Messages whose fate the sender knows: acknowledged, or given up
+    /// after the last retry.
+    pub fn settled(&self) -> u64 {
+        self.acknowledged + self.lost_retries_exhausted
+    }
+}
+
 counters! {
     /// Envelopes signed and handed to a connection or a local agent.
     envelopes_sent,

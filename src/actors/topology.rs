@@ -101,11 +101,9 @@ pub struct TopologyState {
     linked: BTreeSet<String>,
     /// When the routing view was last looked at for a refresh.
     routes_published_ms: Option<u64>,
-    /// The link weights (and the default weight) the published routing
-    /// view was computed with; None when the overlay changed since.
-    routes_weights: Option<(LinkWeights, u64)>,
     /// What the current overlay alone determines for routing; None when
-    /// the overlay changed since it was made.
+    /// the overlay changed since it was made (the published routing view
+    /// shares it until then).
     frame: Option<Arc<OverlayFrame>>,
     /// Per neighbour: when this node last heartbeat it.
     heartbeat_sent_micros: HashMap<String, u64>,
@@ -148,7 +146,6 @@ impl Actor for TopologyActor {
             view_sent_micros: HashMap::new(),
             linked: BTreeSet::new(),
             routes_published_ms: None,
-            routes_weights: None,
             frame: None,
             heartbeat_sent_micros: HashMap::new(),
             evidence_seen_micros: HashMap::new(),
@@ -386,7 +383,6 @@ impl TopologyState {
         if overlay_changed {
             self.overlay = self.context.directory.topology.overlay_for(&live);
             self.live = live;
-            self.routes_weights = None;
             self.frame = None;
         }
         let me = self.context.node_id.clone();
@@ -458,22 +454,14 @@ impl TopologyState {
             .get(own.len() / 2)
             .copied()
             .unwrap_or(DEFAULT_LINK_WEIGHT_MICROS);
-        let unchanged =
-            self.routes_weights
-                .as_ref()
-                .is_some_and(|(published, published_default)| {
-                    !weight_moved(*published_default, default_weight)
-                        && published.len() == weights.len()
-                        && weights.iter().all(|(link, &micros)| {
-                            published
-                                .get(link)
-                                .is_some_and(|&before| !weight_moved(before, micros))
-                        })
-                });
-        if unchanged {
+        let published = self.context.routing_view();
+        let same_overlay = self
+            .frame
+            .as_ref()
+            .is_some_and(|frame| Arc::ptr_eq(frame, &published.frame));
+        if same_overlay && !weights_moved(&published, &weights, default_weight) {
             return;
         }
-        self.routes_weights = Some((weights.clone(), default_weight));
         let frame = self
             .frame
             .get_or_insert_with(|| {
@@ -488,6 +476,19 @@ impl TopologyState {
             .write()
             .expect("routing lock is never poisoned") = Arc::new(view);
     }
+}
+
+/// Whether `weights` (and the default weight) differ from those `published`
+/// was computed with by enough to compute the routes again.
+fn weights_moved(published: &RoutingView, weights: &LinkWeights, default_weight: u64) -> bool {
+    weight_moved(published.default_weight, default_weight.max(1))
+        || published.weights.len() != weights.len()
+        || weights.iter().any(|(link, &micros)| {
+            published
+                .weights
+                .get(link)
+                .is_none_or(|&before| weight_moved(before, micros))
+        })
 }
 
 /// Whether a link weight moved enough from `before` to `now` to compute

@@ -125,18 +125,19 @@ impl StormOptions {
         Ok(kind)
     }
 
-    /// The cluster config these flags describe, checked like any file, and
-    /// the envelope TTL it uses: the default, or the overlay's diameter
-    /// plus a few hops of detour where that is more (a ring of 100 nodes is
-    /// 50 hops across), up to TTL_MAX.
-    fn cluster_config(&mut self) -> anyhow::Result<ClusterConfig> {
+    /// The cluster config these flags describe, checked like any file,
+    /// with its overlay's metrics. The envelope TTL is the default, or the
+    /// overlay's diameter plus a few hops of detour where that is more (a
+    /// ring of 100 nodes is 50 hops across), up to TTL_MAX.
+    fn cluster_config(&mut self) -> anyhow::Result<(ClusterConfig, GraphMetrics)> {
         let loopback = |_: &str| "listen = \"127.0.0.1:0\"\n".to_string();
         self.ttl = TTL_MAX;
         let probe = self.parse(&self.cluster_config_text(loopback))?;
-        let diameter = graph_of(&probe).diameter;
-        let wanted = u8::try_from(diameter + TTL_DETOUR_HOPS).unwrap_or(u8::MAX);
+        let graph = graph_of(&probe);
+        let wanted = u8::try_from(graph.diameter + TTL_DETOUR_HOPS).unwrap_or(u8::MAX);
         self.ttl = LimitsConfig::default().ttl.max(wanted.min(TTL_MAX));
-        self.parse(&self.cluster_config_text(loopback))
+        let config = self.parse(&self.cluster_config_text(loopback))?;
+        Ok((config, graph))
     }
 
     fn parse(&self, text: &str) -> anyhow::Result<ClusterConfig> {
@@ -233,12 +234,11 @@ fn node_id(index: usize, nodes: usize) -> String {
 /// every message sent was delivered.
 pub async fn storm(mut options: StormOptions) -> anyhow::Result<i32> {
     options.check()?;
-    let config = options.cluster_config()?;
+    let (config, graph) = options.cluster_config()?;
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("cannot create --out {}", options.out.display()))?;
     let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
     let crypto = crypto::measure(options.payload, CRYPTO_BUDGET, cores);
-    let graph = graph_of(&config);
     let (mut swarm, setup_ms) = if options.processes == 1 {
         let cluster = LocalCluster::start(config)
             .await
@@ -261,8 +261,9 @@ pub async fn storm(mut options: StormOptions) -> anyhow::Result<i32> {
     let report = build_report(
         &options, cores, crypto, graph, setup_ms, &totals, &window, agents, resident,
     );
-    write(&options, &report, &totals.latency)?;
-    print!("{}", report.to_markdown());
+    let markdown = report.to_markdown();
+    write(&options, &report, &markdown, &totals.latency)?;
+    print!("{markdown}");
     println!("\nwritten to {}", options.out.display());
     Ok(if report.ok { 0 } else { 1 })
 }
@@ -310,7 +311,7 @@ impl Swarm {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             let (counters, _) = self.sample().await?;
-            if counters.acknowledged + counters.lost_retries_exhausted >= counters.envelopes_sent {
+            if counters.settled() >= counters.envelopes_sent {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -488,9 +489,9 @@ async fn measure(swarm: &mut Swarm, options: &StormOptions) -> anyhow::Result<Wi
     })
 }
 
-/// Every agent of the nodes in this process.
+/// Every agent of the nodes in this process, unsorted.
 pub(super) fn agent_rows(cluster: &LocalCluster) -> Vec<AgentRow> {
-    let mut rows: Vec<AgentRow> = cluster
+    cluster
         .nodes
         .iter()
         .flat_map(|node| {
@@ -515,9 +516,7 @@ pub(super) fn agent_rows(cluster: &LocalCluster) -> Vec<AgentRow> {
                 })
                 .collect::<Vec<_>>()
         })
-        .collect();
-    sort_agent_rows(&mut rows);
-    rows
+        .collect()
 }
 
 /// Most deliveries first, then by name.
@@ -662,13 +661,14 @@ fn latency_by_hops(totals: &Totals) -> BTreeMap<String, Quantiles> {
 fn write(
     options: &StormOptions,
     report: &StormReport,
+    markdown: &str,
     latency: &Histogram<u64>,
 ) -> anyhow::Result<()> {
     let out = &options.out;
     let json = serde_json::to_string_pretty(report).expect("the report serialises");
     std::fs::write(out.join("report.json"), json + "\n")
         .with_context(|| format!("cannot write {}", out.join("report.json").display()))?;
-    std::fs::write(out.join("report.md"), report.to_markdown())
+    std::fs::write(out.join("report.md"), markdown)
         .with_context(|| format!("cannot write {}", out.join("report.md").display()))?;
     super::plots::write_all(out, report, latency)
         .map_err(|error| anyhow::anyhow!("cannot draw the plots in {}: {error}", out.display()))

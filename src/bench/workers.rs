@@ -20,7 +20,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use super::report::AgentRow;
 use super::resources::{self, Process};
-use crate::cluster::{LocalCluster, Totals};
+use crate::cluster::{add_hops, LocalCluster, Totals};
 use crate::metrics::CounterValues;
 
 /// How long a worker may take to start its nodes and say so.
@@ -265,10 +265,7 @@ impl Workers {
                 bail!("a worker answered {answer:?} to Sample");
             };
             counters.add(&part);
-            hops.resize(hops.len().max(part_hops.len()), 0);
-            for (sum, count) in hops.iter_mut().zip(part_hops) {
-                *sum += count;
-            }
+            add_hops(&mut hops, part_hops);
         }
         Ok((counters, hops))
     }

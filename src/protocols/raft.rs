@@ -167,9 +167,7 @@ impl Durable {
             self.hard_state = hard_state.clone();
         }
     }
-}
 
-impl Durable {
     /// Keeps `snapshot` in place of every entry up to its index.
     pub fn compacted(&mut self, snapshot: &Snapshot) {
         let index = snapshot.get_metadata().index;
@@ -263,15 +261,6 @@ impl Replica {
 
     pub fn term(&self) -> u64 {
         self.node.raft.term
-    }
-
-    /// The leader this replica knows of (0: none).
-    pub fn leader(&self) -> u64 {
-        self.node.raft.leader_id
-    }
-
-    pub fn commit_index(&self) -> u64 {
-        self.node.raft.raft_log.committed
     }
 
     /// One logical clock tick.
@@ -378,11 +367,6 @@ impl Replica {
             raft::SnapshotStatus::Failure
         };
         self.node.report_snapshot(to, status);
-    }
-
-    /// The first index still in the log.
-    pub fn first_index(&self) -> u64 {
-        self.node.raft.raft_log.first_index()
     }
 
     /// Persist `number` (and every one before it) is durable. Returns the

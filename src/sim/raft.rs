@@ -206,7 +206,7 @@ impl RaftSim {
 
     /// Proposes `data` at replica `id` (followers forward it); false if
     /// that replica is down or refuses.
-    pub fn propose(&mut self, id: u64, data: Vec<u8>) -> bool {
+    fn propose(&mut self, id: u64, data: Vec<u8>) -> bool {
         match &mut self.replicas[id as usize - 1] {
             Some(replica) => replica.propose(data).is_ok(),
             None => false,
@@ -288,10 +288,6 @@ impl RaftSim {
         Ok(())
     }
 
-    pub fn is_up(&self, id: u64) -> bool {
-        self.replicas[id as usize - 1].is_some()
-    }
-
     /// Cuts every link between `group` and the other replicas.
     pub fn partition(&mut self, group: &[u64]) {
         for a in 1..=self.count() as u64 {
@@ -310,8 +306,8 @@ impl RaftSim {
     /// Advances one virtual millisecond.
     pub fn step(&mut self) -> Result<(), Violation> {
         self.now_ms += 1;
-        self.deliver()?;
-        self.complete_writes()?;
+        self.deliver();
+        self.complete_writes();
         for index in 0..self.count() {
             if self.now_ms % TICK_MS == 0 {
                 if let Some(replica) = &mut self.replicas[index] {
@@ -445,7 +441,7 @@ impl RaftSim {
         }
     }
 
-    fn deliver(&mut self) -> Result<(), Violation> {
+    fn deliver(&mut self) {
         while let Some(entry) = self.network.first_entry() {
             if entry.key().0 > self.now_ms {
                 break;
@@ -462,10 +458,9 @@ impl RaftSim {
                 let _ = replica.step(message);
             }
         }
-        Ok(())
     }
 
-    fn complete_writes(&mut self) -> Result<(), Violation> {
+    fn complete_writes(&mut self) {
         for index in 0..self.count() {
             while self.disks[index]
                 .front()
@@ -482,7 +477,6 @@ impl RaftSim {
                 }
             }
         }
-        Ok(())
     }
 
     fn check_leaders(&mut self) -> Result<(), Violation> {
