@@ -30,8 +30,46 @@ pub enum ClusterError {
     UnknownNode(String),
     #[error("node {node}: listen port 0 only works when every node runs in one process (agentmesh up); give node {node} a fixed port")]
     PortZero { node: String },
+    #[error("node {node} holds a control-plane replica, which keeps its log on disk: set control.data_dir in the config")]
+    NoDataDir { node: String },
+    #[error("cannot make a temporary folder for the replicas' logs: {0}")]
+    TemporaryFolder(std::io::Error),
     #[error(transparent)]
     Start(#[from] crate::actors::node::StartError),
+}
+
+/// Where each replica of a cluster in this process keeps its log: below
+/// `control.data_dir` when the config sets one, otherwise in a temporary
+/// folder that lasts as long as the cluster.
+pub struct RaftDirectories {
+    root: std::path::PathBuf,
+    _temporary: Option<tempfile::TempDir>,
+}
+
+impl RaftDirectories {
+    pub fn for_config(config: &ClusterConfig) -> Result<RaftDirectories, ClusterError> {
+        if let Some(root) = &config.control.data_dir {
+            return Ok(RaftDirectories {
+                root: root.clone(),
+                _temporary: None,
+            });
+        }
+        let temporary = tempfile::Builder::new()
+            .prefix("agentmesh-raft-")
+            .tempdir()
+            .map_err(ClusterError::TemporaryFolder)?;
+        if !config.control.replicas.is_empty() {
+            tracing::info!(folder = %temporary.path().display(), "control.data_dir is not set: the replicas' logs last for this run only");
+        }
+        Ok(RaftDirectories {
+            root: temporary.path().to_path_buf(),
+            _temporary: Some(temporary),
+        })
+    }
+
+    pub fn of(&self, node: &str) -> std::path::PathBuf {
+        self.root.join(node)
+    }
 }
 
 /// Private keys for every node: read from their key files when the config
@@ -84,11 +122,41 @@ fn bind(node: &str, address: std::net::SocketAddr) -> Result<std::net::UdpSocket
     })
 }
 
+/// How long a restarted node waits for its address to be free again.
+const REBIND_WAIT: Duration = Duration::from_secs(15);
+
+/// Binds an address a node that just stopped held: its endpoint lets go of
+/// the socket once its last tasks have ended.
+async fn bind_again(
+    node: &str,
+    address: std::net::SocketAddr,
+) -> Result<std::net::UdpSocket, ClusterError> {
+    let deadline = Instant::now() + REBIND_WAIT;
+    loop {
+        match bind(node, address) {
+            Err(ClusterError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            result => {
+                if let Err(ClusterError::Bind { source, .. }) = &result {
+                    tracing::warn!(%node, %address, %source, "cannot bind the stopped node's address again");
+                }
+                return result;
+            }
+        }
+    }
+}
+
 /// Every node of a config, running in this process.
 pub struct LocalCluster {
     pub config: Arc<ClusterConfig>,
     pub nodes: Vec<NodeHandle>,
     pub started: Instant,
+    directory: Arc<Directory>,
+    keys: HashMap<String, SigningKey>,
+    raft_directories: RaftDirectories,
 }
 
 impl LocalCluster {
@@ -172,26 +240,55 @@ impl LocalCluster {
         own: Vec<(String, std::net::UdpSocket)>,
         started: Instant,
     ) -> Result<LocalCluster, ClusterError> {
+        let raft_directories = RaftDirectories::for_config(&config)?;
         let config = Arc::new(config);
-        let mut nodes = Vec::with_capacity(own.len());
+        let mut cluster = LocalCluster {
+            config,
+            nodes: Vec::with_capacity(own.len()),
+            started,
+            directory,
+            keys,
+            raft_directories,
+        };
         let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_PROCESS_MAX));
         for (node_id, socket) in own {
-            let spec = NodeSpec {
-                config: config.clone(),
-                key: keys[&node_id].clone(),
-                node_id,
-                directory: directory.clone(),
-                socket,
-                agents_start: AgentsStart::WhenTold,
-                handshakes: Some(handshakes.clone()),
-            };
-            nodes.push(start_node(spec).await?);
+            let node = cluster.start_one(node_id, socket, handshakes.clone()).await?;
+            cluster.nodes.push(node);
         }
-        Ok(LocalCluster {
-            config,
-            nodes,
-            started,
-        })
+        Ok(cluster)
+    }
+
+    async fn start_one(
+        &self,
+        node_id: String,
+        socket: std::net::UdpSocket,
+        handshakes: Arc<tokio::sync::Semaphore>,
+    ) -> Result<NodeHandle, ClusterError> {
+        let spec = NodeSpec {
+            config: self.config.clone(),
+            key: self.keys[&node_id].clone(),
+            raft_directory: Some(self.raft_directories.of(&node_id)),
+            node_id,
+            directory: self.directory.clone(),
+            socket,
+            agents_start: AgentsStart::WhenTold,
+            handshakes: Some(handshakes),
+        };
+        Ok(start_node(spec).await?)
+    }
+
+    /// Starts node `id` again after it stopped, on the same address, with
+    /// the same key and the same replica log; its agents start at once.
+    pub async fn restart_node(&mut self, id: &str) -> Result<(), ClusterError> {
+        if self.node(id).is_some() || !self.keys.contains_key(id) {
+            return Err(ClusterError::UnknownNode(id.into()));
+        }
+        let socket = bind_again(id, self.directory.node_addresses[id]).await?;
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_PROCESS_MAX));
+        let node = self.start_one(id.to_string(), socket, handshakes).await?;
+        let _ = node.supervisor.cast(NodeMsg::StartAgents);
+        self.nodes.push(node);
+        Ok(())
     }
 
     /// Forgets delivery latencies recorded so far (a benchmark's warm-up).
@@ -416,6 +513,11 @@ pub async fn start_single(
             node: zero.id.clone(),
         });
     }
+    let raft_directory = match (&config.control.data_dir, config.control.replica_id(node_id)) {
+        (Some(root), _) => Some(root.join(node_id)),
+        (None, Some(_)) => return Err(ClusterError::NoDataDir { node: node_id.into() }),
+        (None, None) => None,
+    };
     let missing_keys = || {
         ClusterError::Key {
         node: node_id.into(),
@@ -443,6 +545,7 @@ pub async fn start_single(
     let socket = bind(node_id, node.listen)?;
     let directory = Arc::new(Directory::new(&config, node_keys, node_addresses));
     let spec = NodeSpec {
+        raft_directory,
         config: Arc::new(config),
         node_id: node_id.into(),
         key,

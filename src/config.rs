@@ -80,6 +80,7 @@ pub struct ClusterConfig {
     pub supervision: SupervisionConfig,
     pub membership: MembershipConfig,
     pub delivery: DeliveryConfig,
+    pub control: ControlConfig,
     pub agents: Vec<AgentConfig>,
 }
 
@@ -94,6 +95,9 @@ pub struct NodeConfig {
     pub key_file: Option<PathBuf>,
     pub region: Option<String>,
     pub zone: Option<String>,
+    /// Where this node answers `agentmesh kv` and `agentmesh status`
+    /// (control-plane replicas only; loopback only).
+    pub client_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -310,6 +314,90 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// The Raft control plane: which nodes hold replicas of the cluster state,
+/// where they keep it, and its timing.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// Nodes that run a replica, in raft id order (the first is id 1).
+    /// Empty: no control plane.
+    pub replicas: Vec<String>,
+    /// Each replica keeps its log in `data_dir/<node id>`; None: a
+    /// temporary folder for the run (`agentmesh up` only).
+    pub data_dir: Option<PathBuf>,
+    /// Force every write to disk before it counts (fdatasync). Off only
+    /// for benchmarks: a machine crash may then lose acknowledged writes.
+    pub fsync: bool,
+    pub tick_ms: u64,
+    /// Ticks without a leader before a replica stands for election (each
+    /// replica adds a few of its own, so they rarely stand together).
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Entries applied between two snapshots of the state.
+    pub compact_every: u64,
+    /// A client request not answered by then fails with a timeout.
+    pub request_timeout_ms: u64,
+    /// Client requests one replica holds awaiting their answers; more are
+    /// refused as busy.
+    pub pending_requests_max: usize,
+    /// Largest batch of entries in one append message, in bytes.
+    pub message_bytes_max: u64,
+    /// Append messages in flight to one follower.
+    pub inflight_messages_max: usize,
+}
+
+impl ControlConfig {
+    /// The raft id of `node`, if it holds a replica.
+    pub fn replica_id(&self, node: &str) -> Option<u64> {
+        self.replicas
+            .iter()
+            .position(|replica| replica == node)
+            .map(|index| index as u64 + 1)
+    }
+
+    /// The node holding replica `id`.
+    pub fn replica_node(&self, id: u64) -> Option<&str> {
+        let index = usize::try_from(id.checked_sub(1)?).ok()?;
+        self.replicas.get(index).map(String::as_str)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawControl {
+    replicas: Vec<String>,
+    data_dir: Option<PathBuf>,
+    fsync: bool,
+    tick_ms: u64,
+    election_ticks: usize,
+    heartbeat_ticks: usize,
+    compact_every: u64,
+    request_timeout_ms: u64,
+    pending_requests_max: usize,
+    message_bytes_max: u64,
+    inflight_messages_max: usize,
+}
+
+impl Default for RawControl {
+    fn default() -> RawControl {
+        RawControl {
+            replicas: Vec::new(),
+            data_dir: None,
+            fsync: true,
+            tick_ms: 10,
+            election_ticks: 20,
+            heartbeat_ticks: 4,
+            compact_every: 10_000,
+            request_timeout_ms: 5_000,
+            pending_requests_max: 16_384,
+            message_bytes_max: 1024 * 1024,
+            inflight_messages_max: 256,
+        }
+    }
+}
+
+/// Most replicas a control plane may have: each write waits for a majority.
+pub const REPLICAS_MAX: usize = 9;
+
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     /// Cluster-unique name, after `{i}` expansion.
@@ -377,6 +465,8 @@ struct RawConfig {
     #[serde(default)]
     delivery: DeliveryConfig,
     #[serde(default)]
+    control: RawControl,
+    #[serde(default)]
     agents: Vec<RawAgent>,
 }
 
@@ -397,6 +487,7 @@ struct RawNode {
     key_file: Option<PathBuf>,
     region: Option<String>,
     zone: Option<String>,
+    client_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -553,6 +644,7 @@ fn validate(raw: RawConfig, file: &str, base: &Path, checker: &mut Checker) -> C
     validate_membership(&raw.membership, checker);
     validate_delivery(&raw.delivery, checker);
     let agents = validate_agents(&raw.agents, &nodes, &raw.limits, checker);
+    let control = validate_control(raw.control, &nodes, base, checker);
     if checker.problems.is_empty() {
         validate_reach(&nodes, &topology, raw.cluster.seed, raw.limits.ttl, checker);
     }
@@ -567,7 +659,96 @@ fn validate(raw: RawConfig, file: &str, base: &Path, checker: &mut Checker) -> C
         supervision: raw.supervision,
         membership: raw.membership,
         delivery: raw.delivery,
+        control,
         agents,
+    }
+}
+
+fn validate_control(
+    raw: RawControl,
+    nodes: &[NodeConfig],
+    base: &Path,
+    checker: &mut Checker,
+) -> ControlConfig {
+    if raw.replicas.len() > REPLICAS_MAX {
+        checker.fail(
+            "control.replicas",
+            format!(
+                "{} replicas exceed the limit of {REPLICAS_MAX}",
+                raw.replicas.len()
+            ),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (index, replica) in raw.replicas.iter().enumerate() {
+        let at = format!("control.replicas[{index}]");
+        if !nodes.iter().any(|node| node.id == *replica) {
+            checker.fail(&at, format!("{replica:?} is not the id of a [[nodes]] entry"));
+        }
+        if !seen.insert(replica) {
+            checker.fail(&at, format!("{replica:?} is named twice"));
+        }
+    }
+    for (index, node) in nodes.iter().enumerate() {
+        let Some(client) = node.client_listen else {
+            continue;
+        };
+        let at = format!("nodes[{index}].client_listen");
+        if !raw.replicas.contains(&node.id) {
+            checker.fail(&at, format!("node {:?} holds no control replica (control.replicas), so it has no client API to offer", node.id));
+        }
+        if !client.ip().is_loopback() {
+            checker.fail(&at, format!("{client} is not a loopback address: the client API does not authenticate its callers, so it listens on this host only (127.0.0.1 or [::1])"));
+        }
+        if client.port() == 0 {
+            checker.fail(&at, "give the client API a fixed port, so agentmesh kv can find it");
+        }
+    }
+    checker.range("control.tick_ms", raw.tick_ms, 1, 1_000);
+    checker.range("control.heartbeat_ticks", raw.heartbeat_ticks, 1, 1_000);
+    checker.range(
+        "control.election_ticks",
+        raw.election_ticks,
+        raw.heartbeat_ticks + 1,
+        10_000,
+    );
+    checker.range("control.compact_every", raw.compact_every, 1, 100_000_000);
+    checker.range(
+        "control.request_timeout_ms",
+        raw.request_timeout_ms,
+        10,
+        600_000,
+    );
+    checker.range(
+        "control.pending_requests_max",
+        raw.pending_requests_max,
+        1,
+        1_000_000,
+    );
+    checker.range(
+        "control.message_bytes_max",
+        raw.message_bytes_max,
+        1_024,
+        64 * 1024 * 1024,
+    );
+    checker.range(
+        "control.inflight_messages_max",
+        raw.inflight_messages_max,
+        1,
+        65_536,
+    );
+    ControlConfig {
+        replicas: raw.replicas,
+        data_dir: raw.data_dir.map(|path| base.join(path)),
+        fsync: raw.fsync,
+        tick_ms: raw.tick_ms,
+        election_ticks: raw.election_ticks,
+        heartbeat_ticks: raw.heartbeat_ticks,
+        compact_every: raw.compact_every,
+        request_timeout_ms: raw.request_timeout_ms,
+        pending_requests_max: raw.pending_requests_max,
+        message_bytes_max: raw.message_bytes_max,
+        inflight_messages_max: raw.inflight_messages_max,
     }
 }
 
@@ -661,7 +842,16 @@ fn validate_nodes(raw: &[RawNode], base: &Path, checker: &mut Checker) -> Vec<No
                 "a key_file needs the node's public_key beside it",
             );
         }
+        let client_listen = node.client_listen.as_deref().and_then(|text| {
+            let parsed = text.parse::<SocketAddr>();
+            if parsed.is_err() {
+                let reason = format!("{text:?} is not an address like 127.0.0.1:7481");
+                checker.fail(at("client_listen"), reason);
+            }
+            parsed.ok()
+        });
         nodes.push(NodeConfig {
+            client_listen,
             id: node.id.clone(),
             listen,
             public_key,

@@ -90,6 +90,17 @@ enum Command {
     },
     /// Build an overlay (from a config, or from --nodes/--k/--kind) and print it with its metrics.
     Topology(commands::TopologyOptions),
+    /// Put, get or delete a key in the control plane's key-value space.
+    #[command(subcommand)]
+    Kv(commands::KvAction),
+    /// Show each control-plane replica's role, leader, term, indices and members.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a benchmark and write its report (JSON, Markdown, SVG plots).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -190,6 +201,8 @@ fn main() -> ExitCode {
             Command::Keygen { out, config, ids } => commands::keygen(&out, &ids, config.as_deref()),
             Command::Check { config } => commands::check(&config),
             Command::Topology(options) => commands::topology(&options),
+            Command::Kv(action) => commands::kv(&action).await,
+            Command::Status { config, json } => commands::status(&config, json).await,
             Command::Bench(BenchCommand::Storm(options)) => agentmesh::bench::storm(options).await,
             Command::Bench(BenchCommand::Worker { config, nodes }) => {
                 agentmesh::bench::workers::serve(&config, &nodes).await

@@ -122,6 +122,31 @@ counters! {
     actor_restarts,
     /// Restart budgets spent, each escalated to the next supervisor up.
     supervisor_escalations,
+    /// Raft messages handed to a replica peer's connection.
+    raft_messages_sent,
+    /// Raft messages not sent: no connection to that replica, or its send
+    /// queue was full (Raft sends them again).
+    raft_messages_unsent,
+    /// Raft messages received from replica peers.
+    raft_messages_received,
+    /// Raft messages dropped: the replica's queue was full (Raft sends
+    /// them again).
+    raft_dropped_queue_full,
+    /// Raft messages dropped: this node holds no replica, or the message
+    /// named a sender or receiver other than its connection's ends.
+    raft_dropped_misaddressed,
+    /// Batches written to the Raft log (each one fsync when fsync is on).
+    raft_log_writes,
+    /// Client writes committed and applied here.
+    control_writes_done,
+    /// Client reads answered here.
+    control_reads_done,
+    /// Client requests refused: no leader known.
+    control_refused_no_leader,
+    /// Client requests refused: pending_requests_max already wait.
+    control_refused_busy,
+    /// Client requests that timed out.
+    control_timeouts,
 }
 
 /// Histograms of a node, in microseconds.

@@ -151,6 +151,7 @@ async fn two_nodes_and_a_test_peer() -> (Vec<NodeHandle>, SigningKey, HashMap<St
             socket: sockets.remove(id).unwrap(),
             agents_start: AgentsStart::WhenNeighboursUp,
             handshakes: None,
+            raft_directory: None,
         };
         nodes.push(start_node(spec).await.unwrap());
     }

@@ -25,6 +25,7 @@ use crate::protocols::wire::{DuplicateWindow, Envelope, TrafficClass};
 
 use super::agent::{AgentMsg, AgentStats};
 use super::node::NodeMsg;
+use super::raft_replica::{RaftMsg, ReplicaDisk};
 use super::router::RouterMsg;
 use super::topology::TopologyMsg;
 use super::transport::TransportMsg;
@@ -170,6 +171,27 @@ impl PeerTable {
         if traffic {
             link.activity.sent_now();
         }
+        Ok(())
+    }
+
+    /// Queues `frames` for `peer` all or none, without waiting: the parts
+    /// of one message must not be cut short by a full queue.
+    pub fn try_send_all(&self, peer: &str, frames: Vec<OutboundFrame>) -> Result<(), SendError> {
+        let link = self
+            .links
+            .get(peer)
+            .ok_or_else(|| SendError::PeerDown(peer.to_string()))?;
+        let permits = link
+            .queue
+            .try_reserve_many(frames.len())
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => SendError::QueueFull(peer.to_string()),
+                mpsc::error::TrySendError::Closed(_) => SendError::PeerDown(peer.to_string()),
+            })?;
+        for (permit, frame) in permits.zip(frames) {
+            permit.send(frame);
+        }
+        link.activity.sent_now();
         Ok(())
     }
 
@@ -374,6 +396,12 @@ pub struct NodeContext {
     pub router: Slot<RouterMsg>,
     pub transport: Slot<TransportMsg>,
     pub topology: Slot<TopologyMsg>,
+    /// The control-plane replica, on nodes that hold one.
+    pub replica: Slot<RaftMsg>,
+    /// The replica's log, shared by its incarnations.
+    pub raft_disk: Option<Arc<ReplicaDisk>>,
+    /// Bounds the replica's mailbox of messages from peers.
+    pub raft_queue: Arc<Semaphore>,
     /// Bounds the topology actor's mailbox of frames from peers.
     pub control_queue: Arc<Semaphore>,
     pub routing: RwLock<Arc<RoutingView>>,

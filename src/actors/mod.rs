@@ -6,6 +6,7 @@
 //! NodeSupervisor ──┬─ Transport ─ quinn endpoint, one connection per neighbour
 //!                  ├─ Topology  ─ membership, the overlay, the routing view
 //!                  ├─ Router    ─ signs, sends, verifies, de-duplicates, delivers
+//!                  ├─ RaftReplica ─ control-plane replica (nodes in [control] replicas)
 //!                  └─ AgentSupervisor ─ Agent × n (behaviour chosen by name)
 //!
 //! agent ─RouterHandle::send─▶ router ─sign─▶ PeerTable queue ─▶ writer task ─QUIC─▶
@@ -17,9 +18,11 @@
 //! which the supervisor owns and hands to every incarnation of every child.
 
 pub mod agent;
+pub mod client_api;
 pub mod context;
 pub mod directory;
 pub mod node;
+pub mod raft_replica;
 pub mod router;
 pub mod supervisor;
 pub mod topology;

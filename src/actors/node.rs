@@ -46,6 +46,7 @@ pub enum ChildKind {
     Transport,
     Topology,
     Router,
+    RaftReplica,
     AgentSupervisor,
 }
 
@@ -90,6 +91,9 @@ pub struct NodeSpec {
     /// Limits handshakes in progress across every node given the same one
     /// (None: this node's own limit of HANDSHAKES_PER_NODE_MAX).
     pub handshakes: Option<Arc<Semaphore>>,
+    /// Where the node's control-plane replica keeps its log (needed when
+    /// the node holds one).
+    pub raft_directory: Option<std::path::PathBuf>,
 }
 
 /// Dials one node keeps handshaking at once when it has the CPU to itself.
@@ -112,6 +116,8 @@ pub struct NodeHandle {
     pub supervisor: ActorRef<NodeMsg>,
     pub join: JoinHandle<()>,
     pub context: Arc<NodeContext>,
+    /// Ends the client API's listener when the handle goes.
+    _client_api: Option<tokio_util::sync::DropGuard>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +137,7 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
     let pinned = spec.directory.pinned.clone();
     let server = quic_server_config(&certificate, pinned, &spec.config.transport)
         .map_err(|error| fail(error.to_string()))?;
+    let raft_disk = open_raft_disk(&spec).map_err(fail)?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server),
@@ -165,6 +172,20 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         },
         incarnation,
     );
+    let client_listener = match spec
+        .config
+        .nodes
+        .iter()
+        .find(|node| node.id == spec.node_id)
+        .and_then(|node| node.client_listen)
+    {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|error| fail(format!("cannot listen for clients on {address}: {error}")))?,
+        ),
+        None => None,
+    };
     let context = Arc::new(NodeContext {
         router_queue: Arc::new(Semaphore::new(spec.config.limits.router_queue_max)),
         control_queue: Arc::new(Semaphore::new(CONTROL_QUEUE_MAX)),
@@ -185,6 +206,9 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         router: Slot::default(),
         transport: Slot::default(),
         topology: Slot::default(),
+        replica: Slot::default(),
+        raft_disk,
+        raft_queue: Arc::new(Semaphore::new(super::raft_replica::RAFT_QUEUE_MAX)),
         routing: RwLock::new(Arc::new(routing)),
         rate_limits: DashMap::new(),
         router_memory: Mutex::new(RouterMemory {
@@ -201,12 +225,39 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
     let (supervisor, join) = Actor::spawn(None, NodeSupervisor, context.clone())
         .await
         .map_err(|error| fail(format!("cannot start the node supervisor: {error}")))?;
+    let client_api = client_listener.map(|listener| {
+        let token = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(super::client_api::serve(
+            context.clone(),
+            listener,
+            token.clone(),
+        ));
+        token.drop_guard()
+    });
     Ok(NodeHandle {
         id: node,
         supervisor,
         join,
         context,
+        _client_api: client_api,
     })
+}
+
+/// Opens the replica's log when this node holds one.
+fn open_raft_disk(
+    spec: &NodeSpec,
+) -> Result<Option<Arc<super::raft_replica::ReplicaDisk>>, String> {
+    let control = &spec.config.control;
+    if control.replica_id(&spec.node_id).is_none() {
+        return Ok(None);
+    }
+    let directory = spec
+        .raft_directory
+        .as_ref()
+        .ok_or("the node holds a control-plane replica but has no log directory (set control.data_dir)")?;
+    let disk = super::raft_replica::ReplicaDisk::open(directory, control.fsync)
+        .map_err(|error| error.to_string())?;
+    Ok(Some(Arc::new(disk)))
 }
 
 impl NodeHandle {
@@ -262,6 +313,12 @@ impl NodeState {
                 .await?
                 .0
                 .get_id(),
+            ChildKind::RaftReplica => {
+                Actor::spawn_linked(None, super::raft_replica::RaftReplica, context, supervisor)
+                    .await?
+                    .0
+                    .get_id()
+            }
             ChildKind::AgentSupervisor => {
                 let (agents, _) =
                     Actor::spawn_linked(None, AgentSupervisor, context, supervisor).await?;
@@ -301,6 +358,9 @@ impl NodeState {
             .stop_children_and_wait(None, Some(Duration::from_secs(5)))
             .await;
         self.close_endpoint(super::transport::CLOSE_SHUTDOWN, b"shutdown");
+        if let Some(disk) = &self.context.raft_disk {
+            disk.close();
+        }
         let _ =
             tokio::time::timeout(Duration::from_secs(2), self.context.endpoint.wait_idle()).await;
     }
@@ -335,6 +395,9 @@ impl Actor for NodeSupervisor {
         };
         for kind in [ChildKind::Router, ChildKind::Topology, ChildKind::Transport] {
             state.spawn(&myself, kind).await?;
+        }
+        if state.context.raft_disk.is_some() {
+            state.spawn(&myself, ChildKind::RaftReplica).await?;
         }
         let wait = Duration::from_millis(state.context.config.supervision.agents_start_timeout_ms);
         myself.send_after(wait, || NodeMsg::NeighboursWaitOver);

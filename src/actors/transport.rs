@@ -32,11 +32,12 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::config::TransportConfig;
 use crate::metrics::NodeMetrics;
 use crate::protocols::supervision::Backoff;
-use crate::protocols::wire::{decode_frame, Frame, StreamHeader, TrafficClass};
+use crate::protocols::wire::{decode_frame, Frame, RaftAssembler, StreamHeader, TrafficClass};
 use crate::tls::{self, NodeCertificate, PinnedKeys};
 
 use super::context::{LinkActivity, NodeContext, OutboundFrame, PeerLink};
 use super::node::NodeMsg;
+use super::raft_replica::RaftMsg;
 use super::router::RouterMsg;
 use super::topology::{ControlFrame, TopologyMsg};
 
@@ -75,6 +76,9 @@ pub struct TransportState {
     dialers: HashMap<String, CancellationToken>,
     neighbours: BTreeSet<String>,
     probes: BTreeSet<String>,
+    /// The other control-plane replicas, when this node holds one: replicas
+    /// talk directly, whatever the overlay.
+    replica_peers: BTreeSet<String>,
     connected: BTreeSet<String>,
 }
 
@@ -144,6 +148,7 @@ impl Actor for Transport {
             .read()
             .expect("neighbours lock is never poisoned")
             .clone();
+        let replica_peers = replica_peers(&context);
         let mut state = TransportState {
             _guard: token.clone().drop_guard(),
             context,
@@ -151,6 +156,7 @@ impl Actor for Transport {
             dialers: HashMap::new(),
             neighbours: BTreeSet::new(),
             probes: BTreeSet::new(),
+            replica_peers,
             connected: BTreeSet::new(),
         };
         state.set_neighbours(neighbours, Vec::new());
@@ -205,7 +211,9 @@ impl TransportState {
         self.neighbours = neighbours.into_iter().filter(own).collect();
         self.probes = probes.into_iter().filter(own).collect();
         self.dialers.retain(|peer, token| {
-            let keep = self.neighbours.contains(peer) || self.probes.contains(peer);
+            let keep = self.neighbours.contains(peer)
+                || self.probes.contains(peer)
+                || self.replica_peers.contains(peer);
             if !keep {
                 token.cancel();
             }
@@ -213,7 +221,9 @@ impl TransportState {
         });
         let to_dial: Vec<String> = self
             .neighbours
-            .union(&self.probes)
+            .iter()
+            .chain(&self.probes)
+            .chain(&self.replica_peers)
             .filter(|peer| dials(&self.context.node_id, peer) && !self.dialers.contains_key(*peer))
             .cloned()
             .collect();
@@ -224,6 +234,20 @@ impl TransportState {
             tokio::spawn(dial_loop(self.context.clone(), peer, token, transport));
         }
     }
+}
+
+/// The replicas other than this node's, when it holds one.
+fn replica_peers(context: &NodeContext) -> BTreeSet<String> {
+    let control = &context.config.control;
+    if control.replica_id(&context.node_id).is_none() {
+        return BTreeSet::new();
+    }
+    control
+        .replicas
+        .iter()
+        .filter(|replica| **replica != context.node_id)
+        .cloned()
+        .collect()
 }
 
 /// The deterministic rule that picks one dialer per pair: the lower id.
@@ -584,6 +608,7 @@ async fn read_stream(
     }
     StreamHeader::decode(header).map_err(|error| malformed(error.to_string()))?;
     let batch_max = context.config.transport.receive_batch_max;
+    let mut raft = RaftAssembler::default();
     let mut frames = FramedRead::new(
         stream,
         frame_codec(context.config.transport.frame_bytes_max),
@@ -622,6 +647,12 @@ async fn read_stream(
                 Frame::Members(records) => {
                     hand_to_topology(&context, &peer, ControlFrame::Members(records))
                 }
+                Frame::Raft(part) => {
+                    let whole = raft.add(part).map_err(|error| malformed(error.to_string()))?;
+                    if let Some(message) = whole {
+                        hand_to_replica(&context, &peer, message);
+                    }
+                }
             }
             if batch.len() >= batch_max {
                 break;
@@ -655,6 +686,31 @@ fn hand_to_topology(context: &NodeContext, peer: &str, frame: ControlFrame) {
     let _ = topology.cast(TopologyMsg::Control {
         from: peer.to_string(),
         frame,
+        permit,
+    });
+}
+
+/// Hands a Raft message to this node's replica if it comes from the
+/// replica at the other end of the connection, is addressed to this one,
+/// and the queue has room; otherwise drops it and counts it (Raft sends
+/// again what matters).
+fn hand_to_replica(context: &NodeContext, peer: &str, message: raft::eraftpb::Message) {
+    let counters = &context.metrics.counters;
+    let control = &context.config.control;
+    let addressed = control.replica_id(peer) == Some(message.from)
+        && control.replica_id(&context.node_id) == Some(message.to);
+    if !addressed {
+        tracing::debug!(node = %context.node_id, %peer, from = message.from, to = message.to, "misaddressed raft message");
+        return NodeMetrics::count(&counters.raft_dropped_misaddressed);
+    }
+    let Ok(permit) = context.raft_queue.clone().try_acquire_owned() else {
+        return NodeMetrics::count(&counters.raft_dropped_queue_full);
+    };
+    let Some(replica) = context.replica.get() else {
+        return NodeMetrics::count(&counters.raft_dropped_queue_full);
+    };
+    let _ = replica.cast(RaftMsg::Peer {
+        message: Box::new(message),
         permit,
     });
 }

@@ -1,5 +1,6 @@
 //! What each CLI command does, below argument parsing: `up`, `node`,
-//! `keygen`, `check` and `topology`. Each returns its exit status.
+//! `keygen`, `check`, `topology`, `kv` and `status`. Each returns its exit
+//! status.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,9 @@ use crate::cluster::{self, LocalCluster, Totals, UpSummary};
 use crate::config::{self, ClusterConfig};
 use crate::identity;
 
+mod control;
 mod topology;
+pub use control::{kv, status, KvAction};
 pub use topology::{topology, TopologyFormat, TopologyOptions};
 
 /// How long `up` waits for every link before starting the clock anyway.

@@ -16,6 +16,7 @@ pub fn stable_hash(text: &str) -> u64 {
     })
 }
 pub mod cluster_state;
+pub mod control;
 pub mod delivery;
 pub mod membership;
 pub mod raft;

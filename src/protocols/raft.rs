@@ -122,6 +122,9 @@ pub struct ReplicaConfig {
     pub message_bytes_max: u64,
     /// Append messages in flight to one follower.
     pub inflight_messages_max: usize,
+    /// Bytes of entries a leader holds uncommitted; proposals beyond are
+    /// refused (`ProposalDropped`), so a slow quorum bounds memory.
+    pub uncommitted_bytes_max: u64,
 }
 
 impl ReplicaConfig {
@@ -134,6 +137,7 @@ impl ReplicaConfig {
             max_election_tick: self.election_ticks + 1,
             max_size_per_msg: self.message_bytes_max,
             max_inflight_msgs: self.inflight_messages_max,
+            max_uncommitted_size: self.uncommitted_bytes_max,
             applied,
             pre_vote: true,
             check_quorum: true,
@@ -261,6 +265,35 @@ impl Replica {
 
     pub fn term(&self) -> u64 {
         self.node.raft.term
+    }
+
+    /// The leader this replica follows (None: it knows of none).
+    pub fn leader(&self) -> Option<u64> {
+        Some(self.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID)
+    }
+
+    /// leader, follower, candidate or pre-candidate.
+    pub fn role(&self) -> &'static str {
+        match self.node.raft.state {
+            StateRole::Leader => "leader",
+            StateRole::Follower => "follower",
+            StateRole::Candidate => "candidate",
+            StateRole::PreCandidate => "pre-candidate",
+        }
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.node.raft.raft_log.committed
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.node.raft.raft_log.last_index()
+    }
+
+    /// Voters and learners of the current configuration, by raft id.
+    pub fn members(&self) -> (Vec<u64>, Vec<u64>) {
+        let conf = self.node.raft.prs().conf().to_conf_state();
+        (conf.voters, conf.learners)
     }
 
     /// One logical clock tick.

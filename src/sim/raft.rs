@@ -156,6 +156,7 @@ impl RaftSim {
                 heartbeat_ticks: 3,
                 message_bytes_max: 64 * 1024,
                 inflight_messages_max: 64,
+                uncommitted_bytes_max: 16 * 1024 * 1024,
             })
             .collect();
         let logger = slog::Logger::root(slog::Discard, slog::o!());

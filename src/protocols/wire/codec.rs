@@ -32,7 +32,25 @@ pub enum Frame {
     Heartbeat(Heartbeat),
     /// Membership records passed between direct neighbours.
     Members(Vec<MemberRecord>),
+    /// Part of a Raft message between two control-plane replicas (the QUIC
+    /// connection authenticates both ends). A message larger than a frame
+    /// is split into parts sent in order on one stream: every part but the
+    /// last says `more`.
+    Raft(RaftPart),
 }
+
+/// One part of a protobuf-encoded Raft message.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct RaftPart {
+    pub more: bool,
+    pub bytes: Vec<u8>,
+}
+
+/// Bytes of a Raft message carried in one frame.
+pub const RAFT_PART_BYTES_MAX: usize = FRAME_BYTES_MAX - 1024;
+/// Largest Raft message a replica accepts, in all its parts: room for a
+/// snapshot of a full key-value space.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 512 * 1024 * 1024;
 
 /// Most membership records in one frame (a larger view is sent in parts).
 pub const MEMBER_RECORDS_MAX: usize = 1_024;
@@ -215,7 +233,69 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
                 MEMBER_RECORDS_MAX,
             ));
         }
-        Frame::Heartbeat(_) | Frame::Members(_) => {}
+        Frame::Raft(part) if part.bytes.len() > RAFT_PART_BYTES_MAX => {
+            return Err(too_many(
+                "raft message part bytes",
+                part.bytes.len(),
+                RAFT_PART_BYTES_MAX,
+            ));
+        }
+        Frame::Heartbeat(_) | Frame::Members(_) | Frame::Raft(_) => {}
     }
     Ok(frame)
+}
+
+/// A Raft message in the frames that carry it, in order.
+pub fn encode_raft_message(message: &raft::eraftpb::Message) -> Vec<Vec<u8>> {
+    use protobuf::Message as _;
+    let bytes = message
+        .write_to_bytes()
+        .expect("a Raft message always encodes");
+    let count = bytes.len().div_ceil(RAFT_PART_BYTES_MAX).max(1);
+    (0..count)
+        .map(|index| {
+            let start = index * RAFT_PART_BYTES_MAX;
+            let end = (start + RAFT_PART_BYTES_MAX).min(bytes.len());
+            encode_frame(&Frame::Raft(RaftPart {
+                more: index + 1 < count,
+                bytes: bytes[start..end].to_vec(),
+            }))
+        })
+        .collect()
+}
+
+/// Decodes a Raft message from its parts' bytes, joined.
+pub fn decode_raft_message(bytes: &[u8]) -> Result<raft::eraftpb::Message, DecodeError> {
+    use protobuf::Message as _;
+    raft::eraftpb::Message::parse_from_bytes(bytes)
+        .map_err(|error| DecodeError::Malformed(format!("raft message: {error}")))
+}
+
+/// Joins the parts of Raft messages arriving on one stream.
+#[derive(Default)]
+pub struct RaftAssembler {
+    bytes: Vec<u8>,
+}
+
+impl RaftAssembler {
+    /// Adds a part; returns the whole message once its last part came.
+    pub fn add(&mut self, part: RaftPart) -> Result<Option<raft::eraftpb::Message>, DecodeError> {
+        if self.bytes.len() + part.bytes.len() > RAFT_MESSAGE_BYTES_MAX {
+            return Err(DecodeError::TooManyEntries {
+                what: "raft message bytes",
+                count: self.bytes.len() + part.bytes.len(),
+                max: RAFT_MESSAGE_BYTES_MAX,
+            });
+        }
+        if !part.more && self.bytes.is_empty() {
+            return decode_raft_message(&part.bytes).map(Some);
+        }
+        self.bytes.extend_from_slice(&part.bytes);
+        if part.more {
+            return Ok(None);
+        }
+        let message = decode_raft_message(&self.bytes);
+        self.bytes = Vec::new();
+        message.map(Some)
+    }
 }

@@ -15,7 +15,8 @@ pub mod limits;
 pub mod pair_key;
 
 pub use codec::{
-    decode_frame, encode_frame, DecodeError, Frame, Heartbeat, StreamHeader, TrafficClass,
+    decode_frame, encode_frame, encode_raft_message, DecodeError, Frame, Heartbeat, RaftAssembler,
+    RaftPart, StreamHeader, TrafficClass,
 };
 pub use duplicate_window::{Admission, DuplicateWindow};
 pub use envelope::{Destination, Envelope, EnvelopeKind, SignedFields, VerifyError};

@@ -1,0 +1,622 @@
+//! The RaftReplica actor: one control-plane replica, on each node named in
+//! `[control] replicas`. It owns a [`Replica`] (the sans-I/O core around
+//! raft-rs) and the [`ClusterState`] it applies, and does the I/O:
+//!
+//! ```text
+//! peer replica ─QUIC consensus/bulk stream─▶ reader task ─Peer─▶ RaftReplica
+//! client API ─Client─▶ RaftReplica ─propose / read_index─▶ Replica
+//! RaftReplica ─DiskJob─▶ writer thread ─raft-engine, fsync─▶ Persisted ─▶ RaftReplica
+//! RaftReplica ─messages─▶ PeerTable queue ─▶ writer task ─QUIC─▶ peer replica
+//! ```
+//!
+//! Disk writes go to a thread of their own, which takes every batch queued
+//! meanwhile and writes them with one fsync (group commit), so the actor
+//! never waits for the disk; messages that must follow a write (votes,
+//! acknowledgements) are held by the core until the write is reported.
+//!
+//! What must survive the actor's restart is on disk. A new incarnation
+//! claims the [`ReplicaDisk`] (an older incarnation's writer stops at its
+//! next batch), reads back what is durable and starts from it, as after a
+//! crash. Client requests it had not answered time out at the client,
+//! which retries them with the same request id.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use raft::eraftpb::{EntryType, Message, MessageType, Snapshot};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::config::ControlConfig;
+use crate::metrics::NodeMetrics;
+use crate::protocols::cluster_state::{
+    ClusterState, Command, Outcome, Proposal, RequestId, KEY_BYTES_MAX,
+};
+use crate::protocols::control::{ClientReply, ClientRequest, ControlError, Operation, ReplicaStatus};
+use crate::protocols::raft::{Outputs, Persist, Replica, ReplicaConfig};
+use crate::protocols::wire::{encode_raft_message, TrafficClass};
+use crate::raft_log::{RaftLog, RaftLogError};
+
+use super::context::{monotonic_ms, NodeContext, Ticker};
+
+/// Raft messages from peers waiting for the replica; more are dropped and
+/// counted (Raft sends them again).
+pub const RAFT_QUEUE_MAX: usize = 4_096;
+/// Disk jobs one write takes at most.
+const GROUP_COMMIT_MAX: usize = 1_024;
+/// Drives per wake: outputs beget outputs, but a wake must end.
+const DRIVES_PER_WAKE_MAX: usize = 64;
+/// Ticks between sweeps for client requests past their deadline.
+const EXPIRY_SWEEP_TICKS: u64 = 10;
+/// Bytes of entries a leader holds uncommitted before it refuses more.
+const UNCOMMITTED_BYTES_MAX: u64 = 256 * 1024 * 1024;
+
+pub enum RaftMsg {
+    Tick,
+    /// A message from another replica; the permit bounds the queue.
+    Peer {
+        message: Box<Message>,
+        permit: OwnedSemaphorePermit,
+    },
+    /// The writer made every job up to persist `number` durable.
+    Persisted { generation: u64, number: u64 },
+    /// The writer could not write: the replica stops, and its supervisor
+    /// restarts it from what is durable.
+    DiskFailed(String),
+    Client {
+        request: ClientRequest,
+        reply: RpcReplyPort<ClientReply>,
+    },
+}
+
+/// What the writer thread is asked to make durable, in order.
+enum DiskJob {
+    Persist(Persist),
+    /// A snapshot taken here by compaction.
+    Compacted(Snapshot),
+}
+
+/// A replica's log, shared by its incarnations. Only the incarnation that
+/// claimed it last may write.
+pub struct ReplicaDisk {
+    inner: Mutex<DiskInner>,
+}
+
+struct DiskInner {
+    generation: u64,
+    /// None once closed (the node stopped).
+    log: Option<RaftLog>,
+}
+
+impl ReplicaDisk {
+    pub fn open(directory: &Path, fsync: bool) -> Result<ReplicaDisk, RaftLogError> {
+        let log = RaftLog::open(directory, fsync)?;
+        Ok(ReplicaDisk {
+            inner: Mutex::new(DiskInner {
+                generation: 0,
+                log: Some(log),
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DiskInner> {
+        self.inner.lock().expect("disk lock is never poisoned")
+    }
+
+    /// Makes the caller the only writer and reads what is durable. An
+    /// older writer holds the lock while it writes, so nothing it writes
+    /// lands after this read.
+    fn claim(&self) -> Result<(u64, crate::protocols::raft::Durable, bool), String> {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        let generation = inner.generation;
+        let log = inner.log.as_ref().ok_or("the replica's log is closed")?;
+        let durable = log.load().map_err(|error| error.to_string())?;
+        Ok((generation, durable, log.fsync()))
+    }
+
+    /// Writes `jobs` for `generation`; None if a newer incarnation claimed
+    /// the disk (the jobs are then dropped unwritten, as a crash would).
+    fn write(&self, generation: u64, jobs: &[DiskJob]) -> Result<Option<u64>, RaftLogError> {
+        let inner = self.lock();
+        let Some(log) = inner.log.as_ref().filter(|_| inner.generation == generation) else {
+            return Ok(None);
+        };
+        let mut persists = Vec::new();
+        let mut last = 0;
+        for job in jobs {
+            match job {
+                DiskJob::Persist(persist) => {
+                    last = persist.number;
+                    persists.push(persist.clone());
+                }
+                DiskJob::Compacted(snapshot) => {
+                    log.write(&std::mem::take(&mut persists))?;
+                    log.compacted(snapshot)?;
+                }
+            }
+        }
+        log.write(&persists)?;
+        Ok(Some(last))
+    }
+
+    /// Closes the log (releasing its directory's lock); writers stop.
+    pub fn close(&self) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.log = None;
+    }
+}
+
+/// Starts the writer thread of one incarnation.
+fn spawn_writer(
+    disk: Arc<ReplicaDisk>,
+    generation: u64,
+    replica: ActorRef<RaftMsg>,
+    metrics: Arc<NodeMetrics>,
+    node: &str,
+) -> std::io::Result<mpsc::Sender<DiskJob>> {
+    let (sender, receiver) = mpsc::channel::<DiskJob>();
+    std::thread::Builder::new()
+        .name(format!("raft-log-{node}"))
+        .spawn(move || {
+            while let Ok(first) = receiver.recv() {
+                let mut jobs = vec![first];
+                while jobs.len() < GROUP_COMMIT_MAX {
+                    match receiver.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
+                    }
+                }
+                match disk.write(generation, &jobs) {
+                    Ok(Some(number)) => {
+                        NodeMetrics::count(&metrics.counters.raft_log_writes);
+                        if number > 0 {
+                            let _ = replica.cast(RaftMsg::Persisted { generation, number });
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(error) => {
+                        let _ = replica.cast(RaftMsg::DiskFailed(error.to_string()));
+                        return;
+                    }
+                }
+            }
+        })?;
+    Ok(sender)
+}
+
+/// A client request awaiting its answer.
+struct Waiting {
+    reply: RpcReplyPort<ClientReply>,
+    deadline_ms: u64,
+}
+
+pub struct RaftReplica;
+
+pub struct RaftReplicaState {
+    context: Arc<NodeContext>,
+    replica: Replica,
+    machine: ClusterState,
+    generation: u64,
+    fsync: bool,
+    writer: mpsc::Sender<DiskJob>,
+    _ticker: Ticker,
+    ticks: u64,
+    writes: HashMap<RequestId, Waiting>,
+    /// Reads awaiting their read index, by the context raft-rs echoes.
+    reads: HashMap<u64, (String, Waiting)>,
+    /// Reads whose read index is known, awaiting that apply.
+    reads_ready: Vec<(u64, String, Waiting)>,
+    next_read: u64,
+    snapshot_index: u64,
+}
+
+/// The core's settings for replica `id`: election timeouts differ per
+/// replica (spread by the cluster seed) so that they rarely stand together.
+pub fn replica_config(control: &ControlConfig, id: u64, seed: u64) -> ReplicaConfig {
+    let count = control.replicas.len().max(1) as u64;
+    let step = (control.election_ticks / 8).max(1);
+    let spread = ((id - 1 + seed) % count) as usize;
+    ReplicaConfig {
+        id,
+        voters: (1..=count).collect(),
+        election_ticks: control.election_ticks + spread * step,
+        heartbeat_ticks: control.heartbeat_ticks,
+        message_bytes_max: control.message_bytes_max,
+        inflight_messages_max: control.inflight_messages_max,
+        uncommitted_bytes_max: UNCOMMITTED_BYTES_MAX,
+    }
+}
+
+impl Actor for RaftReplica {
+    type Msg = RaftMsg;
+    type State = RaftReplicaState;
+    type Arguments = Arc<NodeContext>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RaftMsg>,
+        context: Arc<NodeContext>,
+    ) -> Result<RaftReplicaState, ActorProcessingErr> {
+        let control = &context.config.control;
+        let id = control
+            .replica_id(&context.node_id)
+            .ok_or("this node holds no control-plane replica")?;
+        let disk = context
+            .raft_disk
+            .clone()
+            .ok_or("the replica has no log directory")?;
+        let (generation, durable, fsync) = disk.claim()?;
+        let machine = match &durable.snapshot {
+            Some(snapshot) => ClusterState::restore(snapshot.get_data())?,
+            None => ClusterState::default(),
+        };
+        let snapshot_index = machine.applied;
+        let config = replica_config(control, id, context.config.seed);
+        let logger = crate::protocols::raft::tracing_logger();
+        let replica = Replica::new(&config, &durable, &logger)?;
+        let writer = spawn_writer(
+            disk,
+            generation,
+            myself.clone(),
+            context.metrics.clone(),
+            &context.node_id,
+        )?;
+        let tick = Duration::from_millis(control.tick_ms);
+        let ticker = Ticker::new(myself.send_interval(tick, || RaftMsg::Tick));
+        tracing::info!(node = %context.node_id, id, applied = machine.applied, entries = durable.entries.len(), "raft replica started");
+        context.replica.set(Some(myself));
+        Ok(RaftReplicaState {
+            context,
+            replica,
+            machine,
+            generation,
+            fsync,
+            writer,
+            _ticker: ticker,
+            ticks: 0,
+            writes: HashMap::new(),
+            reads: HashMap::new(),
+            reads_ready: Vec::new(),
+            next_read: 0,
+            snapshot_index,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<RaftMsg>,
+        message: RaftMsg,
+        state: &mut RaftReplicaState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RaftMsg::Tick => {
+                state.replica.tick();
+                state.ticks += 1;
+                if state.ticks % EXPIRY_SWEEP_TICKS == 0 {
+                    state.expire(monotonic_ms());
+                }
+            }
+            RaftMsg::Peer { message, permit } => {
+                drop(permit);
+                NodeMetrics::count(&state.context.metrics.counters.raft_messages_received);
+                // A stale or unexpected message is refused, not fatal.
+                if let Err(error) = state.replica.step(*message) {
+                    tracing::debug!(node = %state.context.node_id, %error, "raft message refused");
+                }
+            }
+            RaftMsg::Persisted { generation, number } => {
+                if generation == state.generation {
+                    let released = state.replica.persisted(number);
+                    state.send(released);
+                }
+            }
+            RaftMsg::DiskFailed(reason) => {
+                return Err(format!("raft log write failed: {reason}").into());
+            }
+            RaftMsg::Client { request, reply } => state.client(request, reply),
+        }
+        state.drive()
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<RaftMsg>,
+        state: &mut RaftReplicaState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.context.replica.set(None);
+        Ok(())
+    }
+}
+
+impl RaftReplicaState {
+    fn drive(&mut self) -> Result<(), ActorProcessingErr> {
+        for _ in 0..DRIVES_PER_WAKE_MAX {
+            let outputs = self.replica.drive()?;
+            if is_empty(&outputs) {
+                break;
+            }
+            self.carry_out(outputs)?;
+        }
+        Ok(())
+    }
+
+    fn carry_out(&mut self, outputs: Outputs) -> Result<(), ActorProcessingErr> {
+        self.send(outputs.messages);
+        if let Some(snapshot) = &outputs.snapshot {
+            self.machine = ClusterState::restore(snapshot.get_data())?;
+            self.snapshot_index = self.machine.applied;
+            tracing::info!(node = %self.context.node_id, index = self.snapshot_index, bytes = snapshot.get_data().len(), "installed a snapshot from the leader");
+        }
+        for entry in outputs.committed {
+            self.apply(&entry);
+        }
+        for read in outputs.read_states {
+            let Ok(context) = <[u8; 8]>::try_from(&read.request_ctx[..]) else {
+                continue;
+            };
+            if let Some((key, waiting)) = self.reads.remove(&u64::from_be_bytes(context)) {
+                self.reads_ready.push((read.index, key, waiting));
+            }
+        }
+        self.answer_reads();
+        if let Some(persist) = outputs.persist {
+            self.writer
+                .send(DiskJob::Persist(persist))
+                .map_err(|_| "the raft log writer stopped")?;
+        }
+        self.maybe_compact()
+    }
+
+    fn apply(&mut self, entry: &raft::eraftpb::Entry) {
+        let data: &[u8] = match entry.get_entry_type() {
+            EntryType::EntryNormal => entry.get_data(),
+            // Nothing proposes configuration changes yet; the index still
+            // counts as applied.
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => &[],
+        };
+        match self.machine.apply(entry.index, data) {
+            Ok(Some((request, outcome))) => {
+                let Some(waiting) = self.writes.remove(&request) else {
+                    return;
+                };
+                NodeMetrics::count(&self.context.metrics.counters.control_writes_done);
+                let reply = match outcome {
+                    Outcome::Done | Outcome::Repeated => ClientReply::Done,
+                    Outcome::NotFound => ClientReply::NotFound,
+                };
+                let _ = waiting.reply.send(reply);
+            }
+            Ok(None) => {}
+            // Every replica skips the same malformed entry.
+            Err(error) => {
+                tracing::error!(node = %self.context.node_id, index = entry.index, %error, "skipped a log entry")
+            }
+        }
+    }
+
+    fn answer_reads(&mut self) {
+        let applied = self.machine.applied;
+        let mut index = 0;
+        while index < self.reads_ready.len() {
+            if self.reads_ready[index].0 > applied {
+                index += 1;
+                continue;
+            }
+            let (_, key, waiting) = self.reads_ready.swap_remove(index);
+            NodeMetrics::count(&self.context.metrics.counters.control_reads_done);
+            let reply = match self.machine.get(&key) {
+                Some(value) => ClientReply::Value(value.to_vec()),
+                None => ClientReply::NotFound,
+            };
+            let _ = waiting.reply.send(reply);
+        }
+    }
+
+    /// Snapshots the state every `compact_every` applied entries.
+    fn maybe_compact(&mut self) -> Result<(), ActorProcessingErr> {
+        let applied = self.machine.applied;
+        if applied < self.snapshot_index + self.context.config.control.compact_every {
+            return Ok(());
+        }
+        let snapshot = self.replica.compact(applied, self.machine.snapshot())?;
+        self.snapshot_index = applied;
+        self.writer
+            .send(DiskJob::Compacted(snapshot))
+            .map_err(|_| "the raft log writer stopped")?;
+        Ok(())
+    }
+
+    /// Sends messages to their replicas; a message that cannot be queued
+    /// is dropped and counted (Raft retries), and a snapshot's sender is
+    /// told whether it went.
+    fn send(&mut self, messages: Vec<Message>) {
+        let counters = &self.context.metrics.counters;
+        for message in messages {
+            let Some(peer) = self.context.config.control.replica_node(message.to) else {
+                continue;
+            };
+            let parts = encode_raft_message(&message);
+            let class = if parts.len() == 1 {
+                TrafficClass::Consensus
+            } else {
+                TrafficClass::Bulk
+            };
+            let frames = parts
+                .into_iter()
+                .map(|part| (class, Bytes::from(part)))
+                .collect();
+            let sent = self.context.peers.try_send_all(peer, frames).is_ok();
+            NodeMetrics::count(if sent {
+                &counters.raft_messages_sent
+            } else {
+                &counters.raft_messages_unsent
+            });
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                self.replica.report_snapshot(message.to, sent);
+            }
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.writes.len() + self.reads.len() + self.reads_ready.len()
+    }
+
+    fn client(&mut self, request: ClientRequest, reply: RpcReplyPort<ClientReply>) {
+        if let Operation::Status = request.operation {
+            let _ = reply.send(ClientReply::Status(self.status()));
+            return;
+        }
+        if let Err(error) = self.admit(&request) {
+            let _ = reply.send(ClientReply::Failed(error));
+            return;
+        }
+        let waiting = Waiting {
+            reply,
+            deadline_ms: monotonic_ms() + self.context.config.control.request_timeout_ms,
+        };
+        let command = match request.operation {
+            Operation::Put { key, value } => Command::Put { key, value },
+            Operation::Delete { key } => Command::Delete { key },
+            Operation::Get { key } => {
+                self.next_read += 1;
+                self.replica
+                    .read_index(self.next_read.to_be_bytes().to_vec());
+                self.reads.insert(self.next_read, (key, waiting));
+                return;
+            }
+            Operation::Status => unreachable!("answered above"),
+        };
+        let proposal = Proposal {
+            request: request.request,
+            command,
+        };
+        let refused = match proposal.encode() {
+            Err(error) => Some(ControlError::Invalid(error.to_string())),
+            Ok(data) => self
+                .replica
+                .propose(data)
+                .err()
+                .map(|_| self.no_leader()),
+        };
+        match refused {
+            Some(error) => {
+                let _ = waiting.reply.send(ClientReply::Failed(error));
+            }
+            None => {
+                // A retry of a request still waiting replaces it; the
+                // older caller gave up.
+                self.writes.insert(request.request, waiting);
+            }
+        }
+    }
+
+    /// Refuses what cannot be served now: too many waiting, no leader, an
+    /// oversized key.
+    fn admit(&mut self, request: &ClientRequest) -> Result<(), ControlError> {
+        let counters = &self.context.metrics.counters;
+        let pending_max = self.context.config.control.pending_requests_max;
+        if self.pending() >= pending_max {
+            NodeMetrics::count(&counters.control_refused_busy);
+            return Err(ControlError::Busy { pending_max });
+        }
+        if self.replica.leader().is_none() {
+            NodeMetrics::count(&counters.control_refused_no_leader);
+            return Err(self.no_leader());
+        }
+        if let Operation::Get { key } = &request.operation {
+            if key.len() > KEY_BYTES_MAX {
+                let reason = format!("key of {} bytes; keys are at most {KEY_BYTES_MAX}", key.len());
+                return Err(ControlError::Invalid(reason));
+            }
+        }
+        Ok(())
+    }
+
+    fn no_leader(&self) -> ControlError {
+        let control = &self.context.config.control;
+        let reachable = control
+            .replicas
+            .iter()
+            .filter(|node| **node == self.context.node_id || self.context.peers.is_connected(node))
+            .count();
+        ControlError::NoLeader {
+            replica: self.context.node_id.clone(),
+            term: self.replica.term(),
+            reachable,
+            replicas: control.replicas.len(),
+        }
+    }
+
+    /// Fails every request past its deadline.
+    fn expire(&mut self, now_ms: u64) {
+        let ms = self.context.config.control.request_timeout_ms;
+        let mut late: Vec<Waiting> = Vec::new();
+        let due: Vec<RequestId> = self
+            .writes
+            .iter()
+            .filter(|(_, waiting)| waiting.deadline_ms <= now_ms)
+            .map(|(request, _)| *request)
+            .collect();
+        late.extend(due.iter().filter_map(|request| self.writes.remove(request)));
+        let due: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, (_, waiting))| waiting.deadline_ms <= now_ms)
+            .map(|(read, _)| *read)
+            .collect();
+        late.extend(due.iter().filter_map(|read| self.reads.remove(read).map(|(_, waiting)| waiting)));
+        let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_ready)
+            .into_iter()
+            .partition(|(_, _, waiting)| waiting.deadline_ms <= now_ms);
+        self.reads_ready = waiting;
+        late.extend(expired.into_iter().map(|(_, _, waiting)| waiting));
+        for waiting in late {
+            NodeMetrics::count(&self.context.metrics.counters.control_timeouts);
+            let _ = waiting
+                .reply
+                .send(ClientReply::Failed(ControlError::Timeout { ms }));
+        }
+    }
+
+    fn status(&self) -> ReplicaStatus {
+        let control = &self.context.config.control;
+        let names = |ids: Vec<u64>| -> Vec<String> {
+            ids.into_iter()
+                .filter_map(|id| control.replica_node(id).map(str::to_string))
+                .collect()
+        };
+        let (voters, learners) = self.replica.members();
+        ReplicaStatus {
+            node: self.context.node_id.clone(),
+            id: self.replica.id(),
+            role: self.replica.role().to_string(),
+            leader: self
+                .replica
+                .leader()
+                .and_then(|id| control.replica_node(id).map(str::to_string)),
+            term: self.replica.term(),
+            commit_index: self.replica.commit_index(),
+            applied_index: self.machine.applied,
+            last_index: self.replica.last_index(),
+            snapshot_index: self.snapshot_index,
+            voters: names(voters),
+            learners: names(learners),
+            overlay_epoch: self.machine.overlay_epoch,
+            keys: self.machine.kv.len() as u64,
+            fsync: self.fsync,
+        }
+    }
+}
+
+fn is_empty(outputs: &Outputs) -> bool {
+    outputs.messages.is_empty()
+        && outputs.snapshot.is_none()
+        && outputs.committed.is_empty()
+        && outputs.read_states.is_empty()
+        && outputs.persist.is_none()
+}

@@ -1,0 +1,128 @@
+//! `agentmesh kv` and `agentmesh status`: the control plane's key-value
+//! space and the replicas' view of the Raft group, from the command line.
+
+use std::path::Path;
+
+use crate::control_client::ControlClient;
+use crate::protocols::control::ReplicaStatus;
+
+/// What `agentmesh kv` does.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum KvAction {
+    /// Set KEY to VALUE (committed by a majority of the replicas).
+    Put {
+        #[command(flatten)]
+        cluster: ConfigFile,
+        key: String,
+        value: String,
+    },
+    /// Print the value at KEY (a linearizable read); exit 1 if absent.
+    Get {
+        #[command(flatten)]
+        cluster: ConfigFile,
+        key: String,
+    },
+    /// Remove KEY; exit 1 if it was absent.
+    Delete {
+        #[command(flatten)]
+        cluster: ConfigFile,
+        key: String,
+    },
+}
+
+/// The cluster config a client command reads the replicas' addresses from.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ConfigFile {
+    #[arg(long)]
+    pub config: std::path::PathBuf,
+}
+
+/// Runs one key-value operation. Exit codes: 0 done, 1 no such key,
+/// 2 any error (no quorum, no answer, bad input).
+pub async fn kv(action: &KvAction) -> anyhow::Result<i32> {
+    let (KvAction::Put { cluster, .. }
+    | KvAction::Get { cluster, .. }
+    | KvAction::Delete { cluster, .. }) = action;
+    let config = crate::config::load(&cluster.config)?;
+    let mut client = ControlClient::from_config(&config)?;
+    match action {
+        KvAction::Put { key, value, .. } => {
+            client.put(key, value.as_bytes().to_vec()).await?;
+            Ok(0)
+        }
+        KvAction::Get { key, .. } => match client.get(key).await? {
+            Some(value) => {
+                println!("{}", String::from_utf8_lossy(&value));
+                Ok(0)
+            }
+            None => {
+                eprintln!("no key {key:?}");
+                Ok(1)
+            }
+        },
+        KvAction::Delete { key, .. } => {
+            if client.delete(key).await? {
+                Ok(0)
+            } else {
+                eprintln!("no key {key:?}");
+                Ok(1)
+            }
+        }
+    }
+}
+
+/// Prints every replica's status; exits 0 when one of them knows a leader.
+pub async fn status(config: &Path, json: bool) -> anyhow::Result<i32> {
+    let config = crate::config::load(config)?;
+    let mut client = ControlClient::from_config(&config)?;
+    let statuses = client.statuses().await;
+    let leader_known = statuses
+        .iter()
+        .any(|(_, status)| status.as_ref().is_ok_and(|status| status.leader.is_some()));
+    if json {
+        let rows: Vec<serde_json::Value> = statuses
+            .iter()
+            .map(|(node, status)| match status {
+                Ok(status) => serde_json::to_value(status).expect("status serialises"),
+                Err(error) => serde_json::json!({"node": node, "error": error}),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", status_table(&statuses));
+    }
+    Ok(if leader_known { 0 } else { 2 })
+}
+
+fn status_table(statuses: &[(String, Result<ReplicaStatus, String>)]) -> String {
+    let mut text = String::from(
+        "replica  role            leader  term  commit  applied  last  snapshot  keys  epoch  fsync  members\n",
+    );
+    for (node, status) in statuses {
+        match status {
+            Ok(status) => {
+                let members = match status.learners.is_empty() {
+                    true => status.voters.join(","),
+                    false => format!("{} (learners {})", status.voters.join(","), status.learners.join(",")),
+                };
+                text.push_str(&format!(
+                    "{:<8} {:<15} {:<7} {:>4} {:>7} {:>8} {:>5} {:>9} {:>5} {:>6}  {:<5}  {}\n",
+                    status.node,
+                    status.role,
+                    status.leader.as_deref().unwrap_or("-"),
+                    status.term,
+                    status.commit_index,
+                    status.applied_index,
+                    status.last_index,
+                    status.snapshot_index,
+                    status.keys,
+                    status.overlay_epoch,
+                    if status.fsync { "on" } else { "off" },
+                    members,
+                ));
+            }
+            Err(error) => text.push_str(&format!("{node:<8} unreachable: {error}\n")),
+        }
+    }
+    text
+}

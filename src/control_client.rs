@@ -1,0 +1,213 @@
+//! A client of the control plane's API, as `agentmesh kv`, `agentmesh
+//! status`, the Raft benchmark and the tests use it. It finds the replicas'
+//! client addresses in the cluster config and keeps one connection open to
+//! the replica that answered last.
+//!
+//! A request that a replica cannot serve (no leader, restarting, no answer
+//! in time, unreachable) is tried at the next replica, round after round,
+//! until one answers or the call's deadline passes. Every try of one write
+//! carries the same request id, so the cluster applies it at most once.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+use crate::actors::client_api::client_codec;
+use crate::config::ClusterConfig;
+use crate::protocols::cluster_state::RequestId;
+use crate::protocols::control::{
+    self, ClientReply, ClientRequest, ControlError, Operation, ReplicaStatus,
+};
+
+/// How long a connection attempt to one replica may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause between rounds over every replica, while an election settles.
+const ROUND_PAUSE: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the config names no replica with a client_listen address ([control] replicas, and client_listen on their [[nodes]] entries)")]
+    NoClientAddress,
+    /// No replica served the request before the deadline; says what each
+    /// replica answered last.
+    #[error("no replica could serve the request within {seconds:.1} s:{}", tries.iter().map(|line| format!("\n  {line}")).collect::<String>())]
+    Unavailable { seconds: f64, tries: Vec<String> },
+    #[error("{0}")]
+    Refused(ControlError),
+    #[error("unexpected answer from the replica: {0}")]
+    Unexpected(String),
+}
+
+pub struct ControlClient {
+    replicas: Vec<(String, SocketAddr)>,
+    client: u64,
+    sequence: u64,
+    /// The whole call, over every try.
+    deadline: Duration,
+    /// The replica that answered last, and the open connection to it.
+    current: Option<(usize, Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>)>,
+    preferred: usize,
+}
+
+impl ControlClient {
+    pub fn from_config(config: &ClusterConfig) -> Result<ControlClient, ClientError> {
+        let replicas: Vec<(String, SocketAddr)> = config
+            .control
+            .replicas
+            .iter()
+            .filter_map(|replica| {
+                let node = config.nodes.iter().find(|node| node.id == *replica)?;
+                Some((replica.clone(), node.client_listen?))
+            })
+            .collect();
+        if replicas.is_empty() {
+            return Err(ClientError::NoClientAddress);
+        }
+        let deadline = Duration::from_millis(config.control.request_timeout_ms * 2);
+        Ok(ControlClient {
+            replicas,
+            client: rand::random(),
+            sequence: 0,
+            deadline,
+            current: None,
+            preferred: 0,
+        })
+    }
+
+    /// Gives up a call after `deadline` (default: twice the request timeout).
+    pub fn with_deadline(mut self, deadline: Duration) -> ControlClient {
+        self.deadline = deadline;
+        self
+    }
+
+    pub async fn put(&mut self, key: &str, value: Vec<u8>) -> Result<(), ClientError> {
+        let operation = Operation::Put {
+            key: key.into(),
+            value,
+        };
+        match self.call(operation).await? {
+            ClientReply::Done => Ok(()),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The value at `key`, or None when it is absent.
+    pub async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.call(Operation::Get { key: key.into() }).await? {
+            ClientReply::Value(value) => Ok(Some(value)),
+            ClientReply::NotFound => Ok(None),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Deletes `key`; false when it was absent.
+    pub async fn delete(&mut self, key: &str) -> Result<bool, ClientError> {
+        match self.call(Operation::Delete { key: key.into() }).await? {
+            ClientReply::Done => Ok(true),
+            ClientReply::NotFound => Ok(false),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Every replica's status, or why it could not be had.
+    pub async fn statuses(&mut self) -> Vec<(String, Result<ReplicaStatus, String>)> {
+        let mut statuses = Vec::new();
+        for index in 0..self.replicas.len() {
+            let request = self.request(Operation::Status);
+            let status = match self.try_at(index, &request).await {
+                Ok(ClientReply::Status(status)) => Ok(status),
+                Ok(ClientReply::Failed(error)) => Err(error.to_string()),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(reason) => Err(reason),
+            };
+            statuses.push((self.replicas[index].0.clone(), status));
+        }
+        statuses
+    }
+
+    fn request(&mut self, operation: Operation) -> ClientRequest {
+        self.sequence += 1;
+        ClientRequest {
+            request: RequestId {
+                client: self.client,
+                sequence: self.sequence,
+            },
+            operation,
+        }
+    }
+
+    /// Sends one request, trying replica after replica.
+    async fn call(&mut self, operation: Operation) -> Result<ClientReply, ClientError> {
+        let request = self.request(operation);
+        let started = Instant::now();
+        let mut tries = vec![String::new(); self.replicas.len()];
+        loop {
+            for offset in 0..self.replicas.len() {
+                let index = (self.preferred + offset) % self.replicas.len();
+                let outcome = match self.try_at(index, &request).await {
+                    Ok(ClientReply::Failed(error)) => match error {
+                        ControlError::Invalid(_) | ControlError::Busy { .. } => {
+                            return Err(ClientError::Refused(error))
+                        }
+                        retry => retry.to_string(),
+                    },
+                    Ok(reply) => {
+                        self.preferred = index;
+                        return Ok(reply);
+                    }
+                    Err(reason) => reason,
+                };
+                tries[index] = format!("{}: {outcome}", self.replicas[index].0);
+                if started.elapsed() >= self.deadline {
+                    return Err(ClientError::Unavailable {
+                        seconds: started.elapsed().as_secs_f64(),
+                        tries: tries.into_iter().filter(|line| !line.is_empty()).collect(),
+                    });
+                }
+            }
+            tokio::time::sleep(ROUND_PAUSE).await;
+        }
+    }
+
+    /// One request to replica `index`, over the open connection when it is
+    /// that replica's. Err: the replica could not be reached or answer.
+    async fn try_at(
+        &mut self,
+        index: usize,
+        request: &ClientRequest,
+    ) -> Result<ClientReply, String> {
+        let reusable = matches!(&self.current, Some((open, _)) if *open == index);
+        if !reusable {
+            self.current = None;
+            let address = self.replicas[index].1;
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+                .await
+                .map_err(|_| format!("no connection to {address} within {CONNECT_TIMEOUT:?}"))?
+                .map_err(|error| format!("cannot connect to {address}: {error}"))?;
+            let _ = stream.set_nodelay(true);
+            self.current = Some((index, Framed::new(stream, client_codec())));
+        }
+        let (_, framed) = self.current.as_mut().expect("just opened");
+        let answer = async {
+            framed
+                .send(bytes::Bytes::from(control::encode(request)))
+                .await
+                .map_err(|error| format!("send failed: {error}"))?;
+            match framed.next().await {
+                Some(Ok(frame)) => control::decode::<ClientReply>(&frame).map_err(|error| error.to_string()),
+                Some(Err(error)) => Err(format!("receive failed: {error}")),
+                None => Err("the replica closed the connection".to_string()),
+            }
+        };
+        let reply = tokio::time::timeout(self.deadline, answer)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.deadline)));
+        if reply.is_err() {
+            self.current = None;
+        }
+        reply
+    }
+}

@@ -1,0 +1,146 @@
+//! The control plane's client protocol: what `agentmesh kv` and
+//! `agentmesh status` ask a replica, and what it answers. Each request and
+//! each reply is one length-delimited frame holding one bincode value.
+//!
+//! A write carries a [`RequestId`]; a client that retries after a lost
+//! answer sends the same id again, and the cluster state applies it once.
+
+use bincode::config::{self, Configuration, Limit};
+use bincode::{Decode, Encode};
+
+use super::cluster_state::{RequestId, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+
+/// Largest client frame: a maximal value with its key and framing.
+pub const CLIENT_FRAME_BYTES_MAX: usize = VALUE_BYTES_MAX + KEY_BYTES_MAX + 1024;
+
+type ClientConfig = Configuration<config::LittleEndian, config::Varint, Limit<CLIENT_FRAME_BYTES_MAX>>;
+
+const fn client_config() -> ClientConfig {
+    config::standard().with_limit::<CLIENT_FRAME_BYTES_MAX>()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Operation {
+    Put { key: String, value: Vec<u8> },
+    Get { key: String },
+    Delete { key: String },
+    Status,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct ClientRequest {
+    pub request: RequestId,
+    pub operation: Operation,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum ClientReply {
+    /// The write is committed and applied.
+    Done,
+    /// The key is not in the key-value space (get, delete).
+    NotFound,
+    Value(Vec<u8>),
+    Status(ReplicaStatus),
+    Failed(ControlError),
+}
+
+/// Why a request failed. Every one leaves the state as it was, except
+/// [`ControlError::Timeout`] of a write, which may or may not have taken
+/// effect (retrying with the same request id applies it at most once).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, thiserror::Error)]
+pub enum ControlError {
+    /// The replica knows no leader: fewer than a majority of the replicas
+    /// can reach each other, or an election is under way.
+    #[error("no leader in term {term} (replica {replica} sees {reachable} of {replicas} replicas connected); a majority must be up and connected")]
+    NoLeader {
+        replica: String,
+        term: u64,
+        reachable: usize,
+        replicas: usize,
+    },
+    /// No answer within the request timeout.
+    #[error("no answer within {ms} ms (no quorum, or the leader changed); a write may still take effect")]
+    Timeout { ms: u64 },
+    /// The replica holds as many requests as it may.
+    #[error("replica busy: {pending_max} requests already wait")]
+    Busy { pending_max: usize },
+    /// The request breaks a limit or is malformed.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The node answering holds no replica (or it is restarting).
+    #[error("node {0} has no running control-plane replica")]
+    NoReplica(String),
+}
+
+/// What one replica knows of the group.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, serde::Serialize)]
+pub struct ReplicaStatus {
+    pub node: String,
+    pub id: u64,
+    /// leader, follower, candidate or pre-candidate.
+    pub role: String,
+    /// The leader's node, if known.
+    pub leader: Option<String>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    /// The last index in the log.
+    pub last_index: u64,
+    /// Index of the latest snapshot.
+    pub snapshot_index: u64,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+    pub overlay_epoch: u64,
+    pub keys: u64,
+    pub fsync: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientCodecError {
+    #[error("malformed control frame: {0}")]
+    Malformed(String),
+    #[error("{0} bytes left over after the control frame")]
+    TrailingBytes(usize),
+}
+
+pub fn encode<T: Encode>(value: &T) -> Vec<u8> {
+    bincode::encode_to_vec(value, config::standard()).expect("encoding into a Vec is infallible")
+}
+
+pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, ClientCodecError> {
+    let (value, used) = bincode::decode_from_slice(bytes, client_config())
+        .map_err(|error| ClientCodecError::Malformed(error.to_string()))?;
+    if used != bytes.len() {
+        return Err(ClientCodecError::TrailingBytes(bytes.len() - used));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_round_trip_and_garbage_is_refused() {
+        let request = ClientRequest {
+            request: RequestId {
+                client: 9,
+                sequence: 3,
+            },
+            operation: Operation::Put {
+                key: "k".into(),
+                value: b"v".to_vec(),
+            },
+        };
+        assert_eq!(decode::<ClientRequest>(&encode(&request)).unwrap(), request);
+        let reply = ClientReply::Failed(ControlError::Timeout { ms: 5 });
+        assert_eq!(decode::<ClientReply>(&encode(&reply)).unwrap(), reply);
+        assert!(decode::<ClientRequest>(&[0xff; 7]).is_err());
+        let mut padded = encode(&request);
+        padded.push(0);
+        assert!(matches!(
+            decode::<ClientRequest>(&padded),
+            Err(ClientCodecError::TrailingBytes(1))
+        ));
+    }
+}

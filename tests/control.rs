@@ -1,0 +1,290 @@
+//! The Raft control plane over real QUIC in one process: the key-value API
+//! through every replica, a killed leader replica, a replica far behind
+//! catching up from a snapshot, every node restarted from its raft-engine
+//! log, concurrent client histories checked for linearizability, and the
+//! `agentmesh kv` and `agentmesh status` commands.
+
+#[allow(dead_code)]
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use agentmesh::cluster::{Departure, LocalCluster};
+use agentmesh::config::ClusterConfig;
+use agentmesh::control_client::ControlClient;
+use agentmesh::protocols::control::ReplicaStatus;
+use agentmesh::sim::linearizability;
+use agentmesh::sim::raft::{Call, CallKind};
+
+
+/// A port nothing listens on now (the test binds it again at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Three replica nodes and one plain node, logs under `data`.
+fn config_text(data: &Path, extra: &str) -> String {
+    let mut text = String::from("[cluster]\nname = \"control\"\nseed = 3\n");
+    for (index, id) in ["n1", "n2", "n3", "n4"].iter().enumerate() {
+        text += &format!("[[nodes]]\nid = \"{id}\"\nlisten = \"127.0.0.1:0\"\n");
+        if index < 3 {
+            text += &format!("client_listen = \"127.0.0.1:{}\"\n", free_port());
+        }
+    }
+    text += "[topology]\nkind = \"full-mesh\"\n";
+    text += &format!(
+        "[control]\nreplicas = [\"n1\", \"n2\", \"n3\"]\ndata_dir = {:?}\nrequest_timeout_ms = 1000\n{extra}",
+        data.display()
+    );
+    text
+}
+
+fn parse(text: &str) -> ClusterConfig {
+    agentmesh::config::parse(text, "control.toml", Path::new(".")).unwrap()
+}
+
+async fn statuses(client: &mut ControlClient) -> Vec<ReplicaStatus> {
+    client
+        .statuses()
+        .await
+        .into_iter()
+        .filter_map(|(_, status)| status.ok())
+        .collect()
+}
+
+/// Waits until a replica is leader and every replica follows it; returns it.
+async fn settled_leader(client: &mut ControlClient) -> ReplicaStatus {
+    let deadline = Instant::now() + common::WAIT_MAX;
+    loop {
+        let statuses = statuses(client).await;
+        let leader = statuses.iter().find(|status| status.role == "leader");
+        if let Some(leader) = leader {
+            let agreed = statuses
+                .iter()
+                .all(|status| status.leader.as_deref() == Some(&leader.node));
+            if statuses.len() == 3 && agreed {
+                return leader.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "no settled leader: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_survive_a_killed_leader_replica_and_histories_are_linearizable() {
+    let data = tempfile::tempdir().unwrap();
+    let config = parse(&config_text(data.path(), ""));
+    let cluster = LocalCluster::start(config.clone()).await.unwrap();
+    let mut client = ControlClient::from_config(&config).unwrap();
+    let leader = settled_leader(&mut client).await;
+    for index in 0..50 {
+        client
+            .put(&format!("k{index}"), format!("v{index}").into_bytes())
+            .await
+            .unwrap();
+    }
+    assert_eq!(client.get("k7").await.unwrap(), Some(b"v7".to_vec()));
+    assert_eq!(client.get("absent").await.unwrap(), None);
+    assert!(client.delete("k49").await.unwrap());
+    assert!(!client.delete("k49").await.unwrap(), "deleted twice");
+
+    // Kill the leader's replica actor; its supervisor restarts it from its
+    // log, and the group elects a leader in a later term.
+    let replica = cluster.node(&leader.node).unwrap().context.replica.get();
+    replica.expect("the leader runs a replica").kill();
+    let history = concurrent_history(&config, 4, 40).await;
+    let after = settled_leader(&mut client).await;
+    assert!(after.term > leader.term, "{leader:?} then {after:?}");
+    for index in 0..49 {
+        let value = client.get(&format!("k{index}")).await.unwrap();
+        assert_eq!(value, Some(format!("v{index}").into_bytes()), "k{index}");
+    }
+    let answered = history.iter().filter(|call| call.answered_ms.is_some()).count();
+    assert!(answered > 0, "some calls were answered");
+    linearizability::check(&history).unwrap_or_else(|error| panic!("{error}: {history:?}"));
+    let restarts: u64 = cluster.counters().actor_restarts;
+    assert!(restarts >= 1, "the killed replica was restarted");
+    cluster.shutdown().await;
+}
+
+/// `clients` clients each put and get `calls` times on a few shared keys
+/// at once; returns every call with its times (microseconds since the
+/// start) and what it saw.
+async fn concurrent_history(config: &ClusterConfig, clients: u64, calls: u64) -> Vec<Call> {
+    let started = Instant::now();
+    let tasks = (0..clients).map(|client_index| {
+        let config = config.clone();
+        tokio::spawn(async move {
+            let mut client = ControlClient::from_config(&config).unwrap();
+            let mut history = Vec::new();
+            for call in 0..calls {
+                let key = format!("shared{}", call % 3);
+                let called = started.elapsed().as_micros() as u64;
+                let (kind, answered) = if (call + client_index) % 2 == 0 {
+                    let value = format!("{client_index}-{call}").into_bytes();
+                    let done = client.put(&key, value.clone()).await.is_ok();
+                    (CallKind::Put(value), done)
+                } else {
+                    match client.get(&key).await {
+                        Ok(value) => (CallKind::Get(Some(value)), true),
+                        Err(_) => (CallKind::Get(None), false),
+                    }
+                };
+                history.push(Call {
+                    client: client_index,
+                    key,
+                    called_ms: called,
+                    answered_ms: answered.then(|| started.elapsed().as_micros() as u64),
+                    kind,
+                });
+            }
+            history
+        })
+    });
+    let mut history = Vec::new();
+    for task in futures::future::join_all(tasks).await {
+        history.extend(task.unwrap());
+    }
+    history
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_far_behind_gets_a_snapshot_and_restarted_nodes_keep_their_state() {
+    let data = tempfile::tempdir().unwrap();
+    let config = parse(&config_text(data.path(), "compact_every = 40\n"));
+    let mut cluster = LocalCluster::start(config.clone()).await.unwrap();
+    let mut client = ControlClient::from_config(&config).unwrap();
+    let leader = settled_leader(&mut client).await;
+    let behind = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|node| *node != leader.node)
+        .unwrap();
+    assert!(cluster.stop_node(behind, Departure::Crash).await);
+    for index in 0..300 {
+        client
+            .put(&format!("key{}", index % 120), vec![index as u8; 100])
+            .await
+            .unwrap();
+    }
+    cluster.restart_node(behind).await.unwrap();
+    // It catches up: from a snapshot, since the others compacted the log.
+    let deadline = Instant::now() + common::WAIT_MAX;
+    let caught_up = loop {
+        let statuses = statuses(&mut client).await;
+        let commit = statuses.iter().map(|status| status.commit_index).max().unwrap_or(0);
+        if let Some(status) = statuses.iter().find(|status| status.node == behind) {
+            if status.applied_index >= commit && commit > 300 {
+                break status.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "{behind} never caught up: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(caught_up.snapshot_index > 0, "{caught_up:?}");
+    assert_eq!(caught_up.keys, 120, "{caught_up:?}");
+
+    // Every node stops; started again from their logs, they hold it all.
+    let ids: Vec<String> = cluster.nodes.iter().map(|node| node.id.clone()).collect();
+    cluster.stop_nodes(&ids, Departure::Leave).await;
+    for id in &ids {
+        cluster.restart_node(id).await.unwrap();
+    }
+    settled_leader(&mut client).await;
+    for index in 180..300 {
+        let value = client.get(&format!("key{}", index % 120)).await.unwrap();
+        assert_eq!(value, Some(vec![index as u8; 100]), "key{}", index % 120);
+    }
+    cluster.shutdown().await;
+}
+
+fn agentmesh(arguments: &[&str], config: &Path) -> (Option<i32>, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .args(arguments)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kv_and_status_commands_work_and_say_when_a_quorum_is_missing() {
+    let data = tempfile::tempdir().unwrap();
+    let text = config_text(data.path(), "");
+    let path = data.path().join("cluster.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = parse(&text);
+    let mut cluster = LocalCluster::start(config.clone()).await.unwrap();
+    settled_leader(&mut ControlClient::from_config(&config).unwrap()).await;
+    let path_for = |arguments: &'static [&'static str]| {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || agentmesh(arguments, &path))
+    };
+    let (code, _, stderr) = path_for(&["kv", "put", "colour", "blue"]).await.unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stdout, stderr) = path_for(&["kv", "get", "colour"]).await.unwrap();
+    assert_eq!((code, stdout.as_str()), (Some(0), "blue\n"), "{stderr}");
+    let (code, _, stderr) = path_for(&["kv", "get", "size"]).await.unwrap();
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no key \"size\""), "{stderr}");
+    let (code, stdout, stderr) = path_for(&["status"]).await.unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("leader") && stdout.contains("n1,n2,n3"), "{stdout}");
+    let (code, _, _) = path_for(&["kv", "delete", "colour"]).await.unwrap();
+    assert_eq!(code, Some(0));
+    let (code, _, _) = path_for(&["kv", "delete", "colour"]).await.unwrap();
+    assert_eq!(code, Some(1), "already deleted");
+
+    // Two of three replicas gone: no majority, and the command says so.
+    cluster
+        .stop_nodes(&["n1".to_string(), "n2".to_string()], Departure::Crash)
+        .await;
+    let (code, _, stderr) = path_for(&["kv", "put", "colour", "red"]).await.unwrap();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("majority"), "{stderr}");
+    assert!(stderr.contains("n1: cannot connect"), "{stderr}");
+    let (code, stdout, _) = path_for(&["status"]).await.unwrap();
+    assert_eq!(code, Some(2), "no replica knows a leader: {stdout}");
+    assert!(stdout.contains("n1       unreachable"), "{stdout}");
+    cluster.shutdown().await;
+}
+
+#[test]
+fn a_control_section_with_errors_is_refused_naming_each_key() {
+    let text = "[cluster]\nname = \"t\"\n[[nodes]]\nid = \"a\"\nlisten = \"127.0.0.1:0\"\nclient_listen = \"10.0.0.1:7481\"\n[[nodes]]\nid = \"b\"\nlisten = \"127.0.0.1:0\"\nclient_listen = \"127.0.0.1:7482\"\n[control]\nreplicas = [\"a\", \"a\", \"zz\"]\nelection_ticks = 2\nheartbeat_ticks = 4\n";
+    let error = agentmesh::config::parse(text, "bad.toml", Path::new("."))
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "control.replicas[1]: \"a\" is named twice",
+        "control.replicas[2]: \"zz\" is not the id of a [[nodes]] entry",
+        "nodes[0].client_listen: 10.0.0.1:7481 is not a loopback address",
+        "nodes[1].client_listen: node \"b\" holds no control replica",
+        "control.election_ticks: 2 is outside the allowed range 5 to 10000",
+    ] {
+        assert!(error.contains(expected), "missing {expected:?} in:\n{error}");
+    }
+}
+
+#[test]
+fn a_node_process_holding_a_replica_needs_a_data_dir() {
+    let text = "[cluster]\nname = \"t\"\n[[nodes]]\nid = \"a\"\nlisten = \"127.0.0.1:7999\"\n[control]\nreplicas = [\"a\"]\n";
+    let config = agentmesh::config::parse(text, "t.toml", Path::new(".")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let error = runtime
+        .block_on(agentmesh::cluster::start_single(config, "a", None))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(error.contains("set control.data_dir"), "{error}");
+}
