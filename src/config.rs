@@ -334,6 +334,9 @@ pub struct ControlConfig {
     pub heartbeat_ticks: usize,
     /// Entries applied between two snapshots of the state.
     pub compact_every: u64,
+    /// Bytes of entries applied since the last snapshot that also call
+    /// for one: the log is held in memory until it is compacted.
+    pub compact_bytes: u64,
     /// A client request not answered by then fails with a timeout.
     pub request_timeout_ms: u64,
     /// Client requests one replica holds awaiting their answers; more are
@@ -371,6 +374,7 @@ struct RawControl {
     election_ticks: usize,
     heartbeat_ticks: usize,
     compact_every: u64,
+    compact_bytes: u64,
     request_timeout_ms: u64,
     pending_requests_max: usize,
     message_bytes_max: u64,
@@ -387,6 +391,7 @@ impl Default for RawControl {
             election_ticks: 20,
             heartbeat_ticks: 4,
             compact_every: 10_000,
+            compact_bytes: 64 * 1024 * 1024,
             request_timeout_ms: 5_000,
             pending_requests_max: 16_384,
             message_bytes_max: 1024 * 1024,
@@ -714,6 +719,12 @@ fn validate_control(
     );
     checker.range("control.compact_every", raw.compact_every, 1, 100_000_000);
     checker.range(
+        "control.compact_bytes",
+        raw.compact_bytes,
+        1024,
+        16 * 1024 * 1024 * 1024,
+    );
+    checker.range(
         "control.request_timeout_ms",
         raw.request_timeout_ms,
         10,
@@ -745,6 +756,7 @@ fn validate_control(
         election_ticks: raw.election_ticks,
         heartbeat_ticks: raw.heartbeat_ticks,
         compact_every: raw.compact_every,
+        compact_bytes: raw.compact_bytes,
         request_timeout_ms: raw.request_timeout_ms,
         pending_requests_max: raw.pending_requests_max,
         message_bytes_max: raw.message_bytes_max,

@@ -135,6 +135,9 @@ counters! {
     /// Raft messages dropped: this node holds no replica, or the message
     /// named a sender or receiver other than its connection's ends.
     raft_dropped_misaddressed,
+    /// Snapshots this replica installed from its leader, and their bytes.
+    raft_snapshots_installed,
+    raft_snapshot_bytes_installed,
     /// Batches written to the Raft log (each one fsync when fsync is on).
     raft_log_writes,
     /// Client writes committed and applied here.

@@ -7,13 +7,18 @@ use plotters::prelude::*;
 
 use super::report::StormReport;
 
-type PlotResult = Result<(), Box<dyn std::error::Error>>;
+pub type PlotResult = Result<(), Box<dyn std::error::Error>>;
 
 const SIZE: (u32, u32) = (800, 480);
 
 /// Writes latency-cdf.svg, hops.svg, throughput.svg and memory.svg.
 pub fn write_all(directory: &Path, report: &StormReport, latency: &Hdr<u64>) -> PlotResult {
-    latency_cdf(&directory.join("latency-cdf.svg"), latency)?;
+    latency_cdf(
+        &directory.join("latency-cdf.svg"),
+        "Delivery latency (CDF)",
+        "fraction delivered",
+        latency,
+    )?;
     hops(&directory.join("hops.svg"), report)?;
     over_time(
         &directory.join("throughput.svg"),
@@ -52,8 +57,9 @@ fn titled<'a, 'b>(
     builder
 }
 
-/// The fraction of deliveries at or below each latency, on a log axis.
-fn latency_cdf(path: &Path, latency: &Hdr<u64>) -> PlotResult {
+/// The fraction of samples (microseconds) at or below each latency, on a
+/// log axis.
+pub fn latency_cdf(path: &Path, title: &str, fraction: &str, latency: &Hdr<u64>) -> PlotResult {
     let points: Vec<(f64, f64)> = latency
         .iter_quantiles(1)
         .map(|step| {
@@ -64,12 +70,12 @@ fn latency_cdf(path: &Path, latency: &Hdr<u64>) -> PlotResult {
     let high = points.iter().map(|point| point.0).fold(1.0, f64::max);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = titled(&root, "Delivery latency (CDF)")
+    let mut chart = titled(&root, title)
         .build_cartesian_2d((0.01f64..high * 1.2).log_scale(), 0f64..1f64)?;
     chart
         .configure_mesh()
         .x_desc("latency, ms (log)")
-        .y_desc("fraction delivered")
+        .y_desc(fraction)
         .draw()?;
     chart.draw_series(LineSeries::new(points, &BLUE))?;
     root.present()?;
@@ -102,7 +108,8 @@ fn hops(path: &Path, report: &StormReport) -> PlotResult {
     Ok(())
 }
 
-fn over_time(path: &Path, title: &str, unit: &str, points: &[(f64, f64)]) -> PlotResult {
+/// A value over the seconds of the measured window.
+pub fn over_time(path: &Path, title: &str, unit: &str, points: &[(f64, f64)]) -> PlotResult {
     let end = points.iter().map(|point| point.0).fold(1.0, f64::max);
     let high = points.iter().map(|point| point.1).fold(1.0, f64::max);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
