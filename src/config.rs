@@ -318,9 +318,13 @@ impl Default for DeliveryConfig {
 /// where they keep it, and its timing.
 #[derive(Clone, Debug)]
 pub struct ControlConfig {
-    /// Nodes that run a replica, in raft id order (the first is id 1).
-    /// Empty: no control plane.
+    /// Nodes whose replicas vote from the start, in raft id order (the
+    /// first is id 1). Empty: no control plane.
     pub replicas: Vec<String>,
+    /// Nodes that run a replica outside the group until `agentmesh members
+    /// add` makes it a learner (it then catches up and is promoted to
+    /// voter); their raft ids follow the replicas'.
+    pub standby: Vec<String>,
     /// Each replica keeps its log in `data_dir/<node id>`; None: a
     /// temporary folder for the run (`agentmesh up` only).
     pub data_dir: Option<PathBuf>,
@@ -349,18 +353,23 @@ pub struct ControlConfig {
 }
 
 impl ControlConfig {
-    /// The raft id of `node`, if it holds a replica.
+    /// Every node that runs a replica, voting or standing by, in raft id
+    /// order.
+    pub fn replica_nodes(&self) -> impl Iterator<Item = &String> {
+        self.replicas.iter().chain(&self.standby)
+    }
+
+    /// The raft id of `node`, if it runs a replica.
     pub fn replica_id(&self, node: &str) -> Option<u64> {
-        self.replicas
-            .iter()
+        self.replica_nodes()
             .position(|replica| replica == node)
             .map(|index| index as u64 + 1)
     }
 
-    /// The node holding replica `id`.
+    /// The node running replica `id`.
     pub fn replica_node(&self, id: u64) -> Option<&str> {
         let index = usize::try_from(id.checked_sub(1)?).ok()?;
-        self.replicas.get(index).map(String::as_str)
+        self.replica_nodes().nth(index).map(String::as_str)
     }
 }
 
@@ -368,6 +377,7 @@ impl ControlConfig {
 #[serde(deny_unknown_fields, default)]
 struct RawControl {
     replicas: Vec<String>,
+    standby: Vec<String>,
     data_dir: Option<PathBuf>,
     fsync: bool,
     tick_ms: u64,
@@ -385,6 +395,7 @@ impl Default for RawControl {
     fn default() -> RawControl {
         RawControl {
             replicas: Vec::new(),
+            standby: Vec::new(),
             data_dir: None,
             fsync: true,
             tick_ms: 10,
@@ -675,18 +686,25 @@ fn validate_control(
     base: &Path,
     checker: &mut Checker,
 ) -> ControlConfig {
-    if raw.replicas.len() > REPLICAS_MAX {
+    if raw.replicas.len() + raw.standby.len() > REPLICAS_MAX {
         checker.fail(
             "control.replicas",
             format!(
-                "{} replicas exceed the limit of {REPLICAS_MAX}",
-                raw.replicas.len()
+                "{} replicas and {} on standby exceed the limit of {REPLICAS_MAX}",
+                raw.replicas.len(),
+                raw.standby.len()
             ),
         );
     }
+    if raw.replicas.is_empty() && !raw.standby.is_empty() {
+        checker.fail("control.standby", "standby replicas need a group to join: list control.replicas");
+    }
     let mut seen = BTreeSet::new();
-    for (index, replica) in raw.replicas.iter().enumerate() {
-        let at = format!("control.replicas[{index}]");
+    let named = raw.replicas.iter().map(|replica| ("replicas", replica));
+    let standing_by = raw.standby.iter().map(|replica| ("standby", replica));
+    for (index, (list, replica)) in named.chain(standing_by).enumerate() {
+        let index = if list == "replicas" { index } else { index - raw.replicas.len() };
+        let at = format!("control.{list}[{index}]");
         if !nodes.iter().any(|node| node.id == *replica) {
             checker.fail(&at, format!("{replica:?} is not the id of a [[nodes]] entry"));
         }
@@ -699,8 +717,8 @@ fn validate_control(
             continue;
         };
         let at = format!("nodes[{index}].client_listen");
-        if !raw.replicas.contains(&node.id) {
-            checker.fail(&at, format!("node {:?} holds no control replica (control.replicas), so it has no client API to offer", node.id));
+        if !raw.replicas.contains(&node.id) && !raw.standby.contains(&node.id) {
+            checker.fail(&at, format!("node {:?} holds no control replica (control.replicas or control.standby), so it has no client API to offer", node.id));
         }
         if !client.ip().is_loopback() {
             checker.fail(&at, format!("{client} is not a loopback address: the client API does not authenticate its callers, so it listens on this host only (127.0.0.1 or [::1])"));
@@ -750,6 +768,7 @@ fn validate_control(
     );
     ControlConfig {
         replicas: raw.replicas,
+        standby: raw.standby,
         data_dir: raw.data_dir.map(|path| base.join(path)),
         fsync: raw.fsync,
         tick_ms: raw.tick_ms,

@@ -56,8 +56,7 @@ impl ControlClient {
     pub fn from_config(config: &ClusterConfig) -> Result<ControlClient, ClientError> {
         let replicas: Vec<(String, SocketAddr)> = config
             .control
-            .replicas
-            .iter()
+            .replica_nodes()
             .filter_map(|replica| {
                 let node = config.nodes.iter().find(|node| node.id == *replica)?;
                 Some((replica.clone(), node.client_listen?))
@@ -81,6 +80,13 @@ impl ControlClient {
     pub fn with_deadline(mut self, deadline: Duration) -> ControlClient {
         self.deadline = deadline;
         self
+    }
+
+    /// Sends requests to `node` first (the leader, to save a hop).
+    pub fn prefer(&mut self, node: &str) {
+        if let Some(index) = self.replicas.iter().position(|(name, _)| name == node) {
+            self.preferred = index;
+        }
     }
 
     pub async fn put(&mut self, key: &str, value: Vec<u8>) -> Result<(), ClientError> {
@@ -108,6 +114,20 @@ impl ControlClient {
         match self.call(Operation::Delete { key: key.into() }).await? {
             ClientReply::Done => Ok(true),
             ClientReply::NotFound => Ok(false),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Adds `node`'s standby replica to the group as a learner (promoted to
+    /// voter by the leader once caught up), or removes it.
+    pub async fn change_membership(&mut self, node: &str, add: bool) -> Result<(), ClientError> {
+        let node = node.to_string();
+        let operation = match add {
+            true => Operation::AddReplica { node },
+            false => Operation::RemoveReplica { node },
+        };
+        match self.call(operation).await? {
+            ClientReply::Done => Ok(()),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }
@@ -149,7 +169,9 @@ impl ControlClient {
                 let index = (self.preferred + offset) % self.replicas.len();
                 let outcome = match self.try_at(index, &request).await {
                     Ok(ClientReply::Failed(error)) => match error {
-                        ControlError::Invalid(_) | ControlError::Busy { .. } => {
+                        ControlError::Invalid(_)
+                        | ControlError::Busy { .. }
+                        | ControlError::ChangePending => {
                             return Err(ClientError::Refused(error))
                         }
                         retry => retry.to_string(),

@@ -93,6 +93,9 @@ enum Command {
     /// Put, get or delete a key in the control plane's key-value space.
     #[command(subcommand)]
     Kv(commands::KvAction),
+    /// Add a standby replica to the control plane, or remove a replica.
+    #[command(subcommand)]
+    Members(commands::MembersAction),
     /// Show each control-plane replica's role, leader, term, indices and members.
     Status {
         #[arg(long)]
@@ -110,6 +113,9 @@ enum Command {
 enum BenchCommand {
     /// A message storm through every node's actor tree.
     Storm(agentmesh::bench::StormOptions),
+    /// The Raft control plane: commits/s, commit latency, leader failover
+    /// and snapshot transfer.
+    Raft(agentmesh::bench::RaftOptions),
     /// Every report.json below a folder in one Markdown table.
     Summary {
         #[arg(default_value = "bench-results")]
@@ -202,8 +208,10 @@ fn main() -> ExitCode {
             Command::Check { config } => commands::check(&config),
             Command::Topology(options) => commands::topology(&options),
             Command::Kv(action) => commands::kv(&action).await,
+            Command::Members(action) => commands::members(&action).await,
             Command::Status { config, json } => commands::status(&config, json).await,
             Command::Bench(BenchCommand::Storm(options)) => agentmesh::bench::storm(options).await,
+            Command::Bench(BenchCommand::Raft(options)) => agentmesh::bench::raft(options).await,
             Command::Bench(BenchCommand::Worker { config, nodes }) => {
                 agentmesh::bench::workers::serve(&config, &nodes).await
             }

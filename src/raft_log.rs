@@ -148,6 +148,10 @@ impl RaftLog {
                 // hole after the snapshot's index.
                 self.write_batch(&mut batch)?;
                 self.keep_snapshot(snapshot)?;
+                let conf_state = snapshot.get_metadata().get_conf_state();
+                batch
+                    .put_message(GROUP, CONF_STATE_KEY.to_vec(), conf_state)
+                    .map_err(|error| self.engine_error(error))?;
                 batch.add_command(
                     GROUP,
                     Command::Compact {
@@ -166,6 +170,15 @@ impl RaftLog {
                     .map_err(|error| self.engine_error(error))?;
             }
         }
+        self.write_batch(&mut batch)
+    }
+
+    /// Keeps the group's configuration after an applied change.
+    pub fn keep_membership(&self, conf_state: &ConfState) -> Result<(), RaftLogError> {
+        let mut batch = LogBatch::default();
+        batch
+            .put_message(GROUP, CONF_STATE_KEY.to_vec(), conf_state)
+            .map_err(|error| self.engine_error(error))?;
         self.write_batch(&mut batch)
     }
 

@@ -27,18 +27,19 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Three replica nodes and one plain node, logs under `data`.
+/// Three replica nodes, a standby replica (n4) and a plain node (n5),
+/// logs under `data`.
 fn config_text(data: &Path, extra: &str) -> String {
     let mut text = String::from("[cluster]\nname = \"control\"\nseed = 3\n");
-    for (index, id) in ["n1", "n2", "n3", "n4"].iter().enumerate() {
+    for (index, id) in ["n1", "n2", "n3", "n4", "n5"].iter().enumerate() {
         text += &format!("[[nodes]]\nid = \"{id}\"\nlisten = \"127.0.0.1:0\"\n");
-        if index < 3 {
+        if index < 4 {
             text += &format!("client_listen = \"127.0.0.1:{}\"\n", free_port());
         }
     }
     text += "[topology]\nkind = \"full-mesh\"\n";
     text += &format!(
-        "[control]\nreplicas = [\"n1\", \"n2\", \"n3\"]\ndata_dir = {:?}\nrequest_timeout_ms = 1000\n{extra}",
+        "[control]\nreplicas = [\"n1\", \"n2\", \"n3\"]\nstandby = [\"n4\"]\ndata_dir = {:?}\nrequest_timeout_ms = 1000\n{extra}",
         data.display()
     );
     text
@@ -57,21 +58,25 @@ async fn statuses(client: &mut ControlClient) -> Vec<ReplicaStatus> {
         .collect()
 }
 
-/// Waits until a replica is leader and every replica follows it; returns it.
+/// Waits until a replica is leader and every member follows it; returns it.
 async fn settled_leader(client: &mut ControlClient) -> ReplicaStatus {
     let deadline = Instant::now() + common::WAIT_MAX;
     loop {
         let statuses = statuses(client).await;
         let leader = statuses.iter().find(|status| status.role == "leader");
         if let Some(leader) = leader {
-            let agreed = statuses
+            let members: Vec<&ReplicaStatus> = statuses
+                .iter()
+                .filter(|status| leader.voters.contains(&status.node) || leader.learners.contains(&status.node))
+                .collect();
+            let agreed = members
                 .iter()
                 .all(|status| status.leader.as_deref() == Some(&leader.node));
-            if statuses.len() == 3 && agreed {
+            if members.len() == leader.voters.len() + leader.learners.len() && agreed {
                 return leader.clone();
             }
         }
-        assert!(Instant::now() < deadline, "no settled leader: {statuses:?}");
+        assert!(Instant::now() < deadline, "no settled leader: {:?}", client.statuses().await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -200,6 +205,48 @@ async fn a_replica_far_behind_gets_a_snapshot_and_restarted_nodes_keep_their_sta
         let value = client.get(&format!("key{}", index % 120)).await.unwrap();
         assert_eq!(value, Some(vec![index as u8; 100]), "key{}", index % 120);
     }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_replica_joins_as_a_learner_is_promoted_and_a_voter_can_leave() {
+    let data = tempfile::tempdir().unwrap();
+    let config = parse(&config_text(data.path(), ""));
+    let cluster = LocalCluster::start(config.clone()).await.unwrap();
+    let mut client = ControlClient::from_config(&config).unwrap();
+    settled_leader(&mut client).await;
+    for index in 0..100 {
+        client.put(&format!("before{index}"), vec![1; 64]).await.unwrap();
+    }
+    let error = client.change_membership("n5", true).await.unwrap_err();
+    assert!(error.to_string().contains("runs no replica"), "{error}");
+    client.change_membership("n4", true).await.unwrap();
+    let error = client.change_membership("n4", true).await.unwrap_err();
+    assert!(
+        error.to_string().contains("already in the group") || error.to_string().contains("under way"),
+        "{error}"
+    );
+    // The leader promotes the learner once it has caught up.
+    let deadline = Instant::now() + common::WAIT_MAX;
+    loop {
+        let leader = settled_leader(&mut client).await;
+        if leader.voters.contains(&"n4".to_string()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "n4 never became a voter: {leader:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.change_membership("n1", false).await.unwrap();
+    let leader = settled_leader(&mut client).await;
+    assert_eq!(leader.voters, vec!["n2", "n3", "n4"], "{leader:?}");
+    client.put("after", b"removal".to_vec()).await.unwrap();
+    assert_eq!(client.get("before42").await.unwrap(), Some(vec![1; 64]));
+    let n4 = statuses(&mut client)
+        .await
+        .into_iter()
+        .find(|status| status.node == "n4")
+        .unwrap();
+    assert_eq!(n4.keys, 101, "the new voter holds the whole state: {n4:?}");
     cluster.shutdown().await;
 }
 

@@ -36,7 +36,7 @@ use crate::protocols::cluster_state::{
     ClusterState, Command, Outcome, Proposal, RequestId, KEY_BYTES_MAX,
 };
 use crate::protocols::control::{ClientReply, ClientRequest, ControlError, Operation, ReplicaStatus};
-use crate::protocols::raft::{Outputs, Persist, Replica, ReplicaConfig};
+use crate::protocols::raft::{MembershipChange, Outputs, Persist, Replica, ReplicaConfig};
 use crate::protocols::wire::{encode_raft_message, TrafficClass};
 use crate::raft_log::{RaftLog, RaftLogError};
 
@@ -51,6 +51,8 @@ const GROUP_COMMIT_MAX: usize = 1_024;
 const DRIVES_PER_WAKE_MAX: usize = 64;
 /// Ticks between sweeps for client requests past their deadline.
 const EXPIRY_SWEEP_TICKS: u64 = 10;
+/// A learner this close to the commit index (in entries) is promoted.
+const LEARNER_LAG_MAX: u64 = 64;
 /// Bytes of entries a leader holds uncommitted before it refuses more.
 const UNCOMMITTED_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
@@ -82,6 +84,8 @@ pub enum RaftMsg {
 /// What the writer thread is asked to make durable, in order.
 enum DiskJob {
     Persist(Persist),
+    /// The configuration after an applied membership change.
+    Membership(raft::eraftpb::ConfState),
     /// A snapshot taken here by compaction.
     Compacted(Snapshot),
 }
@@ -143,6 +147,10 @@ impl ReplicaDisk {
                 DiskJob::Compacted(snapshot) => {
                     log.write(&std::mem::take(&mut persists))?;
                     log.compacted(snapshot)?;
+                }
+                DiskJob::Membership(conf_state) => {
+                    log.write(&std::mem::take(&mut persists))?;
+                    log.keep_membership(conf_state)?;
                 }
             }
         }
@@ -229,12 +237,15 @@ pub struct RaftReplicaState {
 /// The core's settings for replica `id`: election timeouts differ per
 /// replica (spread by the cluster seed) so that they rarely stand together.
 pub fn replica_config(control: &ControlConfig, id: u64, seed: u64) -> ReplicaConfig {
-    let count = control.replicas.len().max(1) as u64;
+    let count = control.replica_nodes().count().max(1) as u64;
     let step = (control.election_ticks / 8).max(1);
     let spread = ((id - 1 + seed) % count) as usize;
+    // Every replica, standby ones too, starts from the group's first
+    // configuration: a standby replica is outside it (so it never stands
+    // for election) until the entries that add it are applied.
     ReplicaConfig {
         id,
-        voters: (1..=count).collect(),
+        voters: (1..=control.replicas.len() as u64).collect(),
         election_ticks: control.election_ticks + spread * step,
         heartbeat_ticks: control.heartbeat_ticks,
         message_bytes_max: control.message_bytes_max,
@@ -316,6 +327,7 @@ impl Actor for RaftReplica {
                 state.ticks += 1;
                 if state.ticks % EXPIRY_SWEEP_TICKS == 0 {
                     state.expire(monotonic_ms());
+                    state.promote_learners();
                 }
             }
             RaftMsg::Peer { message, permit } => {
@@ -386,7 +398,7 @@ impl RaftReplicaState {
             tracing::info!(node = %self.context.node_id, index = self.snapshot_index, bytes = snapshot.get_data().len(), "installed a snapshot from the leader");
         }
         for entry in outputs.committed {
-            self.apply(&entry);
+            self.apply(&entry)?;
         }
         for read in outputs.read_states {
             let Ok(context) = <[u8; 8]>::try_from(&read.request_ctx[..]) else {
@@ -405,18 +417,15 @@ impl RaftReplicaState {
         self.maybe_compact()
     }
 
-    fn apply(&mut self, entry: &raft::eraftpb::Entry) {
+    fn apply(&mut self, entry: &raft::eraftpb::Entry) -> Result<(), ActorProcessingErr> {
         self.applied_bytes += entry.get_data().len() as u64;
-        let data: &[u8] = match entry.get_entry_type() {
-            EntryType::EntryNormal => entry.get_data(),
-            // Nothing proposes configuration changes yet; the index still
-            // counts as applied.
-            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => &[],
-        };
-        match self.machine.apply(entry.index, data) {
+        if entry.get_entry_type() != EntryType::EntryNormal {
+            return self.apply_membership(entry);
+        }
+        match self.machine.apply(entry.index, entry.get_data()) {
             Ok(Some((request, outcome))) => {
                 let Some(waiting) = self.writes.remove(&request) else {
-                    return;
+                    return Ok(());
                 };
                 NodeMetrics::count(&self.context.metrics.counters.control_writes_done);
                 let reply = match outcome {
@@ -430,6 +439,39 @@ impl RaftReplicaState {
             Err(error) => {
                 tracing::error!(node = %self.context.node_id, index = entry.index, %error, "skipped a log entry")
             }
+        }
+        Ok(())
+    }
+
+    /// A committed membership change: raft-rs applies it, the new
+    /// configuration is written durably, and the client that asked for it
+    /// (its request id is the entry's context) is answered.
+    fn apply_membership(&mut self, entry: &raft::eraftpb::Entry) -> Result<(), ActorProcessingErr> {
+        self.machine.apply(entry.index, &[])?;
+        let conf_state = self.replica.apply_membership(entry)?;
+        tracing::info!(node = %self.context.node_id, voters = ?conf_state.voters, learners = ?conf_state.learners, "membership changed");
+        self.writer
+            .send(DiskJob::Membership(conf_state))
+            .map_err(|_| "the raft log writer stopped")?;
+        if let Ok(request) = crate::protocols::control::decode::<RequestId>(entry.get_context()) {
+            if let Some(waiting) = self.writes.remove(&request) {
+                let _ = waiting.reply.send(ClientReply::Done);
+            }
+        }
+        Ok(())
+    }
+
+    /// On the leader: a learner that has caught up becomes a voter (one
+    /// change at a time).
+    fn promote_learners(&mut self) {
+        if self.replica.membership_change_pending() {
+            return;
+        }
+        if let Some(&learner) = self.replica.learners_caught_up(LEARNER_LAG_MAX).first() {
+            let promoted = self
+                .replica
+                .propose_membership(Vec::new(), learner, MembershipChange::Promote);
+            tracing::info!(node = %self.context.node_id, learner, ok = promoted.is_ok(), "promoting a caught-up learner");
         }
     }
 
@@ -526,6 +568,12 @@ impl RaftReplicaState {
         let command = match request.operation {
             Operation::Put { key, value } => Command::Put { key, value },
             Operation::Delete { key } => Command::Delete { key },
+            Operation::AddReplica { node } => {
+                return self.change_membership(request.request, &node, true, waiting)
+            }
+            Operation::RemoveReplica { node } => {
+                return self.change_membership(request.request, &node, false, waiting)
+            }
             Operation::Get { key } => {
                 self.next_read += 1;
                 self.replica
@@ -559,6 +607,40 @@ impl RaftReplicaState {
         }
     }
 
+    /// Proposes adding `node`'s replica as a learner, or removing it.
+    fn change_membership(&mut self, request: RequestId, node: &str, add: bool, waiting: Waiting) {
+        match self.propose_membership(request, node, add) {
+            Ok(()) => {
+                self.writes.insert(request, waiting);
+            }
+            Err(error) => {
+                let _ = waiting.reply.send(ClientReply::Failed(error));
+            }
+        }
+    }
+
+    fn propose_membership(&mut self, request: RequestId, node: &str, add: bool) -> Result<(), ControlError> {
+        let id = self.context.config.control.replica_id(node).ok_or_else(|| {
+            ControlError::Invalid(format!("node {node:?} runs no replica (control.replicas or control.standby)"))
+        })?;
+        let (voters, learners) = self.replica.members();
+        let member = voters.contains(&id) || learners.contains(&id);
+        if add && member {
+            return Err(ControlError::Invalid(format!("{node} is already in the group")));
+        }
+        if !add && !member {
+            return Err(ControlError::Invalid(format!("{node} is not in the group")));
+        }
+        if self.replica.membership_change_pending() {
+            return Err(ControlError::ChangePending);
+        }
+        let change = if add { MembershipChange::AddLearner } else { MembershipChange::Remove };
+        let context = crate::protocols::control::encode(&request);
+        self.replica
+            .propose_membership(context, id, change)
+            .map_err(|_| self.no_leader())
+    }
+
     /// Refuses what cannot be served now: too many waiting, no leader, an
     /// oversized key.
     fn admit(&mut self, request: &ClientRequest) -> Result<(), ControlError> {
@@ -583,16 +665,17 @@ impl RaftReplicaState {
 
     fn no_leader(&self) -> ControlError {
         let control = &self.context.config.control;
-        let reachable = control
-            .replicas
+        let (voters, _) = self.replica.members();
+        let reachable = voters
             .iter()
-            .filter(|node| **node == self.context.node_id || self.context.peers.is_connected(node))
+            .filter_map(|&id| control.replica_node(id))
+            .filter(|node| *node == self.context.node_id || self.context.peers.is_connected(node))
             .count();
         ControlError::NoLeader {
             replica: self.context.node_id.clone(),
             term: self.replica.term(),
             reachable,
-            replicas: control.replicas.len(),
+            replicas: voters.len(),
         }
     }
 

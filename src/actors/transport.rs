@@ -236,15 +236,15 @@ impl TransportState {
     }
 }
 
-/// The replicas other than this node's, when it holds one.
+/// The replicas other than this node's (voting or standing by), when it
+/// runs one.
 fn replica_peers(context: &NodeContext) -> BTreeSet<String> {
     let control = &context.config.control;
     if control.replica_id(&context.node_id).is_none() {
         return BTreeSet::new();
     }
     control
-        .replicas
-        .iter()
+        .replica_nodes()
         .filter(|replica| **replica != context.node_id)
         .cloned()
         .collect()

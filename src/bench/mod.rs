@@ -4,11 +4,13 @@
 
 pub mod crypto;
 mod plots;
+pub mod raft;
 pub mod report;
 mod resources;
 pub mod storm;
 mod summary;
 pub mod workers;
 
+pub use raft::{raft, RaftOptions};
 pub use storm::{storm, StormOptions};
 pub use summary::summary;

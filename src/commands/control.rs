@@ -30,6 +30,38 @@ pub enum KvAction {
     },
 }
 
+/// What `agentmesh members` does.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum MembersAction {
+    /// Add NODE's standby replica ([control] standby) as a learner; the
+    /// leader makes it a voter once it has caught up.
+    Add {
+        #[command(flatten)]
+        cluster: ConfigFile,
+        node: String,
+    },
+    /// Remove NODE's replica from the group.
+    Remove {
+        #[command(flatten)]
+        cluster: ConfigFile,
+        node: String,
+    },
+}
+
+/// Changes the group's membership; exit 0 once the change is committed.
+pub async fn members(action: &MembersAction) -> anyhow::Result<i32> {
+    let (cluster, node, add) = match action {
+        MembersAction::Add { cluster, node } => (cluster, node, true),
+        MembersAction::Remove { cluster, node } => (cluster, node, false),
+    };
+    let config = crate::config::load(&cluster.config)?;
+    let mut client = ControlClient::from_config(&config)?;
+    client.change_membership(node, add).await?;
+    let done = if add { "added as a learner; it votes once it has caught up" } else { "removed" };
+    println!("{node}: {done}");
+    Ok(0)
+}
+
 /// The cluster config a client command reads the replicas' addresses from.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ConfigFile {

@@ -25,6 +25,11 @@ pub enum Operation {
     Get { key: String },
     Delete { key: String },
     Status,
+    /// Add the standby replica of `node` as a learner; the leader promotes
+    /// it to voter once it has caught up.
+    AddReplica { node: String },
+    /// Remove the replica of `node` from the group (voter or learner).
+    RemoveReplica { node: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -67,6 +72,9 @@ pub enum ControlError {
     /// The request breaks a limit or is malformed.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// Another membership change is under way; one at a time.
+    #[error("another membership change is under way; try again when it is done")]
+    ChangePending,
     /// The node answering holds no replica (or it is restarting).
     #[error("node {0} has no running control-plane replica")]
     NoReplica(String),

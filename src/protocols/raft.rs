@@ -26,7 +26,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use raft::eraftpb::{ConfState, Entry, HardState, Message, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, HardState, Message, Snapshot};
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, RawNode, ReadState, StateRole, Storage, StorageError};
 
@@ -146,6 +146,16 @@ impl ReplicaConfig {
     }
 }
 
+/// A change to the group's membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Join as a learner: replicated to, but no vote.
+    AddLearner,
+    /// A learner (or a new node) becomes a voter.
+    Promote,
+    Remove,
+}
+
 /// What a replica has made durable: enough to restart it.
 #[derive(Clone, Debug, Default)]
 pub struct Durable {
@@ -223,9 +233,14 @@ impl Replica {
         }
         let applied = {
             let mut core = storage.entries.wl();
+            if let Some(snapshot) = &durable.snapshot {
+                core.apply_snapshot(snapshot.clone())?;
+            }
+            // The durable configuration is the latest: it is written with
+            // every snapshot and every applied change.
             match (&durable.snapshot, &durable.conf_state) {
-                (Some(snapshot), _) => core.apply_snapshot(snapshot.clone())?,
-                (None, Some(conf_state)) => core.set_conf_state(conf_state.clone()),
+                (_, Some(conf_state)) => core.set_conf_state(conf_state.clone()),
+                (Some(_), None) => {}
                 (None, None) => {
                     core.set_conf_state(ConfState::from((config.voters.clone(), vec![])))
                 }
@@ -292,7 +307,9 @@ impl Replica {
 
     /// Voters and learners of the current configuration, by raft id.
     pub fn members(&self) -> (Vec<u64>, Vec<u64>) {
-        let conf = self.node.raft.prs().conf().to_conf_state();
+        let mut conf = self.node.raft.prs().conf().to_conf_state();
+        conf.voters.sort_unstable();
+        conf.learners.sort_unstable();
         (conf.voters, conf.learners)
     }
 
@@ -309,6 +326,65 @@ impl Replica {
     /// Proposes `data` for the log (a follower forwards it to the leader).
     pub fn propose(&mut self, data: Vec<u8>) -> raft::Result<()> {
         self.node.propose(Vec::new(), data)
+    }
+
+    /// Proposes adding `id` as a learner (`voter` false) or a voter, or
+    /// removing it; `context` comes back with the committed entry.
+    pub fn propose_membership(
+        &mut self,
+        context: Vec<u8>,
+        id: u64,
+        change: MembershipChange,
+    ) -> raft::Result<()> {
+        let change_type = match change {
+            MembershipChange::AddLearner => ConfChangeType::AddLearnerNode,
+            MembershipChange::Promote => ConfChangeType::AddNode,
+            MembershipChange::Remove => ConfChangeType::RemoveNode,
+        };
+        let conf_change = ConfChange {
+            change_type,
+            node_id: id,
+            ..Default::default()
+        };
+        self.node.propose_conf_change(context, conf_change)
+    }
+
+    /// Applies a committed configuration change entry; returns the new
+    /// configuration, which the caller writes durably.
+    pub fn apply_membership(&mut self, entry: &Entry) -> raft::Result<ConfState> {
+        use protobuf::Message as _;
+        let change = ConfChange::parse_from_bytes(entry.get_data())
+            .map_err(|error| raft::Error::ConfChangeError(error.to_string()))?;
+        self.node.apply_conf_change(&change)
+    }
+
+    /// Whether a configuration change is proposed and not applied yet
+    /// (raft-rs takes one at a time).
+    pub fn membership_change_pending(&self) -> bool {
+        self.node.raft.has_pending_conf()
+    }
+
+    /// On a leader: learners whose log is within `lag_max` entries of the
+    /// commit index, ready to vote.
+    pub fn learners_caught_up(&self, lag_max: u64) -> Vec<u64> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let commit = self.commit_index();
+        let progress = self.node.raft.prs();
+        let mut ready: Vec<u64> = progress
+            .conf()
+            .learners()
+            .iter()
+            .copied()
+            .filter(|&id| {
+                progress
+                    .get(id)
+                    .is_some_and(|learner| learner.matched + lag_max >= commit)
+            })
+            .collect();
+        ready.sort_unstable();
+        ready
     }
 
     /// Asks for a linearizable read point, answered in a later
