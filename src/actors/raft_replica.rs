@@ -51,6 +51,11 @@ const GROUP_COMMIT_MAX: usize = 1_024;
 const DRIVES_PER_WAKE_MAX: usize = 64;
 /// Ticks between sweeps for client requests past their deadline.
 const EXPIRY_SWEEP_TICKS: u64 = 10;
+/// A snapshot on its way is given this long, plus its size at
+/// SNAPSHOT_BYTES_PER_S_MIN, to be installed before the leader sends it
+/// again.
+const SNAPSHOT_WAIT_MS: u64 = 5_000;
+const SNAPSHOT_BYTES_PER_S_MIN: u64 = 20_000_000;
 /// A learner this close to the commit index (in entries) is promoted.
 const LEARNER_LAG_MAX: u64 = 64;
 /// Bytes of entries a leader holds uncommitted before it refuses more.
@@ -232,6 +237,11 @@ pub struct RaftReplicaState {
     snapshot_index: u64,
     /// Bytes of entries applied since the last snapshot.
     applied_bytes: u64,
+    /// Snapshots sent and not yet installed: follower id → deadline (ms).
+    snapshots_sent: HashMap<u64, u64>,
+    /// A membership change was applied since the last snapshot: a replica
+    /// that joins is sent the snapshot, which must name it.
+    membership_changed: bool,
 }
 
 /// The core's settings for replica `id`: election timeouts differ per
@@ -308,6 +318,8 @@ impl Actor for RaftReplica {
             next_read: 0,
             snapshot_index,
             applied_bytes: 0,
+            membership_changed: false,
+            snapshots_sent: HashMap::new(),
         })
     }
 
@@ -328,6 +340,7 @@ impl Actor for RaftReplica {
                 if state.ticks % EXPIRY_SWEEP_TICKS == 0 {
                     state.expire(monotonic_ms());
                     state.promote_learners();
+                    state.check_snapshots_sent(monotonic_ms());
                 }
             }
             RaftMsg::Peer { message, permit } => {
@@ -449,6 +462,7 @@ impl RaftReplicaState {
     fn apply_membership(&mut self, entry: &raft::eraftpb::Entry) -> Result<(), ActorProcessingErr> {
         self.machine.apply(entry.index, &[])?;
         let conf_state = self.replica.apply_membership(entry)?;
+        self.membership_changed = true;
         tracing::info!(node = %self.context.node_id, voters = ?conf_state.voters, learners = ?conf_state.learners, "membership changed");
         self.writer
             .send(DiskJob::Membership(conf_state))
@@ -459,6 +473,23 @@ impl RaftReplicaState {
             }
         }
         Ok(())
+    }
+
+    /// Forgets snapshots installed, and reports as failed those not
+    /// installed in time (the connection dropped them), so the leader
+    /// sends them again.
+    fn check_snapshots_sent(&mut self, now_ms: u64) {
+        let replica = &mut self.replica;
+        self.snapshots_sent.retain(|&to, deadline| {
+            if !replica.sending_snapshot_to(to) {
+                return false;
+            }
+            if *deadline > now_ms {
+                return true;
+            }
+            replica.report_snapshot(to, false);
+            false
+        });
     }
 
     /// On the leader: a learner that has caught up becomes a voter (one
@@ -500,6 +531,7 @@ impl RaftReplicaState {
         let applied = self.machine.applied;
         if applied < self.snapshot_index + control.compact_every
             && self.applied_bytes < control.compact_bytes
+            && !self.membership_changed
         {
             return Ok(());
         }
@@ -511,6 +543,7 @@ impl RaftReplicaState {
         let snapshot = self.replica.compact(applied, self.machine.snapshot())?;
         self.snapshot_index = applied;
         self.applied_bytes = 0;
+        self.membership_changed = false;
         self.writer
             .send(DiskJob::Compacted(snapshot))
             .map_err(|_| "the raft log writer stopped")?;
@@ -542,8 +575,19 @@ impl RaftReplicaState {
             } else {
                 &counters.raft_messages_unsent
             });
-            if message.get_msg_type() == MessageType::MsgSnapshot {
-                self.replica.report_snapshot(message.to, sent);
+            if message.get_msg_type() != MessageType::MsgSnapshot {
+                continue;
+            }
+            // Queued is not installed: the follower's answer once it has
+            // installed the snapshot tells the leader. Reporting success
+            // now would let the leader send it again and again while the
+            // first copy is still on the way.
+            if sent {
+                let bytes = message.get_snapshot().get_data().len() as u64;
+                let wait_ms = SNAPSHOT_WAIT_MS + bytes * 1_000 / SNAPSHOT_BYTES_PER_S_MIN;
+                self.snapshots_sent.insert(message.to, monotonic_ms() + wait_ms);
+            } else {
+                self.replica.report_snapshot(message.to, false);
             }
         }
     }

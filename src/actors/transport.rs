@@ -219,7 +219,10 @@ impl TransportState {
             }
             keep
         });
-        let to_dial: Vec<String> = self
+        // A set: a peer may be a neighbour and a replica both, and two
+        // dialers to one peer would replace each other's connection for
+        // ever.
+        let to_dial: BTreeSet<String> = self
             .neighbours
             .iter()
             .chain(&self.probes)

@@ -128,10 +128,16 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn cluster_config(options: &RaftOptions, data: &Path) -> anyhow::Result<ClusterConfig> {
+/// The standby replica that receives snapshots.
+const FRESH: &str = "fresh";
+
+/// `--replicas` voting replicas r1, r2, ..., and with `standby` one more
+/// replica, FRESH, outside the group until it is added.
+fn cluster_config(options: &RaftOptions, data: &Path, standby: bool) -> anyhow::Result<ClusterConfig> {
     let mut text = format!("[cluster]\nname = \"bench-raft\"\nseed = {}\n", options.seed);
     let ids: Vec<String> = (1..=options.replicas).map(|index| format!("r{index}")).collect();
-    for id in &ids {
+    let standby: Vec<String> = standby.then(|| FRESH.to_string()).into_iter().collect();
+    for id in ids.iter().chain(&standby) {
         text += &format!(
             "[[nodes]]\nid = \"{id}\"\nlisten = \"127.0.0.1:0\"\nclient_listen = \"127.0.0.1:{}\"\n",
             free_port()?
@@ -139,7 +145,7 @@ fn cluster_config(options: &RaftOptions, data: &Path) -> anyhow::Result<ClusterC
     }
     text += "[topology]\nkind = \"full-mesh\"\n";
     text += &format!(
-        "[control]\nreplicas = {ids:?}\ndata_dir = {:?}\nfsync = {}\npending_requests_max = {}\n",
+        "[control]\nreplicas = {ids:?}\nstandby = {standby:?}\ndata_dir = {:?}\nfsync = {}\npending_requests_max = {}\n",
         data.display(),
         !options.no_fsync,
         CLIENTS_MAX * 2,
@@ -260,8 +266,8 @@ async fn status_of(cluster: &LocalCluster, node: &str) -> Option<ReplicaStatus> 
     }
 }
 
-/// Waits until every running replica follows one leader of a term above
-/// `after_term`; returns that leader's status.
+/// Waits until every voter follows one leader of a term above
+/// `after_term`, connected to every other; returns that leader's status.
 async fn settled(cluster: &LocalCluster, after_term: u64) -> anyhow::Result<ReplicaStatus> {
     let deadline = Instant::now() + WAIT_MAX;
     loop {
@@ -273,10 +279,15 @@ async fn settled(cluster: &LocalCluster, after_term: u64) -> anyhow::Result<Repl
             .iter()
             .find(|status| status.role == "leader" && status.term > after_term);
         if let Some(leader) = leader {
-            let agreed = statuses
+            let voters: Vec<&ReplicaStatus> = statuses
                 .iter()
-                .all(|status| status.leader.as_deref() == Some(&leader.node));
-            if agreed && statuses.len() == cluster.nodes.len() {
+                .filter(|status| leader.voters.contains(&status.node))
+                .collect();
+            let agreed = voters.len() == leader.voters.len()
+                && voters
+                    .iter()
+                    .all(|status| status.leader.as_deref() == Some(&leader.node));
+            if agreed && linked(cluster, &leader.voters) {
                 return Ok(leader.clone());
             }
         }
@@ -285,6 +296,18 @@ async fn settled(cluster: &LocalCluster, after_term: u64) -> anyhow::Result<Repl
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Whether every one of `voters` holds a connection to every other (a
+/// restarted node's peers redial it with backoff).
+fn linked(cluster: &LocalCluster, voters: &[String]) -> bool {
+    voters.iter().all(|voter| {
+        cluster.node(voter).is_some_and(|node| {
+            voters
+                .iter()
+                .all(|peer| peer == voter || node.context.peers.is_connected(peer))
+        })
+    })
 }
 
 /// Crashes the leader's node and times how long until a write commits at
@@ -334,21 +357,13 @@ pub struct SnapshotFigures {
 }
 
 /// Fills a fresh group's state with `megabytes` of values, compacts every
-/// log into a snapshot, and times a wiped replica's catch-up from it.
+/// log into a snapshot, then adds the standby replica FRESH (empty log) and
+/// times how long until it has installed the snapshot.
 async fn snapshot_transfer(options: &RaftOptions, megabytes: u64) -> anyhow::Result<SnapshotFigures> {
     let data = tempfile::tempdir().context("cannot make a temporary folder")?;
-    let config = cluster_config(options, data.path())?;
-    let mut cluster = LocalCluster::start(config.clone()).await?;
+    let config = cluster_config(options, data.path(), true)?;
+    let cluster = LocalCluster::start(config.clone()).await?;
     let leader = settled(&cluster, 0).await?;
-    let fresh = cluster
-        .nodes
-        .iter()
-        .map(|node| node.id.clone())
-        .find(|node| *node != leader.node)
-        .expect("two replicas or more");
-    cluster.stop_node(&fresh, Departure::Crash).await;
-    std::fs::remove_dir_all(data.path().join(&fresh))
-        .with_context(|| format!("cannot wipe {fresh}'s log"))?;
     fill(&config, &leader.node, megabytes, options.seed).await?;
     for node in &cluster.nodes {
         if let Some(replica) = node.context.replica.get() {
@@ -358,14 +373,15 @@ async fn snapshot_transfer(options: &RaftOptions, megabytes: u64) -> anyhow::Res
                 .context("compaction")?;
         }
     }
+    let counters = &cluster.node(FRESH).expect("configured").context.metrics.counters;
+    let mut client = ControlClient::from_config(&config)?.with_deadline(WAIT_MAX);
+    client.prefer(&leader.node);
     let started = Instant::now();
-    cluster.restart_node(&fresh).await?;
-    let node = cluster.node(&fresh).expect("just restarted");
-    let counters = &node.context.metrics.counters;
+    client.change_membership(FRESH, true).await?;
     let deadline = started + WAIT_MAX;
     while counters.raft_snapshots_installed.load(Ordering::Relaxed) == 0 {
         if Instant::now() > deadline {
-            bail!("{fresh} installed no snapshot within {WAIT_MAX:?}");
+            bail!("{FRESH} installed no snapshot within {WAIT_MAX:?}");
         }
         tokio::time::sleep(POLL).await;
     }
@@ -457,7 +473,7 @@ pub async fn raft(options: RaftOptions) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("cannot create {}", options.out.display()))?;
     let data = tempfile::tempdir().context("cannot make a temporary folder")?;
-    let config = cluster_config(&options, data.path())?;
+    let config = cluster_config(&options, data.path(), false)?;
     let mut cluster = LocalCluster::start(config.clone()).await?;
     let leader = settled(&cluster, 0).await?;
     eprintln!("raft: {} replicas, leader {}, fsync {}", options.replicas, leader.node, !options.no_fsync);

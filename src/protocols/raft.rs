@@ -378,9 +378,10 @@ impl Replica {
             .iter()
             .copied()
             .filter(|&id| {
-                progress
-                    .get(id)
-                    .is_some_and(|learner| learner.matched + lag_max >= commit)
+                progress.get(id).is_some_and(|learner| {
+                    learner.state == raft::ProgressState::Replicate
+                        && learner.matched + lag_max >= commit
+                })
             })
             .collect();
         ready.sort_unstable();
@@ -466,9 +467,22 @@ impl Replica {
         Ok(snapshot)
     }
 
-    /// Whether a snapshot this replica sent to `to` arrived. The transport
-    /// must say, either way: until it does, the leader sends that follower
-    /// nothing else.
+    /// Whether this leader still waits for `to` to install a snapshot it
+    /// was sent (the follower's answer once installed ends the wait).
+    pub fn sending_snapshot_to(&self, to: u64) -> bool {
+        self.is_leader()
+            && self
+                .node
+                .raft
+                .prs()
+                .get(to)
+                .is_some_and(|progress| progress.state == raft::ProgressState::Snapshot)
+    }
+
+    /// Whether a snapshot this replica sent to `to` arrived. A transport
+    /// that knows must say; one that only knows of failures says those,
+    /// and the follower's answer after installing it reports success.
+    /// Until one or the other, the leader sends that follower nothing else.
     pub fn report_snapshot(&mut self, to: u64, arrived: bool) {
         let status = if arrived {
             raft::SnapshotStatus::Finish
