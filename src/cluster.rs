@@ -252,7 +252,9 @@ impl LocalCluster {
         };
         let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_PROCESS_MAX));
         for (node_id, socket) in own {
-            let node = cluster.start_one(node_id, socket, handshakes.clone()).await?;
+            let node = cluster
+                .start_one(node_id, socket, handshakes.clone())
+                .await?;
             cluster.nodes.push(node);
         }
         Ok(cluster)
@@ -401,6 +403,14 @@ impl LocalCluster {
         Totals::of(self.nodes.iter())
     }
 
+    /// Takes node `id` out of the cluster without stopping it, so the
+    /// caller can stop it on a task of its own (a benchmark times what
+    /// the others do meanwhile).
+    pub fn detach_node(&mut self, id: &str) -> Option<NodeHandle> {
+        let index = self.nodes.iter().position(|node| node.id == id)?;
+        Some(self.nodes.remove(index))
+    }
+
     /// Stops node `id` as `how` says. False if no such node runs.
     pub async fn stop_node(&mut self, id: &str, how: Departure) -> bool {
         self.stop_nodes(&[id.to_string()], how).await > 0
@@ -515,7 +525,11 @@ pub async fn start_single(
     }
     let raft_directory = match (&config.control.data_dir, config.control.replica_id(node_id)) {
         (Some(root), _) => Some(root.join(node_id)),
-        (None, Some(_)) => return Err(ClusterError::NoDataDir { node: node_id.into() }),
+        (None, Some(_)) => {
+            return Err(ClusterError::NoDataDir {
+                node: node_id.into(),
+            })
+        }
         (None, None) => None,
     };
     let missing_keys = || {

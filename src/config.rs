@@ -697,16 +697,26 @@ fn validate_control(
         );
     }
     if raw.replicas.is_empty() && !raw.standby.is_empty() {
-        checker.fail("control.standby", "standby replicas need a group to join: list control.replicas");
+        checker.fail(
+            "control.standby",
+            "standby replicas need a group to join: list control.replicas",
+        );
     }
     let mut seen = BTreeSet::new();
     let named = raw.replicas.iter().map(|replica| ("replicas", replica));
     let standing_by = raw.standby.iter().map(|replica| ("standby", replica));
     for (index, (list, replica)) in named.chain(standing_by).enumerate() {
-        let index = if list == "replicas" { index } else { index - raw.replicas.len() };
+        let index = if list == "replicas" {
+            index
+        } else {
+            index - raw.replicas.len()
+        };
         let at = format!("control.{list}[{index}]");
         if !nodes.iter().any(|node| node.id == *replica) {
-            checker.fail(&at, format!("{replica:?} is not the id of a [[nodes]] entry"));
+            checker.fail(
+                &at,
+                format!("{replica:?} is not the id of a [[nodes]] entry"),
+            );
         }
         if !seen.insert(replica) {
             checker.fail(&at, format!("{replica:?} is named twice"));
@@ -724,7 +734,10 @@ fn validate_control(
             checker.fail(&at, format!("{client} is not a loopback address: the client API does not authenticate its callers, so it listens on this host only (127.0.0.1 or [::1])"));
         }
         if client.port() == 0 {
-            checker.fail(&at, "give the client API a fixed port, so agentmesh kv can find it");
+            checker.fail(
+                &at,
+                "give the client API a fixed port, so agentmesh kv can find it",
+            );
         }
     }
     checker.range("control.tick_ms", raw.tick_ms, 1, 1_000);

@@ -48,7 +48,10 @@ pub struct ControlClient {
     /// The whole call, over every try.
     deadline: Duration,
     /// The replica that answered last, and the open connection to it.
-    current: Option<(usize, Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>)>,
+    current: Option<(
+        usize,
+        Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
+    )>,
     preferred: usize,
 }
 
@@ -171,9 +174,7 @@ impl ControlClient {
                     Ok(ClientReply::Failed(error)) => match error {
                         ControlError::Invalid(_)
                         | ControlError::Busy { .. }
-                        | ControlError::ChangePending => {
-                            return Err(ClientError::Refused(error))
-                        }
+                        | ControlError::ChangePending => return Err(ClientError::Refused(error)),
                         retry => retry.to_string(),
                     },
                     Ok(reply) => {
@@ -219,7 +220,9 @@ impl ControlClient {
                 .await
                 .map_err(|error| format!("send failed: {error}"))?;
             match framed.next().await {
-                Some(Ok(frame)) => control::decode::<ClientReply>(&frame).map_err(|error| error.to_string()),
+                Some(Ok(frame)) => {
+                    control::decode::<ClientReply>(&frame).map_err(|error| error.to_string())
+                }
                 Some(Err(error)) => Err(format!("receive failed: {error}")),
                 None => Err("the replica closed the connection".to_string()),
             }

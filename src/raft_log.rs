@@ -318,7 +318,8 @@ mod tests {
             let second = persist(2, vec![entry(3, 1, b"c")], 2);
             log.write(&[first, second]).unwrap();
             // A new leader's entries replace the uncommitted suffix.
-            log.write(&[persist(3, vec![entry(3, 2, b"d")], 3)]).unwrap();
+            log.write(&[persist(3, vec![entry(3, 2, b"d")], 3)])
+                .unwrap();
         }
         let durable = RaftLog::open(folder.path(), true).unwrap().load().unwrap();
         let read: Vec<(u64, u64)> = durable
@@ -354,10 +355,7 @@ mod tests {
         };
         log.write(&[received]).unwrap();
         drop(log);
-        let durable = RaftLog::open(folder.path(), false)
-            .unwrap()
-            .load()
-            .unwrap();
+        let durable = RaftLog::open(folder.path(), false).unwrap().load().unwrap();
         assert_eq!(durable.snapshot.unwrap().get_metadata().index, 20);
         let indices: Vec<u64> = durable.entries.iter().map(|entry| entry.index).collect();
         assert_eq!(indices, vec![21]);
@@ -369,6 +367,9 @@ mod tests {
         let log = RaftLog::open(folder.path(), true).unwrap();
         fs::write(folder.path().join("snapshot"), b"\xff\xff\xff not protobuf").unwrap();
         let error = log.load().unwrap_err().to_string();
-        assert!(error.contains("snapshot") && error.contains("corrupt"), "{error}");
+        assert!(
+            error.contains("snapshot") && error.contains("corrupt"),
+            "{error}"
+        );
     }
 }

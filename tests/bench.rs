@@ -147,3 +147,83 @@ fn impossible_arguments_are_refused_with_the_flag_named() {
         assert!(stderr.contains(reason), "{arguments:?}: {stderr}");
     }
 }
+
+/// Fields of DESIGN.md section 8, common and raft.
+const RAFT_SCHEMA: &[&str] = &[
+    "/scenario",
+    "/version",
+    "/machine/cpus",
+    "/config",
+    "/duration_s",
+    "/ok",
+    "/commits_per_s",
+    "/commit_latency_ms/mean",
+    "/commit_latency_ms/p50",
+    "/commit_latency_ms/p95",
+    "/commit_latency_ms/p99",
+    "/fsync",
+    "/leader_failover_ms",
+    "/snapshot/bytes",
+    "/snapshot/ms",
+    "/snapshot/mb_per_s",
+];
+
+#[test]
+fn a_tiny_raft_bench_writes_a_complete_report() {
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().join("raft");
+    let output = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .args([
+            "bench",
+            "raft",
+            "--replicas",
+            "3",
+            "--clients",
+            "4",
+            "--payload",
+            "64",
+            "--duration",
+            "1s",
+            "--single-duration",
+            "300ms",
+            "--warmup",
+            "0s",
+            "--failovers",
+            "1",
+            "--snapshot-mb",
+            "1",
+            "--snapshot-runs",
+            "1",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let text = std::fs::read_to_string(out.join("report.json")).unwrap();
+    let report: Value = serde_json::from_str(&text).unwrap();
+    for pointer in RAFT_SCHEMA {
+        assert!(
+            report.pointer(pointer).is_some(),
+            "report.json lacks {pointer}: {text}"
+        );
+    }
+    assert_eq!(report["scenario"], "raft");
+    assert_eq!(report["fsync"], true, "fsync is on unless --no-fsync");
+    assert!(report["clients"]["commits"].as_u64().unwrap() > 0);
+    assert_eq!(report["clients"]["failures"], 0);
+    assert_eq!(report["leader_failovers_ms"].as_array().unwrap().len(), 1);
+    assert!(
+        report["snapshot"]["bytes"].as_u64().unwrap() >= 1_000_000,
+        "{text}"
+    );
+    let markdown = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        markdown.contains("883 commits/s"),
+        "the competitor's figure is beside ours"
+    );
+    for plot in ["latency-cdf.svg", "throughput.svg"] {
+        assert!(out.join(plot).exists(), "{plot} is written");
+    }
+}

@@ -17,7 +17,6 @@ use agentmesh::protocols::control::ReplicaStatus;
 use agentmesh::sim::linearizability;
 use agentmesh::sim::raft::{Call, CallKind};
 
-
 /// A port nothing listens on now (the test binds it again at once).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -67,7 +66,9 @@ async fn settled_leader(client: &mut ControlClient) -> ReplicaStatus {
         if let Some(leader) = leader {
             let members: Vec<&ReplicaStatus> = statuses
                 .iter()
-                .filter(|status| leader.voters.contains(&status.node) || leader.learners.contains(&status.node))
+                .filter(|status| {
+                    leader.voters.contains(&status.node) || leader.learners.contains(&status.node)
+                })
                 .collect();
             let agreed = members
                 .iter()
@@ -76,7 +77,11 @@ async fn settled_leader(client: &mut ControlClient) -> ReplicaStatus {
                 return leader.clone();
             }
         }
-        assert!(Instant::now() < deadline, "no settled leader: {:?}", client.statuses().await);
+        assert!(
+            Instant::now() < deadline,
+            "no settled leader: {:?}",
+            client.statuses().await
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -110,7 +115,10 @@ async fn writes_survive_a_killed_leader_replica_and_histories_are_linearizable()
         let value = client.get(&format!("k{index}")).await.unwrap();
         assert_eq!(value, Some(format!("v{index}").into_bytes()), "k{index}");
     }
-    let answered = history.iter().filter(|call| call.answered_ms.is_some()).count();
+    let answered = history
+        .iter()
+        .filter(|call| call.answered_ms.is_some())
+        .count();
     assert!(answered > 0, "some calls were answered");
     linearizability::check(&history).unwrap_or_else(|error| panic!("{error}: {history:?}"));
     let restarts: u64 = cluster.counters().actor_restarts;
@@ -182,13 +190,20 @@ async fn a_replica_far_behind_gets_a_snapshot_and_restarted_nodes_keep_their_sta
     let deadline = Instant::now() + common::WAIT_MAX;
     let caught_up = loop {
         let statuses = statuses(&mut client).await;
-        let commit = statuses.iter().map(|status| status.commit_index).max().unwrap_or(0);
+        let commit = statuses
+            .iter()
+            .map(|status| status.commit_index)
+            .max()
+            .unwrap_or(0);
         if let Some(status) = statuses.iter().find(|status| status.node == behind) {
             if status.applied_index >= commit && commit > 300 {
                 break status.clone();
             }
         }
-        assert!(Instant::now() < deadline, "{behind} never caught up: {statuses:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{behind} never caught up: {statuses:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(caught_up.snapshot_index > 0, "{caught_up:?}");
@@ -216,14 +231,18 @@ async fn a_standby_replica_joins_as_a_learner_is_promoted_and_a_voter_can_leave(
     let mut client = ControlClient::from_config(&config).unwrap();
     settled_leader(&mut client).await;
     for index in 0..100 {
-        client.put(&format!("before{index}"), vec![1; 64]).await.unwrap();
+        client
+            .put(&format!("before{index}"), vec![1; 64])
+            .await
+            .unwrap();
     }
     let error = client.change_membership("n5", true).await.unwrap_err();
     assert!(error.to_string().contains("runs no replica"), "{error}");
     client.change_membership("n4", true).await.unwrap();
     let error = client.change_membership("n4", true).await.unwrap_err();
     assert!(
-        error.to_string().contains("already in the group") || error.to_string().contains("under way"),
+        error.to_string().contains("already in the group")
+            || error.to_string().contains("under way"),
         "{error}"
     );
     // The leader promotes the learner once it has caught up.
@@ -233,7 +252,10 @@ async fn a_standby_replica_joins_as_a_learner_is_promoted_and_a_voter_can_leave(
         if leader.voters.contains(&"n4".to_string()) {
             break;
         }
-        assert!(Instant::now() < deadline, "n4 never became a voter: {leader:?}");
+        assert!(
+            Instant::now() < deadline,
+            "n4 never became a voter: {leader:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     client.change_membership("n1", false).await.unwrap();
@@ -286,7 +308,10 @@ async fn the_kv_and_status_commands_work_and_say_when_a_quorum_is_missing() {
     assert!(stderr.contains("no key \"size\""), "{stderr}");
     let (code, stdout, stderr) = path_for(&["status"]).await.unwrap();
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stdout.contains("leader") && stdout.contains("n1,n2,n3"), "{stdout}");
+    assert!(
+        stdout.contains("leader") && stdout.contains("n1,n2,n3"),
+        "{stdout}"
+    );
     let (code, _, _) = path_for(&["kv", "delete", "colour"]).await.unwrap();
     assert_eq!(code, Some(0));
     let (code, _, _) = path_for(&["kv", "delete", "colour"]).await.unwrap();
@@ -319,7 +344,10 @@ fn a_control_section_with_errors_is_refused_naming_each_key() {
         "nodes[1].client_listen: node \"b\" holds no control replica",
         "control.election_ticks: 2 is outside the allowed range 5 to 10000",
     ] {
-        assert!(error.contains(expected), "missing {expected:?} in:\n{error}");
+        assert!(
+            error.contains(expected),
+            "missing {expected:?} in:\n{error}"
+        );
     }
 }
 

@@ -69,7 +69,9 @@ pub async fn serve(context: Arc<NodeContext>, listener: TcpListener, token: Canc
                     let busy = ClientReply::Failed(ControlError::Busy {
                         pending_max: CLIENT_CONNECTIONS_MAX,
                     });
-                    let _ = framed.send(bytes::Bytes::from(control::encode(&busy))).await;
+                    let _ = framed
+                        .send(bytes::Bytes::from(control::encode(&busy)))
+                        .await;
                 });
             }
         }
@@ -88,7 +90,12 @@ async fn serve_connection(context: &NodeContext, stream: TcpStream) {
                 false,
             ),
         };
-        if framed.send(bytes::Bytes::from(control::encode(&reply))).await.is_err() || !well_formed {
+        if framed
+            .send(bytes::Bytes::from(control::encode(&reply)))
+            .await
+            .is_err()
+            || !well_formed
+        {
             return;
         }
     }

@@ -172,20 +172,19 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         },
         incarnation,
     );
-    let client_listener = match spec
-        .config
-        .nodes
-        .iter()
-        .find(|node| node.id == spec.node_id)
-        .and_then(|node| node.client_listen)
-    {
-        Some(address) => Some(
-            tokio::net::TcpListener::bind(address)
-                .await
-                .map_err(|error| fail(format!("cannot listen for clients on {address}: {error}")))?,
-        ),
-        None => None,
-    };
+    let client_listener =
+        match spec
+            .config
+            .nodes
+            .iter()
+            .find(|node| node.id == spec.node_id)
+            .and_then(|node| node.client_listen)
+        {
+            Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(
+                |error| fail(format!("cannot listen for clients on {address}: {error}")),
+            )?),
+            None => None,
+        };
     let context = Arc::new(NodeContext {
         router_queue: Arc::new(Semaphore::new(spec.config.limits.router_queue_max)),
         control_queue: Arc::new(Semaphore::new(CONTROL_QUEUE_MAX)),
@@ -251,10 +250,9 @@ fn open_raft_disk(
     if control.replica_id(&spec.node_id).is_none() {
         return Ok(None);
     }
-    let directory = spec
-        .raft_directory
-        .as_ref()
-        .ok_or("the node holds a control-plane replica but has no log directory (set control.data_dir)")?;
+    let directory = spec.raft_directory.as_ref().ok_or(
+        "the node holds a control-plane replica but has no log directory (set control.data_dir)",
+    )?;
     let disk = super::raft_replica::ReplicaDisk::open(directory, control.fsync)
         .map_err(|error| error.to_string())?;
     Ok(Some(Arc::new(disk)))

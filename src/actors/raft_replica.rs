@@ -26,8 +26,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft::eraftpb::{EntryType, Message, MessageType, Snapshot};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use raft::eraftpb::{EntryType, Message, MessageType, Snapshot};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::ControlConfig;
@@ -35,7 +35,9 @@ use crate::metrics::NodeMetrics;
 use crate::protocols::cluster_state::{
     ClusterState, Command, Outcome, Proposal, RequestId, KEY_BYTES_MAX,
 };
-use crate::protocols::control::{ClientReply, ClientRequest, ControlError, Operation, ReplicaStatus};
+use crate::protocols::control::{
+    ClientReply, ClientRequest, ControlError, Operation, ReplicaStatus,
+};
 use crate::protocols::raft::{MembershipChange, Outputs, Persist, Replica, ReplicaConfig};
 use crate::protocols::wire::{encode_raft_message, TrafficClass};
 use crate::raft_log::{RaftLog, RaftLogError};
@@ -73,7 +75,10 @@ pub enum RaftMsg {
         permit: OwnedSemaphorePermit,
     },
     /// The writer made every job up to persist `number` durable.
-    Persisted { generation: u64, number: u64 },
+    Persisted {
+        generation: u64,
+        number: u64,
+    },
     /// The writer could not write: the replica stops, and its supervisor
     /// restarts it from what is durable.
     DiskFailed(String),
@@ -81,9 +86,9 @@ pub enum RaftMsg {
         request: ClientRequest,
         reply: RpcReplyPort<ClientReply>,
     },
-    /// Snapshot the state now (for benchmarks and operators); answers the
-    /// snapshot's index.
-    CompactNow(RpcReplyPort<u64>),
+    /// Snapshot the state now (for benchmarks and operators); answers once
+    /// the snapshot is durable.
+    CompactNow(RpcReplyPort<()>),
 }
 
 /// What the writer thread is asked to make durable, in order.
@@ -93,6 +98,8 @@ enum DiskJob {
     Membership(raft::eraftpb::ConfState),
     /// A snapshot taken here by compaction.
     Compacted(Snapshot),
+    /// Answer once every job before this one is durable.
+    Barrier(RpcReplyPort<()>),
 }
 
 /// A replica's log, shared by its incarnations. Only the incarnation that
@@ -138,7 +145,11 @@ impl ReplicaDisk {
     /// the disk (the jobs are then dropped unwritten, as a crash would).
     fn write(&self, generation: u64, jobs: &[DiskJob]) -> Result<Option<u64>, RaftLogError> {
         let inner = self.lock();
-        let Some(log) = inner.log.as_ref().filter(|_| inner.generation == generation) else {
+        let Some(log) = inner
+            .log
+            .as_ref()
+            .filter(|_| inner.generation == generation)
+        else {
             return Ok(None);
         };
         let mut persists = Vec::new();
@@ -157,6 +168,7 @@ impl ReplicaDisk {
                     log.write(&std::mem::take(&mut persists))?;
                     log.keep_membership(conf_state)?;
                 }
+                DiskJob::Barrier(_) => log.write(&std::mem::take(&mut persists))?,
             }
         }
         log.write(&persists)?;
@@ -193,6 +205,11 @@ fn spawn_writer(
                 }
                 match disk.write(generation, &jobs) {
                     Ok(Some(number)) => {
+                        for job in jobs {
+                            if let DiskJob::Barrier(reply) = job {
+                                let _ = reply.send(());
+                            }
+                        }
                         NodeMetrics::count(&metrics.counters.raft_log_writes);
                         if number > 0 {
                             let _ = replica.cast(RaftMsg::Persisted { generation, number });
@@ -239,9 +256,6 @@ pub struct RaftReplicaState {
     applied_bytes: u64,
     /// Snapshots sent and not yet installed: follower id → deadline (ms).
     snapshots_sent: HashMap<u64, u64>,
-    /// A membership change was applied since the last snapshot: a replica
-    /// that joins is sent the snapshot, which must name it.
-    membership_changed: bool,
 }
 
 /// The core's settings for replica `id`: election timeouts differ per
@@ -318,7 +332,6 @@ impl Actor for RaftReplica {
             next_read: 0,
             snapshot_index,
             applied_bytes: 0,
-            membership_changed: false,
             snapshots_sent: HashMap::new(),
         })
     }
@@ -365,7 +378,10 @@ impl Actor for RaftReplica {
                 if state.machine.applied > state.snapshot_index {
                     state.compact()?;
                 }
-                let _ = reply.send(state.snapshot_index);
+                state
+                    .writer
+                    .send(DiskJob::Barrier(reply))
+                    .map_err(|_| "the raft log writer stopped")?;
             }
         }
         if !state.drive_queued {
@@ -405,9 +421,10 @@ impl RaftReplicaState {
             self.applied_bytes = 0;
             let counters = &self.context.metrics.counters;
             NodeMetrics::count(&counters.raft_snapshots_installed);
-            counters
-                .raft_snapshot_bytes_installed
-                .fetch_add(snapshot.get_data().len() as u64, std::sync::atomic::Ordering::Relaxed);
+            counters.raft_snapshot_bytes_installed.fetch_add(
+                snapshot.get_data().len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             tracing::info!(node = %self.context.node_id, index = self.snapshot_index, bytes = snapshot.get_data().len(), "installed a snapshot from the leader");
         }
         for entry in outputs.committed {
@@ -462,7 +479,6 @@ impl RaftReplicaState {
     fn apply_membership(&mut self, entry: &raft::eraftpb::Entry) -> Result<(), ActorProcessingErr> {
         self.machine.apply(entry.index, &[])?;
         let conf_state = self.replica.apply_membership(entry)?;
-        self.membership_changed = true;
         tracing::info!(node = %self.context.node_id, voters = ?conf_state.voters, learners = ?conf_state.learners, "membership changed");
         self.writer
             .send(DiskJob::Membership(conf_state))
@@ -499,9 +515,9 @@ impl RaftReplicaState {
             return;
         }
         if let Some(&learner) = self.replica.learners_caught_up(LEARNER_LAG_MAX).first() {
-            let promoted = self
-                .replica
-                .propose_membership(Vec::new(), learner, MembershipChange::Promote);
+            let promoted =
+                self.replica
+                    .propose_membership(Vec::new(), learner, MembershipChange::Promote);
             tracing::info!(node = %self.context.node_id, learner, ok = promoted.is_ok(), "promoting a caught-up learner");
         }
     }
@@ -531,7 +547,6 @@ impl RaftReplicaState {
         let applied = self.machine.applied;
         if applied < self.snapshot_index + control.compact_every
             && self.applied_bytes < control.compact_bytes
-            && !self.membership_changed
         {
             return Ok(());
         }
@@ -543,7 +558,6 @@ impl RaftReplicaState {
         let snapshot = self.replica.compact(applied, self.machine.snapshot())?;
         self.snapshot_index = applied;
         self.applied_bytes = 0;
-        self.membership_changed = false;
         self.writer
             .send(DiskJob::Compacted(snapshot))
             .map_err(|_| "the raft log writer stopped")?;
@@ -585,7 +599,8 @@ impl RaftReplicaState {
             if sent {
                 let bytes = message.get_snapshot().get_data().len() as u64;
                 let wait_ms = SNAPSHOT_WAIT_MS + bytes * 1_000 / SNAPSHOT_BYTES_PER_S_MIN;
-                self.snapshots_sent.insert(message.to, monotonic_ms() + wait_ms);
+                self.snapshots_sent
+                    .insert(message.to, monotonic_ms() + wait_ms);
             } else {
                 self.replica.report_snapshot(message.to, false);
             }
@@ -633,11 +648,7 @@ impl RaftReplicaState {
         };
         let refused = match proposal.encode() {
             Err(error) => Some(ControlError::Invalid(error.to_string())),
-            Ok(data) => self
-                .replica
-                .propose(data)
-                .err()
-                .map(|_| self.no_leader()),
+            Ok(data) => self.replica.propose(data).err().map(|_| self.no_leader()),
         };
         match refused {
             Some(error) => {
@@ -663,14 +674,28 @@ impl RaftReplicaState {
         }
     }
 
-    fn propose_membership(&mut self, request: RequestId, node: &str, add: bool) -> Result<(), ControlError> {
-        let id = self.context.config.control.replica_id(node).ok_or_else(|| {
-            ControlError::Invalid(format!("node {node:?} runs no replica (control.replicas or control.standby)"))
-        })?;
+    fn propose_membership(
+        &mut self,
+        request: RequestId,
+        node: &str,
+        add: bool,
+    ) -> Result<(), ControlError> {
+        let id = self
+            .context
+            .config
+            .control
+            .replica_id(node)
+            .ok_or_else(|| {
+                ControlError::Invalid(format!(
+                    "node {node:?} runs no replica (control.replicas or control.standby)"
+                ))
+            })?;
         let (voters, learners) = self.replica.members();
         let member = voters.contains(&id) || learners.contains(&id);
         if add && member {
-            return Err(ControlError::Invalid(format!("{node} is already in the group")));
+            return Err(ControlError::Invalid(format!(
+                "{node} is already in the group"
+            )));
         }
         if !add && !member {
             return Err(ControlError::Invalid(format!("{node} is not in the group")));
@@ -678,7 +703,11 @@ impl RaftReplicaState {
         if self.replica.membership_change_pending() {
             return Err(ControlError::ChangePending);
         }
-        let change = if add { MembershipChange::AddLearner } else { MembershipChange::Remove };
+        let change = if add {
+            MembershipChange::AddLearner
+        } else {
+            MembershipChange::Remove
+        };
         let context = crate::protocols::control::encode(&request);
         self.replica
             .propose_membership(context, id, change)
@@ -700,7 +729,10 @@ impl RaftReplicaState {
         }
         if let Operation::Get { key } = &request.operation {
             if key.len() > KEY_BYTES_MAX {
-                let reason = format!("key of {} bytes; keys are at most {KEY_BYTES_MAX}", key.len());
+                let reason = format!(
+                    "key of {} bytes; keys are at most {KEY_BYTES_MAX}",
+                    key.len()
+                );
                 return Err(ControlError::Invalid(reason));
             }
         }
@@ -740,7 +772,10 @@ impl RaftReplicaState {
             .filter(|(_, (_, waiting))| waiting.deadline_ms <= now_ms)
             .map(|(read, _)| *read)
             .collect();
-        late.extend(due.iter().filter_map(|read| self.reads.remove(read).map(|(_, waiting)| waiting)));
+        late.extend(
+            due.iter()
+                .filter_map(|read| self.reads.remove(read).map(|(_, waiting)| waiting)),
+        );
         let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_ready)
             .into_iter()
             .partition(|(_, _, waiting)| waiting.deadline_ms <= now_ms);

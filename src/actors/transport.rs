@@ -651,7 +651,9 @@ async fn read_stream(
                     hand_to_topology(&context, &peer, ControlFrame::Members(records))
                 }
                 Frame::Raft(part) => {
-                    let whole = raft.add(part).map_err(|error| malformed(error.to_string()))?;
+                    let whole = raft
+                        .add(part)
+                        .map_err(|error| malformed(error.to_string()))?;
                     if let Some(message) = whole {
                         hand_to_replica(&context, &peer, message);
                     }

@@ -70,8 +70,8 @@ pub fn latency_cdf(path: &Path, title: &str, fraction: &str, latency: &Hdr<u64>)
     let high = points.iter().map(|point| point.0).fold(1.0, f64::max);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = titled(&root, title)
-        .build_cartesian_2d((0.01f64..high * 1.2).log_scale(), 0f64..1f64)?;
+    let mut chart =
+        titled(&root, title).build_cartesian_2d((0.01f64..high * 1.2).log_scale(), 0f64..1f64)?;
     chart
         .configure_mesh()
         .x_desc("latency, ms (log)")

@@ -57,7 +57,11 @@ pub async fn members(action: &MembersAction) -> anyhow::Result<i32> {
     let config = crate::config::load(&cluster.config)?;
     let mut client = ControlClient::from_config(&config)?;
     client.change_membership(node, add).await?;
-    let done = if add { "added as a learner; it votes once it has caught up" } else { "removed" };
+    let done = if add {
+        "added as a learner; it votes once it has caught up"
+    } else {
+        "removed"
+    };
     println!("{node}: {done}");
     Ok(0)
 }
@@ -135,7 +139,11 @@ fn status_table(statuses: &[(String, Result<ReplicaStatus, String>)]) -> String 
             Ok(status) => {
                 let members = match status.learners.is_empty() {
                     true => status.voters.join(","),
-                    false => format!("{} (learners {})", status.voters.join(","), status.learners.join(",")),
+                    false => format!(
+                        "{} (learners {})",
+                        status.voters.join(","),
+                        status.learners.join(",")
+                    ),
                 };
                 text.push_str(&format!(
                     "{:<8} {:<15} {:<7} {:>4} {:>7} {:>8} {:>5} {:>9} {:>5} {:>6}  {:<5}  {}\n",

@@ -13,7 +13,8 @@ use super::cluster_state::{RequestId, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 /// Largest client frame: a maximal value with its key and framing.
 pub const CLIENT_FRAME_BYTES_MAX: usize = VALUE_BYTES_MAX + KEY_BYTES_MAX + 1024;
 
-type ClientConfig = Configuration<config::LittleEndian, config::Varint, Limit<CLIENT_FRAME_BYTES_MAX>>;
+type ClientConfig =
+    Configuration<config::LittleEndian, config::Varint, Limit<CLIENT_FRAME_BYTES_MAX>>;
 
 const fn client_config() -> ClientConfig {
     config::standard().with_limit::<CLIENT_FRAME_BYTES_MAX>()
@@ -21,15 +22,26 @@ const fn client_config() -> ClientConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Operation {
-    Put { key: String, value: Vec<u8> },
-    Get { key: String },
-    Delete { key: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Get {
+        key: String,
+    },
+    Delete {
+        key: String,
+    },
     Status,
     /// Add the standby replica of `node` as a learner; the leader promotes
     /// it to voter once it has caught up.
-    AddReplica { node: String },
+    AddReplica {
+        node: String,
+    },
     /// Remove the replica of `node` from the group (voter or learner).
-    RemoveReplica { node: String },
+    RemoveReplica {
+        node: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]

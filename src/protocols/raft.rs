@@ -38,6 +38,9 @@ use raft::{GetEntriesContext, RaftState, RawNode, ReadState, StateRole, Storage,
 pub struct ReplicaLog {
     entries: MemStorage,
     snapshot: Arc<RwLock<Snapshot>>,
+    /// The configuration after the latest applied membership change, if
+    /// one came after the snapshot.
+    membership: Arc<RwLock<Option<ConfState>>>,
 }
 
 impl ReplicaLog {
@@ -53,6 +56,13 @@ impl ReplicaLog {
             .snapshot
             .write()
             .expect("snapshot lock is never poisoned") = snapshot;
+    }
+
+    fn keep_membership(&self, conf_state: Option<ConfState>) {
+        *self
+            .membership
+            .write()
+            .expect("membership lock is never poisoned") = conf_state;
     }
 }
 
@@ -93,10 +103,21 @@ impl Storage for ReplicaLog {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let snapshot = self.latest_snapshot();
+        let mut snapshot = self.latest_snapshot();
         let index = snapshot.get_metadata().index;
         // request_index is 0 unless a follower asked for a newer one.
         if index > 0 && index >= request_index {
+            // A replica that joined after the snapshot was taken must find
+            // itself in it, or it refuses it. The changes between the
+            // snapshot and now come to it again in the entries that follow,
+            // and applying a change twice changes nothing.
+            let membership = self
+                .membership
+                .read()
+                .expect("membership lock is never poisoned");
+            if let Some(conf_state) = membership.as_ref() {
+                snapshot.mut_metadata().set_conf_state(conf_state.clone());
+            }
             Ok(snapshot)
         } else {
             Err(raft::Error::Store(
@@ -230,6 +251,7 @@ impl Replica {
         let storage = ReplicaLog::default();
         if let Some(snapshot) = &durable.snapshot {
             storage.keep_snapshot(snapshot.clone());
+            storage.keep_membership(durable.conf_state.clone());
         }
         let applied = {
             let mut core = storage.entries.wl();
@@ -355,7 +377,11 @@ impl Replica {
         use protobuf::Message as _;
         let change = ConfChange::parse_from_bytes(entry.get_data())
             .map_err(|error| raft::Error::ConfChangeError(error.to_string()))?;
-        self.node.apply_conf_change(&change)
+        let conf_state = self.node.apply_conf_change(&change)?;
+        self.node
+            .mut_store()
+            .keep_membership(Some(conf_state.clone()));
+        Ok(conf_state)
     }
 
     /// Whether a configuration change is proposed and not applied yet
@@ -409,6 +435,7 @@ impl Replica {
             let log = self.node.mut_store();
             log.entries.wl().apply_snapshot(snapshot.clone())?;
             log.keep_snapshot(snapshot.clone());
+            log.keep_membership(None);
             outputs.snapshot = Some(snapshot);
         }
         outputs.committed = ready.take_committed_entries();
@@ -463,6 +490,7 @@ impl Replica {
         metadata.set_conf_state(self.node.raft.prs().conf().to_conf_state());
         let log = self.node.mut_store();
         log.keep_snapshot(snapshot.clone());
+        log.keep_membership(None);
         log.entries.wl().compact(index)?;
         Ok(snapshot)
     }
