@@ -4,6 +4,9 @@
 //! directory (agent → node) and the overlay epoch; membership and placement
 //! join it as the control plane grows.
 //!
+//! Snapshots are the bincode encoding of the whole state, compressed with
+//! zstd.
+//!
 //! A command carries the id of the client request that proposed it, so the
 //! replica the client asked can answer it once the command is applied, and
 //! a request retried after a lost answer is applied once.
@@ -16,6 +19,12 @@ use bincode::{Decode, Encode};
 pub const KEY_BYTES_MAX: usize = 1_024;
 /// Largest value, in bytes.
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+/// Largest state a snapshot may decompress to: a corrupt or hostile
+/// snapshot cannot make a replica allocate more.
+pub const SNAPSHOT_STATE_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
+/// zstd's fastest level: a snapshot goes to a replica that waits for it,
+/// and incompressible values cost almost nothing at this level.
+const SNAPSHOT_ZSTD_LEVEL: i32 = 1;
 /// Client requests remembered for de-duplication, per client.
 const REQUESTS_REMEMBERED_MAX: usize = 1_024;
 
@@ -161,15 +170,24 @@ impl ClusterState {
         self.kv.get(key).map(Vec::as_slice)
     }
 
-    /// The whole state, encoded, for a snapshot.
+    /// The whole state, encoded and compressed (zstd), for a snapshot.
     pub fn snapshot(&self) -> Vec<u8> {
-        bincode::encode_to_vec(self, bincode::config::standard()).expect("state encodes")
+        let mut encoder = zstd::Encoder::new(Vec::new(), SNAPSHOT_ZSTD_LEVEL)
+            .expect("a zstd encoder into memory starts");
+        bincode::encode_into_std_write(self, &mut encoder, bincode::config::standard())
+            .expect("state encodes into memory");
+        encoder
+            .finish()
+            .expect("compressing into memory cannot fail")
     }
 
     pub fn restore(bytes: &[u8]) -> Result<ClusterState, StateError> {
-        bincode::decode_from_slice(bytes, bincode::config::standard())
-            .map(|(state, _)| state)
-            .map_err(|error| StateError::Malformed(error.to_string()))
+        use std::io::Read;
+        let malformed = |error: &dyn std::fmt::Display| StateError::Malformed(error.to_string());
+        let decoder = zstd::Decoder::with_buffer(bytes).map_err(|error| malformed(&error))?;
+        let mut limited = decoder.take(SNAPSHOT_STATE_BYTES_MAX);
+        bincode::decode_from_std_read(&mut limited, bincode::config::standard())
+            .map_err(|error| malformed(&error))
     }
 }
 
@@ -214,9 +232,15 @@ mod tests {
         let older = Command::OverlayEpoch { epoch: 4 };
         state.apply(6, &proposal(4, older)).unwrap();
         assert_eq!(state.overlay_epoch, 5, "the epoch never goes back");
-        let restored = ClusterState::restore(&state.snapshot()).unwrap();
+        let snapshot = state.snapshot();
+        let restored = ClusterState::restore(&snapshot).unwrap();
         assert_eq!(restored, state);
         assert_eq!(restored.applied, 6);
+        assert!(
+            ClusterState::restore(&snapshot[..snapshot.len() / 2]).is_err(),
+            "cut short"
+        );
+        assert!(ClusterState::restore(b"not zstd at all").is_err());
     }
 
     #[test]
