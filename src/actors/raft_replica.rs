@@ -405,7 +405,7 @@ impl RaftReplicaState {
     fn drive(&mut self) -> Result<(), ActorProcessingErr> {
         for _ in 0..DRIVES_PER_WAKE_MAX {
             let outputs = self.replica.drive()?;
-            if is_empty(&outputs) {
+            if outputs.is_empty() {
                 break;
             }
             self.carry_out(outputs)?;
@@ -817,12 +817,4 @@ impl RaftReplicaState {
             fsync: self.fsync,
         }
     }
-}
-
-fn is_empty(outputs: &Outputs) -> bool {
-    outputs.messages.is_empty()
-        && outputs.snapshot.is_none()
-        && outputs.committed.is_empty()
-        && outputs.read_states.is_empty()
-        && outputs.persist.is_none()
 }

@@ -232,6 +232,17 @@ pub struct Outputs {
     pub persist: Option<Persist>,
 }
 
+impl Outputs {
+    /// Nothing to carry out.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && self.snapshot.is_none()
+            && self.committed.is_empty()
+            && self.read_states.is_empty()
+            && self.persist.is_none()
+    }
+}
+
 /// One Raft replica.
 pub struct Replica {
     node: RawNode<ReplicaLog>,

@@ -322,7 +322,7 @@ impl RaftSim {
                 let outputs = replica
                     .drive()
                     .map_err(|error| Violation::Raft(error.to_string()))?;
-                if is_empty(&outputs) {
+                if outputs.is_empty() {
                     break;
                 }
                 self.carry_out(index, outputs)?;
@@ -564,12 +564,4 @@ impl RaftSim {
             self.history[call].answered_ms = Some(self.now_ms);
         }
     }
-}
-
-fn is_empty(outputs: &Outputs) -> bool {
-    outputs.messages.is_empty()
-        && outputs.snapshot.is_none()
-        && outputs.committed.is_empty()
-        && outputs.read_states.is_empty()
-        && outputs.persist.is_none()
 }
