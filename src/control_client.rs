@@ -172,9 +172,9 @@ impl ControlClient {
                 let index = (self.preferred + offset) % self.replicas.len();
                 let outcome = match self.try_at(index, &request).await {
                     Ok(ClientReply::Failed(error)) => match error {
-                        ControlError::Invalid(_)
-                        | ControlError::Busy { .. }
-                        | ControlError::ChangePending => return Err(ClientError::Refused(error)),
+                        ControlError::Invalid(_) | ControlError::Busy { .. } => {
+                            return Err(ClientError::Refused(error))
+                        }
                         retry => retry.to_string(),
                     },
                     Ok(reply) => {

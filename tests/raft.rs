@@ -198,3 +198,91 @@ fn the_same_seed_gives_the_same_run() {
     assert_eq!(first.committed, second.committed);
     assert_eq!(first.history, second.history);
 }
+
+/// A standby replica joins a group of 3 under loss, duplication and
+/// reordering, with compaction and a voter crashing and restarting: it is
+/// added as a learner, catches up (from a snapshot in the runs that
+/// compact), is promoted, and then a voter other than the leader is
+/// removed. Every step keeps the
+/// safety checks; at the end every replica has applied everything
+/// committed, the joined replica votes, and the history is linearizable.
+fn join(seed: u64) -> Result<(), String> {
+    use agentmesh::protocols::raft::MembershipChange;
+    let fail = |error: agentmesh::sim::raft::Violation| format!("SIM_SEED={seed} (join): {error}");
+    let mut sim = RaftSim::with_standby(seed, 3, 1, FAULTY);
+    sim.compact_every = if seed % 2 == 1 { 30 } else { 0 };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x101e);
+    let mut proposal = 0u64;
+    let membership_of = |sim: &RaftSim| sim.leader().and_then(|leader| sim.members(leader));
+    for millisecond in 0..6_000u64 {
+        if millisecond % 5 == 0 {
+            proposal += 1;
+            let at = rng.gen_range(1..=3);
+            let key = KEYS[rng.gen_range(0..KEYS.len())];
+            if rng.gen_bool(0.5) {
+                sim.put(at, 1, key, proposal.to_be_bytes().to_vec());
+            } else {
+                sim.get(at, 2, key);
+            }
+        }
+        if millisecond % 100 == 50 {
+            let members = membership_of(&sim);
+            let leader = sim.leader();
+            match (members, leader) {
+                (Some((voters, learners)), Some(leader))
+                    if !voters.contains(&4) && !learners.contains(&4) =>
+                {
+                    sim.change_membership(leader, 4, MembershipChange::AddLearner);
+                }
+                (Some((voters, _)), Some(leader))
+                    if voters.contains(&4) && voters.contains(&1) && millisecond > 4_000 =>
+                {
+                    sim.change_membership(leader, 1, MembershipChange::Remove);
+                }
+                _ => sim.promote_caught_up(64),
+            }
+        }
+        if millisecond == 1_500 {
+            sim.crash(rng.gen_range(2..=3));
+        }
+        if millisecond == 2_500 {
+            for replica in 2..=3 {
+                sim.restart(replica).map_err(fail)?;
+            }
+        }
+        sim.step().map_err(fail)?;
+    }
+    sim.faults = Faults::NONE;
+    for _ in 0..30 {
+        sim.run(100).map_err(fail)?;
+        sim.promote_caught_up(64);
+        if let Some(leader) = sim.leader() {
+            sim.put(leader, 0, "after", b"joined".to_vec());
+        }
+    }
+    sim.run(500).map_err(fail)?;
+    let (voters, learners) =
+        membership_of(&sim).ok_or(format!("SIM_SEED={seed} (join): no leader at the end"))?;
+    if !voters.contains(&4) || !learners.is_empty() {
+        return Err(format!("SIM_SEED={seed} (join): replica 4 is not a voter: voters {voters:?}, learners {learners:?}"));
+    }
+    agentmesh::sim::linearizability::check(&sim.history)
+        .map_err(|error| format!("SIM_SEED={seed} (join): {error}"))?;
+    if !sim.converged() {
+        return Err(format!(
+            "SIM_SEED={seed} (join): not converged: applied {:?}",
+            sim.applied()
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_standby_replica_joins_catches_up_and_votes_under_faults() {
+    for seed in 0..seeds() / 2 {
+        match std::panic::catch_unwind(|| join(seed)) {
+            Ok(result) => result.unwrap_or_else(|failure| panic!("{failure}")),
+            Err(_) => panic!("SIM_SEED={seed} (join): raft-rs panicked (above)"),
+        }
+    }
+}

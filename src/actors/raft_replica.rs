@@ -703,6 +703,15 @@ impl RaftReplicaState {
         if self.replica.membership_change_pending() {
             return Err(ControlError::ChangePending);
         }
+        // A leader asked to remove itself hands over first, so the group
+        // is not left without one; the client's retry reaches the new
+        // leader.
+        if !add && id == self.replica.id() && self.replica.is_leader() {
+            if let Some(&successor) = voters.iter().find(|&&voter| voter != id) {
+                self.replica.transfer_leadership(successor);
+                return Err(ControlError::ChangePending);
+            }
+        }
         let change = if add {
             MembershipChange::AddLearner
         } else {

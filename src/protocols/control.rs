@@ -84,8 +84,9 @@ pub enum ControlError {
     /// The request breaks a limit or is malformed.
     #[error("invalid request: {0}")]
     Invalid(String),
-    /// Another membership change is under way; one at a time.
-    #[error("another membership change is under way; try again when it is done")]
+    /// Another membership change is under way (one at a time), or the
+    /// leader asked to remove itself is handing over first.
+    #[error("a membership change or a leadership hand-over is under way; try again shortly")]
     ChangePending,
     /// The node answering holds no replica (or it is restarting).
     #[error("node {0} has no running control-plane replica")]

@@ -392,7 +392,20 @@ impl Replica {
         self.node
             .mut_store()
             .keep_membership(Some(conf_state.clone()));
+        // raft-rs keeps a leader that removed itself leading (and then
+        // fails on its next write): it steps down, in the same term, and
+        // the remaining voters elect a leader among themselves.
+        if self.is_leader() && !conf_state.voters.contains(&self.id()) {
+            let term = self.term();
+            self.node.raft.become_follower(term, raft::INVALID_ID);
+        }
         Ok(conf_state)
+    }
+
+    /// Asks the leader to hand leadership to `to` (a voter); it does once
+    /// `to` has caught up.
+    pub fn transfer_leadership(&mut self, to: u64) {
+        self.node.transfer_leader(to);
     }
 
     /// Whether a configuration change is proposed and not applied yet

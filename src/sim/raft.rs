@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::protocols::cluster_state::{ClusterState, Command, Proposal, RequestId};
-use crate::protocols::raft::{Durable, Outputs, Persist, Replica, ReplicaConfig};
+use crate::protocols::raft::{Durable, MembershipChange, Outputs, Persist, Replica, ReplicaConfig};
 
 /// One client call and, if it came, its answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,8 +140,16 @@ impl RaftSim {
     /// A new group of `count` replicas (ids 1..=count) with distinct
     /// election timeouts drawn from `seed`.
     pub fn new(seed: u64, count: usize, faults: Faults) -> RaftSim {
+        RaftSim::with_standby(seed, count, 0, faults)
+    }
+
+    /// A group of `voters` replicas (ids 1..=voters) and `standby` more
+    /// (the ids after) that run outside it until added.
+    pub fn with_standby(seed: u64, voters: usize, standby: usize, faults: Faults) -> RaftSim {
+        let count = voters + standby;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let ids: Vec<u64> = (1..=count as u64).collect();
+        let group: Vec<u64> = (1..=voters as u64).collect();
         let mut spreads: Vec<usize> = (0..count).collect();
         for index in (1..count).rev() {
             spreads.swap(index, rng.gen_range(0..=index));
@@ -151,7 +159,7 @@ impl RaftSim {
             .zip(spreads)
             .map(|(&id, spread)| ReplicaConfig {
                 id,
-                voters: ids.clone(),
+                voters: group.clone(),
                 election_ticks: 10 + 3 * spread,
                 heartbeat_ticks: 3,
                 message_bytes_max: 64 * 1024,
@@ -211,6 +219,37 @@ impl RaftSim {
         match &mut self.replicas[id as usize - 1] {
             Some(replica) => replica.propose(data).is_ok(),
             None => false,
+        }
+    }
+
+    /// Proposes a membership change for replica `id` at replica `at` (it
+    /// takes effect once committed); false if refused outright.
+    pub fn change_membership(&mut self, at: u64, id: u64, change: MembershipChange) -> bool {
+        match &mut self.replicas[at as usize - 1] {
+            Some(replica) => replica.propose_membership(Vec::new(), id, change).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Voters and learners as replica `id` sees them (None while it is down).
+    pub fn members(&self, id: u64) -> Option<(Vec<u64>, Vec<u64>)> {
+        self.replicas[id as usize - 1]
+            .as_ref()
+            .map(Replica::members)
+    }
+
+    /// At the leader, promotes one learner that has caught up, as the
+    /// replica actor does.
+    pub fn promote_caught_up(&mut self, lag_max: u64) {
+        let Some(leader) = self.leader() else { return };
+        let Some(replica) = &mut self.replicas[leader as usize - 1] else {
+            return;
+        };
+        if replica.membership_change_pending() {
+            return;
+        }
+        if let Some(&learner) = replica.learners_caught_up(lag_max).first() {
+            let _ = replica.propose_membership(Vec::new(), learner, MembershipChange::Promote);
         }
     }
 
@@ -344,14 +383,23 @@ impl RaftSim {
         self.applied.clone()
     }
 
-    /// Whether every live replica has applied every entry committed
-    /// anywhere.
+    /// Whether every live member of the group (as its leader sees it) has
+    /// applied every entry committed anywhere.
     pub fn converged(&self) -> bool {
         let last = self.committed.keys().next_back().copied().unwrap_or(0);
+        let members = self.leader().and_then(|leader| self.members(leader));
+        let member = |id: u64| {
+            members
+                .as_ref()
+                .is_none_or(|(voters, learners)| voters.contains(&id) || learners.contains(&id))
+        };
         self.replicas
             .iter()
             .zip(&self.applied)
-            .all(|(replica, &applied)| replica.is_none() || applied >= last)
+            .enumerate()
+            .all(|(index, (replica, &applied))| {
+                replica.is_none() || !member(index as u64 + 1) || applied >= last
+            })
     }
 
     fn carry_out(&mut self, index: usize, outputs: Outputs) -> Result<(), Violation> {
@@ -371,7 +419,10 @@ impl RaftSim {
             }
         }
         for entry in outputs.committed {
-            self.apply(index, entry.index, entry.term, entry.data.to_vec())?;
+            if entry.get_entry_type() != raft::eraftpb::EntryType::EntryNormal {
+                self.apply_membership(index, &entry)?;
+            }
+            self.apply(index, &entry)?;
         }
         self.answer_gets(index);
         self.maybe_compact(index)?;
@@ -384,13 +435,27 @@ impl RaftSim {
         Ok(())
     }
 
-    fn apply(
+    /// A committed membership change: applied by raft-rs and made durable
+    /// at once (the simulated disk writes configurations synchronously).
+    fn apply_membership(
         &mut self,
         index: usize,
-        entry: u64,
-        term: u64,
-        data: Vec<u8>,
+        entry: &raft::eraftpb::Entry,
     ) -> Result<(), Violation> {
+        let Some(replica) = &mut self.replicas[index] else {
+            return Ok(());
+        };
+        let conf_state = replica
+            .apply_membership(entry)
+            .map_err(|error| Violation::Raft(error.to_string()))?;
+        self.durable[index].conf_state = Some(conf_state);
+        Ok(())
+    }
+
+    fn apply(&mut self, index: usize, entry: &raft::eraftpb::Entry) -> Result<(), Violation> {
+        let (term, data) = (entry.term, entry.data.to_vec());
+        let normal = entry.get_entry_type() == raft::eraftpb::EntryType::EntryNormal;
+        let entry = entry.index;
         let replica = index as u64 + 1;
         if entry != self.applied[index] + 1 {
             return Err(Violation::AppliedOutOfOrder {
@@ -400,8 +465,9 @@ impl RaftSim {
             });
         }
         self.applied[index] = entry;
+        let machine_data: &[u8] = if normal { &data } else { &[] };
         let applied = self.states[index]
-            .apply(entry, &data)
+            .apply(entry, machine_data)
             .map_err(|error| Violation::Raft(error.to_string()))?;
         if let Some((request, _)) = applied {
             if let Some(call) = self.pending_puts.remove(&(index, request)) {
