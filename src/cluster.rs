@@ -54,13 +54,17 @@ impl RaftDirectories {
                 _temporary: None,
             });
         }
+        if config.control.replica_nodes().next().is_none() {
+            return Ok(RaftDirectories {
+                root: std::path::PathBuf::new(),
+                _temporary: None,
+            });
+        }
         let temporary = tempfile::Builder::new()
             .prefix("agentmesh-raft-")
             .tempdir()
             .map_err(ClusterError::TemporaryFolder)?;
-        if !config.control.replicas.is_empty() {
-            tracing::info!(folder = %temporary.path().display(), "control.data_dir is not set: the replicas' logs last for this run only");
-        }
+        tracing::info!(folder = %temporary.path().display(), "control.data_dir is not set: the replicas' logs last for this run only");
         Ok(RaftDirectories {
             root: temporary.path().to_path_buf(),
             _temporary: Some(temporary),

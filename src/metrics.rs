@@ -129,8 +129,8 @@ counters! {
     raft_messages_unsent,
     /// Raft messages received from replica peers.
     raft_messages_received,
-    /// Raft messages dropped: the replica's queue was full (Raft sends
-    /// them again).
+    /// Raft messages dropped: the replica's queue was full, or it was
+    /// restarting (Raft sends them again).
     raft_dropped_queue_full,
     /// Raft messages dropped: this node holds no replica, or the message
     /// named a sender or receiver other than its connection's ends.

@@ -183,7 +183,10 @@ impl ReplicaDisk {
     }
 }
 
-/// Starts the writer thread of one incarnation.
+/// Starts the writer thread of one incarnation. Its queue needs no bound
+/// of its own: what reaches it is bounded by Raft's flow control (entries
+/// a leader holds uncommitted, appends in flight to a follower) and by the
+/// client requests a replica admits.
 fn spawn_writer(
     disk: Arc<ReplicaDisk>,
     generation: u64,
