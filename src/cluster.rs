@@ -407,6 +407,38 @@ impl LocalCluster {
         Totals::of(self.nodes.iter())
     }
 
+    /// The control plane as its leader sees it (or, with no leader, the
+    /// first running replica); None without replicas.
+    pub async fn control_status(&self) -> Option<crate::protocols::control::ReplicaStatus> {
+        use crate::protocols::control::{ClientReply, ClientRequest, Operation};
+        let mut first = None;
+        for node in &self.nodes {
+            let Some(replica) = node.context.replica.get() else {
+                continue;
+            };
+            let request = ClientRequest {
+                request: crate::protocols::cluster_state::RequestId {
+                    client: 0,
+                    sequence: 0,
+                },
+                operation: Operation::Status,
+            };
+            let asked = replica
+                .call(
+                    |reply| crate::actors::raft_replica::RaftMsg::Client { request, reply },
+                    Some(Duration::from_secs(1)),
+                )
+                .await;
+            if let Ok(ractor::rpc::CallResult::Success(ClientReply::Status(status))) = asked {
+                if status.role == "leader" {
+                    return Some(status);
+                }
+                first.get_or_insert(status);
+            }
+        }
+        first
+    }
+
     /// Takes node `id` out of the cluster without stopping it, so the
     /// caller can stop it on a task of its own (a benchmark times what
     /// the others do meanwhile).
@@ -725,6 +757,9 @@ pub struct UpSummary {
     pub failed_nodes: Vec<String>,
     /// Set when part of the cluster was stopped mid-run.
     pub kill: Option<KillReport>,
+    /// The control plane at the end of the run, as its leader (or, with
+    /// none, the first replica that answered) saw it.
+    pub control: Option<crate::protocols::control::ReplicaStatus>,
     pub counters: CounterValues,
 }
 
@@ -787,6 +822,7 @@ impl UpSummary {
             restarts: counters.actor_restarts,
             failed_nodes: cluster.failed_nodes(),
             kill: None,
+            control: None,
             counters,
         }
     }
@@ -885,6 +921,16 @@ impl UpSummary {
                 within(kill.links_up_ms),
                 c.lost_to_departed,
                 kill.unsettled_to_departed
+            );
+        }
+        if let Some(control) = &self.control {
+            text += &format!(
+                "  control    leader {}, term {}, commit {}, {} keys, voters {}\n",
+                control.leader.as_deref().unwrap_or("NONE"),
+                control.term,
+                control.commit_index,
+                control.keys,
+                control.voters.join(",")
             );
         }
         text += &format!(

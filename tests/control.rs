@@ -363,3 +363,24 @@ fn a_node_process_holding_a_replica_needs_a_data_dir() {
         .to_string();
     assert!(error.contains("set control.data_dir"), "{error}");
 }
+
+#[test]
+fn up_reports_the_control_plane_in_its_summary() {
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().join("cluster.toml");
+    std::fs::write(&path, config_text(data.path(), "")).unwrap();
+    let (code, stdout, stderr) = agentmesh(&["up", "--duration", "3s", "--json"], &path);
+    assert_eq!(code, Some(0), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let control = &summary["control"];
+    assert_eq!(
+        control["voters"],
+        serde_json::json!(["n1", "n2", "n3"]),
+        "{control}"
+    );
+    assert!(
+        control["leader"].is_string(),
+        "a leader by the end of the run: {control}"
+    );
+    assert_eq!(control["fsync"], true);
+}

@@ -104,6 +104,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<i32> {
         });
     cluster.drain(DRAIN_WAIT_MAX, &departed).await;
     let mut summary = UpSummary::new(&cluster, &cluster.totals(), links_up, active);
+    summary.control = cluster.control_status().await;
     if let Some(mut report) = kill {
         report.unsettled_to_departed = cluster.unsettled_to(&report.killed);
         summary.kill = Some(report);
