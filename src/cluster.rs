@@ -407,34 +407,56 @@ impl LocalCluster {
         Totals::of(self.nodes.iter())
     }
 
+    /// Asks the replica actor of node `id` directly (no client API),
+    /// waiting at most `wait`; None if it runs no replica or did not answer.
+    pub async fn ask_replica(
+        &self,
+        id: &str,
+        request: crate::protocols::control::ClientRequest,
+        wait: Duration,
+    ) -> Option<crate::protocols::control::ClientReply> {
+        let replica = self.node(id)?.context.replica.get()?;
+        let call = |reply| crate::actors::raft_replica::RaftMsg::Client { request, reply };
+        match replica.call(call, Some(wait)).await {
+            Ok(ractor::rpc::CallResult::Success(reply)) => Some(reply),
+            _ => None,
+        }
+    }
+
+    /// What the replica of node `id` knows of the group.
+    pub async fn replica_status(
+        &self,
+        id: &str,
+    ) -> Option<crate::protocols::control::ReplicaStatus> {
+        use crate::protocols::control::{ClientReply, ClientRequest, Operation};
+        let request = ClientRequest {
+            request: crate::protocols::cluster_state::RequestId {
+                client: 0,
+                sequence: 0,
+            },
+            operation: Operation::Status,
+        };
+        match self
+            .ask_replica(id, request, Duration::from_secs(1))
+            .await?
+        {
+            ClientReply::Status(status) => Some(status),
+            _ => None,
+        }
+    }
+
     /// The control plane as its leader sees it (or, with no leader, the
     /// first running replica); None without replicas.
     pub async fn control_status(&self) -> Option<crate::protocols::control::ReplicaStatus> {
-        use crate::protocols::control::{ClientReply, ClientRequest, Operation};
         let mut first = None;
         for node in &self.nodes {
-            let Some(replica) = node.context.replica.get() else {
+            let Some(status) = self.replica_status(&node.id).await else {
                 continue;
             };
-            let request = ClientRequest {
-                request: crate::protocols::cluster_state::RequestId {
-                    client: 0,
-                    sequence: 0,
-                },
-                operation: Operation::Status,
-            };
-            let asked = replica
-                .call(
-                    |reply| crate::actors::raft_replica::RaftMsg::Client { request, reply },
-                    Some(Duration::from_secs(1)),
-                )
-                .await;
-            if let Ok(ractor::rpc::CallResult::Success(ClientReply::Status(status))) = asked {
-                if status.role == "leader" {
-                    return Some(status);
-                }
-                first.get_or_insert(status);
+            if status.role == "leader" {
+                return Some(status);
             }
+            first.get_or_insert(status);
         }
         first
     }

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
-use ractor::rpc::CallResult;
 use rand::{RngCore, SeedableRng};
 use serde::Serialize;
 
@@ -262,44 +261,6 @@ async fn load(
     })
 }
 
-/// Asks replica actor of `node` directly (no TCP), waiting at most `wait`.
-async fn ask(
-    cluster: &LocalCluster,
-    node: &str,
-    operation: Operation,
-    request: RequestId,
-    wait: Duration,
-) -> Option<ClientReply> {
-    let replica = cluster.node(node)?.context.replica.get()?;
-    let request = ClientRequest { request, operation };
-    match replica
-        .call(|reply| RaftMsg::Client { request, reply }, Some(wait))
-        .await
-    {
-        Ok(CallResult::Success(reply)) => Some(reply),
-        _ => None,
-    }
-}
-
-async fn status_of(cluster: &LocalCluster, node: &str) -> Option<ReplicaStatus> {
-    let request = RequestId {
-        client: 0,
-        sequence: 0,
-    };
-    match ask(
-        cluster,
-        node,
-        Operation::Status,
-        request,
-        Duration::from_secs(1),
-    )
-    .await?
-    {
-        ClientReply::Status(status) => Some(status),
-        _ => None,
-    }
-}
-
 /// Waits until every voter follows one leader of a term above
 /// `after_term`, connected to every other; returns that leader's status.
 async fn settled(cluster: &LocalCluster, after_term: u64) -> anyhow::Result<ReplicaStatus> {
@@ -307,7 +268,7 @@ async fn settled(cluster: &LocalCluster, after_term: u64) -> anyhow::Result<Repl
     loop {
         let mut statuses = Vec::new();
         for node in &cluster.nodes {
-            statuses.extend(status_of(cluster, &node.id).await);
+            statuses.extend(cluster.replica_status(&node.id).await);
         }
         let leader = statuses
             .iter()
@@ -358,7 +319,7 @@ async fn one_failover(cluster: &mut LocalCluster, sequence: &mut u64) -> anyhow:
     let elapsed = 'found: loop {
         let survivors: Vec<String> = cluster.nodes.iter().map(|node| node.id.clone()).collect();
         for node in &survivors {
-            let Some(status) = status_of(cluster, node).await else {
+            let Some(status) = cluster.replica_status(node).await else {
                 continue;
             };
             if status.role != "leader" || status.term <= leader.term {
@@ -373,7 +334,11 @@ async fn one_failover(cluster: &mut LocalCluster, sequence: &mut u64) -> anyhow:
                 key: "failover".into(),
                 value: sequence.to_le_bytes().to_vec(),
             };
-            if let Some(ClientReply::Done) = ask(cluster, node, put, request, WAIT_MAX).await {
+            let request = ClientRequest {
+                request,
+                operation: put,
+            };
+            if let Some(ClientReply::Done) = cluster.ask_replica(node, request, WAIT_MAX).await {
                 break 'found crashed.elapsed();
             }
         }
@@ -454,7 +419,8 @@ async fn caught_up(cluster: &LocalCluster, voters: &[String]) -> anyhow::Result<
         let mut applied = Vec::new();
         for voter in voters {
             applied.extend(
-                status_of(cluster, voter)
+                cluster
+                    .replica_status(voter)
                     .await
                     .map(|status| (status.applied_index, status.commit_index)),
             );
