@@ -89,6 +89,13 @@ counters! {
     membership_changes,
     /// Overlay recomputations that changed this node's neighbours.
     overlay_changes,
+    /// Committed overlays this node applied (a newer epoch each).
+    overlay_commits_applied,
+    /// Overlay changes this node's topology actor proposed as leader.
+    overlay_proposals,
+    /// Committed overlay frames dropped: no control plane here, or a node
+    /// index outside the cluster.
+    overlay_frames_refused,
     /// Envelopes dropped: signature did not verify.
     dropped_bad_signature,
     /// Envelopes dropped: origin not in the cluster config.

@@ -384,3 +384,108 @@ fn up_reports_the_control_plane_in_its_summary() {
     );
     assert_eq!(control["fsync"], true);
 }
+
+/// Seven nodes on a ring, three of them replicas: nodes n4 to n7 hold no
+/// replica and n5 has none as a neighbour.
+fn ring_config(data: &Path) -> ClusterConfig {
+    let mut text = String::from("[cluster]\nname = \"overlay\"\nseed = 5\n");
+    for index in 1..=7 {
+        text += &format!("[[nodes]]\nid = \"n{index}\"\nlisten = \"127.0.0.1:0\"\n");
+        if index <= 3 {
+            text += &format!("client_listen = \"127.0.0.1:{}\"\n", free_port());
+        }
+    }
+    text += "[topology]\nkind = \"ring\"\n";
+    text += &format!(
+        "[control]\nreplicas = [\"n1\", \"n2\", \"n3\"]\ndata_dir = {:?}\n",
+        data.display()
+    );
+    parse(&text)
+}
+
+/// Whether every node of `cluster` but those `down` applies the same
+/// committed overlay, which leaves out exactly `down`, from an epoch past
+/// `after`, and holds the neighbours that overlay gives it.
+fn overlay_agreed(cluster: &LocalCluster, down: &[&str], after: u64) -> Option<u64> {
+    let down: std::collections::BTreeSet<String> = down.iter().map(|n| n.to_string()).collect();
+    let mut epochs = std::collections::BTreeSet::new();
+    for node in cluster.nodes.iter().filter(|node| !down.contains(&node.id)) {
+        let context = &node.context;
+        let commit = context.committed_overlay.read().unwrap().clone();
+        let members = context
+            .directory
+            .node_names
+            .iter()
+            .filter(|name| !down.contains(*name))
+            .cloned()
+            .collect();
+        let expected = context.directory.topology.overlay_for(&members);
+        let neighbours = context.neighbours.read().unwrap().clone();
+        if commit.down != down || neighbours != expected.neighbours_of(&node.id) {
+            return None;
+        }
+        epochs.insert(commit.epoch);
+    }
+    let epoch = *epochs.first()?;
+    (epochs.len() == 1 && epoch > after).then_some(epoch)
+}
+
+async fn wait_for_overlay(cluster: &LocalCluster, down: &[&str], after: u64) -> u64 {
+    let deadline = Instant::now() + common::WAIT_MAX;
+    loop {
+        if let Some(epoch) = overlay_agreed(cluster, down, after) {
+            return epoch;
+        }
+        let views: Vec<_> = cluster
+            .nodes
+            .iter()
+            .map(|node| {
+                (
+                    node.id.clone(),
+                    node.context.committed_overlay.read().unwrap().clone(),
+                )
+            })
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "the nodes never agreed on an overlay without {down:?}: {views:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_applies_the_overlay_the_control_plane_commits() {
+    let data = tempfile::tempdir().unwrap();
+    let config = ring_config(data.path());
+    let mut cluster = LocalCluster::start(config.clone()).await.unwrap();
+    let mut client = ControlClient::from_config(&config).unwrap();
+    settled_leader(&mut client).await;
+
+    // A node without a replica crashes: the leader's node proposes the
+    // overlay without it, and every node, replica or not, applies it.
+    assert!(cluster.stop_node("n5", Departure::Crash).await);
+    let without = wait_for_overlay(&cluster, &["n5"], 0).await;
+    let status = settled_leader(&mut client).await;
+    assert_eq!(status.overlay_down, vec!["n5".to_string()], "{status:?}");
+    assert!(status.overlay_epoch >= without, "{status:?}");
+
+    // It comes back: a later epoch takes it in again, on every node.
+    cluster.restart_node("n5").await.unwrap();
+    let with = wait_for_overlay(&cluster, &[], without).await;
+
+    // The leader's own node crashes: the next leader's node proposes.
+    let leader = settled_leader(&mut client).await;
+    let leader_node = leader.node.clone();
+    assert!(cluster.stop_node(&leader_node, Departure::Crash).await);
+    wait_for_overlay(&cluster, &[leader_node.as_str()], with).await;
+    let plain = cluster.node("n6").unwrap();
+    let counters = &plain.context.metrics.counters;
+    let applied = counters
+        .overlay_commits_applied
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(applied >= 3, "n6 applied {applied} committed overlays");
+    let proposals: u64 = cluster.counters().overlay_proposals;
+    assert!(proposals >= 1, "{proposals} overlay proposals");
+    cluster.shutdown().await;
+}

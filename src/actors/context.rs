@@ -2,7 +2,7 @@
 //! live connection table, the agent directory, the router's memory and the
 //! metrics. The node supervisor creates it once; restarts reuse it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -398,6 +398,13 @@ pub struct NodeContext {
     pub topology: Slot<TopologyMsg>,
     /// The control-plane replica, on nodes that hold one.
     pub replica: Slot<RaftMsg>,
+    /// Whether this node's replica leads the control plane: its topology
+    /// actor then proposes the overlay.
+    pub replica_leading: std::sync::atomic::AtomicBool,
+    /// The committed overlay this node applies (epoch 0, nobody down,
+    /// until it learns one); kept here so a restarted topology actor
+    /// starts from it.
+    pub committed_overlay: RwLock<Arc<OverlayCommit>>,
     /// The replica's log, shared by its incarnations.
     pub raft_disk: Option<Arc<ReplicaDisk>>,
     /// Bounds the replica's mailbox of messages from peers.
@@ -417,7 +424,26 @@ pub struct NodeContext {
     pub handshakes: Arc<Semaphore>,
 }
 
+/// A committed overlay: its epoch and the nodes it leaves out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OverlayCommit {
+    pub epoch: u64,
+    pub down: BTreeSet<String>,
+}
+
 impl NodeContext {
+    /// Records `commit` as the committed overlay if it is newer than the
+    /// one recorded.
+    pub fn record_overlay(&self, commit: &Arc<OverlayCommit>) {
+        let mut recorded = self
+            .committed_overlay
+            .write()
+            .expect("committed overlay lock is never poisoned");
+        if commit.epoch > recorded.epoch {
+            *recorded = commit.clone();
+        }
+    }
+
     /// Takes a router queue slot without waiting.
     pub fn try_reserve_router(&self) -> Result<OwnedSemaphorePermit, SendError> {
         self.router_queue.clone().try_acquire_owned().map_err(|_| {

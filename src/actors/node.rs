@@ -206,6 +206,8 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         transport: Slot::default(),
         topology: Slot::default(),
         replica: Slot::default(),
+        replica_leading: Default::default(),
+        committed_overlay: Default::default(),
         raft_disk,
         raft_queue: Arc::new(Semaphore::new(super::raft_replica::RAFT_QUEUE_MAX)),
         routing: RwLock::new(Arc::new(routing)),

@@ -42,7 +42,8 @@ use crate::protocols::raft::{MembershipChange, Outputs, Persist, Replica, Replic
 use crate::protocols::wire::{encode_raft_message, TrafficClass};
 use crate::raft_log::{RaftLog, RaftLogError};
 
-use super::context::{monotonic_ms, NodeContext, Ticker};
+use super::context::{monotonic_ms, NodeContext, OverlayCommit, Ticker};
+use super::topology::TopologyMsg;
 
 /// Raft messages from peers waiting for the replica; more are dropped and
 /// counted (Raft sends them again).
@@ -89,6 +90,9 @@ pub enum RaftMsg {
     /// Snapshot the state now (for benchmarks and operators); answers once
     /// the snapshot is durable.
     CompactNow(RpcReplyPort<()>),
+    /// The topology actor of this node proposes an overlay change; only a
+    /// leader takes it (the topology proposes again if it is lost).
+    ProposeOverlay(Proposal),
 }
 
 /// What the writer thread is asked to make durable, in order.
@@ -263,6 +267,23 @@ pub struct RaftReplicaState {
 
 /// The core's settings for replica `id`: election timeouts differ per
 /// replica (spread by the cluster seed) so that they rarely stand together.
+/// Tells this node's topology actor the overlay `machine` committed. It is
+/// recorded first, so a topology actor starting meanwhile, which takes its
+/// slot before it reads the record, gets it one way or the other.
+fn tell_overlay(context: &NodeContext, machine: &ClusterState) {
+    if machine.overlay_epoch == 0 {
+        return;
+    }
+    let commit = OverlayCommit {
+        epoch: machine.overlay_epoch,
+        down: machine.overlay_down.clone(),
+    };
+    context.record_overlay(&Arc::new(commit.clone()));
+    if let Some(topology) = context.topology.get() {
+        let _ = topology.cast(TopologyMsg::Committed(commit));
+    }
+}
+
 pub fn replica_config(control: &ControlConfig, id: u64, seed: u64) -> ReplicaConfig {
     let count = control.replica_nodes().count().max(1) as u64;
     let step = (control.election_ticks / 8).max(1);
@@ -319,6 +340,7 @@ impl Actor for RaftReplica {
         let ticker = Ticker::new(myself.send_interval(tick, || RaftMsg::Tick));
         tracing::info!(node = %context.node_id, id, applied = machine.applied, entries = durable.entries.len(), "raft replica started");
         context.replica.set(Some(myself));
+        tell_overlay(&context, &machine);
         Ok(RaftReplicaState {
             context,
             replica,
@@ -377,6 +399,7 @@ impl Actor for RaftReplica {
                 return Err(format!("raft log write failed: {reason}").into());
             }
             RaftMsg::Client { request, reply } => state.client(request, reply),
+            RaftMsg::ProposeOverlay(proposal) => state.propose_overlay(&proposal),
             RaftMsg::CompactNow(reply) => {
                 if state.machine.applied > state.snapshot_index {
                     state.compact()?;
@@ -400,6 +423,8 @@ impl Actor for RaftReplica {
         state: &mut RaftReplicaState,
     ) -> Result<(), ActorProcessingErr> {
         state.context.replica.set(None);
+        let leading = &state.context.replica_leading;
+        leading.store(false, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }
@@ -413,13 +438,36 @@ impl RaftReplicaState {
             }
             self.carry_out(outputs)?;
         }
+        let leading = &self.context.replica_leading;
+        leading.store(
+            self.replica.is_leader(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(())
+    }
+
+    fn propose_overlay(&mut self, proposal: &Proposal) {
+        if !self.replica.is_leader() {
+            return;
+        }
+        let proposed = proposal
+            .encode()
+            .map_err(|error| error.to_string())
+            .and_then(|data| {
+                self.replica
+                    .propose(data)
+                    .map_err(|error| error.to_string())
+            });
+        if let Err(error) = proposed {
+            tracing::debug!(node = %self.context.node_id, %error, "overlay proposal refused");
+        }
     }
 
     fn carry_out(&mut self, outputs: Outputs) -> Result<(), ActorProcessingErr> {
         self.send(outputs.messages);
         if let Some(snapshot) = &outputs.snapshot {
             self.machine = ClusterState::restore(snapshot.get_data())?;
+            tell_overlay(&self.context, &self.machine);
             self.snapshot_index = self.machine.applied;
             self.applied_bytes = 0;
             let counters = &self.context.metrics.counters;
@@ -455,14 +503,19 @@ impl RaftReplicaState {
         if entry.get_entry_type() != EntryType::EntryNormal {
             return self.apply_membership(entry);
         }
-        match self.machine.apply(entry.index, entry.get_data()) {
+        let epoch = self.machine.overlay_epoch;
+        let applied = self.machine.apply(entry.index, entry.get_data());
+        if self.machine.overlay_epoch != epoch {
+            tell_overlay(&self.context, &self.machine);
+        }
+        match applied {
             Ok(Some((request, outcome))) => {
                 let Some(waiting) = self.writes.remove(&request) else {
                     return Ok(());
                 };
                 NodeMetrics::count(&self.context.metrics.counters.control_writes_done);
                 let reply = match outcome {
-                    Outcome::Done | Outcome::Repeated => ClientReply::Done,
+                    Outcome::Done | Outcome::Repeated | Outcome::Stale => ClientReply::Done,
                     Outcome::NotFound => ClientReply::NotFound,
                 };
                 let _ = waiting.reply.send(reply);
@@ -825,6 +878,7 @@ impl RaftReplicaState {
             voters: names(voters),
             learners: names(learners),
             overlay_epoch: self.machine.overlay_epoch,
+            overlay_down: self.machine.overlay_down.iter().cloned().collect(),
             keys: self.machine.kv.len() as u64,
             fsync: self.fsync,
         }

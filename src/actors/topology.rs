@@ -13,6 +13,17 @@
 //! is heard), and publishes a fresh [`RoutingView`] (overlay plus smoothed
 //! link latencies, its own and those its neighbours report) for the
 //! router after every overlay change and every ROUTES_REFRESH_MS.
+//!
+//! With a control plane (`[control] replicas`), the overlay comes from the
+//! Raft log instead of each node's own view: the topology actor of the
+//! node whose replica leads proposes the set of nodes its view holds down
+//! ([`Command::Overlay`], one change at a time, each from the epoch it
+//! saw), every replica tells its topology actor what was committed, and
+//! nodes pass committed overlays on to their neighbours (heartbeats carry
+//! the epoch, so a neighbour that lags is sent the newer one). A node
+//! adopts only a newer epoch, so every node applies the same overlays in
+//! the same order. While the control plane has no quorum, the overlay
+//! stays as last committed and routers route around links that are down.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -23,16 +34,20 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::metrics::NodeMetrics;
+use crate::protocols::cluster_state::{Command, Proposal, RequestId, OVERLAY_CLIENT_BASE};
 use crate::protocols::membership::{MemberRecord, Membership, Status};
 use crate::protocols::routing::LinkLatency;
 use crate::protocols::topology::Overlay;
+use crate::protocols::wire::codec::CommittedOverlay;
 use crate::protocols::wire::codec::MEMBER_RECORDS_MAX;
 use crate::protocols::wire::{encode_frame, Frame, Heartbeat, TrafficClass};
 
 use super::context::{
-    monotonic_micros, monotonic_ms, LinkWeights, NodeContext, OverlayFrame, RoutingView, Ticker,
+    monotonic_micros, monotonic_ms, LinkWeights, NodeContext, OverlayCommit, OverlayFrame,
+    RoutingView, Ticker,
 };
 use super::node::DEFAULT_LINK_WEIGHT_MICROS;
+use super::raft_replica::RaftMsg;
 use super::transport::TransportMsg;
 
 /// How often routes follow drifting round trips when the overlay stays the
@@ -56,10 +71,15 @@ const WEIGHT_CHANGE_MIN_MICROS: u64 = 200;
 /// How long membership changes wait to be passed on with others.
 const SPREAD_DELAY_MS: u64 = 20;
 
+/// How long the leader waits for its overlay proposal to commit before it
+/// proposes again (a proposal can be lost when leadership moves).
+const OVERLAY_PROPOSAL_WAIT_MS: u64 = 1_000;
+
 /// A control frame from a neighbour.
 pub enum ControlFrame {
     Heartbeat(Heartbeat),
     Members(Vec<MemberRecord>),
+    Overlay(CommittedOverlay),
 }
 
 pub enum TopologyMsg {
@@ -77,6 +97,8 @@ pub enum TopologyMsg {
     Spread,
     /// This neighbour closed its connection saying it leaves the cluster.
     PeerLeft(String),
+    /// This node's replica applied an overlay change.
+    Committed(OverlayCommit),
 }
 
 pub struct TopologyActor;
@@ -113,6 +135,17 @@ pub struct TopologyState {
     /// Membership changes not passed on yet, by member, with the
     /// neighbour each came from. A Spread message is due while not empty.
     unspread: BTreeMap<String, (MemberRecord, Option<String>)>,
+    /// Whether the overlay comes from the control plane's log.
+    replicated: bool,
+    /// The committed overlay this node applies.
+    committed: Arc<OverlayCommit>,
+    /// The epoch the last overlay proposal was made from, and when.
+    proposed: Option<(u64, u64)>,
+    /// Per neighbour: when it was last sent the committed overlay.
+    overlay_sent_micros: HashMap<String, u64>,
+    /// Where the next overlay proposal's request sequence starts: past
+    /// every earlier life's, so none is taken for a retry.
+    proposal_sequence: u64,
     myself: ActorRef<TopologyMsg>,
     _ticker: Ticker,
 }
@@ -134,6 +167,13 @@ impl Actor for TopologyActor {
         let membership = Membership::new(&context.node_id, context.incarnation, names, detector);
         let every = Duration::from_millis(config.membership.heartbeat_interval_ms);
         let ticker = Ticker::new(myself.send_interval(every, || TopologyMsg::Tick));
+        let replicated = !config.control.replicas.is_empty();
+        let committed = context
+            .committed_overlay
+            .read()
+            .expect("committed overlay lock is never poisoned")
+            .clone();
+        let proposal_sequence = context.incarnation;
         let mut state = TopologyState {
             live: names.iter().cloned().collect(),
             overlay: context.directory.topology.base().clone(),
@@ -151,6 +191,11 @@ impl Actor for TopologyActor {
             evidence_seen_micros: HashMap::new(),
             last_tick_micros: 0,
             unspread: BTreeMap::new(),
+            replicated,
+            committed,
+            proposed: None,
+            overlay_sent_micros: HashMap::new(),
+            proposal_sequence,
             myself: myself.clone(),
             _ticker: ticker,
         };
@@ -183,11 +228,13 @@ impl Actor for TopologyActor {
                         let changed = state.membership.merge(&records);
                         state.spread(&changed, Some(&from));
                     }
+                    ControlFrame::Overlay(overlay) => state.overlay_heard(&from, overlay),
                 }
             }
             // Only a link's first coming up matters here: from then on its
             // neighbour is judged. The routing view does not depend on which
             // links are up; the router asks the peer table when it sends.
+            TopologyMsg::Committed(commit) => state.adopt(commit, None),
             TopologyMsg::LinkUp(peer) => {
                 if state.linked.insert(peer) {
                     state.publish();
@@ -223,11 +270,13 @@ impl TopologyState {
                 held_micros,
                 view_digest: digest,
                 links: links.clone(),
+                overlay_epoch: self.committed.epoch,
             };
             self.send(&peer, &Frame::Heartbeat(heartbeat));
             self.heartbeat_sent_micros.insert(peer, now);
         }
         self.last_tick_micros = now;
+        self.propose_overlay();
         let due = self
             .routes_published_ms
             .is_none_or(|last| (now / 1_000).saturating_sub(last) >= ROUTES_REFRESH_MS);
@@ -297,6 +346,9 @@ impl TopologyState {
         }
         if let Some(record) = changed {
             self.spread(&[record], Some(from));
+        }
+        if heartbeat.overlay_epoch < self.committed.epoch {
+            self.overlay_lags(from, now);
         }
     }
 
@@ -375,10 +427,26 @@ impl TopologyState {
         links
     }
 
-    /// Recomputes the overlay if the live set changed, and tells the
+    /// The nodes the overlay is made of: those the committed overlay does
+    /// not leave out, or, without a control plane, those this node's view
+    /// holds alive.
+    fn overlay_members(&self) -> BTreeSet<String> {
+        if !self.replicated {
+            return self.membership.live();
+        }
+        let names = &self.context.directory.node_names;
+        names
+            .iter()
+            .filter(|name| !self.committed.down.contains(*name))
+            .cloned()
+            .collect()
+    }
+
+    /// Recomputes the overlay if its members changed, and tells the
     /// transport and router.
     fn publish(&mut self) {
-        let live = self.membership.live();
+        self.propose_overlay();
+        let live = self.overlay_members();
         let overlay_changed = live != self.live;
         if overlay_changed {
             self.overlay = self.context.directory.topology.overlay_for(&live);
@@ -475,6 +543,126 @@ impl TopologyState {
             .routing
             .write()
             .expect("routing lock is never poisoned") = Arc::new(view);
+    }
+}
+
+/// The committed overlay: proposed by the leader's node, adopted when
+/// newer, passed on.
+impl TopologyState {
+    /// On the leader's node: proposes the nodes this node's view holds
+    /// down, when they differ from the committed overlay's and no earlier
+    /// proposal from the same epoch is still on its way.
+    fn propose_overlay(&mut self) {
+        let leading = self.context.replica_leading.load(Ordering::Relaxed);
+        if !self.replicated || !leading {
+            return;
+        }
+        let live = self.membership.live();
+        let names = &self.context.directory.node_names;
+        let down: BTreeSet<String> = names
+            .iter()
+            .filter(|name| !live.contains(*name))
+            .cloned()
+            .collect();
+        if down == self.committed.down {
+            return;
+        }
+        let (now, epoch) = (monotonic_ms(), self.committed.epoch);
+        let waiting = self.proposed.is_some_and(|(from, at)| {
+            from == epoch && now.saturating_sub(at) < OVERLAY_PROPOSAL_WAIT_MS
+        });
+        let Some(replica) = self.context.replica.get() else {
+            return;
+        };
+        if waiting {
+            return;
+        }
+        let index = self.context.directory.node_index[&self.context.node_id];
+        self.proposal_sequence += 1;
+        let request = RequestId {
+            client: OVERLAY_CLIENT_BASE - u64::from(index),
+            sequence: self.proposal_sequence,
+        };
+        let command = Command::Overlay {
+            after_epoch: epoch,
+            down,
+        };
+        if replica
+            .cast(RaftMsg::ProposeOverlay(Proposal { request, command }))
+            .is_ok()
+        {
+            self.proposed = Some((epoch, now));
+            NodeMetrics::count(&self.context.metrics.counters.overlay_proposals);
+        }
+    }
+
+    /// Applies a committed overlay newer than the one applied, and passes
+    /// it on at once to every neighbour but the one it came from.
+    fn adopt(&mut self, commit: OverlayCommit, source: Option<&str>) {
+        if commit.epoch <= self.committed.epoch {
+            return;
+        }
+        let node = &self.context.node_id;
+        tracing::info!(%node, epoch = commit.epoch, down = ?commit.down, "committed overlay applied");
+        NodeMetrics::count(&self.context.metrics.counters.overlay_commits_applied);
+        self.committed = Arc::new(commit);
+        self.context.record_overlay(&self.committed);
+        self.proposed = None;
+        let now = monotonic_micros();
+        for peer in self.context.peers.connected() {
+            if source != Some(peer.as_str()) {
+                self.send_overlay(&peer, now);
+            }
+        }
+        self.publish();
+    }
+
+    /// A committed overlay from a neighbour.
+    fn overlay_heard(&mut self, from: &str, overlay: CommittedOverlay) {
+        let names = &self.context.directory.node_names;
+        let down: Option<BTreeSet<String>> = overlay
+            .down
+            .iter()
+            .map(|&index| names.get(usize::from(index)).cloned())
+            .collect();
+        match down {
+            Some(down) if self.replicated => {
+                let commit = OverlayCommit {
+                    epoch: overlay.epoch,
+                    down,
+                };
+                self.adopt(commit, Some(from));
+            }
+            _ => NodeMetrics::count(&self.context.metrics.counters.overlay_frames_refused),
+        }
+    }
+
+    /// Sends `peer` the committed overlay, at most once a heartbeat
+    /// interval when asked by its heartbeats.
+    fn send_overlay(&mut self, peer: &str, now: u64) {
+        let index = &self.context.directory.node_index;
+        let down = self
+            .committed
+            .down
+            .iter()
+            .filter_map(|name| index.get(name).copied())
+            .collect();
+        let overlay = CommittedOverlay {
+            epoch: self.committed.epoch,
+            down,
+        };
+        self.overlay_sent_micros.insert(peer.to_string(), now);
+        self.send(peer, &Frame::Overlay(overlay));
+    }
+
+    /// A neighbour's heartbeat showed an older overlay epoch: it is sent
+    /// the committed overlay, unless it was within a heartbeat interval.
+    fn overlay_lags(&mut self, peer: &str, now: u64) {
+        let interval = self.context.config.membership.heartbeat_interval_ms * 1_000;
+        let last = self.overlay_sent_micros.get(peer).copied();
+        if last.is_none_or(|last| now.saturating_sub(last) >= interval) {
+            self.send_overlay(peer, now);
+        }
     }
 }
 

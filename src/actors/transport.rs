@@ -650,6 +650,9 @@ async fn read_stream(
                 Frame::Members(records) => {
                     hand_to_topology(&context, &peer, ControlFrame::Members(records))
                 }
+                Frame::Overlay(overlay) => {
+                    hand_to_topology(&context, &peer, ControlFrame::Overlay(overlay))
+                }
                 Frame::Raft(part) => {
                     let whole = raft
                         .add(part)

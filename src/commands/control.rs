@@ -164,5 +164,20 @@ fn status_table(statuses: &[(String, Result<ReplicaStatus, String>)]) -> String 
             Err(error) => text.push_str(&format!("{node:<8} unreachable: {error}\n")),
         }
     }
+    // The overlay as the replica that applied the most has it.
+    let latest = statuses
+        .iter()
+        .filter_map(|(_, status)| status.as_ref().ok())
+        .max_by_key(|status| status.applied_index);
+    if let Some(status) = latest {
+        let down = match status.overlay_down.is_empty() {
+            true => "none".to_string(),
+            false => status.overlay_down.join(","),
+        };
+        text.push_str(&format!(
+            "overlay epoch {} (applied by {}), nodes down: {down}\n",
+            status.overlay_epoch, status.node
+        ));
+    }
     text
 }

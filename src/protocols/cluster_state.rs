@@ -1,8 +1,9 @@
 //! The replicated state machine: what the Raft group agrees on. Commands
 //! are applied in log order and every replica that applies the same log
 //! holds the same state. It holds the user key-value space, the agent
-//! directory (agent → node) and the overlay epoch; membership and placement
-//! join it as the control plane grows.
+//! directory (agent → node) and the committed overlay: its epoch and the
+//! nodes it leaves out as down. Placement joins it as the control plane
+//! grows.
 //!
 //! Snapshots are the bincode encoding of the whole state, compressed with
 //! zstd.
@@ -11,7 +12,7 @@
 //! replica the client asked can answer it once the command is applied, and
 //! a request retried after a lost answer is applied once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bincode::{Decode, Encode};
 
@@ -27,6 +28,11 @@ pub const SNAPSHOT_STATE_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
 const SNAPSHOT_ZSTD_LEVEL: i32 = 1;
 /// Client requests remembered for de-duplication, per client.
 const REQUESTS_REMEMBERED_MAX: usize = 1_024;
+
+/// Overlay proposals carry the client id `OVERLAY_CLIENT_BASE - i` from
+/// the node at index `i` of the sorted node list, so each node's sequence
+/// numbers are its own.
+pub const OVERLAY_CLIENT_BASE: u64 = u64::MAX;
 
 /// Identifies one client request: the client, and its own sequence number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
@@ -48,9 +54,13 @@ pub enum Command {
         agent: String,
         node: String,
     },
-    /// The overlay changed: its epoch moves to `epoch` if that is newer.
-    OverlayEpoch {
-        epoch: u64,
+    /// The overlay moves to the next epoch, leaving out the nodes in
+    /// `down`, if the state is still at `after_epoch`: a proposal made from
+    /// an older epoch (by a leader that had not seen the latest yet) is
+    /// stale and changes nothing.
+    Overlay {
+        after_epoch: u64,
+        down: BTreeSet<String>,
     },
 }
 
@@ -68,6 +78,8 @@ pub enum Outcome {
     NotFound,
     /// The request was applied before (a retry); nothing changed again.
     Repeated,
+    /// An overlay change proposed from an epoch that is no longer current.
+    Stale,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -113,7 +125,10 @@ pub struct ClusterState {
     pub applied: u64,
     pub kv: BTreeMap<String, Vec<u8>>,
     pub agents: BTreeMap<String, String>,
+    /// Bumped by every overlay change; 0 is the base overlay, all up.
     pub overlay_epoch: u64,
+    /// The nodes the committed overlay leaves out.
+    pub overlay_down: BTreeSet<String>,
     /// Per client, the sequences of its latest applied requests.
     seen: BTreeMap<u64, std::collections::BTreeSet<u64>>,
 }
@@ -158,8 +173,12 @@ impl ClusterState {
                 self.agents.insert(agent, node);
                 Outcome::Done
             }
-            Command::OverlayEpoch { epoch } => {
-                self.overlay_epoch = self.overlay_epoch.max(epoch);
+            Command::Overlay { after_epoch, down } => {
+                if after_epoch != self.overlay_epoch {
+                    return Ok(Some((request, Outcome::Stale)));
+                }
+                self.overlay_epoch += 1;
+                self.overlay_down = down;
                 Outcome::Done
             }
         };
@@ -227,11 +246,25 @@ mod tests {
             outcome(state.apply(4, &proposal(2, missing)).unwrap()),
             Outcome::NotFound
         );
-        let epoch = Command::OverlayEpoch { epoch: 5 };
-        state.apply(5, &proposal(3, epoch)).unwrap();
-        let older = Command::OverlayEpoch { epoch: 4 };
-        state.apply(6, &proposal(4, older)).unwrap();
-        assert_eq!(state.overlay_epoch, 5, "the epoch never goes back");
+        let down: BTreeSet<String> = ["n2".to_string()].into();
+        let first = Command::Overlay {
+            after_epoch: 0,
+            down: down.clone(),
+        };
+        assert_eq!(
+            outcome(state.apply(5, &proposal(3, first)).unwrap()),
+            Outcome::Done
+        );
+        let stale = Command::Overlay {
+            after_epoch: 0,
+            down: BTreeSet::new(),
+        };
+        assert_eq!(
+            outcome(state.apply(6, &proposal(4, stale)).unwrap()),
+            Outcome::Stale,
+            "a change made from an older epoch"
+        );
+        assert_eq!((state.overlay_epoch, &state.overlay_down), (1, &down));
         let snapshot = state.snapshot();
         let restored = ClusterState::restore(&snapshot).unwrap();
         assert_eq!(restored, state);

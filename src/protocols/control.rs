@@ -112,6 +112,8 @@ pub struct ReplicaStatus {
     pub voters: Vec<String>,
     pub learners: Vec<String>,
     pub overlay_epoch: u64,
+    /// The nodes the committed overlay leaves out.
+    pub overlay_down: Vec<String>,
     pub keys: u64,
     pub fsync: bool,
 }

@@ -37,7 +37,21 @@ pub enum Frame {
     /// is split into parts sent in order on one stream: every part but the
     /// last says `more`.
     Raft(RaftPart),
+    /// The overlay the control plane committed, passed from node to node
+    /// so nodes without a replica apply it too.
+    Overlay(CommittedOverlay),
 }
+
+/// The committed overlay: its epoch and the nodes it leaves out, by index
+/// in the sorted node list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct CommittedOverlay {
+    pub epoch: u64,
+    pub down: Vec<u16>,
+}
+
+/// Most nodes one committed overlay may leave out.
+pub const OVERLAY_DOWN_MAX: usize = crate::config::NODES_MAX;
 
 /// One part of a protobuf-encoded Raft message.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -75,6 +89,9 @@ pub struct Heartbeat {
     /// The sender's smoothed round-trip time to each of its neighbours, as
     /// (node index in the sorted node list, microseconds).
     pub links: Vec<(u16, u32)>,
+    /// The epoch of the committed overlay the sender applies (0: the base
+    /// overlay), so a neighbour with a newer one passes it on.
+    pub overlay_epoch: u64,
 }
 
 /// The traffic classes, each on its own long-lived unidirectional stream so
@@ -240,7 +257,14 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
                 RAFT_PART_BYTES_MAX,
             ));
         }
-        Frame::Heartbeat(_) | Frame::Members(_) | Frame::Raft(_) => {}
+        Frame::Overlay(overlay) if overlay.down.len() > OVERLAY_DOWN_MAX => {
+            return Err(too_many(
+                "overlay nodes down",
+                overlay.down.len(),
+                OVERLAY_DOWN_MAX,
+            ));
+        }
+        Frame::Heartbeat(_) | Frame::Members(_) | Frame::Raft(_) | Frame::Overlay(_) => {}
     }
     Ok(frame)
 }
