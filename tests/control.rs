@@ -167,6 +167,19 @@ async fn concurrent_history(config: &ClusterConfig, clients: u64, calls: u64) ->
     history
 }
 
+/// `bytes` bytes that zstd cannot shrink, different for each `seed`.
+fn noise(seed: u64, bytes: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..bytes)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_far_behind_gets_a_snapshot_and_restarted_nodes_keep_their_state() {
     let data = tempfile::tempdir().unwrap();
@@ -179,6 +192,14 @@ async fn a_replica_far_behind_gets_a_snapshot_and_restarted_nodes_keep_their_sta
         .find(|node| *node != leader.node)
         .unwrap();
     assert!(cluster.stop_node(behind, Departure::Crash).await);
+    // Values that do not compress make the snapshot large enough to cross
+    // on several streams at once.
+    for index in 0..6 {
+        client
+            .put(&format!("blob{index}"), noise(index, 1 << 20))
+            .await
+            .unwrap();
+    }
     for index in 0..300 {
         client
             .put(&format!("key{}", index % 120), vec![index as u8; 100])
@@ -207,7 +228,12 @@ async fn a_replica_far_behind_gets_a_snapshot_and_restarted_nodes_keep_their_sta
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(caught_up.snapshot_index > 0, "{caught_up:?}");
-    assert_eq!(caught_up.keys, 120, "{caught_up:?}");
+    assert_eq!(caught_up.keys, 126, "{caught_up:?}");
+    let counters = &cluster.node(behind).unwrap().context.metrics.counters;
+    let installed = counters
+        .raft_snapshot_bytes_installed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(installed > 5 << 20, "{installed} snapshot bytes installed");
 
     // Every node stops; started again from their logs, they hold it all.
     let ids: Vec<String> = cluster.nodes.iter().map(|node| node.id.clone()).collect();
@@ -219,6 +245,12 @@ async fn a_replica_far_behind_gets_a_snapshot_and_restarted_nodes_keep_their_sta
     for index in 180..300 {
         let value = client.get(&format!("key{}", index % 120)).await.unwrap();
         assert_eq!(value, Some(vec![index as u8; 100]), "key{}", index % 120);
+    }
+    // The replica that caught up from the snapshot answers for the blobs.
+    client.prefer(behind);
+    for index in 0..6 {
+        let value = client.get(&format!("blob{index}")).await.unwrap();
+        assert!(value == Some(noise(index, 1 << 20)), "blob{index}");
     }
     cluster.shutdown().await;
 }

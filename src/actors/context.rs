@@ -114,6 +114,8 @@ pub struct PeerLink {
     /// Distinguishes this connection from an earlier or later one to the
     /// same peer, so a closing connection never unregisters its successor.
     pub connection_id: usize,
+    /// For streams of their own (snapshot transfers).
+    pub connection: quinn::Connection,
     pub queue: mpsc::Sender<OutboundFrame>,
     pub activity: Arc<LinkActivity>,
 }
@@ -193,6 +195,11 @@ impl PeerTable {
         }
         link.activity.sent_now();
         Ok(())
+    }
+
+    /// The connection to `peer`, if it is up.
+    pub fn connection(&self, peer: &str) -> Option<quinn::Connection> {
+        self.links.get(peer).map(|link| link.connection.clone())
     }
 
     pub fn insert(&self, peer: &str, link: PeerLink) {

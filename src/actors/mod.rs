@@ -26,4 +26,5 @@ pub mod raft_replica;
 pub mod router;
 pub mod supervisor;
 pub mod topology;
+pub mod transfer;
 pub mod transport;

@@ -624,11 +624,14 @@ impl RaftReplicaState {
     /// is dropped and counted (Raft retries), and a snapshot's sender is
     /// told whether it went.
     fn send(&mut self, messages: Vec<Message>) {
-        let counters = &self.context.metrics.counters;
         for message in messages {
             let Some(peer) = self.context.config.control.replica_node(message.to) else {
                 continue;
             };
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                self.send_snapshot(peer.to_string(), message);
+                continue;
+            }
             let parts = encode_raft_message(&message);
             let class = if parts.len() == 1 {
                 TrafficClass::Consensus
@@ -640,27 +643,39 @@ impl RaftReplicaState {
                 .map(|part| (class, Bytes::from(part)))
                 .collect();
             let sent = self.context.peers.try_send_all(peer, frames).is_ok();
+            let counters = &self.context.metrics.counters;
             NodeMetrics::count(if sent {
                 &counters.raft_messages_sent
             } else {
                 &counters.raft_messages_unsent
             });
-            if message.get_msg_type() != MessageType::MsgSnapshot {
-                continue;
-            }
-            // Queued is not installed: the follower's answer once it has
-            // installed the snapshot tells the leader. Reporting success
-            // now would let the leader send it again and again while the
-            // first copy is still on the way.
-            if sent {
-                let bytes = message.get_snapshot().get_data().len() as u64;
-                let wait_ms = SNAPSHOT_WAIT_MS + bytes * 1_000 / SNAPSHOT_BYTES_PER_S_MIN;
-                self.snapshots_sent
-                    .insert(message.to, monotonic_ms() + wait_ms);
-            } else {
-                self.replica.report_snapshot(message.to, false);
-            }
         }
+    }
+
+    /// Sends a snapshot on streams of its own (beside the frames, so it
+    /// delays no heartbeat or vote). Written is not installed: the
+    /// follower's answer once it has installed the snapshot tells the
+    /// leader. Reporting success on sending would let the leader send it
+    /// again and again while the first copy is still on the way.
+    fn send_snapshot(&mut self, peer: String, message: Message) {
+        let counters = &self.context.metrics.counters;
+        let to = message.to;
+        let Some(connection) = self.context.peers.connection(&peer) else {
+            NodeMetrics::count(&counters.raft_messages_unsent);
+            self.replica.report_snapshot(to, false);
+            return;
+        };
+        NodeMetrics::count(&counters.raft_messages_sent);
+        let bytes = message.get_snapshot().get_data().len() as u64;
+        let wait_ms = SNAPSHOT_WAIT_MS + bytes * 1_000 / SNAPSHOT_BYTES_PER_S_MIN;
+        self.snapshots_sent.insert(to, monotonic_ms() + wait_ms);
+        let node = self.context.node_id.clone();
+        tokio::spawn(async move {
+            // A transfer cut off is sent again once its wait is over.
+            if let Err(error) = super::transfer::send_snapshot(connection, message).await {
+                tracing::debug!(%node, %peer, %error, "snapshot transfer cut off");
+            }
+        });
     }
 
     fn pending(&self) -> usize {

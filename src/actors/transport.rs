@@ -17,7 +17,7 @@
 //! [`PeerTable`]: super::context::PeerTable
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -32,6 +32,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::config::TransportConfig;
 use crate::metrics::NodeMetrics;
 use crate::protocols::supervision::Backoff;
+use crate::protocols::wire::transfer::Transfers;
 use crate::protocols::wire::{decode_frame, Frame, RaftAssembler, StreamHeader, TrafficClass};
 use crate::tls::{self, NodeCertificate, PinnedKeys};
 
@@ -467,6 +468,7 @@ async fn run_connection(
         &peer,
         PeerLink {
             connection_id,
+            connection: connection.clone(),
             queue,
             activity: activity.clone(),
         },
@@ -553,7 +555,8 @@ async fn stream_for<'s>(
     streams: &'s mut [Option<StreamWriter>; 4],
     class: TrafficClass,
 ) -> Option<&'s mut StreamWriter> {
-    let slot = &mut streams[class.index()];
+    // Transfer streams are opened per snapshot, never queued as frames.
+    let slot = streams.get_mut(class.index())?;
     if slot.is_none() {
         let mut stream = connection.open_uni().await.ok()?;
         stream
@@ -574,11 +577,12 @@ async fn read_streams(
     activity: &Arc<LinkActivity>,
 ) -> Ending {
     let mut readers = JoinSet::new();
+    let transfers: Arc<Mutex<Transfers>> = Arc::default();
     loop {
         tokio::select! {
             stream = connection.accept_uni() => match stream {
                 Ok(stream) => {
-                    let reader = read_stream(context.clone(), stream, peer.to_string(), activity.clone());
+                    let reader = read_stream(context.clone(), stream, peer.to_string(), activity.clone(), transfers.clone());
                     readers.spawn(reader);
                 }
                 Err(_) => return Ending::Closed,
@@ -599,6 +603,7 @@ async fn read_stream(
     mut stream: quinn::RecvStream,
     peer: String,
     activity: Arc<LinkActivity>,
+    transfers: Arc<Mutex<Transfers>>,
 ) -> Result<(), String> {
     let counters = &context.metrics.counters;
     let malformed = |reason: String| {
@@ -609,7 +614,13 @@ async fn read_stream(
     if stream.read_exact(&mut header).await.is_err() {
         return Ok(());
     }
-    StreamHeader::decode(header).map_err(|error| malformed(error.to_string()))?;
+    let header = StreamHeader::decode(header).map_err(|error| malformed(error.to_string()))?;
+    if header.class == TrafficClass::Transfer {
+        activity.received_now();
+        return super::transfer::read_transfer(&context, stream, &peer, &transfers)
+            .await
+            .map_err(malformed);
+    }
     let batch_max = context.config.transport.receive_batch_max;
     let mut raft = RaftAssembler::default();
     let mut frames = FramedRead::new(
@@ -702,7 +713,7 @@ fn hand_to_topology(context: &NodeContext, peer: &str, frame: ControlFrame) {
 /// replica at the other end of the connection, is addressed to this one,
 /// and the queue has room; otherwise drops it and counts it (Raft sends
 /// again what matters).
-fn hand_to_replica(context: &NodeContext, peer: &str, message: raft::eraftpb::Message) {
+pub(super) fn hand_to_replica(context: &NodeContext, peer: &str, message: raft::eraftpb::Message) {
     let counters = &context.metrics.counters;
     let control = &context.config.control;
     let addressed = control.replica_id(peer) == Some(message.from)

@@ -18,7 +18,7 @@ use crate::protocols::membership::MemberRecord;
 
 type WireConfig = Configuration<config::LittleEndian, config::Varint, Limit<FRAME_BYTES_MAX>>;
 
-const fn wire_config() -> WireConfig {
+pub(super) const fn wire_config() -> WireConfig {
     config::standard().with_limit::<FRAME_BYTES_MAX>()
 }
 
@@ -103,6 +103,10 @@ pub enum TrafficClass {
     Data = 1,
     Consensus = 2,
     Bulk = 3,
+    /// A stream carrying one chunk of a snapshot transfer
+    /// ([`super::transfer`]) instead of frames; never queued as frames, so
+    /// not in `ALL`.
+    Transfer = 4,
 }
 
 impl TrafficClass {
@@ -143,6 +147,7 @@ impl StreamHeader {
             1 => TrafficClass::Data,
             2 => TrafficClass::Consensus,
             3 => TrafficClass::Bulk,
+            4 => TrafficClass::Transfer,
             other => return Err(DecodeError::UnknownTrafficClass(other)),
         };
         Ok(StreamHeader { class })

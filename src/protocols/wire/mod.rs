@@ -7,12 +7,14 @@
 //!   so it can change without touching callers.
 //! - [`pair_key`]: the secret two nodes share, for acknowledgement MACs.
 //! - [`duplicate_window`]: drops replays per origin with a sliding bitmap.
+//! - [`transfer`]: snapshots on streams of their own, several at once.
 
 pub mod codec;
 pub mod duplicate_window;
 pub mod envelope;
 pub mod limits;
 pub mod pair_key;
+pub mod transfer;
 
 pub use codec::{
     decode_frame, encode_frame, encode_raft_message, DecodeError, Frame, Heartbeat, RaftAssembler,
