@@ -686,11 +686,14 @@ pub fn to_markdown(report: &RaftReport) -> String {
     }
     for snapshot in &report.snapshots {
         text += &format!(
-            "| snapshot of {:.1} MB to a fresh replica | {:.0} ms, {:.0} MB/s on {} streams | 100 MB to 3 nodes in 210 ms (995 MB/s) | — |\n",
+            "| snapshot of {:.1} MB to a fresh replica | {:.0} ms, {:.0} MB/s, {} | 100 MB to 3 nodes in 210 ms (995 MB/s) | — |\n",
             snapshot.bytes as f64 / 1e6,
             snapshot.ms,
             snapshot.mb_per_s,
-            snapshot.streams
+            match snapshot.streams {
+                1 => "one stream".to_string(),
+                streams => format!("{streams} streams at once"),
+            }
         );
     }
     text += &format!(
