@@ -17,13 +17,32 @@ use agentmesh::protocols::control::ReplicaStatus;
 use agentmesh::sim::linearizability;
 use agentmesh::sim::raft::{Call, CallKind};
 
-/// A port nothing listens on now (the test binds it again at once).
+/// A port nothing listens on now (the cluster binds it soon after). It is
+/// below the kernel's ephemeral range, so no outgoing connection of a test
+/// running alongside takes it meanwhile; two tests may still pick the same
+/// one, so clusters start through [`start_cluster`], which tries again.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Starts a cluster from the config text `make` writes (fresh ports each
+/// time), again when a client port it picked was taken meanwhile.
+async fn start_cluster(make: impl Fn() -> String) -> (LocalCluster, ClusterConfig, String) {
+    for _ in 0..5 {
+        let text = make();
+        let config = parse(&text);
+        match LocalCluster::start(config.clone()).await {
+            Ok(cluster) => return (cluster, config, text),
+            Err(error) if error.to_string().contains("in use") => continue,
+            Err(error) => panic!("{error}"),
+        }
+    }
+    panic!("no free client ports in five tries");
 }
 
 /// Three replica nodes, a standby replica (n4) and a plain node (n5),
@@ -89,8 +108,7 @@ async fn settled_leader(client: &mut ControlClient) -> ReplicaStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_survive_a_killed_leader_replica_and_histories_are_linearizable() {
     let data = tempfile::tempdir().unwrap();
-    let config = parse(&config_text(data.path(), ""));
-    let cluster = LocalCluster::start(config.clone()).await.unwrap();
+    let (cluster, config, _) = start_cluster(|| config_text(data.path(), "")).await;
     let mut client = ControlClient::from_config(&config).unwrap();
     let leader = settled_leader(&mut client).await;
     for index in 0..50 {
@@ -183,8 +201,8 @@ fn noise(seed: u64, bytes: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_far_behind_gets_a_snapshot_and_restarted_nodes_keep_their_state() {
     let data = tempfile::tempdir().unwrap();
-    let config = parse(&config_text(data.path(), "compact_every = 40\n"));
-    let mut cluster = LocalCluster::start(config.clone()).await.unwrap();
+    let (mut cluster, config, _) =
+        start_cluster(|| config_text(data.path(), "compact_every = 40\n")).await;
     let mut client = ControlClient::from_config(&config).unwrap();
     let leader = settled_leader(&mut client).await;
     let behind = ["n1", "n2", "n3"]
@@ -258,8 +276,7 @@ async fn a_replica_far_behind_gets_a_snapshot_and_restarted_nodes_keep_their_sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_replica_joins_as_a_learner_is_promoted_and_a_voter_can_leave() {
     let data = tempfile::tempdir().unwrap();
-    let config = parse(&config_text(data.path(), ""));
-    let cluster = LocalCluster::start(config.clone()).await.unwrap();
+    let (cluster, config, _) = start_cluster(|| config_text(data.path(), "")).await;
     let mut client = ControlClient::from_config(&config).unwrap();
     settled_leader(&mut client).await;
     for index in 0..100 {
@@ -321,11 +338,9 @@ fn agentmesh(arguments: &[&str], config: &Path) -> (Option<i32>, String, String)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kv_and_status_commands_work_and_say_when_a_quorum_is_missing() {
     let data = tempfile::tempdir().unwrap();
-    let text = config_text(data.path(), "");
+    let (mut cluster, config, text) = start_cluster(|| config_text(data.path(), "")).await;
     let path = data.path().join("cluster.toml");
     std::fs::write(&path, &text).unwrap();
-    let config = parse(&text);
-    let mut cluster = LocalCluster::start(config.clone()).await.unwrap();
     settled_leader(&mut ControlClient::from_config(&config).unwrap()).await;
     let path_for = |arguments: &'static [&'static str]| {
         let path = path.clone();
@@ -419,7 +434,7 @@ fn up_reports_the_control_plane_in_its_summary() {
 
 /// Seven nodes on a ring, three of them replicas: nodes n4 to n7 hold no
 /// replica and n5 has none as a neighbour.
-fn ring_config(data: &Path) -> ClusterConfig {
+fn ring_config(data: &Path) -> String {
     let mut text = String::from("[cluster]\nname = \"overlay\"\nseed = 5\n");
     for index in 1..=7 {
         text += &format!("[[nodes]]\nid = \"n{index}\"\nlisten = \"127.0.0.1:0\"\n");
@@ -432,7 +447,7 @@ fn ring_config(data: &Path) -> ClusterConfig {
         "[control]\nreplicas = [\"n1\", \"n2\", \"n3\"]\ndata_dir = {:?}\n",
         data.display()
     );
-    parse(&text)
+    text
 }
 
 /// Whether every node of `cluster` but those `down` applies the same
@@ -489,8 +504,7 @@ async fn wait_for_overlay(cluster: &LocalCluster, down: &[&str], after: u64) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_applies_the_overlay_the_control_plane_commits() {
     let data = tempfile::tempdir().unwrap();
-    let config = ring_config(data.path());
-    let mut cluster = LocalCluster::start(config.clone()).await.unwrap();
+    let (mut cluster, config, _) = start_cluster(|| ring_config(data.path())).await;
     let mut client = ControlClient::from_config(&config).unwrap();
     settled_leader(&mut client).await;
 

@@ -19,5 +19,6 @@ pub mod cluster_state;
 pub mod control;
 pub mod delivery;
 pub mod membership;
+pub mod pbft;
 pub mod raft;
 pub mod routing;

@@ -3,4 +3,5 @@
 //! running the same seed again.
 
 pub mod linearizability;
+pub mod pbft;
 pub mod raft;

@@ -55,13 +55,24 @@ pub trait Keys {
 /// What a client asks the replicated state machine to do.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode)]
 pub enum Operation {
-    Put { key: String, value: Vec<u8> },
-    Get { key: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Get {
+        key: String,
+    },
     /// Sets `key` to `value` only if it has no value: of concurrent claims
     /// on one key, the one ordered first wins and the others learn who.
-    Claim { key: String, value: Vec<u8> },
+    Claim {
+        key: String,
+        value: Vec<u8>,
+    },
     /// Appends `entry` to the decision log named `log`.
-    Decide { log: String, entry: Vec<u8> },
+    Decide {
+        log: String,
+        entry: Vec<u8>,
+    },
 }
 
 /// What executing an operation gave.
@@ -70,9 +81,14 @@ pub enum OperationResult {
     Done,
     Value(Option<Vec<u8>>),
     /// A claim: whether this one won, and the value the key holds now.
-    Claimed { won: bool, holder: Vec<u8> },
+    Claimed {
+        won: bool,
+        holder: Vec<u8>,
+    },
     /// A decision: its place in its log.
-    Decided { index: u64 },
+    Decided {
+        index: u64,
+    },
 }
 
 /// A client's request, signed with its key.
@@ -96,7 +112,12 @@ impl Request {
     }
 
     /// A request signed by `keys` as the client `client`.
-    pub fn new(client: ClientKey, timestamp: u64, operation: Operation, keys: &dyn Keys) -> Request {
+    pub fn new(
+        client: ClientKey,
+        timestamp: u64,
+        operation: Operation,
+        keys: &dyn Keys,
+    ) -> Request {
         let signature = keys.sign(&Request::signing_bytes(&client, timestamp, &operation));
         Request {
             client,
@@ -171,6 +192,11 @@ pub enum Body {
     NewView {
         view_changes: Vec<Signed>,
         pre_prepares: Vec<Signed>,
+    },
+    /// Sent every retransmit interval: how far the sender executed, so
+    /// replicas ahead of it send it what it misses.
+    Status {
+        executed: u64,
     },
     /// The state at a stable checkpoint, for a replica left behind.
     FetchState {

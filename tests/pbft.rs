@@ -1,0 +1,210 @@
+//! The PBFT core in simulation: a correct group, every Byzantine behaviour
+//! with up to f faulty replicas under loss, duplication, reordering and a
+//! partition, f + 1 faulty replicas, and hostile messages. Each run is
+//! seeded; a failure prints its seed (SIM_SEED=...), and `SIM_SEEDS=N`
+//! runs N seeds per case.
+
+use agentmesh::protocols::pbft::keys::SimKeys;
+use agentmesh::protocols::pbft::{Body, Keys, PbftConfig, Replica, Request, Signed};
+use agentmesh::sim::pbft::{Behaviour, Faults, PbftSim};
+
+fn seeds(default: u64) -> std::ops::Range<u64> {
+    let count = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(default);
+    let first = std::env::var("SIM_SEED")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(1);
+    first..first + count
+}
+
+fn config(replicas: u32) -> PbftConfig {
+    let mut config = PbftConfig::new(replicas);
+    // Small intervals, so runs of a few thousand ticks cross checkpoints,
+    // garbage collection and state transfer.
+    config.checkpoint_interval = 8;
+    config.window = 16;
+    config.batch_max = 8;
+    config.request_timeout_ticks = 40;
+    config.retransmit_ticks = 10;
+    config
+}
+
+const LOSSY: Faults = Faults {
+    loss: 0.05,
+    duplicate: 0.05,
+    delay_max_ticks: 6,
+};
+
+const CALM: Faults = Faults {
+    loss: 0.0,
+    duplicate: 0.0,
+    delay_max_ticks: 2,
+};
+
+#[test]
+fn a_correct_group_orders_batches_and_every_replica_executes_the_same() {
+    for replicas in [4, 7, 10] {
+        let mut sim = PbftSim::new(1, config(replicas), 12, CALM);
+        sim.run(2_000)
+            .unwrap_or_else(|error| panic!("{replicas} replicas: {error}"));
+        let accepted: u64 = sim.accepted().iter().sum();
+        assert!(accepted > 500, "{replicas} replicas: {accepted} accepted");
+        assert!(sim.accepted().iter().all(|&count| count > 10));
+        let executed: Vec<u64> = (0..replicas).map(|id| sim.replica(id).executed()).collect();
+        let most = *executed.iter().max().unwrap();
+        assert!(executed.iter().all(|&e| e + 8 >= most), "{executed:?}");
+        let batches = sim.replica(0).counters().batches_executed;
+        let requests = sim.replica(0).counters().requests_executed;
+        assert!(
+            requests > batches,
+            "batches of more than one: {requests} in {batches}"
+        );
+        assert!(
+            sim.replica(0).stable_checkpoint() > 0,
+            "checkpoints became stable"
+        );
+        assert_eq!(sim.view_changes, 0, "no view change without a fault");
+    }
+}
+
+/// Runs `behaviour` on the first f replicas (the primary of view 0 among
+/// them) under a lossy network with one correct replica cut off for a
+/// while, then heals the network and checks every client gets answers.
+fn byzantine_run(seed: u64, replicas: u32, behaviour: Behaviour) -> Result<(), String> {
+    let config = config(replicas);
+    let faulty = config.faults();
+    let mut sim = PbftSim::new(seed, config, 6, LOSSY);
+    for id in 0..faulty {
+        sim.set_behaviour(id, behaviour);
+    }
+    let cut = replicas - 1;
+    sim.isolate(cut);
+    sim.run(800).map_err(|error| error.to_string())?;
+    sim.heal(LOSSY);
+    sim.run(700).map_err(|error| error.to_string())?;
+    sim.heal(CALM);
+    let healed_at = sim.now;
+    let before = sim.accepted();
+    sim.run(3_000).map_err(|error| error.to_string())?;
+    let after = sim.accepted();
+    let stuck: Vec<usize> = (0..after.len())
+        .filter(|&c| after[c] <= before[c])
+        .collect();
+    if !stuck.is_empty() || sim.waiting_since(healed_at + 1_500) {
+        return Err(format!(
+            "no liveness after healing: clients {stuck:?} stuck; accepted {before:?} then {after:?}; views {:?}",
+            (0..replicas).map(|id| (sim.replica(id).view(), sim.replica(id).view_change_target(), sim.replica(id).executed(), sim.replica(id).view_changes_heard())).collect::<Vec<_>>()
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn up_to_f_byzantine_replicas_of_every_kind_break_neither_safety_nor_liveness() {
+    for behaviour in Behaviour::BYZANTINE {
+        for seed in seeds(20) {
+            let replicas = if seed % 5 == 0 { 7 } else { 4 };
+            if let Err(error) = byzantine_run(seed, replicas, behaviour) {
+                panic!(
+                    "SIM_SEED={seed} ({replicas} replicas, {}): {error}",
+                    behaviour.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn f_plus_one_silent_replicas_stop_progress_and_nothing_unsafe_happens() {
+    for seed in seeds(10) {
+        let mut sim = PbftSim::new(seed, config(4), 4, CALM);
+        sim.run(300).unwrap();
+        let before = sim.accepted();
+        assert!(
+            before.iter().all(|&count| count > 0),
+            "SIM_SEED={seed}: {before:?}"
+        );
+        sim.set_behaviour(1, Behaviour::Silent);
+        sim.set_behaviour(2, Behaviour::Silent);
+        sim.run(200).unwrap();
+        let stalled = sim.accepted();
+        sim.run(2_000)
+            .unwrap_or_else(|error| panic!("SIM_SEED={seed}: {error}"));
+        assert_eq!(
+            sim.accepted(),
+            stalled,
+            "SIM_SEED={seed}: 2 of 4 silent, yet progress"
+        );
+        assert!(sim.waiting_since(sim.now - 1_000), "clients wait");
+        // Safety held throughout: run() returned no violation.
+    }
+}
+
+fn group_keys(seed: u64) -> Vec<SimKeys> {
+    (0..4).map(|id| SimKeys::replica(seed, id)).collect()
+}
+
+#[test]
+fn badly_signed_misaddressed_and_out_of_window_messages_are_refused_and_counted() {
+    let keys = group_keys(3);
+    let mut replica = Replica::new(config(4), 1, keys[1].clone());
+    let prepare = |from: u32, sequence: u64| {
+        Signed::new(
+            from,
+            0,
+            Body::Prepare {
+                sequence,
+                digest: [1; 32],
+            },
+            &keys[from as usize],
+        )
+    };
+    let mut forged = prepare(2, 1);
+    forged.signature[0] ^= 1;
+    let mut impostor = prepare(2, 1);
+    impostor.from = 3; // signed by 2, claims 3
+    replica.receive(vec![forged, impostor]);
+    assert_eq!(replica.counters().rejected_signature, 2);
+    let mut stranger = prepare(2, 1);
+    stranger.from = 9;
+    replica.receive(vec![stranger, prepare(2, 1_000), prepare(0, 1)]);
+    assert_eq!(
+        replica.counters().rejected_invalid,
+        3,
+        "unknown sender, out of the window, a prepare from the primary"
+    );
+    let client = SimKeys::client(3, 1);
+    let operation = agentmesh::protocols::pbft::Operation::Put {
+        key: "k".into(),
+        value: vec![0; 100_000],
+    };
+    let oversized = Request::new(SimKeys::client_key(1), 1, operation, &client);
+    assert!(replica.request(oversized).is_err());
+    let mut unsigned = Request::new(
+        SimKeys::client_key(1),
+        2,
+        agentmesh::protocols::pbft::Operation::Get { key: "k".into() },
+        &client,
+    );
+    unsigned.signature[3] ^= 1;
+    assert!(replica.request(unsigned).is_err());
+    assert_eq!(replica.counters().rejected_signature, 3);
+    // A pre-prepare whose digest does not match its batch.
+    let bad_batch = Signed::new(
+        0,
+        0,
+        Body::PrePrepare {
+            sequence: 1,
+            digest: [7; 32],
+            batch: Vec::new(),
+        },
+        &keys[0],
+    );
+    replica.receive(vec![bad_batch]);
+    assert_eq!(replica.counters().rejected_invalid, 5);
+    assert_eq!(replica.executed(), 0);
+    let _ = keys[0].sign(b"keys sign");
+}
