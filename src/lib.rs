@@ -11,6 +11,7 @@ pub mod config;
 pub mod control_client;
 pub mod identity;
 pub mod metrics;
+pub mod pbft_client;
 pub mod protocols;
 pub mod raft_log;
 pub mod sim;

@@ -142,6 +142,24 @@ counters! {
     /// Raft messages dropped: this node holds no replica, or the message
     /// named a sender or receiver other than its connection's ends.
     raft_dropped_misaddressed,
+    /// PBFT packets dropped: the replica's queue was full or it was
+    /// restarting (PBFT sends again what matters).
+    pbft_dropped_queue_full,
+    /// PBFT packets dropped: this node holds no PBFT replica, or a message
+    /// named a sender other than its connection's other end.
+    pbft_dropped_misaddressed,
+    /// PBFT messages and requests refused: a signature that did not verify.
+    pbft_rejected_signature,
+    /// PBFT messages and requests refused: out of the window, of the wrong
+    /// sender, not matching their digest, or otherwise invalid.
+    pbft_rejected_invalid,
+    /// Client requests refused: pbft.pending_max requests already waited.
+    pbft_refused_busy,
+    /// View changes this replica started, and views it entered.
+    pbft_view_changes_started,
+    pbft_views_entered,
+    /// Requests this replica executed.
+    pbft_requests_executed,
     /// Snapshots this replica installed from its leader, and their bytes.
     raft_snapshots_installed,
     raft_snapshot_bytes_installed,

@@ -412,6 +412,12 @@ pub struct NodeContext {
     /// until it learns one); kept here so a restarted topology actor
     /// starts from it.
     pub committed_overlay: RwLock<Arc<OverlayCommit>>,
+    /// The PBFT replica, on nodes that hold one.
+    pub pbft: Slot<super::pbft_replica::PbftMsg>,
+    /// Bounds the PBFT replica's mailbox of packets from peers.
+    pub pbft_queue: Arc<Semaphore>,
+    /// What this node's PBFT replica executed, for checks across replicas.
+    pub pbft_executed: Mutex<super::pbft_replica::ExecutedLog>,
     /// The replica's log, shared by its incarnations.
     pub raft_disk: Option<Arc<ReplicaDisk>>,
     /// Bounds the replica's mailbox of messages from peers.

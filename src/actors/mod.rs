@@ -22,6 +22,7 @@ pub mod client_api;
 pub mod context;
 pub mod directory;
 pub mod node;
+pub mod pbft_replica;
 pub mod raft_replica;
 pub mod router;
 pub mod supervisor;

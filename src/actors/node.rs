@@ -47,6 +47,7 @@ pub enum ChildKind {
     Topology,
     Router,
     RaftReplica,
+    PbftReplica,
     AgentSupervisor,
 }
 
@@ -207,6 +208,9 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         topology: Slot::default(),
         replica: Slot::default(),
         replica_leading: Default::default(),
+        pbft: Slot::default(),
+        pbft_queue: Arc::new(Semaphore::new(super::pbft_replica::PBFT_QUEUE_MAX)),
+        pbft_executed: Default::default(),
         committed_overlay: Default::default(),
         raft_disk,
         raft_queue: Arc::new(Semaphore::new(super::raft_replica::RAFT_QUEUE_MAX)),
@@ -313,6 +317,12 @@ impl NodeState {
                 .await?
                 .0
                 .get_id(),
+            ChildKind::PbftReplica => {
+                Actor::spawn_linked(None, super::pbft_replica::PbftReplica, context, supervisor)
+                    .await?
+                    .0
+                    .get_id()
+            }
             ChildKind::RaftReplica => {
                 Actor::spawn_linked(None, super::raft_replica::RaftReplica, context, supervisor)
                     .await?
@@ -398,6 +408,10 @@ impl Actor for NodeSupervisor {
         }
         if state.context.raft_disk.is_some() {
             state.spawn(&myself, ChildKind::RaftReplica).await?;
+        }
+        let pbft = &state.context.config.pbft;
+        if pbft.replica_id(&state.context.node_id).is_some() {
+            state.spawn(&myself, ChildKind::PbftReplica).await?;
         }
         let wait = Duration::from_millis(state.context.config.supervision.agents_start_timeout_ms);
         myself.send_after(wait, || NodeMsg::NeighboursWaitOver);

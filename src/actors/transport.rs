@@ -32,6 +32,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::config::TransportConfig;
 use crate::metrics::NodeMetrics;
 use crate::protocols::supervision::Backoff;
+use crate::protocols::wire::codec::PbftAssembler;
 use crate::protocols::wire::transfer::Transfers;
 use crate::protocols::wire::{decode_frame, Frame, RaftAssembler, StreamHeader, TrafficClass};
 use crate::tls::{self, NodeCertificate, PinnedKeys};
@@ -240,18 +241,21 @@ impl TransportState {
     }
 }
 
-/// The replicas other than this node's (voting or standing by), when it
-/// runs one.
+/// The replicas other than this node's, of the control plane (voting or
+/// standing by) and of the PBFT group, for each it runs a replica of.
 fn replica_peers(context: &NodeContext) -> BTreeSet<String> {
+    let me = &context.node_id;
     let control = &context.config.control;
-    if control.replica_id(&context.node_id).is_none() {
-        return BTreeSet::new();
+    let pbft = &context.config.pbft;
+    let mut peers = BTreeSet::new();
+    if control.replica_id(me).is_some() {
+        peers.extend(control.replica_nodes().cloned());
     }
-    control
-        .replica_nodes()
-        .filter(|replica| **replica != context.node_id)
-        .cloned()
-        .collect()
+    if pbft.replica_id(me).is_some() {
+        peers.extend(pbft.replicas.iter().cloned());
+    }
+    peers.remove(me);
+    peers
 }
 
 /// The deterministic rule that picks one dialer per pair: the lower id.
@@ -623,6 +627,7 @@ async fn read_stream(
     }
     let batch_max = context.config.transport.receive_batch_max;
     let mut raft = RaftAssembler::default();
+    let mut pbft = PbftAssembler::default();
     let mut frames = FramedRead::new(
         stream,
         frame_codec(context.config.transport.frame_bytes_max),
@@ -663,6 +668,14 @@ async fn read_stream(
                 }
                 Frame::Overlay(overlay) => {
                     hand_to_topology(&context, &peer, ControlFrame::Overlay(overlay))
+                }
+                Frame::Pbft(part) => {
+                    let whole = pbft
+                        .add(part)
+                        .map_err(|error| malformed(error.to_string()))?;
+                    if let Some(packet) = whole {
+                        super::pbft_replica::hand_to_pbft(&context, &peer, packet);
+                    }
                 }
                 Frame::Raft(part) => {
                     let whole = raft

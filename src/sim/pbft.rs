@@ -18,53 +18,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::protocols::pbft::keys::SimKeys;
-use crate::protocols::pbft::messages::{batch_digest, Digest};
+use crate::protocols::pbft::messages::Digest;
 use crate::protocols::pbft::{
-    Body, ClientKey, Operation, OperationResult, Outgoing, PbftConfig, Replica, ReplicaId, Reply,
+    ClientKey, Operation, OperationResult, Outgoing, PbftConfig, Replica, ReplicaId, Reply,
     Request, Signed, Target,
 };
 
-/// How a replica misbehaves; the names are those of the config and bench.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Behaviour {
-    Correct,
-    /// Sends nothing at all (a crash).
-    Silent,
-    /// As primary, sends different pre-prepares to different replicas; as
-    /// a backup, conflicting prepares and commits; lies to clients.
-    Equivocate,
-    /// Every signature it sends is broken.
-    CorruptSignatures,
-    /// Everything it sends arrives late.
-    Delay,
-    /// Also sends again, to anyone, old messages it saw.
-    Replay,
-    /// Its checkpoints name a wrong state digest; lies to clients.
-    LieCheckpoint,
-}
-
-impl Behaviour {
-    pub const BYZANTINE: [Behaviour; 6] = [
-        Behaviour::Silent,
-        Behaviour::Equivocate,
-        Behaviour::CorruptSignatures,
-        Behaviour::Delay,
-        Behaviour::Replay,
-        Behaviour::LieCheckpoint,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Behaviour::Correct => "correct",
-            Behaviour::Silent => "silent",
-            Behaviour::Equivocate => "equivocate",
-            Behaviour::CorruptSignatures => "corrupt-signatures",
-            Behaviour::Delay => "delay",
-            Behaviour::Replay => "replay",
-            Behaviour::LieCheckpoint => "lie-checkpoint",
-        }
-    }
-}
+pub use crate::protocols::pbft::Behaviour;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Faults {
@@ -390,10 +350,11 @@ impl PbftSim {
         if behaviour == Behaviour::Silent {
             return Ok(());
         }
-        for mut reply in outputs.replies {
-            if matches!(behaviour, Behaviour::Equivocate | Behaviour::LieCheckpoint) {
-                reply.result = OperationResult::Value(Some(b"a lie".to_vec()));
-            }
+        for reply in outputs
+            .replies
+            .into_iter()
+            .filter_map(|r| behaviour.reply(r))
+        {
             let Some(index) = self.clients.iter().position(|c| c.key == reply.client) else {
                 continue;
             };
@@ -440,45 +401,11 @@ impl PbftSim {
             let packet = match &outgoing {
                 Outgoing::Request(request) => Packet::Request(request.clone()),
                 Outgoing::Message(message) => {
-                    Packet::Message(self.misbehave(id, behaviour, message, place))
+                    Packet::Message(behaviour.message(message, place, &self.keys[id as usize]))
                 }
             };
             self.send(Address::Replica(to), packet, delay);
         }
-    }
-
-    /// What a Byzantine replica makes of a message it sends to the
-    /// `place`-th receiver.
-    fn misbehave(
-        &mut self,
-        id: ReplicaId,
-        behaviour: Behaviour,
-        message: &Signed,
-        place: usize,
-    ) -> Signed {
-        let keys = &self.keys[id as usize];
-        let mut message = message.clone();
-        match (behaviour, &mut message.body) {
-            (Behaviour::CorruptSignatures, _) => message.signature[7] ^= 0x40,
-            (Behaviour::Equivocate, Body::PrePrepare { digest, batch, .. }) if place % 2 == 1 => {
-                batch.reverse();
-                batch.pop();
-                *digest = batch_digest(batch);
-                message = Signed::new(id, message.view, message.body, keys);
-            }
-            (Behaviour::Equivocate, Body::Prepare { digest, .. } | Body::Commit { digest, .. })
-                if place % 2 == 1 =>
-            {
-                digest[0] ^= 0xff;
-                message = Signed::new(id, message.view, message.body, keys);
-            }
-            (Behaviour::LieCheckpoint, Body::Checkpoint { state, .. }) => {
-                state[0] ^= 0xff;
-                message = Signed::new(id, message.view, message.body, keys);
-            }
-            _ => {}
-        }
-        message
     }
 
     fn send(&mut self, to: Address, packet: Packet, extra_delay: u64) {

@@ -266,8 +266,35 @@ pub enum MessageError {
     Invalid(String),
 }
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// Bytes one message may decode from, at most: lengths inside a message
+/// cannot make a replica allocate more.
+pub const MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MESSAGE_BYTES_MAX>,
+>;
+
+fn config() -> Config {
+    bincode::config::standard().with_limit::<MESSAGE_BYTES_MAX>()
+}
+
+/// What crosses between two replicas: a replica's message, or a client's
+/// request passed on to the primary.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Packet {
+    Message(Signed),
+    Request(Request),
+}
+
+pub fn decode_packet(bytes: &[u8]) -> Result<Packet, MessageError> {
+    let (packet, used): (Packet, usize) = bincode::decode_from_slice(bytes, config())
+        .map_err(|error| MessageError::Malformed(error.to_string()))?;
+    if used != bytes.len() {
+        return Err(MessageError::Malformed("trailing bytes".into()));
+    }
+    Ok(packet)
 }
 
 pub fn encode<T: Encode>(value: &T) -> Vec<u8> {

@@ -33,12 +33,14 @@
 //!   the latest is answered again. A client accepts a result once f + 1
 //!   replicas give the same one.
 
+pub mod byzantine;
 pub mod keys;
 pub mod machine;
 pub mod messages;
 mod replica;
 mod view_change;
 
+pub use byzantine::Behaviour;
 pub use machine::{Executed, Machine};
 pub use messages::{
     Body, ClientKey, Digest, Keys, MessageError, Operation, OperationResult, PreparedProof,

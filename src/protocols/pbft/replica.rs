@@ -252,6 +252,10 @@ impl<K: Keys> Replica<K> {
         &self.config
     }
 
+    pub fn keys(&self) -> &K {
+        &self.keys
+    }
+
     pub fn take_outputs(&mut self) -> Outputs {
         std::mem::take(&mut self.outputs)
     }

@@ -40,6 +40,9 @@ pub enum Frame {
     /// The overlay the control plane committed, passed from node to node
     /// so nodes without a replica apply it too.
     Overlay(CommittedOverlay),
+    /// Part of a PBFT message between two PBFT replicas, split like a
+    /// Raft message when larger than a frame.
+    Pbft(RaftPart),
 }
 
 /// The committed overlay: its epoch and the nodes it leaves out, by index
@@ -269,7 +272,18 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
                 OVERLAY_DOWN_MAX,
             ));
         }
-        Frame::Heartbeat(_) | Frame::Members(_) | Frame::Raft(_) | Frame::Overlay(_) => {}
+        Frame::Pbft(part) if part.bytes.len() > RAFT_PART_BYTES_MAX => {
+            return Err(too_many(
+                "pbft message part bytes",
+                part.bytes.len(),
+                RAFT_PART_BYTES_MAX,
+            ));
+        }
+        Frame::Heartbeat(_)
+        | Frame::Members(_)
+        | Frame::Raft(_)
+        | Frame::Overlay(_)
+        | Frame::Pbft(_) => {}
     }
     Ok(frame)
 }
@@ -326,5 +340,55 @@ impl RaftAssembler {
         let message = decode_raft_message(&self.bytes);
         self.bytes = Vec::new();
         message.map(Some)
+    }
+}
+
+/// Largest PBFT message a replica accepts, in all its parts: a new view
+/// carrying full batches, or a state transfer.
+pub const PBFT_MESSAGE_BYTES_MAX: usize = crate::protocols::pbft::messages::MESSAGE_BYTES_MAX;
+
+/// A PBFT packet in the frames that carry it, in order.
+pub fn encode_pbft_packet(packet: &crate::protocols::pbft::messages::Packet) -> Vec<Vec<u8>> {
+    let bytes = crate::protocols::pbft::messages::encode(packet);
+    let count = bytes.len().div_ceil(RAFT_PART_BYTES_MAX).max(1);
+    (0..count)
+        .map(|index| {
+            let start = index * RAFT_PART_BYTES_MAX;
+            let end = (start + RAFT_PART_BYTES_MAX).min(bytes.len());
+            encode_frame(&Frame::Pbft(RaftPart {
+                more: index + 1 < count,
+                bytes: bytes[start..end].to_vec(),
+            }))
+        })
+        .collect()
+}
+
+/// Joins the parts of PBFT messages arriving on one stream.
+#[derive(Default)]
+pub struct PbftAssembler {
+    bytes: Vec<u8>,
+}
+
+impl PbftAssembler {
+    /// Adds a part; returns the whole message once its last part came.
+    pub fn add(
+        &mut self,
+        part: RaftPart,
+    ) -> Result<Option<crate::protocols::pbft::messages::Packet>, DecodeError> {
+        if self.bytes.len() + part.bytes.len() > PBFT_MESSAGE_BYTES_MAX {
+            return Err(DecodeError::TooManyEntries {
+                what: "pbft message bytes",
+                count: self.bytes.len() + part.bytes.len(),
+                max: PBFT_MESSAGE_BYTES_MAX,
+            });
+        }
+        self.bytes.extend_from_slice(&part.bytes);
+        if part.more {
+            return Ok(None);
+        }
+        let bytes = std::mem::take(&mut self.bytes);
+        crate::protocols::pbft::messages::decode_packet(&bytes)
+            .map(Some)
+            .map_err(|error| DecodeError::Malformed(format!("pbft message: {error}")))
     }
 }

@@ -22,8 +22,11 @@ use crate::protocols::supervision::RestartPolicy;
 use crate::protocols::topology::{KRule, Shape};
 use crate::protocols::wire::limits::{FRAME_BYTES_MAX, NAME_BYTES_MAX, PAYLOAD_BYTES_MAX, TTL_MAX};
 
+pub mod pbft;
+pub use pbft::PbftSettings;
+
 /// The example cluster that `agentmesh up` runs when given no file.
-pub const EMBEDDED_LOCAL: &str = include_str!("../config/local.toml");
+pub const EMBEDDED_LOCAL: &str = include_str!("../../config/local.toml");
 pub const EMBEDDED_LOCAL_NAME: &str = "config/local.toml (embedded)";
 
 /// Most agents one config may declare, all entries' counts together.
@@ -81,6 +84,7 @@ pub struct ClusterConfig {
     pub membership: MembershipConfig,
     pub delivery: DeliveryConfig,
     pub control: ControlConfig,
+    pub pbft: PbftSettings,
     pub agents: Vec<AgentConfig>,
 }
 
@@ -483,6 +487,8 @@ struct RawConfig {
     #[serde(default)]
     control: RawControl,
     #[serde(default)]
+    pbft: pbft::RawPbft,
+    #[serde(default)]
     agents: Vec<RawAgent>,
 }
 
@@ -661,6 +667,7 @@ fn validate(raw: RawConfig, file: &str, base: &Path, checker: &mut Checker) -> C
     validate_delivery(&raw.delivery, checker);
     let agents = validate_agents(&raw.agents, &nodes, &raw.limits, checker);
     let control = validate_control(raw.control, &nodes, base, checker);
+    let pbft = pbft::validate_pbft(raw.pbft, &nodes, checker);
     if checker.problems.is_empty() {
         validate_reach(&nodes, &topology, raw.cluster.seed, raw.limits.ttl, checker);
     }
@@ -676,6 +683,7 @@ fn validate(raw: RawConfig, file: &str, base: &Path, checker: &mut Checker) -> C
         membership: raw.membership,
         delivery: raw.delivery,
         control,
+        pbft,
         agents,
     }
 }

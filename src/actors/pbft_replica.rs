@@ -1,0 +1,395 @@
+//! The PbftReplica actor: one replica of the Byzantine-tolerant group, on
+//! each node named in `[pbft] replicas`. It drives the sans-I/O core
+//! ([`crate::protocols::pbft`]) and does its I/O:
+//!
+//! ```text
+//! peer replica ─QUIC consensus/bulk stream─▶ reader task ─Peer─▶ PbftReplica
+//! client ─Request (with its reply channel)─▶ PbftReplica ─▶ Replica
+//! PbftReplica ─packets─▶ PeerTable queue ─▶ writer task ─QUIC─▶ peer replica
+//! PbftReplica ─ClientEvent─▶ client's channel
+//! ```
+//!
+//! Messages from peers queue in the mailbox; a single `Drive` queued behind
+//! them hands them to the core together, so their signatures are checked
+//! in one batch when a queue forms. A replica configured to misbehave
+//! (`[pbft.behaviours]`) changes what it sends as
+//! [`crate::protocols::pbft::Behaviour`] says.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use crate::metrics::NodeMetrics;
+use crate::protocols::pbft::keys::Ed25519Keys;
+use crate::protocols::pbft::messages::{Digest, Packet};
+use crate::protocols::pbft::{
+    Behaviour, ClientKey, Outgoing, Outputs, Replica, ReplicaId, Reply, Request, Signed, Target,
+};
+use crate::protocols::wire::codec::encode_pbft_packet;
+use crate::protocols::wire::TrafficClass;
+
+use super::context::{NodeContext, Ticker};
+
+/// Packets from peers queued for the replica, at most.
+pub const PBFT_QUEUE_MAX: usize = 8_192;
+/// Clients whose reply channels a replica keeps.
+const CLIENTS_TRACKED_MAX: usize = 65_536;
+/// Old messages a replaying replica keeps to send again.
+const REPLAY_KEPT_MAX: usize = 1_024;
+/// Executed sequence numbers kept for checks across replicas.
+const EXECUTED_KEPT_MAX: usize = 500_000;
+
+/// What a replica tells a client.
+#[derive(Clone, Debug)]
+pub enum ClientEvent {
+    Reply(Reply),
+    /// The replica holds `pbft.pending_max` requests already, or the
+    /// request is invalid.
+    Refused {
+        replica: ReplicaId,
+        reason: String,
+    },
+}
+
+pub enum PbftMsg {
+    Tick,
+    Drive,
+    Peer {
+        packet: Box<Packet>,
+        permit: OwnedSemaphorePermit,
+    },
+    Request {
+        request: Request,
+        replies: mpsc::Sender<ClientEvent>,
+    },
+    Status(RpcReplyPort<PbftStatus>),
+}
+
+#[derive(Clone, Debug)]
+pub struct PbftStatus {
+    pub replica: ReplicaId,
+    pub view: u64,
+    pub in_view_change: bool,
+    pub executed: u64,
+    pub stable_checkpoint: u64,
+    pub batch_size: usize,
+}
+
+/// What a correct replica executed, and when views changed, for the
+/// benchmark's and tests' checks.
+#[derive(Debug, Default)]
+pub struct ExecutedLog {
+    pub correct: bool,
+    pub executed: BTreeMap<u64, Digest>,
+    /// When this replica last started a view change, while none finished.
+    pub view_change_started: Option<Instant>,
+    /// Each view entered: the view, and how long its view change took here.
+    pub views_entered: Vec<(u64, Duration)>,
+}
+
+pub struct PbftReplica;
+
+pub struct PbftReplicaState {
+    context: Arc<NodeContext>,
+    replica: Replica<Ed25519Keys>,
+    behaviour: Behaviour,
+    inbox: Vec<Signed>,
+    drive_queued: bool,
+    clients: HashMap<ClientKey, mpsc::Sender<ClientEvent>>,
+    seen: VecDeque<Signed>,
+    rng: ChaCha8Rng,
+    _ticker: Ticker,
+}
+
+impl Actor for PbftReplica {
+    type Msg = PbftMsg;
+    type State = PbftReplicaState;
+    type Arguments = Arc<NodeContext>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<PbftMsg>,
+        context: Arc<NodeContext>,
+    ) -> Result<PbftReplicaState, ActorProcessingErr> {
+        let settings = &context.config.pbft;
+        let id = settings
+            .replica_id(&context.node_id)
+            .ok_or("this node holds no PBFT replica")?;
+        let keys: Vec<_> = settings
+            .replicas
+            .iter()
+            .map(|node| context.directory.node_keys[node])
+            .collect();
+        let keys = Ed25519Keys::new(context.key.clone(), keys);
+        let replica = Replica::new(settings.protocol(), id, keys);
+        let behaviour = settings.behaviour_of(&context.node_id);
+        let tick = Duration::from_millis(settings.tick_ms);
+        let ticker = Ticker::new(myself.send_interval(tick, || PbftMsg::Tick));
+        context
+            .pbft_executed
+            .lock()
+            .expect("executed log lock is never poisoned")
+            .correct = behaviour == Behaviour::Correct;
+        tracing::info!(node = %context.node_id, id, behaviour = behaviour.name(), "pbft replica started");
+        context.pbft.set(Some(myself));
+        let seed = context.config.seed ^ u64::from(id);
+        Ok(PbftReplicaState {
+            context,
+            replica,
+            behaviour,
+            inbox: Vec::new(),
+            drive_queued: false,
+            clients: HashMap::new(),
+            seen: VecDeque::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            _ticker: ticker,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<PbftMsg>,
+        message: PbftMsg,
+        state: &mut PbftReplicaState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            PbftMsg::Tick => state.replica.tick(),
+            PbftMsg::Drive => {
+                state.drive_queued = false;
+                let inbox = std::mem::take(&mut state.inbox);
+                if !inbox.is_empty() {
+                    state.keep_for_replay(&inbox);
+                    state.replica.receive(inbox);
+                }
+                state.carry_out();
+                return Ok(());
+            }
+            PbftMsg::Peer { packet, permit } => {
+                drop(permit);
+                match *packet {
+                    Packet::Message(message) => state.inbox.push(message),
+                    Packet::Request(request) => {
+                        let _ = state.replica.request(request);
+                    }
+                }
+            }
+            PbftMsg::Request { request, replies } => state.client_request(request, replies),
+            PbftMsg::Status(reply) => {
+                let _ = reply.send(state.status());
+            }
+        }
+        if !state.drive_queued {
+            state.drive_queued = true;
+            myself.cast(PbftMsg::Drive)?;
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<PbftMsg>,
+        state: &mut PbftReplicaState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.context.pbft.set(None);
+        Ok(())
+    }
+}
+
+impl PbftReplicaState {
+    fn client_request(&mut self, request: Request, replies: mpsc::Sender<ClientEvent>) {
+        if self.clients.len() >= CLIENTS_TRACKED_MAX && !self.clients.contains_key(&request.client)
+        {
+            // Forget the clients whose channels closed; if all are open,
+            // start over: a client not heard again gets no answer.
+            self.clients.retain(|_, channel| !channel.is_closed());
+            if self.clients.len() >= CLIENTS_TRACKED_MAX {
+                self.clients.clear();
+            }
+        }
+        self.clients.insert(request.client, replies.clone());
+        if let Err(error) = self.replica.request(request) {
+            let event = ClientEvent::Refused {
+                replica: self.replica.id(),
+                reason: error.to_string(),
+            };
+            let _ = replies.try_send(event);
+        }
+    }
+
+    fn status(&self) -> PbftStatus {
+        PbftStatus {
+            replica: self.replica.id(),
+            view: self.replica.view(),
+            in_view_change: self.replica.in_view_change(),
+            executed: self.replica.executed(),
+            stable_checkpoint: self.replica.stable_checkpoint(),
+            batch_size: self.replica.batch_size(),
+        }
+    }
+
+    fn keep_for_replay(&mut self, inbox: &[Signed]) {
+        if self.behaviour != Behaviour::Replay {
+            return;
+        }
+        self.seen.extend(inbox.iter().cloned());
+        while self.seen.len() > REPLAY_KEPT_MAX {
+            self.seen.pop_front();
+        }
+    }
+
+    fn carry_out(&mut self) {
+        let outputs = self.replica.take_outputs();
+        self.record(&outputs);
+        self.publish_counters();
+        if self.behaviour == Behaviour::Silent {
+            return;
+        }
+        for reply in outputs.replies {
+            let Some(reply) = self.behaviour.reply(reply) else {
+                continue;
+            };
+            if let Some(channel) = self.clients.get(&reply.client) {
+                let _ = channel.try_send(ClientEvent::Reply(reply));
+            }
+        }
+        for (target, outgoing) in outputs.sends {
+            self.send(target, outgoing);
+        }
+        if self.behaviour == Behaviour::Replay && !self.seen.is_empty() && self.rng.gen_bool(0.3) {
+            let old = self.seen[self.rng.gen_range(0..self.seen.len())].clone();
+            let to = self.rng.gen_range(0..self.replica.config().replicas);
+            self.send(Target::Replica(to), Outgoing::Message(old));
+        }
+    }
+
+    /// Notes what was executed and when views changed.
+    fn record(&mut self, outputs: &Outputs) {
+        let mut log = self
+            .context
+            .pbft_executed
+            .lock()
+            .expect("executed log lock is never poisoned");
+        for (sequence, digest, _) in &outputs.executed {
+            log.executed.insert(*sequence, *digest);
+        }
+        while log.executed.len() > EXECUTED_KEPT_MAX {
+            log.executed.pop_first();
+        }
+        if self.replica.in_view_change() && log.view_change_started.is_none() {
+            log.view_change_started = Some(Instant::now());
+        }
+        if let Some(view) = outputs.entered_view {
+            let took = log
+                .view_change_started
+                .take()
+                .map_or(Duration::ZERO, |started| started.elapsed());
+            log.views_entered.push((view, took));
+        }
+    }
+
+    fn publish_counters(&self) {
+        let counters = self.replica.counters();
+        let metrics = &self.context.metrics.counters;
+        let set = |counter: &std::sync::atomic::AtomicU64, value: u64| {
+            counter.store(value, Ordering::Relaxed)
+        };
+        set(
+            &metrics.pbft_rejected_signature,
+            counters.rejected_signature,
+        );
+        set(&metrics.pbft_rejected_invalid, counters.rejected_invalid);
+        set(&metrics.pbft_refused_busy, counters.refused_busy);
+        set(
+            &metrics.pbft_view_changes_started,
+            counters.view_changes_started,
+        );
+        set(&metrics.pbft_views_entered, counters.views_entered);
+        set(&metrics.pbft_requests_executed, counters.requests_executed);
+    }
+
+    /// Sends a packet to its replicas, as this replica's behaviour has it.
+    fn send(&mut self, target: Target, outgoing: Outgoing) {
+        let settings = &self.context.config.pbft;
+        let me = &self.context.node_id;
+        let peers: Vec<String> = match target {
+            Target::All => settings
+                .replicas
+                .iter()
+                .filter(|n| *n != me)
+                .cloned()
+                .collect(),
+            Target::Replica(id) => settings
+                .replicas
+                .get(id as usize)
+                .cloned()
+                .into_iter()
+                .collect(),
+        };
+        let delay = match self.behaviour {
+            Behaviour::Delay => Duration::from_millis(settings.request_timeout_ms / 2),
+            _ => Duration::ZERO,
+        };
+        for (place, peer) in peers.into_iter().enumerate() {
+            let packet = match &outgoing {
+                Outgoing::Message(message) => {
+                    let keys = self.replica.keys();
+                    Packet::Message(self.behaviour.message(message, place, keys))
+                }
+                Outgoing::Request(request) => Packet::Request(request.clone()),
+            };
+            let parts = encode_pbft_packet(&packet);
+            let class = if parts.len() == 1 {
+                TrafficClass::Consensus
+            } else {
+                TrafficClass::Bulk
+            };
+            let frames: Vec<(TrafficClass, Bytes)> = parts
+                .into_iter()
+                .map(|part| (class, Bytes::from(part)))
+                .collect();
+            if delay.is_zero() {
+                let _ = self.context.peers.try_send_all(&peer, frames);
+            } else {
+                let context = self.context.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = context.peers.try_send_all(&peer, frames);
+                });
+            }
+        }
+    }
+}
+
+/// Hands a PBFT packet to this node's replica if it comes from a PBFT
+/// replica (a message only as the replica at the other end of the
+/// connection) and the queue has room; otherwise drops and counts it.
+pub fn hand_to_pbft(context: &NodeContext, peer: &str, packet: Packet) {
+    let counters = &context.metrics.counters;
+    let settings = &context.config.pbft;
+    let sender = settings.replica_id(peer);
+    let addressed = settings.replica_id(&context.node_id).is_some()
+        && match &packet {
+            Packet::Message(message) => sender == Some(message.from),
+            Packet::Request(_) => sender.is_some(),
+        };
+    if !addressed {
+        return NodeMetrics::count(&counters.pbft_dropped_misaddressed);
+    }
+    let Ok(permit) = context.pbft_queue.clone().try_acquire_owned() else {
+        return NodeMetrics::count(&counters.pbft_dropped_queue_full);
+    };
+    let Some(replica) = context.pbft.get() else {
+        return NodeMetrics::count(&counters.pbft_dropped_queue_full);
+    };
+    let _ = replica.cast(PbftMsg::Peer {
+        packet: Box::new(packet),
+        permit,
+    });
+}
