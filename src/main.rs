@@ -116,6 +116,9 @@ enum BenchCommand {
     /// The Raft control plane: commits/s, commit latency, leader failover
     /// and snapshot transfer.
     Raft(agentmesh::bench::RaftOptions),
+    /// The PBFT group: ops/s, operation latency, view changes, safety,
+    /// with up to f (or, forced, more) replicas misbehaving.
+    Pbft(agentmesh::bench::PbftOptions),
     /// Every report.json below a folder in one Markdown table.
     Summary {
         #[arg(default_value = "bench-results")]
@@ -212,6 +215,7 @@ fn main() -> ExitCode {
             Command::Status { config, json } => commands::status(&config, json).await,
             Command::Bench(BenchCommand::Storm(options)) => agentmesh::bench::storm(options).await,
             Command::Bench(BenchCommand::Raft(options)) => agentmesh::bench::raft(options).await,
+            Command::Bench(BenchCommand::Pbft(options)) => agentmesh::bench::pbft(options).await,
             Command::Bench(BenchCommand::Worker { config, nodes }) => {
                 agentmesh::bench::workers::serve(&config, &nodes).await
             }

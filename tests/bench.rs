@@ -227,3 +227,78 @@ fn a_tiny_raft_bench_writes_a_complete_report() {
         assert!(out.join(plot).exists(), "{plot} is written");
     }
 }
+
+/// Fields of DESIGN.md section 8, common and pbft.
+const PBFT_SCHEMA: &[&str] = &[
+    "/scenario",
+    "/version",
+    "/machine/cpus",
+    "/config",
+    "/duration_s",
+    "/ok",
+    "/ops_per_s",
+    "/op_latency_ms/p50",
+    "/op_latency_ms/p99",
+    "/replicas",
+    "/faulty",
+    "/batch",
+    "/view_changes",
+    "/view_change_ms",
+    "/safety_violations",
+];
+
+fn bench_pbft(arguments: &[&str], out: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .args(["bench", "pbft"])
+        .args(arguments)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_tiny_pbft_bench_with_a_silent_primary_writes_a_complete_report() {
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().join("pbft");
+    let arguments = [
+        "--replicas",
+        "4",
+        "--faulty",
+        "1",
+        "--behaviour",
+        "silent",
+        "--clients",
+        "4",
+        "--duration",
+        "2s",
+        "--warmup",
+        "0s",
+        "--request-timeout-ms",
+        "200",
+    ];
+    let output = bench_pbft(&arguments, &out);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let text = std::fs::read_to_string(out.join("report.json")).unwrap();
+    let report: Value = serde_json::from_str(&text).unwrap();
+    for pointer in PBFT_SCHEMA {
+        assert!(
+            report.pointer(pointer).is_some(),
+            "report.json lacks {pointer}: {text}"
+        );
+    }
+    assert_eq!(report["scenario"], "pbft");
+    assert_eq!(report["safety_violations"], 0);
+    assert!(report["view_changes"].as_u64().unwrap() >= 1, "{text}");
+    assert!(report["ops_per_s"].as_f64().unwrap() > 0.0, "{text}");
+    let markdown = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        markdown.contains("2,930"),
+        "the competitor's figure is beside ours"
+    );
+    // More faulty replicas than f are refused unless forced.
+    let refused = bench_pbft(&["--replicas", "4", "--faulty", "2"], &out);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+}

@@ -7,6 +7,7 @@
 use agentmesh::protocols::pbft::keys::SimKeys;
 use agentmesh::protocols::pbft::{Body, Keys, PbftConfig, Replica, Request, Signed};
 use agentmesh::sim::pbft::{Behaviour, Faults, PbftSim};
+use rand::Rng;
 
 fn seeds(default: u64) -> std::ops::Range<u64> {
     let count = std::env::var("SIM_SEEDS")
@@ -32,6 +33,13 @@ fn config(replicas: u32) -> PbftConfig {
     config
 }
 
+/// `config` with a pipeline of 4 batches on odd seeds.
+fn config_for(replicas: u32, seed: u64) -> PbftConfig {
+    let mut config = config(replicas);
+    config.inflight_batches_max = if seed % 2 == 1 { 4 } else { 1 };
+    config
+}
+
 const LOSSY: Faults = Faults {
     loss: 0.05,
     duplicate: 0.05,
@@ -47,7 +55,7 @@ const CALM: Faults = Faults {
 #[test]
 fn a_correct_group_orders_batches_and_every_replica_executes_the_same() {
     for replicas in [4, 7, 10] {
-        let mut sim = PbftSim::new(1, config(replicas), 12, CALM);
+        let mut sim = PbftSim::new(1, config_for(replicas, u64::from(replicas)), 12, CALM);
         sim.run(2_000)
             .unwrap_or_else(|error| panic!("{replicas} replicas: {error}"));
         let accepted: u64 = sim.accepted().iter().sum();
@@ -74,7 +82,7 @@ fn a_correct_group_orders_batches_and_every_replica_executes_the_same() {
 /// them) under a lossy network with one correct replica cut off for a
 /// while, then heals the network and checks every client gets answers.
 fn byzantine_run(seed: u64, replicas: u32, behaviour: Behaviour) -> Result<(), String> {
-    let config = config(replicas);
+    let config = config_for(replicas, seed);
     let faulty = config.faults();
     let mut sim = PbftSim::new(seed, config, 6, LOSSY);
     for id in 0..faulty {
@@ -105,7 +113,7 @@ fn byzantine_run(seed: u64, replicas: u32, behaviour: Behaviour) -> Result<(), S
 #[test]
 fn up_to_f_byzantine_replicas_of_every_kind_break_neither_safety_nor_liveness() {
     for behaviour in Behaviour::BYZANTINE {
-        for seed in seeds(20) {
+        for seed in seeds(35) {
             let replicas = if seed % 5 == 0 { 7 } else { 4 };
             if let Err(error) = byzantine_run(seed, replicas, behaviour) {
                 panic!(
@@ -120,7 +128,7 @@ fn up_to_f_byzantine_replicas_of_every_kind_break_neither_safety_nor_liveness() 
 #[test]
 fn f_plus_one_silent_replicas_stop_progress_and_nothing_unsafe_happens() {
     for seed in seeds(10) {
-        let mut sim = PbftSim::new(seed, config(4), 4, CALM);
+        let mut sim = PbftSim::new(seed, config_for(4, seed), 4, CALM);
         sim.run(300).unwrap();
         let before = sim.accepted();
         assert!(
@@ -207,4 +215,106 @@ fn badly_signed_misaddressed_and_out_of_window_messages_are_refused_and_counted(
     assert_eq!(replica.counters().rejected_invalid, 5);
     assert_eq!(replica.executed(), 0);
     let _ = keys[0].sign(b"keys sign");
+}
+
+/// A random message, validly signed by replica `from`, with fields that are
+/// sometimes right and mostly wrong.
+fn hostile_message(rng: &mut impl rand::Rng, keys: &[SimKeys], from: u32) -> Signed {
+    use agentmesh::protocols::pbft::messages::batch_digest;
+    use agentmesh::protocols::pbft::{Operation, PreparedProof};
+    let digest: [u8; 32] = rng.gen();
+    let sequence = rng.gen_range(0..40);
+    let view = rng.gen_range(0..4);
+    let request = |rng: &mut dyn rand::RngCore| {
+        let client = SimKeys::client(3, rng.next_u64() % 4);
+        let key = format!("k{}", rng.next_u64() % 3);
+        Request::new(
+            SimKeys::client_key(rng.next_u64() % 4),
+            rng.next_u64() % 9,
+            Operation::Get { key },
+            &client,
+        )
+    };
+    let batch: Vec<Request> = (0..rng.gen_range(0..3)).map(|_| request(rng)).collect();
+    let body = match rng.gen_range(0..10) {
+        0 => Body::PrePrepare {
+            sequence,
+            digest: if rng.gen_bool(0.5) {
+                batch_digest(&batch)
+            } else {
+                digest
+            },
+            batch,
+        },
+        1 => Body::Prepare { sequence, digest },
+        2 => Body::Commit { sequence, digest },
+        3 => Body::Checkpoint {
+            sequence: sequence * 8,
+            state: digest,
+        },
+        4 => Body::ViewChange {
+            checkpoint: sequence,
+            checkpoint_state: digest,
+            checkpoint_proof: Vec::new(),
+            prepared: vec![PreparedProof {
+                pre_prepare: Signed::new(
+                    from,
+                    view,
+                    Body::Prepare { sequence, digest },
+                    &keys[from as usize],
+                ),
+                prepares: Vec::new(),
+            }],
+        },
+        5 => Body::NewView {
+            view_changes: vec![Signed::new(
+                from,
+                view,
+                Body::Status { executed: 3 },
+                &keys[from as usize],
+            )],
+            pre_prepares: Vec::new(),
+        },
+        6 => Body::FetchState { sequence },
+        7 => Body::State {
+            sequence,
+            state: digest.to_vec(),
+        },
+        8 => Body::Status { executed: sequence },
+        _ => Body::Reply {
+            client: digest,
+            timestamp: 1,
+            result: agentmesh::protocols::pbft::OperationResult::Done,
+        },
+    };
+    Signed::new(from, view, body, &keys[from as usize])
+}
+
+#[test]
+fn validly_signed_nonsense_never_crashes_a_replica_or_makes_it_execute() {
+    use rand::SeedableRng;
+    for seed in seeds(20) {
+        let keys = group_keys(3);
+        let mut replica = Replica::new(config(4), 1, keys[1].clone());
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        for step in 0..2_000 {
+            let from = [0, 2, 3][rng.gen_range(0..3)];
+            let message = hostile_message(&mut rng, &keys, from);
+            replica.receive(vec![message]);
+            if step % 10 == 0 {
+                replica.tick();
+            }
+            let _ = replica.take_outputs();
+        }
+        let counters = replica.counters();
+        assert!(
+            counters.rejected_invalid > 100,
+            "SIM_SEED={seed}: {counters:?}"
+        );
+        assert_eq!(
+            replica.executed(),
+            0,
+            "SIM_SEED={seed}: nonsense was executed"
+        );
+    }
 }

@@ -101,6 +101,8 @@ pub struct PbftReplicaState {
     replica: Replica<Ed25519Keys>,
     behaviour: Behaviour,
     inbox: Vec<Signed>,
+    /// Client requests waiting for the next drive, with who sent each.
+    requests: Vec<(Request, Option<mpsc::Sender<ClientEvent>>)>,
     drive_queued: bool,
     clients: HashMap<ClientKey, mpsc::Sender<ClientEvent>>,
     seen: VecDeque<Signed>,
@@ -145,6 +147,7 @@ impl Actor for PbftReplica {
             replica,
             behaviour,
             inbox: Vec::new(),
+            requests: Vec::new(),
             drive_queued: false,
             clients: HashMap::new(),
             seen: VecDeque::new(),
@@ -163,6 +166,7 @@ impl Actor for PbftReplica {
             PbftMsg::Tick => state.replica.tick(),
             PbftMsg::Drive => {
                 state.drive_queued = false;
+                state.take_requests();
                 let inbox = std::mem::take(&mut state.inbox);
                 if !inbox.is_empty() {
                     state.keep_for_replay(&inbox);
@@ -175,9 +179,7 @@ impl Actor for PbftReplica {
                 drop(permit);
                 match *packet {
                     Packet::Message(message) => state.inbox.push(message),
-                    Packet::Request(request) => {
-                        let _ = state.replica.request(request);
-                    }
+                    Packet::Request(request) => state.requests.push((request, None)),
                 }
             }
             PbftMsg::Request { request, replies } => state.client_request(request, replies),
@@ -203,6 +205,26 @@ impl Actor for PbftReplica {
 }
 
 impl PbftReplicaState {
+    /// Hands the queued requests to the core, their signatures checked in
+    /// one batch, and tells clients about those refused.
+    fn take_requests(&mut self) {
+        if self.requests.is_empty() {
+            return;
+        }
+        let (requests, senders): (Vec<Request>, Vec<_>) =
+            std::mem::take(&mut self.requests).into_iter().unzip();
+        let verdicts = self.replica.requests(requests);
+        for (verdict, sender) in verdicts.into_iter().zip(senders) {
+            if let (Err(error), Some(sender)) = (verdict, sender) {
+                let event = ClientEvent::Refused {
+                    replica: self.replica.id(),
+                    reason: error.to_string(),
+                };
+                let _ = sender.try_send(event);
+            }
+        }
+    }
+
     fn client_request(&mut self, request: Request, replies: mpsc::Sender<ClientEvent>) {
         if self.clients.len() >= CLIENTS_TRACKED_MAX && !self.clients.contains_key(&request.client)
         {
@@ -214,13 +236,7 @@ impl PbftReplicaState {
             }
         }
         self.clients.insert(request.client, replies.clone());
-        if let Err(error) = self.replica.request(request) {
-            let event = ClientEvent::Refused {
-                replica: self.replica.id(),
-                reason: error.to_string(),
-            };
-            let _ = replies.try_send(event);
-        }
+        self.requests.push((request, Some(replies)));
     }
 
     fn status(&self) -> PbftStatus {

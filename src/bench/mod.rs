@@ -3,6 +3,7 @@
 //! and SVG plots.
 
 pub mod crypto;
+pub mod pbft;
 mod plots;
 pub mod raft;
 pub mod report;
@@ -11,6 +12,7 @@ pub mod storm;
 mod summary;
 pub mod workers;
 
+pub use pbft::{pbft, PbftOptions};
 pub use raft::{raft, RaftOptions};
 pub use storm::{storm, StormOptions};
 pub use summary::summary;

@@ -98,7 +98,7 @@ impl Default for RawPbft {
             window: 256,
             batch: RawBatch::Named("auto".into()),
             batch_max: 256,
-            inflight_batches_max: 4,
+            inflight_batches_max: 1,
             pending_max: 16_384,
             tick_ms: 10,
             request_timeout_ms: 500,

@@ -3,25 +3,51 @@
 //! The stand-in is as unforgeable as the simulation needs: a Byzantine
 //! replica there signs only with its own secret.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use ed25519_dalek::{Signature as Ed25519Signature, Signer as _, SigningKey, VerifyingKey};
 
 use super::messages::{digest_of, Keys, ReplicaId, Signature, Signer};
+
+/// Client keys kept decompressed: decompressing a key costs about as much
+/// as half a verification, and a client sends many requests.
+const CLIENT_KEYS_CACHED_MAX: usize = 65_536;
 
 /// A replica's or client's Ed25519 key, and the replicas' public keys.
 pub struct Ed25519Keys {
     signing: SigningKey,
     replicas: Vec<VerifyingKey>,
+    clients: Mutex<HashMap<[u8; 32], VerifyingKey>>,
 }
 
 impl Ed25519Keys {
     pub fn new(signing: SigningKey, replicas: Vec<VerifyingKey>) -> Ed25519Keys {
-        Ed25519Keys { signing, replicas }
+        Ed25519Keys {
+            signing,
+            replicas,
+            clients: Mutex::new(HashMap::new()),
+        }
     }
 
     fn key_of(&self, signer: Signer) -> Option<VerifyingKey> {
         match signer {
             Signer::Replica(id) => self.replicas.get(id as usize).copied(),
-            Signer::Client(key) => VerifyingKey::from_bytes(&key).ok(),
+            Signer::Client(bytes) => {
+                let mut clients = self
+                    .clients
+                    .lock()
+                    .expect("client keys lock is never poisoned");
+                if let Some(key) = clients.get(&bytes) {
+                    return Some(*key);
+                }
+                let key = VerifyingKey::from_bytes(&bytes).ok()?;
+                if clients.len() >= CLIENT_KEYS_CACHED_MAX {
+                    clients.clear();
+                }
+                clients.insert(bytes, key);
+                Some(key)
+            }
         }
     }
 }

@@ -78,7 +78,7 @@ impl PbftConfig {
             window: 256,
             batch_max: 256,
             batch_fixed: None,
-            inflight_batches_max: 4,
+            inflight_batches_max: 1,
             pending_max: 16_384,
             request_timeout_ticks: 50,
             retransmit_ticks: 20,

@@ -315,6 +315,33 @@ impl<K: Keys> Replica<K> {
         self.take_request(request)
     }
 
+    /// Requests from clients, their signatures checked in one batch; the
+    /// verdict for each, in order.
+    pub fn requests(&mut self, requests: Vec<Request>) -> Vec<Result<(), super::MessageError>> {
+        let items: Vec<(Signer, Vec<u8>, [u8; 64])> = requests
+            .iter()
+            .map(|r| (Signer::Client(r.client), r.own_signing_bytes(), r.signature))
+            .collect();
+        let verdicts = self.keys.verify_all(&items);
+        requests
+            .into_iter()
+            .zip(verdicts)
+            .map(|(request, good)| {
+                if let Err(error) = request.check() {
+                    self.counters.rejected_invalid += 1;
+                    return Err(error);
+                }
+                if !good {
+                    self.counters.rejected_signature += 1;
+                    return Err(super::MessageError::BadSignature(Signer::Client(
+                        request.client,
+                    )));
+                }
+                self.take_request(request)
+            })
+            .collect()
+    }
+
     /// A checked request: answered again if executed, else held.
     fn take_request(&mut self, request: Request) -> Result<(), super::MessageError> {
         if let Some(record) = self.machine.last_of(&request.client) {

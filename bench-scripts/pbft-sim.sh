@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The PBFT simulation over many more seeds than the test suite runs: every
+# Byzantine behaviour on up to f replicas under loss, duplication,
+# reordering and a partition. SIM_SEEDS (default 500) seeds per behaviour.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIM_SEEDS=${SIM_SEEDS:-500} cargo test --release --test pbft -- --nocapture
