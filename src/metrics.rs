@@ -160,6 +160,8 @@ counters! {
     pbft_views_entered,
     /// Requests this replica executed.
     pbft_requests_executed,
+    /// States fetched from other replicas after falling behind.
+    pbft_states_fetched,
     /// Snapshots this replica installed from its leader, and their bytes.
     raft_snapshots_installed,
     raft_snapshot_bytes_installed,

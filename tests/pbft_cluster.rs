@@ -138,3 +138,65 @@ fn a_pbft_section_with_errors_is_refused_naming_each_key() {
     );
     assert!(parse(&forced).is_ok(), "{:?}", parse(&forced));
 }
+
+async fn executed_by(cluster: &LocalCluster, id: &str) -> Option<u64> {
+    let actor = cluster.node(id)?.context.pbft.get()?;
+    let status = actor
+        .call(
+            agentmesh::actors::pbft_replica::PbftMsg::Status,
+            Some(Duration::from_secs(5)),
+        )
+        .await
+        .ok()?;
+    match status {
+        ractor::rpc::CallResult::Success(status) => Some(status.executed),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_comes_back_empty_and_catches_up_while_the_group_goes_on() {
+    // Checkpoints every 8 batches, so the restarted replica fetches state.
+    let text = config_text("checkpoint_interval = 8\nwindow = 16\n");
+    let cluster = LocalCluster::start(parse(&text).unwrap()).await.unwrap();
+    let mut writer = client(&cluster, 9);
+    for call in 0..20 {
+        let put = Operation::Put {
+            key: format!("before{call}"),
+            value: vec![1],
+        };
+        writer.call(put).await.unwrap();
+    }
+    cluster
+        .node("n4")
+        .unwrap()
+        .context
+        .pbft
+        .get()
+        .unwrap()
+        .kill();
+    for call in 0..40 {
+        let put = Operation::Put {
+            key: format!("after{call}"),
+            value: vec![2],
+        };
+        writer.call(put).await.unwrap();
+    }
+    let target = executed_by(&cluster, "n1").await.unwrap();
+    common::wait_until_async("n4 catches up", || async {
+        executed_by(&cluster, "n4")
+            .await
+            .is_some_and(|executed| executed >= target)
+    })
+    .await;
+    assert!(cluster.counters().actor_restarts >= 1);
+    let counters = cluster
+        .node("n4")
+        .unwrap()
+        .context
+        .metrics
+        .counters
+        .values();
+    assert!(counters.pbft_states_fetched >= 1, "{counters:?}");
+    cluster.shutdown().await;
+}

@@ -328,6 +328,7 @@ impl PbftReplicaState {
         );
         set(&metrics.pbft_views_entered, counters.views_entered);
         set(&metrics.pbft_requests_executed, counters.requests_executed);
+        set(&metrics.pbft_states_fetched, counters.states_fetched);
     }
 
     /// Sends a packet to its replicas, as this replica's behaviour has it.
