@@ -19,6 +19,7 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 
 /// Polls the async `condition` until it holds; panics with `what` after
 /// WAIT_MAX.
+#[allow(dead_code)]
 pub async fn wait_until_async<F, Fut>(what: &str, mut condition: F)
 where
     F: FnMut() -> Fut,
