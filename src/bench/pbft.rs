@@ -284,17 +284,7 @@ async fn load(options: &PbftOptions, contexts: &[Arc<NodeContext>]) -> anyhow::R
             (latency, failures)
         }));
     }
-    tokio::time::sleep_until(start.into()).await;
-    measuring.store(true, Ordering::Relaxed);
-    let mut over_time = Vec::new();
-    let mut last = 0;
-    while Instant::now() < end {
-        tokio::time::sleep(Duration::from_secs(1).min(end - Instant::now())).await;
-        let now = operations.load(Ordering::Relaxed);
-        let seconds = (Instant::now().min(end) - start).as_secs_f64();
-        over_time.push((seconds, (now - last) as f64));
-        last = now;
-    }
+    let over_time = super::report::count_per_second(start, end, &measuring, &operations).await;
     let mut latency = histogram();
     let mut failures = 0;
     for task in tasks {
@@ -369,10 +359,7 @@ fn report(
     PbftReport {
         scenario: "pbft",
         version: env!("CARGO_PKG_VERSION"),
-        machine: Machine {
-            cpus: std::thread::available_parallelism().map_or(1, |cores| cores.get()),
-            os: std::env::consts::OS.into(),
-        },
+        machine: Machine::this(),
         config: options.as_json(),
         duration_s: load.seconds,
         ok: safety_violations == 0 && load.operations > 0,
@@ -432,24 +419,12 @@ pub fn to_markdown(report: &PbftReport) -> String {
 }
 
 fn write(out: &Path, report: &PbftReport, latency: &Histogram<u64>) -> anyhow::Result<()> {
-    let json = serde_json::to_string_pretty(report).expect("the report serialises");
-    std::fs::write(out.join("report.json"), json + "\n")
-        .with_context(|| format!("cannot write {}", out.join("report.json").display()))?;
-    std::fs::write(out.join("report.md"), to_markdown(report))
-        .with_context(|| format!("cannot write {}", out.join("report.md").display()))?;
-    let plots = || -> super::plots::PlotResult {
-        super::plots::latency_cdf(
-            &out.join("latency-cdf.svg"),
-            "Operation latency (CDF)",
-            "fraction executed",
-            latency,
-        )?;
-        super::plots::over_time(
-            &out.join("throughput.svg"),
-            "Operations per second",
-            "ops/s",
-            &report.over_time,
-        )
+    let titles = super::report::PlotTitles {
+        latency: "Operation latency (CDF)",
+        latency_axis: "fraction executed",
+        throughput: "Operations per second",
+        throughput_axis: "ops/s",
     };
-    plots().map_err(|error| anyhow::anyhow!("cannot draw the plots in {}: {error}", out.display()))
+    let markdown = to_markdown(report);
+    super::report::write_report_files(out, report, &markdown, latency, &report.over_time, &titles)
 }

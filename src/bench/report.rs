@@ -17,6 +17,79 @@ pub struct Machine {
     pub os: String,
 }
 
+impl Machine {
+    /// This machine.
+    pub fn this() -> Machine {
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+            os: std::env::consts::OS.into(),
+        }
+    }
+}
+
+/// Waits until `start`, lets `measuring` know, then samples `counter`
+/// every second until `end`: what it counted each second, by the seconds
+/// since `start`.
+pub async fn count_per_second(
+    start: std::time::Instant,
+    end: std::time::Instant,
+    measuring: &std::sync::atomic::AtomicBool,
+    counter: &std::sync::atomic::AtomicU64,
+) -> Vec<(f64, f64)> {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    tokio::time::sleep_until(start.into()).await;
+    measuring.store(true, Ordering::Relaxed);
+    let mut over_time = Vec::new();
+    let mut last = 0;
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_secs(1).min(end - Instant::now())).await;
+        let now = counter.load(Ordering::Relaxed);
+        let seconds = (Instant::now().min(end) - start).as_secs_f64();
+        over_time.push((seconds, (now - last) as f64));
+        last = now;
+    }
+    over_time
+}
+
+/// What the two plots of a consensus benchmark are of.
+pub struct PlotTitles {
+    pub latency: &'static str,
+    pub latency_axis: &'static str,
+    pub throughput: &'static str,
+    pub throughput_axis: &'static str,
+}
+
+/// Writes `report.json`, `report.md`, `latency-cdf.svg` and
+/// `throughput.svg` into `out`.
+pub fn write_report_files(
+    out: &std::path::Path,
+    report: &impl Serialize,
+    markdown: &str,
+    latency: &hdrhistogram::Histogram<u64>,
+    over_time: &[(f64, f64)],
+    titles: &PlotTitles,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let json = serde_json::to_string_pretty(report).expect("the report serialises");
+    std::fs::write(out.join("report.json"), json + "\n")
+        .with_context(|| format!("cannot write {}", out.join("report.json").display()))?;
+    std::fs::write(out.join("report.md"), markdown)
+        .with_context(|| format!("cannot write {}", out.join("report.md").display()))?;
+    let plots = || -> super::plots::PlotResult {
+        let cdf = out.join("latency-cdf.svg");
+        super::plots::latency_cdf(&cdf, titles.latency, titles.latency_axis, latency)?;
+        let throughput = out.join("throughput.svg");
+        super::plots::over_time(
+            &throughput,
+            titles.throughput,
+            titles.throughput_axis,
+            over_time,
+        )
+    };
+    plots().map_err(|error| anyhow::anyhow!("cannot draw the plots in {}: {error}", out.display()))
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Setup {
     pub nodes: usize,

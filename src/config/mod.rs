@@ -643,6 +643,26 @@ impl Checker {
         }
     }
 
+    /// `node`, named at `key_path`, must be a node's id, named once
+    /// among those in `seen`.
+    fn node_once<'n>(
+        &mut self,
+        key_path: &str,
+        node: &'n String,
+        nodes: &[NodeConfig],
+        seen: &mut BTreeSet<&'n String>,
+    ) {
+        if !nodes.iter().any(|entry| entry.id == *node) {
+            self.fail(
+                key_path,
+                format!("{node:?} is not the id of a [[nodes]] entry"),
+            );
+        }
+        if !seen.insert(node) {
+            self.fail(key_path, format!("{node:?} is named twice"));
+        }
+    }
+
     fn name(&mut self, key_path: &str, name: &str) {
         let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
         if name.is_empty() || name.len() > NAME_BYTES_MAX || !name.chars().all(allowed) {
@@ -720,15 +740,7 @@ fn validate_control(
             index - raw.replicas.len()
         };
         let at = format!("control.{list}[{index}]");
-        if !nodes.iter().any(|node| node.id == *replica) {
-            checker.fail(
-                &at,
-                format!("{replica:?} is not the id of a [[nodes]] entry"),
-            );
-        }
-        if !seen.insert(replica) {
-            checker.fail(&at, format!("{replica:?} is named twice"));
-        }
+        checker.node_once(&at, replica, nodes, &mut seen);
     }
     for (index, node) in nodes.iter().enumerate() {
         let Some(client) = node.client_listen else {

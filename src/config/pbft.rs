@@ -124,15 +124,7 @@ pub(super) fn validate_pbft(
     let mut seen = BTreeSet::new();
     for (index, replica) in raw.replicas.iter().enumerate() {
         let at = format!("pbft.replicas[{index}]");
-        if !nodes.iter().any(|node| node.id == *replica) {
-            checker.fail(
-                &at,
-                format!("{replica:?} is not the id of a [[nodes]] entry"),
-            );
-        }
-        if !seen.insert(replica) {
-            checker.fail(&at, format!("{replica:?} is named twice"));
-        }
+        checker.node_once(&at, replica, nodes, &mut seen);
     }
     let batch = match &raw.batch {
         RawBatch::Fixed(size) => {

@@ -294,12 +294,19 @@ pub fn encode_raft_message(message: &raft::eraftpb::Message) -> Vec<Vec<u8>> {
     let bytes = message
         .write_to_bytes()
         .expect("a Raft message always encodes");
+    in_parts(&bytes, Frame::Raft)
+}
+
+/// `bytes` cut into parts of at most RAFT_PART_BYTES_MAX, each in the
+/// frame `frame` makes of it, in order; every part but the last says
+/// `more`.
+fn in_parts(bytes: &[u8], frame: fn(RaftPart) -> Frame) -> Vec<Vec<u8>> {
     let count = bytes.len().div_ceil(RAFT_PART_BYTES_MAX).max(1);
     (0..count)
         .map(|index| {
             let start = index * RAFT_PART_BYTES_MAX;
             let end = (start + RAFT_PART_BYTES_MAX).min(bytes.len());
-            encode_frame(&Frame::Raft(RaftPart {
+            encode_frame(&frame(RaftPart {
                 more: index + 1 < count,
                 bytes: bytes[start..end].to_vec(),
             }))
@@ -349,18 +356,10 @@ pub const PBFT_MESSAGE_BYTES_MAX: usize = crate::protocols::pbft::messages::MESS
 
 /// A PBFT packet in the frames that carry it, in order.
 pub fn encode_pbft_packet(packet: &crate::protocols::pbft::messages::Packet) -> Vec<Vec<u8>> {
-    let bytes = crate::protocols::pbft::messages::encode(packet);
-    let count = bytes.len().div_ceil(RAFT_PART_BYTES_MAX).max(1);
-    (0..count)
-        .map(|index| {
-            let start = index * RAFT_PART_BYTES_MAX;
-            let end = (start + RAFT_PART_BYTES_MAX).min(bytes.len());
-            encode_frame(&Frame::Pbft(RaftPart {
-                more: index + 1 < count,
-                bytes: bytes[start..end].to_vec(),
-            }))
-        })
-        .collect()
+    in_parts(
+        &crate::protocols::pbft::messages::encode(packet),
+        Frame::Pbft,
+    )
 }
 
 /// Joins the parts of PBFT messages arriving on one stream.
