@@ -318,3 +318,46 @@ fn validly_signed_nonsense_never_crashes_a_replica_or_makes_it_execute() {
         );
     }
 }
+
+/// A correct backup cut off alone times out and asks for a view change no
+/// one else wants. Once healed it stays out of the normal case (PBFT lets
+/// it take no part in the view it left), but it keeps up by checkpoints,
+/// and when the primary then falls silent, its view change is one of the
+/// 2f + 1 the next view needs.
+#[test]
+fn a_backup_that_left_alone_counts_in_the_next_view_change() {
+    for seed in seeds(10) {
+        let mut sim = PbftSim::new(seed, config_for(4, seed), 4, CALM);
+        // Clients that ask every replica soon make the cut-off one wait on
+        // requests it never sees ordered.
+        let patient = sim.client_timeout;
+        sim.client_timeout = 5;
+        sim.isolate(3);
+        sim.run(600).unwrap();
+        sim.client_timeout = patient;
+        assert!(
+            sim.replica(3).in_view_change(),
+            "SIM_SEED={seed}: replica 3 timed out alone"
+        );
+        sim.heal(CALM);
+        sim.run(600).unwrap();
+        assert_eq!(
+            sim.replica(1).view(),
+            0,
+            "SIM_SEED={seed}: the others stayed in view 0"
+        );
+        sim.set_behaviour(0, Behaviour::Silent);
+        let before = sim.accepted();
+        sim.run(3_000)
+            .unwrap_or_else(|error| panic!("SIM_SEED={seed}: {error}"));
+        let after = sim.accepted();
+        assert!(
+            (0..after.len()).all(|c| after[c] > before[c]),
+            "SIM_SEED={seed}: {before:?} then {after:?}"
+        );
+        assert!(
+            sim.replica(3).view() >= 1,
+            "SIM_SEED={seed}: replica 3 rejoined"
+        );
+    }
+}

@@ -409,7 +409,12 @@ impl<K: Keys> Replica<K> {
     }
 
     fn step(&mut self, message: Signed) {
-        if message.view < self.view {
+        // A replica in an older view, or moving to this one after it
+        // started, lacks the new view that started it.
+        let moving_here = matches!(message.body, Body::ViewChange { .. })
+            && message.view == self.view
+            && self.changing.is_none();
+        if message.view < self.view || moving_here {
             self.help_behind(message.from);
         }
         let normal = self.changing.is_none() && message.view == self.view;
@@ -874,13 +879,9 @@ impl<K: Keys> Replica<K> {
 
     /// Sends again what others may have lost.
     fn retransmit(&mut self) {
-        let status = self.sign(
-            self.view,
-            Body::Status {
-                executed: self.executed,
-            },
-        );
-        self.broadcast(status);
+        // A replica in a view change takes no normal-case messages, so it
+        // asks for none; its view change, sent again, gets it the new view
+        // from replicas already there.
         if let Some(changing) = self.changing {
             if let Some(own) = self.view_changes.get(&self.id).cloned() {
                 if own.view == changing.target {
@@ -889,6 +890,11 @@ impl<K: Keys> Replica<K> {
             }
             return;
         }
+        let status = Body::Status {
+            executed: self.executed,
+        };
+        let status = self.sign(self.view, status);
+        self.broadcast(status);
         let mut again = Vec::new();
         for (_, slot) in self.slots.range(self.executed + 1..) {
             if let Some(pre_prepare) = &slot.pre_prepare {
