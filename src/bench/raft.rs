@@ -133,11 +133,18 @@ impl RaftOptions {
     }
 }
 
-/// A port nothing listens on now.
+/// A port nothing listens on now, for a replica's client API. It is taken
+/// below Linux's ephemeral range (32768 and up), so that no outgoing
+/// connection made meanwhile, which gets an ephemeral source port, can
+/// take it before the replica binds it.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    for _ in 0..1_000 {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on 127.0.0.1 between 20000 and 32000")
 }
 
 /// The standby replica that receives snapshots.
