@@ -4,7 +4,6 @@
 //! bounded; no assertion is about how fast anything happened.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,18 +18,7 @@ use agentmesh::tls::{NodeCertificate, PinnedKeys};
 use ed25519_dalek::SigningKey;
 
 mod common;
-use common::{wait_until, WAIT_MAX};
-
-async fn wait_for<F: Future<Output = bool>>(what: &str, mut condition: impl FnMut() -> F) {
-    let deadline = tokio::time::Instant::now() + WAIT_MAX;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use common::{wait_until, wait_until_async as wait_for, WAIT_MAX};
 
 fn nodes_toml(ids: &[&str]) -> String {
     ids.iter()

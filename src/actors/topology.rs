@@ -571,12 +571,12 @@ impl TopologyState {
         let waiting = self.proposed.is_some_and(|(from, at)| {
             from == epoch && now.saturating_sub(at) < OVERLAY_PROPOSAL_WAIT_MS
         });
-        let Some(replica) = self.context.replica.get() else {
-            return;
-        };
         if waiting {
             return;
         }
+        let Some(replica) = self.context.replica.get() else {
+            return;
+        };
         let index = self.context.directory.node_index[&self.context.node_id];
         self.proposal_sequence += 1;
         let request = RequestId {

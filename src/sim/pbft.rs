@@ -248,7 +248,6 @@ impl PbftSim {
     }
 
     fn clients_act(&mut self) {
-        let primary_of = |view: u64, n: u32| (view % u64::from(n)) as ReplicaId;
         let n = self.config.replicas;
         for index in 0..self.clients.len() {
             let now = self.now;
@@ -267,7 +266,7 @@ impl PbftSim {
                     let operation = pick_operation(&mut self.rng, index);
                     let request =
                         Request::new(client.key, client.timestamp, operation, &client.keys);
-                    let primary = primary_of(client.view, n);
+                    let primary = self.config.primary_of(client.view);
                     client.outstanding = Some((request.clone(), now, now, BTreeMap::new()));
                     self.send(Address::Replica(primary), Packet::Request(request), 0);
                 }

@@ -1,7 +1,7 @@
 //! One PBFT replica: the normal case, checkpoints and state transfer. The
 //! view change is in `view_change.rs`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::machine::{Executed, Machine};
 use super::messages::{
@@ -14,9 +14,6 @@ use super::PbftConfig;
 const CATCH_UP_SLOTS_MAX: u64 = 64;
 /// Checkpoint votes remembered per replica (its highest ones).
 const CHECKPOINT_VOTES_PER_REPLICA: usize = 4;
-/// Ticks the new view that started a view is sent to replicas still in an
-/// older one, at most once per retransmit interval each.
-const NEW_VIEW_HELP_TICKS_MIN: u64 = 1;
 
 /// Where a message goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,7 +144,7 @@ pub struct Replica<K: Keys> {
     /// The requests held, and at the primary those it ordered in this
     /// view, which are not executed yet: a copy that comes again is not
     /// held twice.
-    pub(super) known: BTreeMap<(ClientKey, u64), ()>,
+    pub(super) known: BTreeSet<(ClientKey, u64)>,
     /// When a request last started waiting with none executed since.
     pub(super) timer_since: Option<u64>,
     pub(super) batch_size: usize,
@@ -188,7 +185,7 @@ impl<K: Keys> Replica<K> {
             slots: BTreeMap::new(),
             next_sequence: 0,
             pending: VecDeque::new(),
-            known: BTreeMap::new(),
+            known: BTreeSet::new(),
             timer_since: None,
             view_changes: BTreeMap::new(),
             new_view: None,
@@ -300,19 +297,9 @@ impl<K: Keys> Replica<K> {
     /// this replica holds `pending_max` requests already; bad ones are
     /// counted and dropped.
     pub fn request(&mut self, request: Request) -> Result<(), super::MessageError> {
-        if let Err(error) = request.check() {
-            self.counters.rejected_invalid += 1;
-            return Err(error);
-        }
-        let signer = Signer::Client(request.client);
-        if !self
-            .keys
-            .verify(signer, &request.own_signing_bytes(), &request.signature)
-        {
-            self.counters.rejected_signature += 1;
-            return Err(super::MessageError::BadSignature(signer));
-        }
-        self.take_request(request)
+        self.requests(vec![request])
+            .pop()
+            .expect("one verdict per request")
     }
 
     /// Requests from clients, their signatures checked in one batch; the
@@ -354,7 +341,7 @@ impl<K: Keys> Replica<K> {
             }
         }
         let key = (request.client, request.timestamp);
-        if self.known.contains_key(&key) {
+        if self.known.contains(&key) {
             return Ok(());
         }
         if self.pending.len() >= self.config.pending_max {
@@ -364,7 +351,7 @@ impl<K: Keys> Replica<K> {
                 self.pending.len()
             )));
         }
-        self.known.insert(key, ());
+        self.known.insert(key);
         if self.timer_since.is_none() {
             self.timer_since = Some(self.ticks);
         }
@@ -553,8 +540,8 @@ impl<K: Keys> Replica<K> {
         if message.from != self.id {
             for request in &batch {
                 let key = (request.client, request.timestamp);
-                if self.pending.len() < self.config.pending_max && !self.known.contains_key(&key) {
-                    self.known.insert(key, ());
+                if self.pending.len() < self.config.pending_max && !self.known.contains(&key) {
+                    self.known.insert(key);
                     self.pending.push_back(request.clone());
                 }
             }
@@ -612,10 +599,7 @@ impl<K: Keys> Replica<K> {
         let Some(slot) = self.slots.get_mut(&sequence) else {
             return;
         };
-        let Some(pre_prepare) = slot.pre_prepare.clone() else {
-            return;
-        };
-        if slot.sent_commit {
+        if slot.pre_prepare.is_none() || slot.sent_commit {
             return;
         }
         let digest = slot.digest;
@@ -632,7 +616,7 @@ impl<K: Keys> Replica<K> {
             return;
         }
         slot.prepared = Some(PreparedProof {
-            pre_prepare,
+            pre_prepare: slot.pre_prepare.clone().expect("checked above"),
             prepares: matching,
         });
         slot.sent_commit = true;
@@ -840,7 +824,7 @@ impl<K: Keys> Replica<K> {
         self.fetching = None;
         self.counters.states_fetched += 1;
         let machine = &self.machine;
-        self.known.retain(|(client, timestamp), _| {
+        self.known.retain(|(client, timestamp)| {
             machine
                 .last_of(client)
                 .is_none_or(|record| record.timestamp < *timestamp)
@@ -928,7 +912,7 @@ impl<K: Keys> Replica<K> {
             return;
         };
         let last = self.new_view_sent.get(&replica).copied();
-        let interval = self.config.retransmit_ticks.max(NEW_VIEW_HELP_TICKS_MIN);
+        let interval = self.config.retransmit_ticks;
         if last.is_none_or(|last| self.ticks >= last + interval) {
             self.new_view_sent.insert(replica, self.ticks);
             self.send_to(replica, new_view);

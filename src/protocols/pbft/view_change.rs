@@ -119,21 +119,16 @@ impl<K: Keys> Replica<K> {
     /// asked for cannot gather them.
     fn join_view_change(&mut self) {
         let current = self.changing.map_or(self.view, |changing| changing.target);
-        let higher: BTreeSet<u64> = self
+        // One view change per replica is kept, so each counts once.
+        let higher: Vec<u64> = self
             .view_changes
             .iter()
             .filter(|(from, m)| **from != self.id && m.view > current)
             .map(|(_, m)| m.view)
             .collect();
-        let count = self
-            .view_changes
-            .iter()
-            .filter(|(from, m)| **from != self.id && m.view > current)
-            .count();
-        if count > self.faults() {
-            if let Some(&lowest) = higher.first() {
-                self.start_view_change(lowest);
-            }
+        if higher.len() > self.faults() {
+            let lowest = *higher.iter().min().expect("more than f");
+            self.start_view_change(lowest);
         }
     }
 
@@ -359,7 +354,7 @@ impl<K: Keys> Replica<K> {
         self.known = self
             .pending
             .iter()
-            .map(|request| ((request.client, request.timestamp), ()))
+            .map(|request| (request.client, request.timestamp))
             .collect();
         self.counters.views_entered += 1;
         self.outputs.entered_view = Some(target);
