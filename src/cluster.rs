@@ -11,6 +11,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::actors::directory::Directory;
+use crate::actors::faulty_socket::FaultNet;
 use crate::actors::node::{start_node, AgentsStart, NodeHandle, NodeMsg, NodeSpec};
 use crate::config::ClusterConfig;
 use crate::identity;
@@ -161,6 +162,9 @@ pub struct LocalCluster {
     directory: Arc<Directory>,
     keys: HashMap<String, SigningKey>,
     raft_directories: RaftDirectories,
+    /// The fault layer every node's socket sends through, when the config
+    /// has `[faults]`.
+    pub faults: Option<Arc<FaultNet>>,
 }
 
 impl LocalCluster {
@@ -245,6 +249,7 @@ impl LocalCluster {
         started: Instant,
     ) -> Result<LocalCluster, ClusterError> {
         let raft_directories = RaftDirectories::for_config(&config)?;
+        let faults = fault_net(&config, &directory);
         let config = Arc::new(config);
         let mut cluster = LocalCluster {
             config,
@@ -253,6 +258,7 @@ impl LocalCluster {
             directory,
             keys,
             raft_directories,
+            faults,
         };
         let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_PROCESS_MAX));
         for (node_id, socket) in own {
@@ -279,6 +285,7 @@ impl LocalCluster {
             socket,
             agents_start: AgentsStart::WhenTold,
             handshakes: Some(handshakes),
+            faults: self.faults.clone(),
         };
         Ok(start_node(spec).await?)
     }
@@ -616,7 +623,9 @@ pub async fn start_single(
         .collect();
     let socket = bind(node_id, node.listen)?;
     let directory = Arc::new(Directory::new(&config, node_keys, node_addresses));
+    let faults = fault_net(&config, &directory);
     let spec = NodeSpec {
+        faults,
         raft_directory,
         config: Arc::new(config),
         node_id: node_id.into(),
@@ -627,6 +636,15 @@ pub async fn start_single(
         handshakes: None,
     };
     Ok(start_node(spec).await?)
+}
+
+/// The fault layer `[faults]` asks for, knowing every node's address.
+fn fault_net(config: &ClusterConfig, directory: &Directory) -> Option<Arc<FaultNet>> {
+    let net = FaultNet::new(config.faults.as_ref()?);
+    for (node, address) in &directory.node_addresses {
+        net.learn(node, *address);
+    }
+    Some(net)
 }
 
 /// Handshakes in progress at once across every node of a cluster in one

@@ -140,6 +140,7 @@ async fn two_nodes_and_a_test_peer() -> (Vec<NodeHandle>, SigningKey, HashMap<St
             agents_start: AgentsStart::WhenNeighboursUp,
             handshakes: None,
             raft_directory: None,
+            faults: None,
         };
         nodes.push(start_node(spec).await.unwrap());
     }

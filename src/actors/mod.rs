@@ -21,6 +21,7 @@ pub mod agent;
 pub mod client_api;
 pub mod context;
 pub mod directory;
+pub mod faulty_socket;
 pub mod node;
 pub mod pbft_replica;
 pub mod raft_replica;

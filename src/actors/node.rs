@@ -95,6 +95,8 @@ pub struct NodeSpec {
     /// Where the node's control-plane replica keeps its log (needed when
     /// the node holds one).
     pub raft_directory: Option<std::path::PathBuf>,
+    /// Injects faults into what the node's socket sends (None: no layer).
+    pub faults: Option<Arc<super::faulty_socket::FaultNet>>,
 }
 
 /// Dials one node keeps handshaking at once when it has the CPU to itself.
@@ -139,10 +141,15 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
     let server = quic_server_config(&certificate, pinned, &spec.config.transport)
         .map_err(|error| fail(error.to_string()))?;
     let raft_disk = open_raft_disk(&spec).map_err(fail)?;
-    let endpoint = quinn::Endpoint::new(
+    let socket: Arc<dyn quinn::AsyncUdpSocket> = match &spec.faults {
+        Some(faults) => faults.wrap(&spec.node_id, spec.socket),
+        None => quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, spec.socket),
+    }
+    .map_err(|error| fail(format!("cannot use the UDP socket: {error}")))?;
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
         Some(server),
-        spec.socket,
+        socket,
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(|error| fail(format!("cannot open the QUIC endpoint: {error}")))?;

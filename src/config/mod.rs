@@ -22,7 +22,9 @@ use crate::protocols::supervision::RestartPolicy;
 use crate::protocols::topology::{KRule, Shape};
 use crate::protocols::wire::limits::{FRAME_BYTES_MAX, NAME_BYTES_MAX, PAYLOAD_BYTES_MAX, TTL_MAX};
 
+pub mod faults;
 pub mod pbft;
+pub use faults::FaultsConfig;
 pub use pbft::PbftSettings;
 
 /// The example cluster that `agentmesh up` runs when given no file.
@@ -85,6 +87,8 @@ pub struct ClusterConfig {
     pub delivery: DeliveryConfig,
     pub control: ControlConfig,
     pub pbft: PbftSettings,
+    /// None: sockets carry datagrams as they are.
+    pub faults: Option<FaultsConfig>,
     pub agents: Vec<AgentConfig>,
 }
 
@@ -488,6 +492,7 @@ struct RawConfig {
     control: RawControl,
     #[serde(default)]
     pbft: pbft::RawPbft,
+    faults: Option<faults::RawFaults>,
     #[serde(default)]
     agents: Vec<RawAgent>,
 }
@@ -688,6 +693,7 @@ fn validate(raw: RawConfig, file: &str, base: &Path, checker: &mut Checker) -> C
     let agents = validate_agents(&raw.agents, &nodes, &raw.limits, checker);
     let control = validate_control(raw.control, &nodes, base, checker);
     let pbft = pbft::validate_pbft(raw.pbft, &nodes, checker);
+    let faults = faults::validate_faults(raw.faults, raw.cluster.seed, &nodes, checker);
     if checker.problems.is_empty() {
         validate_reach(&nodes, &topology, raw.cluster.seed, raw.limits.ttl, checker);
     }
@@ -704,6 +710,7 @@ fn validate(raw: RawConfig, file: &str, base: &Path, checker: &mut Checker) -> C
         delivery: raw.delivery,
         control,
         pbft,
+        faults,
         agents,
     }
 }

@@ -18,6 +18,7 @@ pub fn stable_hash(text: &str) -> u64 {
 pub mod cluster_state;
 pub mod control;
 pub mod delivery;
+pub mod faults;
 pub mod membership;
 pub mod pbft;
 pub mod raft;
