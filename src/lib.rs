@@ -5,6 +5,7 @@
 pub mod actors;
 pub mod behaviours;
 pub mod bench;
+pub mod chaos;
 pub mod cluster;
 pub mod commands;
 pub mod config;

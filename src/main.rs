@@ -107,6 +107,10 @@ enum Command {
     /// Run a benchmark and write its report (JSON, Markdown, SVG plots).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run the cluster under a mixed workload while killing actors and
+    /// nodes, partitioning links and turning a PBFT replica hostile; then
+    /// check that nothing acknowledged was lost and write a report.
+    Chaos(agentmesh::chaos::ChaosOptions),
 }
 
 #[derive(Subcommand)]
@@ -213,6 +217,7 @@ fn main() -> ExitCode {
             Command::Kv(action) => commands::kv(&action).await,
             Command::Members(action) => commands::members(&action).await,
             Command::Status { config, json } => commands::status(&config, json).await,
+            Command::Chaos(options) => agentmesh::chaos::chaos(options).await,
             Command::Bench(BenchCommand::Storm(options)) => agentmesh::bench::storm(options).await,
             Command::Bench(BenchCommand::Raft(options)) => agentmesh::bench::raft(options).await,
             Command::Bench(BenchCommand::Pbft(options)) => agentmesh::bench::pbft(options).await,

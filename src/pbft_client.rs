@@ -5,7 +5,7 @@
 //! faulty replicas can make it accept a wrong one.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
@@ -18,6 +18,44 @@ use crate::protocols::pbft::{ClientKey, Operation, OperationResult, ReplicaId, R
 
 /// Answers a client's channel holds before replicas' answers are dropped.
 const EVENTS_MAX: usize = 1_024;
+
+/// Where each replica of the group runs now, by replica id. It holds the
+/// nodes weakly, so a stopped node's endpoint (and its address) is let go,
+/// and whoever restarts a node puts the new one in its place.
+#[derive(Debug)]
+pub struct ReplicaSet {
+    nodes: RwLock<Vec<Weak<NodeContext>>>,
+}
+
+impl ReplicaSet {
+    /// The replicas running on `nodes`, in replica order.
+    pub fn new(nodes: &[Arc<NodeContext>]) -> Arc<ReplicaSet> {
+        Arc::new(ReplicaSet {
+            nodes: RwLock::new(nodes.iter().map(Arc::downgrade).collect()),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.read().expect("never poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Replica `replica` now runs on `node`.
+    pub fn replace(&self, replica: usize, node: &Arc<NodeContext>) {
+        self.nodes.write().expect("never poisoned")[replica] = Arc::downgrade(node);
+    }
+
+    /// Hands `message` to replica `replica`, if its node and actor run.
+    fn cast(&self, replica: usize, message: PbftMsg) {
+        let node = self.nodes.read().expect("never poisoned")[replica].upgrade();
+        if let Some(actor) = node.and_then(|node| node.pbft.get()) {
+            let _ = actor.cast(message);
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PbftClientError {
@@ -34,8 +72,7 @@ pub enum PbftClientError {
 }
 
 pub struct PbftClient {
-    /// Each replica's node, by replica id.
-    replicas: Vec<Arc<NodeContext>>,
+    replicas: Arc<ReplicaSet>,
     keys: Ed25519Keys,
     key: ClientKey,
     timestamp: u64,
@@ -53,7 +90,7 @@ impl PbftClient {
     /// A client with key `signing` of the group whose replicas run on
     /// `replicas` (in replica order).
     pub fn new(
-        replicas: Vec<Arc<NodeContext>>,
+        replicas: Arc<ReplicaSet>,
         signing: SigningKey,
         retry_after: Duration,
     ) -> PbftClient {
@@ -155,11 +192,10 @@ impl PbftClient {
     }
 
     fn send(&self, replica: usize, request: &Request) {
-        if let Some(actor) = self.replicas[replica].pbft.get() {
-            let _ = actor.cast(PbftMsg::Request {
-                request: request.clone(),
-                replies: self.sender.clone(),
-            });
-        }
+        let message = PbftMsg::Request {
+            request: request.clone(),
+            replies: self.sender.clone(),
+        };
+        self.replicas.cast(replica, message);
     }
 }

@@ -31,12 +31,16 @@ fn parse(text: &str) -> Result<ClusterConfig, String> {
 }
 
 fn client(cluster: &LocalCluster, seed: u8) -> PbftClient {
-    let contexts = ["n1", "n2", "n3", "n4"]
+    let contexts: Vec<_> = ["n1", "n2", "n3", "n4"]
         .iter()
         .map(|id| Arc::clone(&cluster.node(id).unwrap().context))
         .collect();
     let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
-    PbftClient::new(contexts, key, Duration::from_millis(500))
+    PbftClient::new(
+        agentmesh::pbft_client::ReplicaSet::new(&contexts),
+        key,
+        Duration::from_millis(500),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

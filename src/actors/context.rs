@@ -418,6 +418,9 @@ pub struct NodeContext {
     pub pbft_queue: Arc<Semaphore>,
     /// What this node's PBFT replica executed, for checks across replicas.
     pub pbft_executed: Mutex<super::pbft_replica::ExecutedLog>,
+    /// The behaviour the PBFT replica was last told to take on at run
+    /// time (None: the config's); a restarted replica keeps it.
+    pub pbft_behaviour: Mutex<Option<crate::protocols::pbft::Behaviour>>,
     /// The replica's log, shared by its incarnations.
     pub raft_disk: Option<Arc<ReplicaDisk>>,
     /// Bounds the replica's mailbox of messages from peers.

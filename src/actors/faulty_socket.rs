@@ -146,7 +146,11 @@ impl FaultNet {
 
     fn fate(&self, from: &str, to: &str, rng: &Mutex<ChaCha8Rng>) -> Fate {
         let plan = self.plan.read().expect("plan lock is never poisoned");
-        plan.fate(from, to, &mut *rng.lock().expect("rng lock is never poisoned"))
+        plan.fate(
+            from,
+            to,
+            &mut *rng.lock().expect("rng lock is never poisoned"),
+        )
     }
 }
 

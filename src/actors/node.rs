@@ -218,6 +218,7 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         pbft: Slot::default(),
         pbft_queue: Arc::new(Semaphore::new(super::pbft_replica::PBFT_QUEUE_MAX)),
         pbft_executed: Default::default(),
+        pbft_behaviour: Default::default(),
         committed_overlay: Default::default(),
         raft_disk,
         raft_queue: Arc::new(Semaphore::new(super::raft_replica::RAFT_QUEUE_MAX)),

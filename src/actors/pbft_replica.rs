@@ -70,6 +70,9 @@ pub enum PbftMsg {
         replies: mpsc::Sender<ClientEvent>,
     },
     Status(RpcReplyPort<PbftStatus>),
+    /// From now on behave as this (a chaos run turning a replica hostile,
+    /// or back).
+    Behave(Behaviour),
 }
 
 #[derive(Clone, Debug)]
@@ -86,7 +89,10 @@ pub struct PbftStatus {
 /// benchmark's and tests' checks.
 #[derive(Debug, Default)]
 pub struct ExecutedLog {
+    /// Correct now and never told to misbehave on this node: only such a
+    /// replica's log is held to agree with the others.
     pub correct: bool,
+    pub ever_hostile: bool,
     pub executed: BTreeMap<u64, Digest>,
     /// When this replica last started a view change, while none finished.
     pub view_change_started: Option<Instant>,
@@ -131,14 +137,11 @@ impl Actor for PbftReplica {
             .collect();
         let keys = Ed25519Keys::new(context.key.clone(), keys);
         let replica = Replica::new(settings.protocol(), id, keys);
-        let behaviour = settings.behaviour_of(&context.node_id);
+        let told = *context.pbft_behaviour.lock().expect("never poisoned");
+        let behaviour = told.unwrap_or_else(|| settings.behaviour_of(&context.node_id));
         let tick = Duration::from_millis(settings.tick_ms);
         let ticker = Ticker::new(myself.send_interval(tick, || PbftMsg::Tick));
-        context
-            .pbft_executed
-            .lock()
-            .expect("executed log lock is never poisoned")
-            .correct = behaviour == Behaviour::Correct;
+        note_behaviour(&context, behaviour);
         tracing::info!(node = %context.node_id, id, behaviour = behaviour.name(), "pbft replica started");
         context.pbft.set(Some(myself));
         let seed = context.config.seed ^ u64::from(id);
@@ -186,6 +189,13 @@ impl Actor for PbftReplica {
             PbftMsg::Status(reply) => {
                 let _ = reply.send(state.status());
             }
+            PbftMsg::Behave(behaviour) => {
+                *state.context.pbft_behaviour.lock().expect("never poisoned") = Some(behaviour);
+                note_behaviour(&state.context, behaviour);
+                tracing::info!(node = %state.context.node_id, behaviour = behaviour.name(), "pbft replica behaves anew");
+                state.behaviour = behaviour;
+                return Ok(());
+            }
         }
         if !state.drive_queued {
             state.drive_queued = true;
@@ -202,6 +212,14 @@ impl Actor for PbftReplica {
         state.context.pbft.set(None);
         Ok(())
     }
+}
+
+/// Records whether the node's replica can be held to agree with the
+/// others: once it misbehaved, never again on this node.
+fn note_behaviour(context: &NodeContext, behaviour: Behaviour) {
+    let mut log = context.pbft_executed.lock().expect("never poisoned");
+    log.ever_hostile |= behaviour != Behaviour::Correct;
+    log.correct = !log.ever_hostile;
 }
 
 impl PbftReplicaState {

@@ -251,12 +251,13 @@ async fn load(options: &PbftOptions, contexts: &[Arc<NodeContext>]) -> anyhow::R
     let end = start + options.duration;
     let retry_after = Duration::from_millis(options.request_timeout_ms * 2);
     let mut tasks = Vec::new();
+    let replicas = crate::pbft_client::ReplicaSet::new(contexts);
     for index in 0..options.clients as u64 {
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&(options.seed ^ (index << 20)).to_le_bytes());
         seed[8] = 0xb5;
         let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-        let mut client = PbftClient::new(contexts.to_vec(), key, retry_after);
+        let mut client = PbftClient::new(replicas.clone(), key, retry_after);
         let (measuring, operations) = (measuring.clone(), operations.clone());
         let payload = options.payload;
         tasks.push(tokio::spawn(async move {
@@ -303,7 +304,7 @@ async fn load(options: &PbftOptions, contexts: &[Arc<NodeContext>]) -> anyhow::R
 
 /// Sequence numbers at which two correct replicas executed different
 /// batches.
-fn safety_violations(contexts: &[Arc<NodeContext>]) -> u64 {
+pub fn safety_violations(contexts: &[Arc<NodeContext>]) -> u64 {
     let mut agreed: std::collections::BTreeMap<u64, [u8; 32]> = Default::default();
     let mut violations = 0;
     for context in contexts {

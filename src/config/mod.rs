@@ -30,6 +30,8 @@ pub use pbft::PbftSettings;
 /// The example cluster that `agentmesh up` runs when given no file.
 pub const EMBEDDED_LOCAL: &str = include_str!("../../config/local.toml");
 pub const EMBEDDED_LOCAL_NAME: &str = "config/local.toml (embedded)";
+pub const EMBEDDED_CHAOS: &str = include_str!("../../config/chaos.toml");
+pub const EMBEDDED_CHAOS_NAME: &str = "config/chaos.toml (embedded)";
 
 /// Most agents one config may declare, all entries' counts together.
 pub const AGENTS_MAX: usize = 100_000;
@@ -587,6 +589,12 @@ pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
 pub fn embedded_local() -> ClusterConfig {
     parse(EMBEDDED_LOCAL, EMBEDDED_LOCAL_NAME, Path::new("."))
         .expect("the embedded config is valid; a test checks it")
+}
+
+/// The embedded cluster `agentmesh chaos` runs by default.
+pub fn embedded_chaos() -> ClusterConfig {
+    parse(EMBEDDED_CHAOS, EMBEDDED_CHAOS_NAME, Path::new("."))
+        .expect("the embedded chaos config is valid; a test checks it")
 }
 
 /// Parses and validates config text. `file` names it in messages; relative

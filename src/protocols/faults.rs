@@ -33,10 +33,7 @@ pub struct LinkFaults {
 impl LinkFaults {
     /// Whether this link does anything at all to what it carries.
     pub fn is_clean(&self) -> bool {
-        self.loss == 0.0
-            && self.duplicate == 0.0
-            && self.reorder == 0.0
-            && self.delay_ms_max == 0
+        self.loss == 0.0 && self.duplicate == 0.0 && self.reorder == 0.0 && self.delay_ms_max == 0
     }
 }
 
@@ -54,7 +51,10 @@ pub enum DropCause {
 pub enum Fate {
     Drop(DropCause),
     /// Sent `copies` times (1 or 2), each `delay_ms` from now.
-    Send { copies: u8, delay_ms: u64 },
+    Send {
+        copies: u8,
+        delay_ms: u64,
+    },
 }
 
 /// A directed link between two nodes, by id.
@@ -218,7 +218,10 @@ mod tests {
         let plan = FaultPlan::new(faults, BTreeMap::new());
         let run = fates(&plan, 7, 10_000);
         assert_eq!(run, fates(&plan, 7, 10_000), "same seed, same fates");
-        let lost = run.iter().filter(|fate| matches!(fate, Fate::Drop(_))).count();
+        let lost = run
+            .iter()
+            .filter(|fate| matches!(fate, Fate::Drop(_)))
+            .count();
         let doubled = run
             .iter()
             .filter(|fate| matches!(fate, Fate::Send { copies: 2, .. }))
