@@ -17,18 +17,7 @@ use agentmesh::protocols::control::ReplicaStatus;
 use agentmesh::sim::linearizability;
 use agentmesh::sim::raft::{Call, CallKind};
 
-/// A port nothing listens on now (the cluster binds it soon after). It is
-/// below the kernel's ephemeral range, so no outgoing connection of a test
-/// running alongside takes it meanwhile; two tests may still pick the same
-/// one, so clusters start through [`start_cluster`], which tries again.
-fn free_port() -> u16 {
-    loop {
-        let port = 20_000 + rand::random::<u16>() % 12_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+use common::free_port;
 
 /// Starts a cluster from the config text `make` writes (fresh ports each
 /// time), again when a client port it picked was taken meanwhile.

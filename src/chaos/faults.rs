@@ -38,10 +38,7 @@ use crate::protocols::pbft::Behaviour;
 const EVENTS_KEPT_MAX: usize = 2_000;
 /// How often the hostile replica changes its behaviour.
 const BEHAVIOUR_PERIOD: Duration = Duration::from_secs(15);
-/// One kill in this many crashes a whole node.
-const NODE_CRASH_ONE_IN: u32 = 20;
-/// Mean time between partitions (when on), whatever the kill rate.
-const PARTITION_EVERY: Duration = Duration::from_secs(20);
+
 /// How long a crashed node stays down, and a partition lasts.
 const NODE_DOWN_MS: (u64, u64) = (1_000, 4_000);
 const PARTITION_MS: (u64, u64) = (2_000, 5_000);
@@ -83,9 +80,12 @@ impl ActorKind {
 
 #[derive(Clone, Copy, Debug)]
 pub struct FaultSettings {
-    /// Kills per second (0: none).
+    /// Actor kills per second (0: none).
     pub kill_rate: f64,
-    pub partitions: bool,
+    /// Mean time between node crashes (zero: none).
+    pub node_kill_every: Duration,
+    /// Mean time between partitions (zero: none).
+    pub partition_every: Duration,
     pub byzantine: bool,
     pub seed: u64,
 }
@@ -177,8 +177,17 @@ impl FaultDriver {
     /// Breaks things until `until`.
     pub async fn run(&mut self, until: Instant) {
         self.started = Instant::now();
-        let mut next_kill = self.started + self.gap(self.settings.kill_rate);
-        let partition_rate = 1.0 / PARTITION_EVERY.as_secs_f64();
+        let rate_of = |every: Duration| match every.as_secs_f64() {
+            seconds if seconds > 0.0 => 1.0 / seconds,
+            _ => 0.0,
+        };
+        let (kill_rate, node_rate) = (
+            self.settings.kill_rate,
+            rate_of(self.settings.node_kill_every),
+        );
+        let partition_rate = rate_of(self.settings.partition_every);
+        let mut next_kill = self.started + self.gap(kill_rate);
+        let mut next_crash = self.started + self.gap(node_rate);
         let mut next_partition = self.started + self.gap(partition_rate);
         while Instant::now() < until {
             let now = Instant::now();
@@ -188,11 +197,18 @@ impl FaultDriver {
             if self.settings.byzantine && now >= self.behaviour_at {
                 self.turn_hostile();
             }
-            if self.settings.kill_rate > 0.0 && now >= next_kill {
-                self.one_kill().await;
-                next_kill = now + self.gap(self.settings.kill_rate);
+            if now >= next_kill {
+                self.kill_actor();
+                next_kill = now + self.gap(kill_rate);
             }
-            if self.settings.partitions && now >= next_partition {
+            if now >= next_crash {
+                // While one is down, the next waits its turn.
+                if self.down.is_empty() {
+                    self.crash_node().await;
+                }
+                next_crash = now + self.gap(node_rate);
+            }
+            if now >= next_partition {
                 self.partition();
                 next_partition = now + self.gap(partition_rate);
             }
@@ -217,16 +233,6 @@ impl FaultDriver {
             return Duration::from_secs(3_600);
         }
         Duration::from_secs_f64(self.rng.gen_range(0.5..1.5) / rate)
-    }
-
-    /// Crashes a node (one kill in [`NODE_CRASH_ONE_IN`], while no other
-    /// is down), or else kills an actor.
-    async fn one_kill(&mut self) {
-        let crash = self.rng.gen_range(0..NODE_CRASH_ONE_IN) == 0;
-        if crash && self.down.is_empty() && self.crash_node().await {
-            return;
-        }
-        self.kill_actor();
     }
 
     /// The nodes running now, in id order.
@@ -297,14 +303,14 @@ impl FaultDriver {
     }
 
     /// Crashes a node that may fail, to start again in a few seconds.
-    async fn crash_node(&mut self) -> bool {
+    async fn crash_node(&mut self) {
         let candidates: Vec<String> = self
             .running_ids()
             .into_iter()
             .filter(|node| self.may_fail(node))
             .collect();
         let Some(node) = candidates.choose(&mut self.rng).cloned() else {
-            return false;
+            return;
         };
         self.retire(&node);
         self.running.remove(&node);
@@ -316,7 +322,6 @@ impl FaultDriver {
         );
         *self.tally.kills.entry("node".into()).or_default() += 1;
         self.note(format!("crash node {node} for {down_ms} ms"));
-        true
     }
 
     /// Keeps what `node`'s sinks consumed in the incarnation now ending.

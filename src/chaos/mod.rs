@@ -65,15 +65,22 @@ pub struct ChaosOptions {
     pub duration: Duration,
     #[arg(long, default_value = "bench-results/chaos")]
     pub out: PathBuf,
-    /// Kills per second: of actors of every kind, and (one in 20) of whole
-    /// nodes, started again 1 to 4 s later. 0, with --partitions off and
-    /// --byzantine off: a calm run to compare with.
+    /// Actor kills per second, over every kind (agents, routers, topology,
+    /// transport, Raft and PBFT replicas). 0 with --node-kill-every 0,
+    /// --partitions off and --byzantine off: a calm run to compare with.
     #[arg(long, default_value_t = 1.0)]
     pub kill_rate: f64,
-    /// Partitions (one node cut off, or the nodes split in two) lasting 2
-    /// to 5 s, one every 20 s on average.
+    /// Mean time between whole-node crashes; each node is started again 1
+    /// to 4 s later (0: none).
+    #[arg(long, default_value = "20s", value_parser = crate::commands::parse_duration_or_zero)]
+    pub node_kill_every: Duration,
+    /// Partitions: one node cut off, or the nodes split in two, for 2 to
+    /// 5 s each.
     #[arg(long, value_enum, default_value = "on")]
     pub partitions: Switch,
+    /// Mean time between partitions.
+    #[arg(long, default_value = "20s", value_parser = crate::commands::parse_duration)]
+    pub partition_every: Duration,
     /// Makes the one PBFT replica allowed to fail hostile.
     #[arg(long, value_enum, default_value = "on")]
     pub byzantine: Switch,
@@ -122,7 +129,9 @@ impl ChaosOptions {
             "seed": self.seed,
             "duration_s": self.duration.as_secs_f64(),
             "kill_rate": self.kill_rate,
+            "node_kill_every_s": self.node_kill_every.as_secs_f64(),
             "partitions": self.partitions == Switch::On,
+            "partition_every_s": self.partition_every.as_secs_f64(),
             "byzantine": self.byzantine == Switch::On,
             "rate": self.rate,
             "payload": self.payload,
@@ -140,11 +149,13 @@ impl ChaosOptions {
             .unwrap_or_default();
         let switch = |on: Switch| if on == Switch::On { "on" } else { "off" };
         format!(
-            "agentmesh chaos{config} --seed {} --duration {}s --kill-rate {} --partitions {} --byzantine {} --rate {} --out DIR",
+            "agentmesh chaos{config} --seed {} --duration {}s --kill-rate {} --node-kill-every {}s --partitions {} --partition-every {}s --byzantine {} --rate {} --out DIR",
             self.seed,
             self.duration.as_secs_f64(),
             self.kill_rate,
+            self.node_kill_every.as_secs_f64(),
             switch(self.partitions),
+            self.partition_every.as_secs_f64(),
             switch(self.byzantine),
             self.rate
         )
@@ -199,7 +210,11 @@ pub async fn chaos(options: ChaosOptions) -> anyhow::Result<i32> {
     let workload = start_workload(&options, &cluster, &sinks).await?;
     let settings = FaultSettings {
         kill_rate: options.kill_rate,
-        partitions: options.partitions == Switch::On,
+        node_kill_every: options.node_kill_every,
+        partition_every: match options.partitions {
+            Switch::On => options.partition_every,
+            Switch::Off => Duration::ZERO,
+        },
         byzantine: options.byzantine == Switch::On && !config.pbft.replicas.is_empty(),
         seed: options.seed,
     };

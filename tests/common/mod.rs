@@ -34,3 +34,17 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A TCP port nothing listens on now (the caller binds it soon after). It
+/// is below the kernel's ephemeral range, so no outgoing connection of a
+/// test running alongside takes it meanwhile; two tests may still pick the
+/// same one, so callers try again with fresh ports when one is taken.
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    loop {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
