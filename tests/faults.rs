@@ -31,7 +31,12 @@ fn config_text(faults: &str) -> String {
 }
 
 fn config(faults: &str) -> ClusterConfig {
-    config::parse(&config_text(faults), "faults.toml", std::path::Path::new(".")).unwrap()
+    config::parse(
+        &config_text(faults),
+        "faults.toml",
+        std::path::Path::new("."),
+    )
+    .unwrap()
 }
 
 /// Sends `rounds` messages from every sink to every other and waits for
@@ -86,15 +91,25 @@ async fn lossy_duplicating_reordering_links_deliver_every_message_exactly_once()
     let cluster = LocalCluster::start(config(faults)).await.unwrap();
     send_everywhere(&cluster, 20, "lossy").await;
     let seen = consumed(&cluster, "lossy");
-    assert_eq!(seen.len(), 20 * NODES * (NODES - 1), "every message arrived");
-    assert!(seen.values().all(|&count| count == 1), "exactly once: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        20 * NODES * (NODES - 1),
+        "every message arrived"
+    );
+    assert!(
+        seen.values().all(|&count| count == 1),
+        "exactly once: {seen:?}"
+    );
     let counters = &cluster.faults.as_ref().expect("[faults] is set").counters;
     for (name, counter) in [
         ("lost", &counters.dropped_loss),
         ("duplicated", &counters.duplicated),
         ("delayed", &counters.delayed),
     ] {
-        assert!(counter.load(Ordering::Relaxed) > 0, "no datagram was {name}");
+        assert!(
+            counter.load(Ordering::Relaxed) > 0,
+            "no datagram was {name}"
+        );
     }
     cluster.shutdown().await;
 }
@@ -105,14 +120,23 @@ async fn a_link_cut_one_way_never_connects_and_messages_go_around_it() {
     let cluster = LocalCluster::start(config(cut)).await.unwrap();
     send_everywhere(&cluster, 3, "around").await;
     let n1 = cluster.node("n1").unwrap();
-    assert!(!n1.context.peers.is_connected("n2"), "the cut link connected");
+    assert!(
+        !n1.context.peers.is_connected("n2"),
+        "the cut link connected"
+    );
     assert!(n1.context.peers.is_connected("n3"));
     let counters = &cluster.faults.as_ref().unwrap().counters;
     assert!(counters.dropped_cut.load(Ordering::Relaxed) > 0);
     let seen = consumed(&cluster, "around");
-    assert!(seen.values().all(|&count| count == 1), "exactly once: {seen:?}");
+    assert!(
+        seen.values().all(|&count| count == 1),
+        "exactly once: {seen:?}"
+    );
     let hops = cluster.hops();
-    assert!(hops.get(2).is_some_and(|&two| two > 0), "none went around: {hops:?}");
+    assert!(
+        hops.get(2).is_some_and(|&two| two > 0),
+        "none went around: {hops:?}"
+    );
     cluster.shutdown().await;
 }
 
@@ -136,10 +160,19 @@ async fn a_node_cut_off_at_run_time_gets_its_messages_once_healed() {
         b"cut:while-cut".to_vec(),
     )
     .unwrap();
-    common::wait_until("n2 sees n1's link go", || !n2.context.peers.is_connected("n1")).await;
-    assert!(consumed(&cluster, "cut").is_empty(), "a message crossed the cut");
+    common::wait_until("n2 sees n1's link go", || {
+        !n2.context.peers.is_connected("n1")
+    })
+    .await;
+    assert!(
+        consumed(&cluster, "cut").is_empty(),
+        "a message crossed the cut"
+    );
     net.heal();
-    let outcome = tokio::time::timeout(common::WAIT_MAX, receipt).await.unwrap().unwrap();
+    let outcome = tokio::time::timeout(common::WAIT_MAX, receipt)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(outcome, Ok(()));
     assert_eq!(consumed(&cluster, "cut").get("cut:while-cut"), Some(&1));
     cluster.shutdown().await;
@@ -149,15 +182,30 @@ async fn a_node_cut_off_at_run_time_gets_its_messages_once_healed() {
 fn fault_settings_errors_name_their_key() {
     for (faults, key, reason) in [
         ("[faults]\nloss = 1.5\n", "faults.loss", "chance"),
-        ("[faults]\ndelay_ms_min = 5\ndelay_ms_max = 2\n", "faults.delay_ms_max", "range"),
-        ("[faults]\n[[faults.links]]\nfrom = \"n1\"\nto = \"n9\"\n", "faults.links[0].to", "n9"),
-        ("[faults]\n[[faults.links]]\nfrom = \"n1\"\nto = \"n1\"\n", "faults.links[0]", "both"),
+        (
+            "[faults]\ndelay_ms_min = 5\ndelay_ms_max = 2\n",
+            "faults.delay_ms_max",
+            "range",
+        ),
+        (
+            "[faults]\n[[faults.links]]\nfrom = \"n1\"\nto = \"n9\"\n",
+            "faults.links[0].to",
+            "n9",
+        ),
+        (
+            "[faults]\n[[faults.links]]\nfrom = \"n1\"\nto = \"n1\"\n",
+            "faults.links[0]",
+            "both",
+        ),
         ("[faults]\nlose = 0.1\n", "faults", "lose"),
     ] {
         let text = config_text(faults);
         let error = config::parse(&text, "faults.toml", std::path::Path::new("."))
             .expect_err(faults)
             .to_string();
-        assert!(error.contains(key) && error.contains(reason), "{faults}: {error}");
+        assert!(
+            error.contains(key) && error.contains(reason),
+            "{faults}: {error}"
+        );
     }
 }

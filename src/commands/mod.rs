@@ -281,6 +281,7 @@ fn node_status(node: &crate::actors::node::NodeHandle) -> String {
             let value = serde_json::json!({
                 "sent": load(&stats.sent), "refused": load(&stats.refused),
                 "received_data": load(&stats.received_data), "received_replies": load(&stats.received_replies),
+                "acknowledged": load(&stats.acknowledged),
             });
             (entry.key().clone(), value)
         })
