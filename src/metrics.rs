@@ -104,6 +104,8 @@ counters! {
     dropped_duplicate,
     /// Envelopes dropped: older than the duplicate window remembers.
     dropped_too_old,
+    /// Envelopes a peer sent beyond `transport.peer_envelopes_per_second_max`.
+    dropped_peer_rate_limited,
     /// Envelopes dropped: addressed to an agent this node does not host.
     dropped_misrouted,
     /// Envelopes dropped: the destination agent's inbox was full.

@@ -13,7 +13,10 @@ use agentmesh::actors::node::{start_node, AgentsStart, NodeHandle, NodeSpec};
 use agentmesh::actors::transport::{quic_client_config, CLOSE_MALFORMED_FRAME};
 use agentmesh::cluster::LocalCluster;
 use agentmesh::config::{self, ClusterConfig, TransportConfig};
-use agentmesh::protocols::wire::{StreamHeader, TrafficClass};
+use agentmesh::protocols::wire::codec::encode_frame;
+use agentmesh::protocols::wire::{
+    Destination, Envelope, EnvelopeKind, Frame, SignedFields, StreamHeader, TrafficClass,
+};
 use agentmesh::tls::{NodeCertificate, PinnedKeys};
 use ed25519_dalek::SigningKey;
 
@@ -105,6 +108,13 @@ async fn three_nodes_deliver_every_signed_message_exactly_once() {
 /// Starts nodes "b1" and "c2" of a three-node config whose third node "a0"
 /// is played by the test (it dials both, being the lowest id).
 async fn two_nodes_and_a_test_peer() -> (Vec<NodeHandle>, SigningKey, HashMap<String, SigningKey>) {
+    two_nodes_and_a_test_peer_with("").await
+}
+
+/// [`two_nodes_and_a_test_peer`], with `extra` config text.
+async fn two_nodes_and_a_test_peer_with(
+    extra: &str,
+) -> (Vec<NodeHandle>, SigningKey, HashMap<String, SigningKey>) {
     let keys: HashMap<String, SigningKey> = ["a0", "b1", "c2"]
         .iter()
         .enumerate()
@@ -113,7 +123,7 @@ async fn two_nodes_and_a_test_peer() -> (Vec<NodeHandle>, SigningKey, HashMap<St
     let text = format!(
         "[cluster]\nname = \"t\"\n{}\n[supervision]\nagents_start_timeout_ms = 0\n\
          [[agents]]\nname = \"echo\"\nbehaviour = \"echo\"\nnode = \"c2\"\n\
-         [[agents]]\nname = \"storm\"\nbehaviour = \"storm\"\nnode = \"b1\"\nrate = 200\ntargets = [\"echo\"]\n",
+         [[agents]]\nname = \"storm\"\nbehaviour = \"storm\"\nnode = \"b1\"\nrate = 200\ntargets = [\"echo\"]\n{extra}",
         nodes_toml(&["a0", "b1", "c2"])
     );
     let config = Arc::new(parse(&text));
@@ -271,6 +281,141 @@ async fn a_peer_sending_malformed_or_oversized_frames_is_disconnected_and_counte
         assert!(counters.peers_closed_malformed.load(Ordering::Relaxed) > round as u64);
     }
     storm_to_echo_flows(&nodes).await;
+    shutdown_all(nodes).await;
+}
+
+/// A sink on c2 that only the test peer writes to.
+const VAULT: &str = "[[agents]]\nname = \"vault\"\nbehaviour = \"sink\"\nnode = \"c2\"\n";
+
+/// How many of the vault's deliveries carried `payload`.
+fn in_vault(node: &NodeHandle, payload: &[u8]) -> usize {
+    let stats = node.context.stats_of("vault");
+    stats
+        .recorded()
+        .iter()
+        .filter(|(_, got)| got == payload)
+        .count()
+}
+
+/// A data envelope from the test peer a0 to the vault on c2, signed by a0.
+fn envelope_to_vault(key: &SigningKey, sequence: u64, payload: &[u8]) -> Envelope {
+    let signed = SignedFields {
+        version: agentmesh::protocols::wire::limits::ENVELOPE_VERSION,
+        kind: EnvelopeKind::Data,
+        origin_node: "a0".into(),
+        source_agent: "probe".into(),
+        destination: Destination::Agent("vault".into()),
+        sequence,
+        ttl: 8,
+        sent_at_micros: 1_700_000_000_000_000 + sequence,
+        payload: payload.to_vec(),
+    };
+    let mut envelope = Envelope::sign(signed, key);
+    // a0, then c2, in the sorted node list; c2 holds it after one hop.
+    envelope.path = vec![0, 2];
+    envelope.hop_count = 1;
+    envelope
+}
+
+/// Writes `envelopes` as frames on one new data stream of `connection`.
+async fn send_envelopes(connection: &quinn::Connection, envelopes: &[Envelope]) {
+    let mut stream = connection.open_uni().await.unwrap();
+    let header = StreamHeader {
+        class: TrafficClass::Data,
+    };
+    stream.write_all(&header.encode()).await.unwrap();
+    for envelope in envelopes {
+        let frame = encode_frame(&Frame::Envelope(envelope.clone()));
+        stream
+            .write_all(&(frame.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        stream.write_all(&frame).await.unwrap();
+    }
+    stream.finish().unwrap();
+}
+
+fn count(
+    node: &NodeHandle,
+    counter: impl Fn(&agentmesh::metrics::Counters) -> &std::sync::atomic::AtomicU64,
+) -> u64 {
+    counter(&node.context.metrics.counters).load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_and_replayed_envelopes_are_dropped_and_counted() {
+    let (nodes, test_key, keys) = two_nodes_and_a_test_peer_with(VAULT).await;
+    let c2 = &nodes[1];
+    let connection = dial(&test_key, "c2", &keys["c2"], c2)
+        .await
+        .expect("a0 is listed");
+    let genuine = envelope_to_vault(&test_key, 1, b"genuine");
+    send_envelopes(&connection, std::slice::from_ref(&genuine)).await;
+    wait_until("the genuine envelope is consumed", || {
+        in_vault(c2, b"genuine") == 1
+    })
+    .await;
+    // The same envelope again, as a replaying peer would send it.
+    send_envelopes(&connection, std::slice::from_ref(&genuine)).await;
+    wait_until("the replay is dropped as a duplicate", || {
+        count(c2, |c| &c.dropped_duplicate) >= 1
+    })
+    .await;
+    // A fresh sequence, then the payload changed after signing.
+    let mut tampered = envelope_to_vault(&test_key, 2, b"honest");
+    tampered.signed.payload = b"forged".to_vec();
+    send_envelopes(&connection, &[tampered]).await;
+    wait_until("the tampered envelope is dropped", || {
+        count(c2, |c| &c.dropped_bad_signature) >= 1
+    })
+    .await;
+    assert_eq!(in_vault(c2, b"genuine"), 1, "the replay was not consumed");
+    assert_eq!(
+        in_vault(c2, b"forged") + in_vault(c2, b"honest"),
+        0,
+        "nor the forgery"
+    );
+    assert!(c2.context.peers.is_connected("b1"));
+    storm_to_echo_flows(&nodes).await;
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_peer_is_rate_limited_while_the_others_traffic_flows() {
+    let limits =
+        "[transport]\npeer_envelopes_per_second_max = 1000\npeer_envelope_burst_max = 200\n";
+    let (nodes, test_key, keys) = two_nodes_and_a_test_peer_with(&format!("{VAULT}{limits}")).await;
+    let c2 = &nodes[1];
+    wait_until("b1 and c2 are connected", || {
+        c2.context.peers.is_connected("b1")
+    })
+    .await;
+    let connection = dial(&test_key, "c2", &keys["c2"], c2)
+        .await
+        .expect("a0 is listed");
+    let flood: Vec<Envelope> = (1..=5_000)
+        .map(|sequence| envelope_to_vault(&test_key, sequence, b"flood"))
+        .collect();
+    send_envelopes(&connection, &flood).await;
+    wait_until("c2 drops what a0 sends beyond its rate", || {
+        count(c2, |c| &c.dropped_peer_rate_limited) > 1_000
+    })
+    .await;
+    storm_to_echo_flows(&nodes).await;
+    let flooded = in_vault(c2, b"flood");
+    assert!(
+        c2.context.peers.is_connected("b1"),
+        "the other peer stays connected"
+    );
+    assert_eq!(
+        count(&nodes[0], |c| &c.dropped_peer_rate_limited),
+        0,
+        "b1's own peers were never limited"
+    );
+    assert!(
+        (1..5_000).contains(&flooded),
+        "{flooded} of the flood consumed"
+    );
     shutdown_all(nodes).await;
 }
 

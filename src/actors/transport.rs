@@ -31,13 +31,16 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::TransportConfig;
 use crate::metrics::NodeMetrics;
+use crate::protocols::delivery::TokenBucket;
 use crate::protocols::supervision::Backoff;
 use crate::protocols::wire::codec::PbftAssembler;
 use crate::protocols::wire::transfer::Transfers;
-use crate::protocols::wire::{decode_frame, Frame, RaftAssembler, StreamHeader, TrafficClass};
+use crate::protocols::wire::{
+    decode_frame, Envelope, Frame, RaftAssembler, StreamHeader, TrafficClass,
+};
 use crate::tls::{self, NodeCertificate, PinnedKeys};
 
-use super::context::{LinkActivity, NodeContext, OutboundFrame, PeerLink};
+use super::context::{monotonic_micros, LinkActivity, NodeContext, OutboundFrame, PeerLink};
 use super::node::NodeMsg;
 use super::raft_replica::RaftMsg;
 use super::router::RouterMsg;
@@ -573,6 +576,46 @@ async fn stream_for<'s>(
     slot.as_mut()
 }
 
+/// How many envelopes one peer connection may hand the router: one
+/// bucket shared by the connection's streams.
+struct InboundLimit {
+    bucket: Option<Mutex<TokenBucket>>,
+}
+
+impl InboundLimit {
+    fn new(config: &TransportConfig) -> InboundLimit {
+        let rate = config.peer_envelopes_per_second_max;
+        let bucket = (rate > 0.0).then(|| {
+            Mutex::new(TokenBucket::new(
+                rate,
+                config.peer_envelope_burst_max,
+                monotonic_micros(),
+            ))
+        });
+        InboundLimit { bucket }
+    }
+
+    /// Keeps the envelopes of `batch` the peer has tokens for; counts the
+    /// rest as dropped.
+    fn admit(&self, batch: &mut Vec<Envelope>, context: &NodeContext) {
+        let Some(bucket) = &self.bucket else {
+            return;
+        };
+        let now = monotonic_micros();
+        let mut bucket = bucket.lock().expect("bucket lock is never poisoned");
+        let before = batch.len();
+        batch.retain(|_| bucket.try_take(now));
+        let dropped = (before - batch.len()) as u64;
+        if dropped > 0 {
+            context
+                .metrics
+                .counters
+                .dropped_peer_rate_limited
+                .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// Accepts the peer's streams and reads each in its own task.
 async fn read_streams(
     context: &Arc<NodeContext>,
@@ -582,11 +625,13 @@ async fn read_streams(
 ) -> Ending {
     let mut readers = JoinSet::new();
     let transfers: Arc<Mutex<Transfers>> = Arc::default();
+    let limit = Arc::new(InboundLimit::new(&context.config.transport));
     loop {
         tokio::select! {
             stream = connection.accept_uni() => match stream {
                 Ok(stream) => {
-                    let reader = read_stream(context.clone(), stream, peer.to_string(), activity.clone(), transfers.clone());
+                    let link = ReadLink { peer: peer.to_string(), activity: activity.clone(), transfers: transfers.clone(), limit: limit.clone() };
+                    let reader = read_stream(context.clone(), stream, link);
                     readers.spawn(reader);
                 }
                 Err(_) => return Ending::Closed,
@@ -600,15 +645,27 @@ async fn read_streams(
     }
 }
 
+/// What a connection's stream readers share.
+struct ReadLink {
+    peer: String,
+    activity: Arc<LinkActivity>,
+    transfers: Arc<Mutex<Transfers>>,
+    limit: Arc<InboundLimit>,
+}
+
 /// Reads one stream's frames and hands them to the router in batches.
 /// Returns `Err` with a reason when the peer sent something malformed.
 async fn read_stream(
     context: Arc<NodeContext>,
     mut stream: quinn::RecvStream,
-    peer: String,
-    activity: Arc<LinkActivity>,
-    transfers: Arc<Mutex<Transfers>>,
+    link: ReadLink,
 ) -> Result<(), String> {
+    let ReadLink {
+        peer,
+        activity,
+        transfers,
+        limit,
+    } = link;
     let counters = &context.metrics.counters;
     let malformed = |reason: String| {
         NodeMetrics::count(&counters.frames_malformed);
@@ -695,6 +752,7 @@ async fn read_stream(
                 None => break,
             }
         }
+        limit.admit(&mut batch, &context);
         let batch = super::router::pass_on_transit(&context, batch);
         if !batch.is_empty() {
             hand_to_router(&context, batch, &peer).await;

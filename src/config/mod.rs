@@ -211,6 +211,13 @@ pub struct TransportConfig {
     pub frame_bytes_max: usize,
     /// Decoded frames handed to the router in one message.
     pub receive_batch_max: usize,
+    /// Envelopes per second one peer connection may hand this node (0: no
+    /// limit); beyond it they are dropped before any signature is checked
+    /// and counted, so a flooding peer cannot starve the others. The
+    /// senders' retransmissions make good what an honest peer loses.
+    pub peer_envelopes_per_second_max: f64,
+    /// Envelopes a peer may send at once above that rate.
+    pub peer_envelope_burst_max: u32,
 }
 
 impl Default for TransportConfig {
@@ -224,6 +231,8 @@ impl Default for TransportConfig {
             peer_send_queue_max: 8_192,
             frame_bytes_max: FRAME_BYTES_MAX,
             receive_batch_max: 128,
+            peer_envelopes_per_second_max: 200_000.0,
+            peer_envelope_burst_max: 50_000,
         }
     }
 }
@@ -993,6 +1002,23 @@ fn validate_topology(
 }
 
 fn validate_transport(transport: &TransportConfig, checker: &mut Checker) {
+    if !(transport.peer_envelopes_per_second_max >= 0.0
+        && transport.peer_envelopes_per_second_max.is_finite())
+    {
+        checker.fail(
+            "transport.peer_envelopes_per_second_max",
+            format!(
+                "{}: give envelopes per second, or 0 for no limit",
+                transport.peer_envelopes_per_second_max
+            ),
+        );
+    }
+    checker.range(
+        "transport.peer_envelope_burst_max",
+        transport.peer_envelope_burst_max,
+        1,
+        10_000_000,
+    );
     checker.range(
         "transport.keep_alive_ms",
         transport.keep_alive_ms,
