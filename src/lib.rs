@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod control_client;
+pub mod fuzzing;
 pub mod identity;
 pub mod metrics;
 pub mod pbft_client;
