@@ -3,7 +3,8 @@
 # for the message throughput to compare with, then the chaos run (by
 # default ten minutes at 1.5 actor kills per second, a node crash and a
 # partition every 20 s on average, a hostile PBFT replica). Both write to
-# bench-results/chaos-*; the summary script puts them side by side.
+# bench-results/chaos-calm and bench-results/chaos (`agentmesh bench summary`
+# lists both).
 # CHAOS_DURATION, CALM_DURATION and CHAOS_SEED change the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -152,7 +152,7 @@ impl ChaosReport {
         if let Some(pbft) = &self.pbft {
             let _ = writeln!(
                 text,
-                "PBFT (faulty replica on {}): {} operations, {} answered; safety violations {}; view changes {}; committed_lost {}; decisions sharing a place {}.\n",
+                "PBFT (the replica allowed to fail: {}): {} operations, {} answered; safety violations {}; view changes {}; committed_lost {}; decisions sharing a place {}.\n",
                 pbft.faulty_node.as_deref().unwrap_or("none"), pbft.check.operations, pbft.check.answered,
                 pbft.safety_violations, pbft.view_changes, pbft.check.committed_lost,
                 pbft.check.decisions_sharing_a_place
