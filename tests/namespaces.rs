@@ -9,12 +9,12 @@
 //! Needs root and iproute2. Without them the test says so and passes,
 //! except under CI (`CI` set), where it fails.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
-const WAIT_MAX: Duration = Duration::from_secs(90);
+#[allow(dead_code)]
+mod common;
+use common::statuses::{connected, forward_statuses, wait_for, Latest, Nodes};
 const HOSTS: usize = 3;
 const PORT: u16 = 7400;
 const MESSAGES: u64 = 600;
@@ -96,18 +96,6 @@ impl Drop for Network {
     }
 }
 
-/// Node processes; killed on drop, before the network goes.
-struct Nodes(Vec<Child>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_agentmesh"))
 }
@@ -141,32 +129,6 @@ fn config(folder: &std::path::Path) -> std::path::PathBuf {
     let path = folder.join("hosts.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-type Latest = std::collections::HashMap<String, serde_json::Value>;
-
-fn wait_for(
-    statuses: &mpsc::Receiver<serde_json::Value>,
-    latest: &mut Latest,
-    done: impl Fn(&Latest) -> bool,
-) {
-    let deadline = Instant::now() + WAIT_MAX;
-    while !done(latest) {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !remaining.is_zero(),
-            "timed out; last statuses: {latest:#?}"
-        );
-        if let Ok(status) = statuses.recv_timeout(remaining.min(Duration::from_secs(1))) {
-            latest.insert(status["node"].as_str().unwrap().to_string(), status);
-        }
-    }
-}
-
-fn connected(latest: &Latest, node: &str) -> usize {
-    latest.get(node).map_or(0, |status| {
-        status["connected"].as_array().map_or(0, Vec::len)
-    })
 }
 
 fn counter(latest: &Latest, node: &str, name: &str) -> u64 {
@@ -210,15 +172,7 @@ fn a_host_cut_off_by_its_link_going_down_rejoins_and_nothing_acknowledged_is_los
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let lines = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(status) = serde_json::from_str(&line) {
-                    let _ = lines.send(status);
-                }
-            }
-        });
+        forward_statuses(&mut child, lines.clone());
         nodes.0.push(child);
     }
     let mut latest = Latest::default();

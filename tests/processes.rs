@@ -3,12 +3,13 @@
 //! messages: every storm message reaches an echo on another node and every
 //! reply comes back.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const WAIT_MAX: Duration = Duration::from_secs(90);
+#[allow(dead_code)]
+mod common;
+use common::statuses::{connected, forward_statuses, wait_for, Latest, Nodes};
 const IDS: [&str; 3] = ["n1", "n2", "n3"];
 
 fn binary() -> Command {
@@ -24,17 +25,6 @@ fn free_ports(count: usize) -> Vec<u16> {
         .iter()
         .map(|socket| socket.local_addr().unwrap().port())
         .collect()
-}
-
-struct Nodes(Vec<Child>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// Keys for `ids` and a config naming them on free loopback ports, with
@@ -92,50 +82,14 @@ fn spawn_node(config: &std::path::Path, id: &str, lines: mpsc::Sender<serde_json
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(status) = serde_json::from_str(&line) {
-                let _ = lines.send(status);
-            }
-        }
-    });
+    forward_statuses(&mut child, lines);
     child
-}
-
-/// The latest status line of each node.
-type Latest = std::collections::HashMap<String, serde_json::Value>;
-
-/// Takes status lines until `done` holds for the latest ones.
-fn wait_for(
-    statuses: &mpsc::Receiver<serde_json::Value>,
-    latest: &mut Latest,
-    done: impl Fn(&Latest) -> bool,
-) {
-    let deadline = Instant::now() + WAIT_MAX;
-    while !done(latest) {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !remaining.is_zero(),
-            "timed out; last statuses: {latest:#?}"
-        );
-        if let Ok(status) = statuses.recv_timeout(remaining.min(Duration::from_secs(1))) {
-            assert_eq!(status["running"], true, "a node failed: {status}");
-            latest.insert(status["node"].as_str().unwrap().to_string(), status);
-        }
-    }
 }
 
 /// `field` of agent `agent` in `node`'s latest status.
 fn agent_field(latest: &Latest, node: &str, agent: &str, field: &str) -> u64 {
     latest.get(node).map_or(0, |status| {
         status["agents"][agent][field].as_u64().unwrap_or(0)
-    })
-}
-
-fn connected(latest: &Latest, node: &str) -> usize {
-    latest.get(node).map_or(0, |status| {
-        status["connected"].as_array().map_or(0, Vec::len)
     })
 }
 

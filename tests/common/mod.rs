@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub mod statuses;
+
 /// How long a test waits for anything before it fails.
 pub const WAIT_MAX: Duration = Duration::from_secs(90);
 
