@@ -85,7 +85,7 @@ pub struct ChaosOptions {
     #[arg(long, value_enum, default_value = "on")]
     pub byzantine: Switch,
     /// Storm messages per second over the cluster (0: as fast as the
-    /// receipts come back, 512 awaited per node at most).
+    /// receipts come back, 128 awaited per node and sink at most).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
     /// Bytes of each storm message.

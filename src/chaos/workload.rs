@@ -34,8 +34,10 @@ use crate::protocols::stable_hash;
 use crate::protocols::wire::EnvelopeKind;
 use crate::sim::raft::{Call, CallKind};
 
-/// Storm messages a node's sender awaits receipts for at once.
-pub const STORM_INFLIGHT_PER_NODE_MAX: usize = 512;
+/// Storm messages a node's sender awaits receipts for at once, per sink:
+/// a sink out of reach holds only its own share, and the sender goes on
+/// with the others.
+pub const STORM_INFLIGHT_PER_SINK_MAX: usize = 128;
 /// Raft calls per second one client makes at most: it keeps each key's
 /// history short enough to check.
 const RAFT_CALLS_PER_CLIENT_PER_SECOND_MAX: u64 = 100;
@@ -213,24 +215,30 @@ pub async fn storm_sender(
         .then(|| Duration::from_secs_f64(1.0 / settings.rate_per_node));
     let mut next_send = Instant::now();
     let mut waiting = FuturesUnordered::new();
+    let mut inflight = vec![0usize; settings.sinks.len()];
+    let settle = |inflight: &mut Vec<usize>, (sink, settled): (usize, Settled)| {
+        inflight[sink] -= 1;
+        ledger.settle(settled);
+    };
     loop {
-        while let Some(Some(settled)) = waiting.next().now_or_never() {
-            ledger.settle(settled);
+        while let Some(Some(done)) = waiting.next().now_or_never() {
+            settle(&mut inflight, done);
         }
         if stop.stopped() && (waiting.is_empty() || stop.drained()) {
             break;
         }
-        let room = waiting.len() < STORM_INFLIGHT_PER_NODE_MAX;
+        let open: Vec<usize> = (0..inflight.len())
+            .filter(|&sink| inflight[sink] < STORM_INFLIGHT_PER_SINK_MAX)
+            .collect();
         let due = Instant::now() >= next_send;
-        if stop.stopped() || !room || !due {
-            let wait = next_send.saturating_duration_since(Instant::now());
-            let wait = if stop.stopped() || !room {
+        if stop.stopped() || open.is_empty() || !due {
+            let wait = if stop.stopped() || open.is_empty() {
                 Duration::from_millis(20)
             } else {
-                wait
+                next_send.saturating_duration_since(Instant::now())
             };
-            if let Ok(Some(settled)) = tokio::time::timeout(wait, waiting.next()).await {
-                ledger.settle(settled);
+            if let Ok(Some(done)) = tokio::time::timeout(wait, waiting.next()).await {
+                settle(&mut inflight, done);
             }
             continue;
         }
@@ -239,13 +247,17 @@ pub async fn storm_sender(
             continue;
         };
         let id = ledger.issue();
-        let sink = settings.sinks.choose(&mut rng).expect("sinks are checked");
+        let sink = *open.choose(&mut rng).expect("open is not empty");
         let payload = storm_payload(id, settings.payload_bytes);
         let sent_at = Instant::now();
-        let sent = router::send_with_receipt(&context, &source, sink, EnvelopeKind::Data, payload);
+        let to = &settings.sinks[sink];
+        let sent = router::send_with_receipt(&context, &source, to, EnvelopeKind::Data, payload);
         drop(context);
         match sent {
-            Ok(receipt) => waiting.push(receipt.map(move |outcome| (id, sent_at, outcome))),
+            Ok(receipt) => {
+                inflight[sink] += 1;
+                waiting.push(receipt.map(move |outcome| (sink, (id, sent_at, outcome))));
+            }
             Err(error) => {
                 tally(&ledger.refused, &error);
                 tokio::time::sleep(Duration::from_millis(5)).await;
