@@ -7,7 +7,6 @@
 //! replicas executed at each sequence number must match).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::report::Machine;
+use super::report::{Machine, Tally, Window};
 use super::resources;
 use crate::actors::context::NodeContext;
 use crate::cluster::LocalCluster;
@@ -239,16 +238,9 @@ struct Load {
     over_time: Vec<(f64, f64)>,
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
-}
-
 /// Clients write for the warmup, then the measured window.
 async fn load(options: &PbftOptions, contexts: &[Arc<NodeContext>]) -> anyhow::Result<Load> {
-    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let operations = Arc::new(AtomicU64::new(0));
-    let start = Instant::now() + options.warmup;
-    let end = start + options.duration;
+    let measured = Window::new(options.warmup, options.duration);
     let retry_after = Duration::from_millis(options.request_timeout_ms * 2);
     let mut tasks = Vec::new();
     let replicas = crate::pbft_client::ReplicaSet::new(contexts);
@@ -258,13 +250,12 @@ async fn load(options: &PbftOptions, contexts: &[Arc<NodeContext>]) -> anyhow::R
         seed[8] = 0xb5;
         let key = ed25519_dalek::SigningKey::from_bytes(&seed);
         let mut client = PbftClient::new(replicas.clone(), key, retry_after);
-        let (measuring, operations) = (measuring.clone(), operations.clone());
+        let measured = measured.clone();
         let payload = options.payload;
         tasks.push(tokio::spawn(async move {
-            let mut latency = histogram();
-            let mut failures = 0u64;
+            let mut tally = Tally::new();
             let mut sequence = 0u64;
-            while Instant::now() < end {
+            while measured.open() {
                 sequence += 1;
                 let operation = Operation::Put {
                     key: format!("c{index}-{}", sequence % KEYS_PER_CLIENT),
@@ -272,32 +263,17 @@ async fn load(options: &PbftOptions, contexts: &[Arc<NodeContext>]) -> anyhow::R
                 };
                 let started = Instant::now();
                 let done = client.call(operation).await.is_ok();
-                if !measuring.load(Ordering::Relaxed) || Instant::now() > end {
-                    continue;
-                }
-                if done {
-                    let _ = latency.record(started.elapsed().as_micros() as u64);
-                    operations.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failures += 1;
-                }
+                measured.record(&mut tally, started, done);
             }
-            (latency, failures)
+            tally
         }));
     }
-    let over_time = super::report::count_per_second(start, end, &measuring, &operations).await;
-    let mut latency = histogram();
-    let mut failures = 0;
-    for task in tasks {
-        let (client_latency, client_failures) = task.await?;
-        latency.add(&client_latency).expect("same bounds");
-        failures += client_failures;
-    }
+    let (tally, operations, over_time) = measured.finish(tasks).await?;
     Ok(Load {
-        operations: operations.load(Ordering::Relaxed),
-        failures,
+        operations,
+        failures: tally.failures,
         seconds: options.duration.as_secs_f64(),
-        latency,
+        latency: tally.latency,
         over_time,
     })
 }

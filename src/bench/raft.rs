@@ -12,8 +12,7 @@
 //!    of that size, and the time until it has installed it is measured.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -21,7 +20,7 @@ use hdrhistogram::Histogram;
 use rand::{RngCore, SeedableRng};
 use serde::Serialize;
 
-use super::report::Machine;
+use super::report::{Machine, Tally, Window};
 use super::resources;
 use crate::actors::raft_replica::RaftMsg;
 use crate::cluster::LocalCluster;
@@ -195,10 +194,6 @@ struct Load {
     over_time: Vec<(f64, f64)>,
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
-}
-
 /// `clients` clients write `payload`-byte values through `leader` for
 /// `warmup` then `window`; only the window is measured.
 async fn load(
@@ -209,51 +204,32 @@ async fn load(
     warmup: Duration,
     window: Duration,
 ) -> anyhow::Result<Load> {
-    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let commits = Arc::new(AtomicU64::new(0));
-    let start = Instant::now() + warmup;
-    let end = start + window;
+    let measured = Window::new(warmup, window);
     let mut tasks = Vec::with_capacity(clients);
     for client_index in 0..clients as u64 {
         let mut client = ControlClient::from_config(config)?;
         client.prefer(leader);
-        let (measuring, commits) = (measuring.clone(), commits.clone());
+        let measured = measured.clone();
         tasks.push(tokio::spawn(async move {
-            let mut latency = histogram();
-            let mut failures = 0u64;
+            let mut tally = Tally::new();
             let value = vec![b'x'; payload];
             let mut sequence = 0u64;
-            while Instant::now() < end {
+            while measured.open() {
                 sequence += 1;
                 let key = format!("c{client_index}-{}", sequence % KEYS_PER_CLIENT);
                 let started = Instant::now();
                 let done = client.put(&key, value.clone()).await.is_ok();
-                if !measuring.load(Ordering::Relaxed) || Instant::now() > end {
-                    continue;
-                }
-                if done {
-                    let _ = latency.record(started.elapsed().as_micros() as u64);
-                    commits.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failures += 1;
-                }
+                measured.record(&mut tally, started, done);
             }
-            (latency, failures)
+            tally
         }));
     }
-    let over_time = super::report::count_per_second(start, end, &measuring, &commits).await;
-    let mut latency = histogram();
-    let mut failures = 0;
-    for task in tasks {
-        let (client_latency, client_failures) = task.await?;
-        latency.add(&client_latency).expect("same bounds");
-        failures += client_failures;
-    }
+    let (tally, commits, over_time) = measured.finish(tasks).await?;
     Ok(Load {
-        commits: commits.load(Ordering::Relaxed),
-        failures,
+        commits,
+        failures: tally.failures,
         seconds: window.as_secs_f64(),
-        latency,
+        latency: tally.latency,
         over_time,
     })
 }

@@ -52,6 +52,90 @@ pub async fn count_per_second(
     over_time
 }
 
+/// The measured window of a closed-loop load: clients call from the start
+/// of the warm-up until `end`, and only calls that end inside the window
+/// are timed and counted.
+#[derive(Clone, Debug)]
+pub struct Window {
+    pub start: std::time::Instant,
+    pub end: std::time::Instant,
+    measuring: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    succeeded: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// One client's calls in a [`Window`].
+pub struct Tally {
+    pub latency: hdrhistogram::Histogram<u64>,
+    pub failures: u64,
+}
+
+impl Tally {
+    pub fn new() -> Tally {
+        Tally {
+            latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
+                .expect("valid bounds"),
+            failures: 0,
+        }
+    }
+}
+
+impl Default for Tally {
+    fn default() -> Tally {
+        Tally::new()
+    }
+}
+
+impl Window {
+    /// A window of `length` after `warmup` from now.
+    pub fn new(warmup: std::time::Duration, length: std::time::Duration) -> Window {
+        let start = std::time::Instant::now() + warmup;
+        Window {
+            start,
+            end: start + length,
+            measuring: Default::default(),
+            succeeded: Default::default(),
+        }
+    }
+
+    /// Whether clients should go on calling.
+    pub fn open(&self) -> bool {
+        std::time::Instant::now() < self.end
+    }
+
+    /// Records one call begun at `started`, if it ended inside the window.
+    pub fn record(&self, tally: &mut Tally, started: std::time::Instant, succeeded: bool) {
+        use std::sync::atomic::Ordering;
+        if !self.measuring.load(Ordering::Relaxed) || std::time::Instant::now() > self.end {
+            return;
+        }
+        if succeeded {
+            let _ = tally.latency.record(started.elapsed().as_micros() as u64);
+            self.succeeded.fetch_add(1, Ordering::Relaxed);
+        } else {
+            tally.failures += 1;
+        }
+    }
+
+    /// Samples the successes per second until the end, then joins the
+    /// clients: every client's calls together, the successes, and what
+    /// each second counted.
+    pub async fn finish(
+        &self,
+        clients: Vec<tokio::task::JoinHandle<Tally>>,
+    ) -> anyhow::Result<(Tally, u64, Vec<(f64, f64)>)> {
+        let over_time =
+            count_per_second(self.start, self.end, &self.measuring, &self.succeeded).await;
+        let mut all = Tally::new();
+        for client in clients {
+            let tally = client.await?;
+            all.latency.add(&tally.latency).expect("same bounds");
+            all.failures += tally.failures;
+        }
+        let succeeded = self.succeeded.load(std::sync::atomic::Ordering::Relaxed);
+        Ok((all, succeeded, over_time))
+    }
+}
+
 /// What the two plots of a consensus benchmark are of.
 pub struct PlotTitles {
     pub latency: &'static str,
