@@ -40,12 +40,7 @@ pub fn frame(data: &[u8]) {
 pub fn stream(data: &[u8]) {
     let mut raft = RaftAssembler::default();
     let mut pbft = PbftAssembler::default();
-    let mut rest = data;
-    while rest.len() >= 2 {
-        let length = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
-        let body = &rest[2..];
-        let (bytes, after) = body.split_at(length.min(body.len()));
-        rest = after;
+    for bytes in length_prefixed(data) {
         let Ok(frame) = decode_frame(bytes) else {
             continue;
         };
@@ -64,6 +59,18 @@ pub fn stream(data: &[u8]) {
             _ => {}
         }
     }
+}
+
+/// The items of `data`, each prefixed by its length (two bytes,
+/// little-endian); the last may be cut short.
+fn length_prefixed(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (prefix, body) = data.split_first_chunk::<2>()?;
+        let length = usize::from(u16::from_le_bytes(*prefix));
+        let (item, rest) = body.split_at(length.min(body.len()));
+        data = rest;
+        Some(item)
+    })
 }
 
 /// An acknowledgement envelope's payload.
@@ -132,12 +139,7 @@ pub fn pbft(data: &[u8]) {
     config.checkpoint_interval = 4;
     config.window = 8;
     let mut replica = Replica::new(config, 1, SimKeys::replica(KEYS_SEED, 1));
-    let mut rest = data;
-    while rest.len() >= 2 {
-        let length = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
-        let body = &rest[2..];
-        let (bytes, after) = body.split_at(length.min(body.len()));
-        rest = after;
+    for bytes in length_prefixed(data) {
         let Ok(packet) = decode_packet(bytes) else {
             continue;
         };
