@@ -3,8 +3,8 @@
 //! with bytes changed, and over every input kept in the fuzz corpus
 //! (`fuzz/corpus/<target>/`), so what the fuzzers found stays fixed.
 //!
-//! `AGENTMESH_WRITE_CORPUS=1 cargo test --release --test hostile -- --ignored`
-//! writes the corpus seeds: valid encodings of each kind of input.
+//! `AGENTMESH_WRITE_CORPUS=1 cargo test --release --test hostile` writes
+//! the corpus seeds (valid encodings of each kind of input) again.
 
 use std::path::{Path, PathBuf};
 
@@ -158,16 +158,22 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     seeds
 }
 
+/// The corpus starts from the seeds: each is kept in `fuzz/corpus`, byte
+/// for byte (encodings are deterministic). With AGENTMESH_WRITE_CORPUS set,
+/// the test writes them there instead.
 #[test]
-#[ignore = "writes the corpus seeds into fuzz/corpus; run with AGENTMESH_WRITE_CORPUS=1"]
-fn write_corpus_seeds() {
-    if std::env::var_os("AGENTMESH_WRITE_CORPUS").is_none() {
-        return;
-    }
+fn the_fuzz_corpus_holds_every_seed() {
+    let write = std::env::var_os("AGENTMESH_WRITE_CORPUS").is_some();
     for (target, name, bytes) in seeds() {
         let folder = corpus_root().join(target);
-        std::fs::create_dir_all(&folder).unwrap();
-        std::fs::write(folder.join(format!("seed-{name}")), bytes).unwrap();
+        let path = folder.join(format!("seed-{name}"));
+        if write {
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let kept =
+            std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        assert_eq!(kept, bytes, "{} differs from its seed", path.display());
     }
 }
 

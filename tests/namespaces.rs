@@ -14,7 +14,7 @@ use std::sync::mpsc;
 
 #[allow(dead_code)]
 mod common;
-use common::statuses::{connected, forward_statuses, wait_for, Latest, Nodes};
+use common::statuses::{connected, forward_statuses, keyed_nodes, wait_for, Latest, Nodes};
 const HOSTS: usize = 3;
 const PORT: u16 = 7400;
 const MESSAGES: u64 = 600;
@@ -96,33 +96,14 @@ impl Drop for Network {
     }
 }
 
-fn binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_agentmesh"))
-}
-
 /// A config for the hosts' nodes, with keys from `agentmesh keygen`.
 fn config(folder: &std::path::Path) -> std::path::PathBuf {
     let ids: Vec<String> = (1..=HOSTS).map(|index| format!("n{index}")).collect();
-    let keygen = binary()
-        .args(["keygen", "--out"])
-        .arg(folder.join("keys"))
-        .args(&ids)
-        .output()
-        .unwrap();
-    assert!(
-        keygen.status.success(),
-        "{}",
-        String::from_utf8_lossy(&keygen.stderr)
-    );
-    let entries = String::from_utf8(keygen.stdout).unwrap();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     let mut text = String::from("[cluster]\nname = \"hosts\"\n\n");
-    let entries = entries
-        .split("[[nodes]]")
-        .filter(|entry| !entry.trim().is_empty());
-    for (index, entry) in entries.enumerate() {
-        let listen = format!("{}:{PORT}", Network::address(index));
-        text += &format!("[[nodes]]\n{}\nlisten = \"{listen}\"\n\n", entry.trim());
-    }
+    text += &keyed_nodes(folder, &ids, |index| {
+        format!("{}:{PORT}", Network::address(index))
+    });
     text += "[membership]\nheartbeat_interval_ms = 100\n\n";
     text += "[[agents]]\nname = \"echo-{i}\"\ncount = 3\nbehaviour = \"echo\"\nplacement = \"spread\"\n\n";
     text += &format!("[[agents]]\nname = \"storm-0\"\nnode = \"n1\"\nbehaviour = \"storm\"\nrate = 100\nmessages_max = {MESSAGES}\ntargets = [\"echo-*\"]\n");

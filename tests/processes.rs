@@ -9,7 +9,7 @@ use std::time::Duration;
 
 #[allow(dead_code)]
 mod common;
-use common::statuses::{connected, forward_statuses, wait_for, Latest, Nodes};
+use common::statuses::{connected, forward_statuses, keyed_nodes, wait_for, Latest, Nodes};
 const IDS: [&str; 3] = ["n1", "n2", "n3"];
 
 fn binary() -> Command {
@@ -30,31 +30,9 @@ fn free_ports(count: usize) -> Vec<u16> {
 /// Keys for `ids` and a config naming them on free loopback ports, with
 /// `rest` (topology, agents) after the nodes; checked with `agentmesh check`.
 fn generated_config(folder: &std::path::Path, ids: &[&str], rest: &str) -> std::path::PathBuf {
-    let keys = folder.join("keys");
-    let keygen = binary()
-        .args(["keygen", "--out"])
-        .arg(&keys)
-        .args(ids)
-        .output()
-        .unwrap();
-    assert!(
-        keygen.status.success(),
-        "{}",
-        String::from_utf8_lossy(&keygen.stderr)
-    );
-    let entries = String::from_utf8(keygen.stdout).unwrap();
     let ports = free_ports(ids.len());
     let mut config = String::from("[cluster]\nname = \"processes\"\n\n");
-    for (entry, port) in entries
-        .split("[[nodes]]")
-        .filter(|entry| !entry.trim().is_empty())
-        .zip(&ports)
-    {
-        config += &format!(
-            "[[nodes]]{}listen = \"127.0.0.1:{port}\"\n\n",
-            entry.trim_end_matches('\n').to_string() + "\n"
-        );
-    }
+    config += &keyed_nodes(folder, ids, |index| format!("127.0.0.1:{}", ports[index]));
     config += rest;
     let path = folder.join("cluster.toml");
     std::fs::write(&path, &config).unwrap();

@@ -11,6 +11,40 @@ use std::time::{Duration, Instant};
 
 use super::WAIT_MAX;
 
+/// `[[nodes]]` entries for `ids` with keys from `agentmesh keygen` (kept
+/// in `folder/keys`), node `i` listening on `listen(i)`.
+pub fn keyed_nodes(
+    folder: &std::path::Path,
+    ids: &[&str],
+    listen: impl Fn(usize) -> String,
+) -> String {
+    let keygen = std::process::Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .args(["keygen", "--out"])
+        .arg(folder.join("keys"))
+        .args(ids)
+        .output()
+        .unwrap();
+    assert!(
+        keygen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&keygen.stderr)
+    );
+    let entries = String::from_utf8(keygen.stdout).unwrap();
+    let entries = entries
+        .split("[[nodes]]")
+        .filter(|entry| !entry.trim().is_empty());
+    entries
+        .enumerate()
+        .map(|(index, entry)| {
+            format!(
+                "[[nodes]]\n{}\nlisten = \"{}\"\n\n",
+                entry.trim(),
+                listen(index)
+            )
+        })
+        .collect()
+}
+
 /// Node processes; killed (and reaped) on drop.
 pub struct Nodes(pub Vec<Child>);
 
