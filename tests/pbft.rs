@@ -7,7 +7,8 @@
 use agentmesh::protocols::pbft::keys::SimKeys;
 use agentmesh::protocols::pbft::{Body, Keys, PbftConfig, Replica, Request, Signed};
 use agentmesh::sim::pbft::{Behaviour, Faults, PbftSim};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 fn seeds(default: u64) -> std::ops::Range<u64> {
     let count = std::env::var("SIM_SEEDS")
@@ -93,6 +94,12 @@ fn byzantine_run(seed: u64, replicas: u32, behaviour: Behaviour) -> Result<(), S
     sim.run(800).map_err(|error| error.to_string())?;
     sim.heal(LOSSY);
     sim.run(700).map_err(|error| error.to_string())?;
+    live_after_healing(&mut sim)
+}
+
+/// Heals the network, and checks every client is answered again within
+/// 3,000 ticks and none waits from before the last 1,500.
+fn live_after_healing(sim: &mut PbftSim) -> Result<(), String> {
     sim.heal(CALM);
     let healed_at = sim.now;
     let before = sim.accepted();
@@ -102,9 +109,19 @@ fn byzantine_run(seed: u64, replicas: u32, behaviour: Behaviour) -> Result<(), S
         .filter(|&c| after[c] <= before[c])
         .collect();
     if !stuck.is_empty() || sim.waiting_since(healed_at + 1_500) {
+        let views: Vec<_> = (0..sim.config.replicas)
+            .map(|id| {
+                let replica = sim.replica(id);
+                (
+                    replica.view(),
+                    replica.view_change_target(),
+                    replica.executed(),
+                    replica.view_changes_heard(),
+                )
+            })
+            .collect();
         return Err(format!(
-            "no liveness after healing: clients {stuck:?} stuck; accepted {before:?} then {after:?}; views {:?}",
-            (0..replicas).map(|id| (sim.replica(id).view(), sim.replica(id).view_change_target(), sim.replica(id).executed(), sim.replica(id).view_changes_heard())).collect::<Vec<_>>()
+            "no liveness after healing: clients {stuck:?} stuck; accepted {before:?} then {after:?}; (view, moving to, executed, view changes heard) {views:?}"
         ));
     }
     Ok(())
@@ -359,5 +376,58 @@ fn a_backup_that_left_alone_counts_in_the_next_view_change() {
             sim.replica(3).view() >= 1,
             "SIM_SEED={seed}: replica 3 rejoined"
         );
+    }
+}
+
+/// Shifting partitions (one replica cut off, the group split in two, or
+/// links cut one way only) under loss, while the faulty replica changes
+/// behaviour and now and then restarts with nothing. Once the network
+/// heals, with the faulty replica still hostile, every client must be
+/// answered again: the correct replicas find one view between them
+/// however the faults scattered them over views and view changes.
+#[test]
+fn shifting_partitions_and_a_faulty_replica_restarting_leave_the_correct_ones_live() {
+    for seed in seeds(40) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut sim = PbftSim::new(seed, config_for(4, seed), 4, LOSSY);
+        let faulty = rng.gen_range(0..4);
+        let mut shown = Vec::new();
+        for _ in 0..16 {
+            let behaviour = Behaviour::BYZANTINE[rng.gen_range(0..Behaviour::BYZANTINE.len())];
+            sim.set_behaviour(faulty, behaviour);
+            shown.push(behaviour.name());
+            sim.heal(LOSSY);
+            partition_at_random(&mut sim, &mut rng);
+            if rng.gen_bool(0.3) {
+                sim.restart(faulty);
+            }
+            let ticks = rng.gen_range(20..250);
+            sim.run(ticks)
+                .unwrap_or_else(|error| panic!("SIM_SEED={seed}: {error}"));
+        }
+        if let Err(error) = live_after_healing(&mut sim) {
+            panic!("SIM_SEED={seed} (replica {faulty} faulty: {shown:?}): {error}");
+        }
+    }
+}
+
+/// Cuts one replica off, splits the group in two, or cuts one to three
+/// links one way.
+fn partition_at_random(sim: &mut PbftSim, rng: &mut ChaCha8Rng) {
+    let replicas = sim.config.replicas;
+    match rng.gen_range(0..3) {
+        0 => sim.isolate(rng.gen_range(0..replicas)),
+        1 => {
+            let first = rng.gen_range(0..replicas);
+            sim.isolate(first);
+            sim.isolate((first + rng.gen_range(1..replicas)) % replicas);
+        }
+        _ => {
+            for _ in 0..rng.gen_range(1..=3) {
+                let from = rng.gen_range(0..replicas);
+                let to = (from + rng.gen_range(1..replicas)) % replicas;
+                sim.cut(from, to);
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentmesh::actors::pbft_replica::PbftStatus;
 use agentmesh::cluster::LocalCluster;
 use agentmesh::config::ClusterConfig;
 use agentmesh::pbft_client::PbftClient;
@@ -144,18 +145,9 @@ fn a_pbft_section_with_errors_is_refused_naming_each_key() {
 }
 
 async fn executed_by(cluster: &LocalCluster, id: &str) -> Option<u64> {
-    let actor = cluster.node(id)?.context.pbft.get()?;
-    let status = actor
-        .call(
-            agentmesh::actors::pbft_replica::PbftMsg::Status,
-            Some(Duration::from_secs(5)),
-        )
-        .await
-        .ok()?;
-    match status {
-        ractor::rpc::CallResult::Success(status) => Some(status.executed),
-        _ => None,
-    }
+    let context = &cluster.node(id)?.context;
+    let status = PbftStatus::of(context, Duration::from_secs(5)).await?;
+    Some(status.executed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

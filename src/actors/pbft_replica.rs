@@ -79,10 +79,23 @@ pub enum PbftMsg {
 pub struct PbftStatus {
     pub replica: ReplicaId,
     pub view: u64,
-    pub in_view_change: bool,
+    /// The view it is changing to, during a view change.
+    pub moving_to: Option<u64>,
     pub executed: u64,
     pub stable_checkpoint: u64,
     pub batch_size: usize,
+}
+
+impl PbftStatus {
+    /// The status of the replica on the node of `context`, if it runs and
+    /// answers within `timeout`.
+    pub async fn of(context: &NodeContext, timeout: Duration) -> Option<PbftStatus> {
+        let actor = context.pbft.get()?;
+        match actor.call(PbftMsg::Status, Some(timeout)).await {
+            Ok(ractor::rpc::CallResult::Success(status)) => Some(status),
+            _ => None,
+        }
+    }
 }
 
 /// What a correct replica executed, and when views changed, for the
@@ -261,7 +274,7 @@ impl PbftReplicaState {
         PbftStatus {
             replica: self.replica.id(),
             view: self.replica.view(),
-            in_view_change: self.replica.in_view_change(),
+            moving_to: self.replica.view_change_target(),
             executed: self.replica.executed(),
             stable_checkpoint: self.replica.stable_checkpoint(),
             batch_size: self.replica.batch_size(),

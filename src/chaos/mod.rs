@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::actors::context::NodeContext;
+use crate::actors::pbft_replica::PbftStatus;
 use crate::bench::report::{write_report_files, Machine, PlotTitles};
 use crate::cluster::LocalCluster;
 use crate::config::{BehaviourConfig, ClusterConfig, FaultsConfig};
@@ -608,14 +609,17 @@ async fn pbft_section(
             check.decisions_sharing_a_place,
             "PBFT decision places given to two acknowledged decisions",
         ),
-        (
-            check.unread.len() as u64,
-            "PBFT keys whose final read got no answer after the faults ended",
-        ),
     ] {
         if count > 0 {
             violations.push(format!("{count} {what}"));
         }
+    }
+    if !check.unread.is_empty() {
+        violations.push(format!(
+            "{} PBFT keys whose final read got no answer after the faults ended; replicas: {}",
+            check.unread.len(),
+            replica_states(driver).await
+        ));
     }
     PbftSection {
         faulty_node: driver.faulty_node.clone(),
@@ -623,6 +627,25 @@ async fn pbft_section(
         safety_violations,
         view_changes,
     }
+}
+
+/// Where each PBFT replica stands, for a report whose group fell silent.
+async fn replica_states(driver: &FaultDriver) -> String {
+    let mut states = Vec::new();
+    for node in &driver.cluster.nodes {
+        if driver.cluster.config.pbft.replica_id(&node.id).is_none() {
+            continue;
+        }
+        let status = PbftStatus::of(&node.context, Duration::from_secs(2)).await;
+        states.push(match status {
+            Some(status) => format!(
+                "{} view {} moving to {:?}, executed {}",
+                node.id, status.view, status.moving_to, status.executed
+            ),
+            None => format!("{} not answering", node.id),
+        });
+    }
+    states.join("; ")
 }
 
 fn build_report(

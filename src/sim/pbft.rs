@@ -106,6 +106,8 @@ pub struct PbftSim {
     sent: u64,
     /// Replicas cut off from the others (both ways).
     isolated: BTreeSet<ReplicaId>,
+    /// Links cut one way: (from, to).
+    cut_links: BTreeSet<(ReplicaId, ReplicaId)>,
     /// What correct replicas executed at each sequence number, and who.
     executed: BTreeMap<u64, (Digest, ReplicaId)>,
     /// What correct replicas answered per (client, timestamp).
@@ -152,6 +154,7 @@ impl PbftSim {
             network: BTreeMap::new(),
             sent: 0,
             isolated: BTreeSet::new(),
+            cut_links: BTreeSet::new(),
             executed: BTreeMap::new(),
             results: BTreeMap::new(),
             seen: Vec::new(),
@@ -172,9 +175,28 @@ impl PbftSim {
         self.isolated.insert(replica);
     }
 
+    /// Messages from `from` to `to` are lost until healed; the other way
+    /// still works.
+    pub fn cut(&mut self, from: ReplicaId, to: ReplicaId) {
+        self.cut_links.insert((from, to));
+    }
+
     pub fn heal(&mut self, faults: Faults) {
         self.isolated.clear();
+        self.cut_links.clear();
         self.faults = faults;
+    }
+
+    /// Replica `id` starts again with nothing: what it voted for is
+    /// forgotten, which a correct replica may not do, so only a faulty
+    /// one may be restarted.
+    pub fn restart(&mut self, id: ReplicaId) {
+        assert!(
+            !self.correct(id),
+            "replica {id} is correct; restarting it empty is a fault"
+        );
+        let keys = self.keys[id as usize].clone();
+        self.replicas[id as usize] = Replica::new(self.config.clone(), id, keys);
     }
 
     pub fn replica(&self, id: ReplicaId) -> &Replica<SimKeys> {
@@ -394,7 +416,8 @@ impl PbftSim {
         };
         let delay = self.extra_delay(id);
         for (place, to) in targets.into_iter().enumerate() {
-            if self.isolated.contains(&id) != self.isolated.contains(&to) {
+            let split = self.isolated.contains(&id) != self.isolated.contains(&to);
+            if split || self.cut_links.contains(&(id, to)) {
                 continue;
             }
             let packet = match &outgoing {

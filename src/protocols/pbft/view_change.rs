@@ -42,9 +42,12 @@ impl<K: Keys> Replica<K> {
     }
 
     /// Starts timing the view change once 2f + 1 replicas (this one among
-    /// them) move to its target: before that, the next view could not
-    /// have started anyway, and moving on alone would only scatter the
-    /// replicas over views.
+    /// them) move to its target or beyond: before that, the next view
+    /// could not have started anyway, and moving on alone would only
+    /// scatter the replicas over views. Those beyond count because one
+    /// that moved past the target will never help start it: the replicas
+    /// left behind must time out and follow, or, with 2f + 1 needed and
+    /// one view change held per replica, they would wait for it forever.
     fn note_view_change_quorum(&mut self) {
         let Some(changing) = self.changing.filter(|c| c.quorum_since.is_none()) else {
             return;
@@ -52,7 +55,7 @@ impl<K: Keys> Replica<K> {
         let moving = self
             .view_changes
             .values()
-            .filter(|m| m.view == changing.target)
+            .filter(|m| m.view >= changing.target)
             .count();
         if moving >= self.config.quorum() {
             self.changing = Some(super::replica::Changing {
