@@ -363,6 +363,17 @@ fn a_backup_that_left_alone_counts_in_the_next_view_change() {
             0,
             "SIM_SEED={seed}: the others stayed in view 0"
         );
+        // Sent again every retransmit interval, its view change was
+        // checked (every certificate's signatures) once per view it
+        // moved to, not once per copy.
+        let moved = sim.replica(3).counters().view_changes_started;
+        for id in 0..3 {
+            let checked = sim.replica(id).counters().view_changes_checked;
+            assert!(
+                (1..=moved).contains(&checked),
+                "SIM_SEED={seed}: replica {id} checked {checked} view changes of {moved}"
+            );
+        }
         sim.set_behaviour(0, Behaviour::Silent);
         let before = sim.accepted();
         sim.run(3_000)
@@ -429,5 +440,37 @@ fn partition_at_random(sim: &mut PbftSim, rng: &mut ChaCha8Rng) {
                 sim.cut(from, to);
             }
         }
+    }
+}
+
+/// A view change re-proposes batches above the stable checkpoint that
+/// every replica already executed. Their requests must not count as
+/// waiting, or an idle group times out view after view on them.
+#[test]
+fn an_idle_group_stays_in_its_view_after_a_view_change() {
+    for seed in seeds(10) {
+        let mut sim = PbftSim::new(seed, config_for(4, seed), 4, CALM);
+        sim.run(300).unwrap();
+        sim.set_behaviour(0, Behaviour::Silent);
+        sim.run(600)
+            .unwrap_or_else(|error| panic!("SIM_SEED={seed}: {error}"));
+        assert!(
+            sim.replica(1).view() >= 1,
+            "SIM_SEED={seed}: the silent primary was replaced"
+        );
+        sim.clients_stop_at = sim.now;
+        sim.run(600).unwrap();
+        assert!(
+            !sim.waiting_since(sim.now),
+            "SIM_SEED={seed}: every request was answered"
+        );
+        let views = sim.view_changes;
+        sim.run(3_000).unwrap();
+        assert_eq!(
+            sim.view_changes,
+            views,
+            "SIM_SEED={seed}: idle, yet views changed: view {} now",
+            sim.replica(1).view()
+        );
     }
 }

@@ -104,6 +104,12 @@ impl Machine {
         }
     }
 
+    /// Whether `request`, or a later one of its client, was executed.
+    pub fn has_executed(&self, request: &Request) -> bool {
+        self.last_of(&request.client)
+            .is_some_and(|record| record.timestamp >= request.timestamp)
+    }
+
     /// The last request of `client` executed, if remembered.
     pub fn last_of(&self, client: &ClientKey) -> Option<&ClientRecord> {
         self.clients.get(client)

@@ -18,13 +18,16 @@
 //!   numbers are accepted up to `window` above it) and drops the log below.
 //!   A replica that sees a stable checkpoint above what it executed
 //!   fetches the state and checks it against the certified digest.
-//! - View change: a backup that knows of a request not executed within
-//!   `request_timeout_ticks` moves to the next view (waiting twice as long
-//!   for each further view), sending its stable checkpoint's proof and its
-//!   prepared certificates; f + 1 view changes for higher views make a
-//!   replica join. The new primary, with 2f + 1, sends a new view carrying
-//!   them and the pre-prepares they determine (null batches in the gaps);
-//!   every replica checks it by computing the same pre-prepares.
+//! - View change: a replica that knows of a request not executed within
+//!   `request_timeout_ticks` (the primary too) moves to the next view,
+//!   sending its stable checkpoint's proof and its prepared certificates;
+//!   f + 1 view changes for higher views make a replica join. Once 2f + 1
+//!   replicas move to its target or beyond, a view change whose new view
+//!   does not come in time moves on (waiting twice as long for each
+//!   further view, up to 8 timeouts). The new primary, with 2f + 1 view
+//!   changes, sends a new view carrying them and the pre-prepares they
+//!   determine (null batches in the gaps); every replica checks it by
+//!   computing the same pre-prepares.
 //! - Lost messages: every `retransmit_ticks` a replica sends again its own
 //!   messages for what it has not executed, its checkpoint vote, and its
 //!   view change; a replica that hears from one in an older view sends it

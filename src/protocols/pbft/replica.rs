@@ -66,6 +66,8 @@ pub struct Counters {
     pub rejected_invalid: u64,
     pub refused_busy: u64,
     pub view_changes_started: u64,
+    /// View changes of others checked in full (each once).
+    pub view_changes_checked: u64,
     pub views_entered: u64,
     pub batches_executed: u64,
     pub requests_executed: u64,
@@ -227,6 +229,11 @@ impl<K: Keys> Replica<K> {
 
     pub fn executed(&self) -> u64 {
         self.executed
+    }
+
+    /// Requests held waiting, and requests known but not executed.
+    pub fn waiting(&self) -> (usize, usize) {
+        (self.pending.len(), self.known.len())
     }
 
     pub fn stable_checkpoint(&self) -> u64 {
@@ -457,11 +464,9 @@ impl<K: Keys> Replica<K> {
             let Some(request) = self.pending.pop_front() else {
                 break;
             };
-            let done = self
-                .machine
-                .last_of(&request.client)
-                .is_some_and(|record| record.timestamp >= request.timestamp);
-            if !done {
+            if self.machine.has_executed(&request) {
+                self.known.remove(&(request.client, request.timestamp));
+            } else {
                 batch.push(request);
             }
         }
@@ -537,10 +542,13 @@ impl<K: Keys> Replica<K> {
         };
         // A backup holds the requests it saw ordered, so that, primary in
         // a later view, it can order them again if this view loses them.
+        // One it executed already (a new view orders again what was
+        // prepared above the stable checkpoint) waits for nothing.
         if message.from != self.id {
             for request in &batch {
                 let key = (request.client, request.timestamp);
-                if self.pending.len() < self.config.pending_max && !self.known.contains(&key) {
+                let fresh = !self.known.contains(&key) && !self.machine.has_executed(request);
+                if self.pending.len() < self.config.pending_max && fresh {
                     self.known.insert(key);
                     self.pending.push_back(request.clone());
                 }
@@ -686,15 +694,23 @@ impl<K: Keys> Replica<K> {
     /// Execution moved on: the primary's timer restarts for what still
     /// waits, and the primary orders more.
     pub(super) fn after_progress(&mut self) {
-        let machine = &self.machine;
-        self.pending.retain(|request| {
-            machine
-                .last_of(&request.client)
-                .is_none_or(|record| record.timestamp < request.timestamp)
-        });
+        self.drop_executed_pending();
         let waiting = !self.known.is_empty() || !self.pending.is_empty();
         self.timer_since = waiting.then_some(self.ticks);
         self.propose();
+    }
+
+    /// Lets go of requests held or known that were executed meanwhile (or
+    /// superseded by a later one of their client): none waits any more.
+    pub(super) fn drop_executed_pending(&mut self) {
+        let machine = &self.machine;
+        self.pending
+            .retain(|request| !machine.has_executed(request));
+        self.known.retain(|(client, timestamp)| {
+            machine
+                .last_of(client)
+                .is_none_or(|record| record.timestamp < *timestamp)
+        });
     }
 
     fn take_checkpoint(&mut self, sequence: u64) {
@@ -823,12 +839,6 @@ impl<K: Keys> Replica<K> {
         self.stable.bytes = Some(state);
         self.fetching = None;
         self.counters.states_fetched += 1;
-        let machine = &self.machine;
-        self.known.retain(|(client, timestamp)| {
-            machine
-                .last_of(client)
-                .is_none_or(|record| record.timestamp < *timestamp)
-        });
         self.after_progress();
         self.execute_ready();
     }

@@ -15,7 +15,7 @@ const VIEW_CHANGE_BACKOFF_MAX: u32 = 3;
 type Ordering = BTreeMap<u64, (Digest, Vec<Request>)>;
 
 impl<K: Keys> Replica<K> {
-    /// Times the primary on waiting requests, and a view change on its new
+    /// Times the view on waiting requests, and a view change on its new
     /// view.
     pub(super) fn check_timers(&mut self) {
         let timeout = self.config.request_timeout_ticks;
@@ -30,11 +30,15 @@ impl<K: Keys> Replica<K> {
                     self.start_view_change(changing.target + 1);
                 }
             }
+            // The primary times itself out too. A backup that executed
+            // everything waits on nothing, and one already moving on is
+            // not enough alone; were the primary the only other correct
+            // replica still waiting, no one would ever move.
             None => {
                 let late = self
                     .timer_since
                     .is_some_and(|since| self.ticks >= since + timeout);
-                if late && !self.is_primary() {
+                if late {
                     self.start_view_change(self.view + 1);
                 }
             }
@@ -99,15 +103,20 @@ impl<K: Keys> Replica<K> {
         if target <= self.view {
             return;
         }
-        if !self.view_change_is_valid(&message) {
-            self.counters.rejected_invalid += 1;
-            return;
-        }
+        // Only a view change for a view above the one held from its sender
+        // is checked: checking means verifying every signature of every
+        // prepared certificate it carries, and each replica sends its view
+        // change again every retransmit interval until the new view comes.
         let newer = self
             .view_changes
             .get(&message.from)
             .is_none_or(|held| held.view < target);
         if newer {
+            self.counters.view_changes_checked += 1;
+            if !self.view_change_is_valid(&message) {
+                self.counters.rejected_invalid += 1;
+                return;
+            }
             self.view_changes.insert(message.from, message);
         }
         self.join_view_change();
@@ -354,6 +363,7 @@ impl<K: Keys> Replica<K> {
         }
         // What this view's primary ordered in the old view is gone unless
         // the new view orders it again: only what is held stays known.
+        self.drop_executed_pending();
         self.known = self
             .pending
             .iter()
