@@ -144,6 +144,11 @@ counters! {
     /// Raft messages dropped: this node holds no replica, or the message
     /// named a sender or receiver other than its connection's ends.
     raft_dropped_misaddressed,
+    /// PBFT packets queued for a replica peer.
+    pbft_packets_sent,
+    /// PBFT packets not sent: no connection to that replica, or its send
+    /// queue was full (PBFT sends again what matters).
+    pbft_packets_unsent,
     /// PBFT packets dropped: the replica's queue was full or it was
     /// restarting (PBFT sends again what matters).
     pbft_dropped_queue_full,
@@ -160,6 +165,8 @@ counters! {
     /// View changes this replica started, and views it entered.
     pbft_view_changes_started,
     pbft_views_entered,
+    /// View changes of other replicas checked in full (each once).
+    pbft_view_changes_checked,
     /// Requests this replica executed.
     pbft_requests_executed,
     /// States fetched from other replicas after falling behind.

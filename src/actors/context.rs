@@ -212,6 +212,11 @@ impl PeerTable {
             .remove_if(peer, |_, link| link.connection_id == connection_id);
     }
 
+    /// Frames the send queue to `peer` has room for, if connected.
+    pub fn queue_room(&self, peer: &str) -> Option<usize> {
+        self.links.get(peer).map(|link| link.queue.capacity())
+    }
+
     pub fn is_connected(&self, peer: &str) -> bool {
         self.links
             .get(peer)

@@ -81,6 +81,8 @@ pub struct PbftStatus {
     pub view: u64,
     /// The view it is changing to, during a view change.
     pub moving_to: Option<u64>,
+    /// Per replica, the view its latest view change heard here moves to.
+    pub view_changes_heard: Vec<(ReplicaId, u64)>,
     pub executed: u64,
     pub stable_checkpoint: u64,
     pub batch_size: usize,
@@ -123,6 +125,8 @@ pub struct PbftReplicaState {
     /// Client requests waiting for the next drive, with who sent each.
     requests: Vec<(Request, Option<mpsc::Sender<ClientEvent>>)>,
     drive_queued: bool,
+    /// The view change target last logged.
+    moving_to: Option<u64>,
     clients: HashMap<ClientKey, mpsc::Sender<ClientEvent>>,
     seen: VecDeque<Signed>,
     rng: ChaCha8Rng,
@@ -165,6 +169,7 @@ impl Actor for PbftReplica {
             inbox: Vec::new(),
             requests: Vec::new(),
             drive_queued: false,
+            moving_to: None,
             clients: HashMap::new(),
             seen: VecDeque::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -275,6 +280,7 @@ impl PbftReplicaState {
             replica: self.replica.id(),
             view: self.replica.view(),
             moving_to: self.replica.view_change_target(),
+            view_changes_heard: self.replica.view_changes_heard(),
             executed: self.replica.executed(),
             stable_checkpoint: self.replica.stable_checkpoint(),
             batch_size: self.replica.batch_size(),
@@ -332,12 +338,21 @@ impl PbftReplicaState {
         if self.replica.in_view_change() && log.view_change_started.is_none() {
             log.view_change_started = Some(Instant::now());
         }
+        let target = self.replica.view_change_target();
+        if target.is_some() && target != self.moving_to {
+            let heard = self.replica.view_changes_heard();
+            let (pending, known) = self.replica.waiting();
+            tracing::info!(node = %self.context.node_id, view = self.replica.view(), target, ?heard, executed = self.replica.executed(), pending, known, "pbft view change");
+        }
+        self.moving_to = target;
         if let Some(view) = outputs.entered_view {
             let took = log
                 .view_change_started
                 .take()
                 .map_or(Duration::ZERO, |started| started.elapsed());
             log.views_entered.push((view, took));
+            let (pending, known) = self.replica.waiting();
+            tracing::info!(node = %self.context.node_id, view, took_ms = took.as_millis() as u64, executed = self.replica.executed(), pending, known, "pbft view entered");
         }
     }
 
@@ -358,6 +373,10 @@ impl PbftReplicaState {
             counters.view_changes_started,
         );
         set(&metrics.pbft_views_entered, counters.views_entered);
+        set(
+            &metrics.pbft_view_changes_checked,
+            counters.view_changes_checked,
+        );
         set(&metrics.pbft_requests_executed, counters.requests_executed);
         set(&metrics.pbft_states_fetched, counters.states_fetched);
     }
@@ -403,12 +422,12 @@ impl PbftReplicaState {
                 .map(|part| (class, Bytes::from(part)))
                 .collect();
             if delay.is_zero() {
-                let _ = self.context.peers.try_send_all(&peer, frames);
+                send_counted(&self.context, &peer, frames);
             } else {
                 let context = self.context.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    let _ = context.peers.try_send_all(&peer, frames);
+                    send_counted(&context, &peer, frames);
                 });
             }
         }
@@ -418,6 +437,16 @@ impl PbftReplicaState {
 /// Hands a PBFT packet to this node's replica if it comes from a PBFT
 /// replica (a message only as the replica at the other end of the
 /// connection) and the queue has room; otherwise drops and counts it.
+/// Queues one packet's frames for `peer`, counting those that could not
+/// be (PBFT sends again what matters).
+fn send_counted(context: &NodeContext, peer: &str, frames: Vec<(TrafficClass, Bytes)>) {
+    let counters = &context.metrics.counters;
+    NodeMetrics::count(match context.peers.try_send_all(peer, frames) {
+        Ok(()) => &counters.pbft_packets_sent,
+        Err(_) => &counters.pbft_packets_unsent,
+    });
+}
+
 pub fn hand_to_pbft(context: &NodeContext, peer: &str, packet: Packet) {
     let counters = &context.metrics.counters;
     let settings = &context.config.pbft;

@@ -445,6 +445,7 @@ async fn finish(
     for task in workload.pbft {
         task.await?;
     }
+    eprintln!("chaos: workload stopped; reading every key back");
     let mut violations = driver.tally.errors.clone();
     let storm = storm_section(&workload.ledger, driver, sinks, &mut violations);
     let raft = if has_raft_clients(config) {
@@ -636,13 +637,29 @@ async fn replica_states(driver: &FaultDriver) -> String {
         if driver.cluster.config.pbft.replica_id(&node.id).is_none() {
             continue;
         }
-        let status = PbftStatus::of(&node.context, Duration::from_secs(2)).await;
+        let context = &node.context;
+        let status = PbftStatus::of(context, Duration::from_secs(2)).await;
+        let counters = context.metrics.counters.values();
+        let send_queues: Vec<(&String, Option<usize>)> = (context.config.pbft.replicas.iter())
+            .filter(|peer| **peer != node.id)
+            .map(|peer| (peer, context.peers.queue_room(peer)))
+            .collect();
+        let counts = format!(
+            "room in send queues {send_queues:?}, in the router queue {}, {} packets sent and {} unsent, rejected {} invalid and {} badly signed, dropped {} queue full and {} misaddressed",
+            context.router_queue.available_permits(),
+            counters.pbft_packets_sent,
+            counters.pbft_packets_unsent,
+            counters.pbft_rejected_invalid,
+            counters.pbft_rejected_signature,
+            counters.pbft_dropped_queue_full,
+            counters.pbft_dropped_misaddressed,
+        );
         states.push(match status {
             Some(status) => format!(
-                "{} view {} moving to {:?}, executed {}",
-                node.id, status.view, status.moving_to, status.executed
+                "{} view {} moving to {:?}, executed {}, view changes heard {:?}, {counts}",
+                node.id, status.view, status.moving_to, status.executed, status.view_changes_heard
             ),
-            None => format!("{} not answering", node.id),
+            None => format!("{} not answering, {counts}", node.id),
         });
     }
     states.join("; ")
