@@ -434,9 +434,6 @@ impl PbftReplicaState {
     }
 }
 
-/// Hands a PBFT packet to this node's replica if it comes from a PBFT
-/// replica (a message only as the replica at the other end of the
-/// connection) and the queue has room; otherwise drops and counts it.
 /// Queues one packet's frames for `peer`, counting those that could not
 /// be (PBFT sends again what matters).
 fn send_counted(context: &NodeContext, peer: &str, frames: Vec<(TrafficClass, Bytes)>) {
@@ -447,6 +444,9 @@ fn send_counted(context: &NodeContext, peer: &str, frames: Vec<(TrafficClass, By
     });
 }
 
+/// Hands a PBFT packet to this node's replica if it comes from a PBFT
+/// replica (a message only as the replica at the other end of the
+/// connection) and the queue has room; otherwise drops and counts it.
 pub fn hand_to_pbft(context: &NodeContext, peer: &str, packet: Packet) {
     let counters = &context.metrics.counters;
     let settings = &context.config.pbft;
