@@ -104,10 +104,11 @@ impl Machine {
         }
     }
 
-    /// Whether `request`, or a later one of its client, was executed.
-    pub fn has_executed(&self, request: &Request) -> bool {
-        self.last_of(&request.client)
-            .is_some_and(|record| record.timestamp >= request.timestamp)
+    /// Whether the request of this client and timestamp ([`Request::key`]),
+    /// or a later one of its client, was executed.
+    pub fn has_executed(&self, (client, timestamp): &(ClientKey, u64)) -> bool {
+        self.last_of(client)
+            .is_some_and(|record| record.timestamp >= *timestamp)
     }
 
     /// The last request of `client` executed, if remembered.

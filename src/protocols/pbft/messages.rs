@@ -103,6 +103,11 @@ pub struct Request {
 }
 
 impl Request {
+    /// Who sent it and when: one request per client and timestamp.
+    pub fn key(&self) -> (ClientKey, u64) {
+        (self.client, self.timestamp)
+    }
+
     pub fn signing_bytes(client: &ClientKey, timestamp: u64, operation: &Operation) -> Vec<u8> {
         let mut bytes = REQUEST_DOMAIN.to_vec();
         bytes.extend_from_slice(client);

@@ -347,7 +347,7 @@ impl<K: Keys> Replica<K> {
                 return Ok(());
             }
         }
-        let key = (request.client, request.timestamp);
+        let key = request.key();
         if self.known.contains(&key) {
             return Ok(());
         }
@@ -464,8 +464,8 @@ impl<K: Keys> Replica<K> {
             let Some(request) = self.pending.pop_front() else {
                 break;
             };
-            if self.machine.has_executed(&request) {
-                self.known.remove(&(request.client, request.timestamp));
+            if self.machine.has_executed(&request.key()) {
+                self.known.remove(&request.key());
             } else {
                 batch.push(request);
             }
@@ -546,8 +546,8 @@ impl<K: Keys> Replica<K> {
         // prepared above the stable checkpoint) waits for nothing.
         if message.from != self.id {
             for request in &batch {
-                let key = (request.client, request.timestamp);
-                let fresh = !self.known.contains(&key) && !self.machine.has_executed(request);
+                let key = request.key();
+                let fresh = !self.known.contains(&key) && !self.machine.has_executed(&key);
                 if self.pending.len() < self.config.pending_max && fresh {
                     self.known.insert(key);
                     self.pending.push_back(request.clone());
@@ -668,7 +668,7 @@ impl<K: Keys> Replica<K> {
             let sequence = self.executed + 1;
             let (digest, batch) = (slot.digest, slot.batch.clone());
             for request in &batch {
-                self.known.remove(&(request.client, request.timestamp));
+                self.known.remove(&request.key());
                 match self.machine.execute(sequence, request) {
                     Executed::Fresh(result) => {
                         self.counters.requests_executed += 1;
@@ -705,12 +705,8 @@ impl<K: Keys> Replica<K> {
     pub(super) fn drop_executed_pending(&mut self) {
         let machine = &self.machine;
         self.pending
-            .retain(|request| !machine.has_executed(request));
-        self.known.retain(|(client, timestamp)| {
-            machine
-                .last_of(client)
-                .is_none_or(|record| record.timestamp < *timestamp)
-        });
+            .retain(|request| !machine.has_executed(&request.key()));
+        self.known.retain(|key| !machine.has_executed(key));
     }
 
     fn take_checkpoint(&mut self, sequence: u64) {

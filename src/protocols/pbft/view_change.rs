@@ -364,11 +364,7 @@ impl<K: Keys> Replica<K> {
         // What this view's primary ordered in the old view is gone unless
         // the new view orders it again: only what is held stays known.
         self.drop_executed_pending();
-        self.known = self
-            .pending
-            .iter()
-            .map(|request| (request.client, request.timestamp))
-            .collect();
+        self.known = self.pending.iter().map(Request::key).collect();
         self.counters.views_entered += 1;
         self.outputs.entered_view = Some(target);
         self.next_sequence = self.stable.sequence.max(low);
