@@ -23,12 +23,14 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
-use raft_engine::{Command, Config, Engine, LogBatch, MessageExt, ReadableSize};
+use raft_engine::{Command, Config, Engine, LogBatch, MessageExt, ReadableSize, RecoveryMode};
 
-use crate::protocols::raft::{Durable, Persist};
+use crate::protocols::raft::{Durable, LogPosition, Persist, Voting};
+use crate::raft_identity::{IdentityError, IdentityFile, IdentityRecord, Owner};
 
 /// raft-engine keeps many groups apart by id; a node has one.
 const GROUP: u64 = 1;
@@ -38,6 +40,10 @@ const CONF_STATE_KEY: &[u8] = b"conf_state";
 const PURGE_THRESHOLD_BYTES: u64 = 256 * 1024 * 1024;
 /// Size of one engine log file before the next is started.
 const TARGET_FILE_BYTES: u64 = 32 * 1024 * 1024;
+/// The snapshot file starts with this, then the protobuf's length (u64)
+/// and CRC-32 (u32), little-endian.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"AMSNAP1\n";
+const SNAPSHOT_HEADER_BYTES: usize = 8 + 8 + 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RaftLogError {
@@ -48,8 +54,30 @@ pub enum RaftLogError {
         path: String,
         source: std::io::Error,
     },
-    #[error("snapshot {path} is corrupt: {reason}")]
+    #[error("snapshot {path} is damaged: {reason}")]
     CorruptSnapshot { path: String, reason: String },
+    #[error("raft log in {path} starts at entry {first} but its snapshot ends at entry {snapshot}: the snapshot file is missing or older than the log")]
+    Gap {
+        path: String,
+        first: u64,
+        snapshot: u64,
+    },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+impl RaftLogError {
+    /// Whether the files hold damage (as opposed to a failing disk or a
+    /// folder that cannot be read), so that the replica must be rebuilt.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            RaftLogError::Engine { .. }
+                | RaftLogError::CorruptSnapshot { .. }
+                | RaftLogError::Gap { .. }
+                | RaftLogError::Identity(IdentityError::Damaged { .. })
+        )
+    }
 }
 
 #[derive(Clone)]
@@ -63,39 +91,150 @@ impl MessageExt for EntryType {
     }
 }
 
+/// What opening a log found, beyond its contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// What voting the log allows.
+    pub voting: Voting,
+    /// Said once, at open, to the operator: why voting is withheld, or
+    /// what was repaired.
+    pub notes: Vec<String>,
+}
+
 /// One replica's durable log.
 pub struct RaftLog {
     engine: Engine,
     directory: PathBuf,
     fsync: bool,
+    /// Rewritten after each write that moves the log on, with the
+    /// position it records; None only while [`RaftLog::open`] runs.
+    identity: Mutex<Option<(IdentityFile, LogPosition)>>,
+    opened: Opened,
 }
 
 impl RaftLog {
-    /// Opens (or creates) the log in `directory`. With `fsync` false,
-    /// writes are not forced to disk: for benchmarks only.
-    pub fn open(directory: &Path, fsync: bool) -> Result<RaftLog, RaftLogError> {
+    /// Opens (or creates) the log in `directory` for `owner`, reads all of
+    /// it back to check it, and compares it with the folder's identity
+    /// record. Damage that loses nothing anyone was told of (the unfinished
+    /// last write of a crash) is repaired; a log found behind its record
+    /// opens with voting withheld ([`Opened`]); damage that cannot be
+    /// read past is an error naming the file. With `fsync` false, writes
+    /// are not forced to disk: for benchmarks only.
+    pub fn open(directory: &Path, owner: &Owner, fsync: bool) -> Result<RaftLog, RaftLogError> {
         let engine_directory = directory.join("engine");
-        let failed = |reason: String| RaftLogError::Engine {
+        fs::create_dir_all(&engine_directory).map_err(|error| RaftLogError::Engine {
             path: engine_directory.display().to_string(),
-            reason,
-        };
-        fs::create_dir_all(&engine_directory).map_err(|error| failed(error.to_string()))?;
-        let config = Config {
-            dir: engine_directory.display().to_string(),
-            purge_threshold: ReadableSize(PURGE_THRESHOLD_BYTES),
-            target_file_size: ReadableSize(TARGET_FILE_BYTES),
-            ..Default::default()
-        };
-        let engine = Engine::open(config).map_err(|error| failed(error.to_string()))?;
-        Ok(RaftLog {
+            reason: error.to_string(),
+        })?;
+        let record = IdentityFile::read(directory, owner)?;
+        let mut notes = Vec::new();
+        let (engine, repaired) = open_engine(&engine_directory)?;
+        let mut log = RaftLog {
             engine,
             directory: directory.to_path_buf(),
             fsync,
-        })
+            identity: Mutex::new(None),
+            opened: Opened {
+                voting: Voting::Allowed,
+                notes: Vec::new(),
+            },
+        };
+        let durable = log.load()?;
+        if let Some(first) = durable.entries.first() {
+            let snapshot = durable
+                .snapshot
+                .as_ref()
+                .map_or(0, |s| s.get_metadata().index);
+            if first.index != snapshot + 1 {
+                return Err(RaftLogError::Gap {
+                    path: engine_directory.display().to_string(),
+                    first: first.index,
+                    snapshot,
+                });
+            }
+        }
+        let position = durable.position();
+        let (voting, reason) = match &record {
+            None if position == LogPosition::default() => (Voting::Fresh, String::new()),
+            None => {
+                notes.push(format!(
+                    "no identity file in {}: made one from the log",
+                    directory.display()
+                ));
+                (Voting::Allowed, String::new())
+            }
+            Some(record) if position.is_behind(&record.position) => {
+                let until_term_above = match record.voting {
+                    Voting::Withheld { until_term_above } => {
+                        until_term_above.max(record.position.term)
+                    }
+                    _ => record.position.term,
+                };
+                let mut reason = format!(
+                    "the log in {} ends at entry {} of term {} in term {}, behind its identity record (entry {} of term {} in term {}): synced state was lost",
+                    engine_directory.display(),
+                    position.last_index,
+                    position.last_term,
+                    position.term,
+                    record.position.last_index,
+                    record.position.last_term,
+                    record.position.term,
+                );
+                if let Some(repaired) = &repaired {
+                    reason.push_str(&format!(
+                        " (raft-engine: {}; the files as found are in {})",
+                        repaired.reason,
+                        repaired.kept.display()
+                    ));
+                }
+                (Voting::Withheld { until_term_above }, reason)
+            }
+            Some(record) => (record.voting.after(&position), record.reason.clone()),
+        };
+        if let Some(repaired) = repaired.filter(|_| !matches!(voting, Voting::Withheld { .. })) {
+            // A crash's unfinished write: nothing in it was promised.
+            let _ = fs::remove_dir_all(&repaired.kept);
+            notes.push(format!(
+                "discarded the unfinished last write in {} ({}); the identity record shows nothing in it was acknowledged",
+                engine_directory.display(),
+                repaired.reason
+            ));
+        }
+        if let Voting::Withheld { until_term_above } = voting {
+            notes.push(format!(
+                "votes withheld until the log holds an entry of a term above {until_term_above}, from a leader elected without this replica: {reason}"
+            ));
+        }
+        let record = IdentityRecord {
+            format: crate::raft_identity::FORMAT_VERSION,
+            owner: owner.clone(),
+            sequence: record.map_or(0, |record| record.sequence + 1),
+            position,
+            voting,
+            reason,
+        };
+        let identity = IdentityFile::create(directory, record, fsync)?;
+        log.identity = Mutex::new(Some((identity, position)));
+        log.opened = Opened { voting, notes };
+        Ok(log)
     }
 
     pub fn fsync(&self) -> bool {
         self.fsync
+    }
+
+    /// What [`RaftLog::open`] found.
+    pub fn opened(&self) -> &Opened {
+        &self.opened
+    }
+
+    /// What voting the log allows now.
+    pub fn voting(&self) -> Voting {
+        self.identity
+            .lock()
+            .expect("identity lock is never poisoned")
+            .as_ref()
+            .map_or(Voting::Allowed, |(identity, _)| identity.record().voting)
     }
 
     /// Everything durable: the state a replica restarts from.
@@ -170,7 +309,26 @@ impl RaftLog {
                     .map_err(|error| self.engine_error(error))?;
             }
         }
-        self.write_batch(&mut batch)
+        self.write_batch(&mut batch)?;
+        self.record_position(persists)
+    }
+
+    /// Brings the identity record up to the log after `persists` were
+    /// written, before anyone is told they are durable.
+    fn record_position(&self, persists: &[Persist]) -> Result<(), RaftLogError> {
+        let mut identity = self
+            .identity
+            .lock()
+            .expect("identity lock is never poisoned");
+        let Some((file, position)) = identity.as_mut() else {
+            return Ok(());
+        };
+        for persist in persists {
+            position.absorb(persist);
+        }
+        let voting = file.record().voting.after(position);
+        file.update(*position, voting)?;
+        Ok(())
     }
 
     /// Keeps the group's configuration after an applied change.
@@ -213,8 +371,8 @@ impl RaftLog {
         self.directory.join("snapshot")
     }
 
-    /// Writes `snapshot` to a temporary file, syncs it and renames it over
-    /// the previous one.
+    /// Writes `snapshot` (header, then protobuf) to a temporary file,
+    /// syncs it and renames it over the previous one.
     fn keep_snapshot(&self, snapshot: &Snapshot) -> Result<(), RaftLogError> {
         let path = self.snapshot_path();
         let temporary = self.directory.join("snapshot.tmp");
@@ -222,11 +380,16 @@ impl RaftLog {
             path: path.display().to_string(),
             source,
         };
-        let bytes = snapshot
+        let body = snapshot
             .write_to_bytes()
             .map_err(|error| failed(std::io::Error::other(error.to_string())))?;
+        let mut header = Vec::with_capacity(SNAPSHOT_HEADER_BYTES);
+        header.extend_from_slice(SNAPSHOT_MAGIC);
+        header.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        header.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         let mut file = File::create(&temporary).map_err(failed)?;
-        file.write_all(&bytes).map_err(failed)?;
+        file.write_all(&header).map_err(failed)?;
+        file.write_all(&body).map_err(failed)?;
         if self.fsync {
             file.sync_data().map_err(failed)?;
         }
@@ -251,11 +414,13 @@ impl RaftLog {
                 })
             }
         };
-        let snapshot =
-            Snapshot::parse_from_bytes(&bytes).map_err(|error| RaftLogError::CorruptSnapshot {
-                path: path.display().to_string(),
-                reason: error.to_string(),
-            })?;
+        let corrupt = |reason: String| RaftLogError::CorruptSnapshot {
+            path: path.display().to_string(),
+            reason,
+        };
+        let body = snapshot_body(&bytes).map_err(corrupt)?;
+        let snapshot = Snapshot::parse_from_bytes(body)
+            .map_err(|error| corrupt(format!("unreadable protobuf: {error}")))?;
         Ok(Some(snapshot))
     }
 
@@ -267,9 +432,118 @@ impl RaftLog {
     }
 }
 
+/// The protobuf of a snapshot file, once its header and checksum agree.
+fn snapshot_body(bytes: &[u8]) -> Result<&[u8], String> {
+    if bytes.len() < SNAPSHOT_HEADER_BYTES || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err(format!(
+            "no snapshot header ({} bytes; a snapshot file starts with {:?})",
+            bytes.len(),
+            String::from_utf8_lossy(SNAPSHOT_MAGIC).trim_end()
+        ));
+    }
+    let length = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let checksum = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
+    let body = &bytes[SNAPSHOT_HEADER_BYTES..];
+    if body.len() as u64 != length {
+        return Err(format!(
+            "{} bytes after the header, the header says {length}",
+            body.len()
+        ));
+    }
+    let computed = crc32fast::hash(body);
+    if computed != checksum {
+        return Err(format!("checksum {computed:08x}, expected {checksum:08x}"));
+    }
+    Ok(body)
+}
+
+fn engine_config(directory: &Path, recovery_mode: RecoveryMode) -> Config {
+    Config {
+        dir: directory.display().to_string(),
+        purge_threshold: ReadableSize(PURGE_THRESHOLD_BYTES),
+        target_file_size: ReadableSize(TARGET_FILE_BYTES),
+        recovery_mode,
+        ..Default::default()
+    }
+}
+
+/// What opening the engine cut from the tail of its last file.
+struct Repair {
+    /// raft-engine's words.
+    reason: String,
+    /// Where the files are, as they were found.
+    kept: PathBuf,
+}
+
+/// Opens raft-engine so that damage is never silently cut away. First
+/// with absolute consistency: any record that fails its checksum is an
+/// error. If only the last file's tail is damaged, which is also what a
+/// crash in the middle of a write (or space allocated ahead and never
+/// written) leaves, the engine's files are first copied to
+/// `damaged-<unix seconds>/` beside it, then opened again letting the
+/// engine cut the tail; the caller compares what is left with the
+/// identity record to tell a crash from lost data. Returns the engine and
+/// what was cut, if anything.
+fn open_engine(directory: &Path) -> Result<(Engine, Option<Repair>), RaftLogError> {
+    let failed = |error: raft_engine::Error| RaftLogError::Engine {
+        path: directory.display().to_string(),
+        reason: error.to_string(),
+    };
+    let strict = match Engine::open(engine_config(directory, RecoveryMode::AbsoluteConsistency)) {
+        Ok(engine) => return Ok((engine, None)),
+        Err(error @ raft_engine::Error::Corruption(_)) => error,
+        Err(error) => return Err(failed(error)),
+    };
+    let reason = strict.to_string();
+    let kept = keep_damaged_files(directory).map_err(|error| RaftLogError::Engine {
+        path: directory.display().to_string(),
+        reason: format!("{reason}; and the damaged files could not be copied aside: {error}"),
+    })?;
+    match Engine::open(engine_config(
+        directory,
+        RecoveryMode::TolerateTailCorruption,
+    )) {
+        Ok(engine) => Ok((engine, Some(Repair { reason, kept }))),
+        // Not only the tail: nothing was changed, and nothing is guessed.
+        Err(error) => Err(failed(error)),
+    }
+}
+
+/// Copies the engine's files to a new `damaged-<unix seconds>` folder
+/// beside `directory`, so that the bytes raft-engine is about to cut stay
+/// for whoever investigates.
+fn keep_damaged_files(directory: &Path) -> std::io::Result<PathBuf> {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let parent = directory.parent().unwrap_or(directory);
+    let mut kept = parent.join(format!("damaged-{seconds}"));
+    let mut suffix = 1;
+    while kept.exists() {
+        kept = parent.join(format!("damaged-{seconds}-{suffix}"));
+        suffix += 1;
+    }
+    fs::create_dir_all(&kept)?;
+    for file in fs::read_dir(directory)? {
+        let file = file?;
+        if file.file_type()?.is_file() {
+            fs::copy(file.path(), kept.join(file.file_name()))?;
+        }
+    }
+    Ok(kept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn owner() -> Owner {
+        Owner {
+            cluster: "test".into(),
+            node: "n1".into(),
+            raft_id: 1,
+        }
+    }
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
         Entry {
@@ -312,7 +586,7 @@ mod tests {
     fn what_was_written_is_read_back_after_reopening() {
         let folder = tempfile::tempdir().unwrap();
         {
-            let log = RaftLog::open(folder.path(), true).unwrap();
+            let log = RaftLog::open(folder.path(), &owner(), true).unwrap();
             assert!(log.load().unwrap().entries.is_empty(), "a new log is empty");
             let first = persist(1, vec![entry(1, 1, b"a"), entry(2, 1, b"b")], 1);
             let second = persist(2, vec![entry(3, 1, b"c")], 2);
@@ -321,7 +595,10 @@ mod tests {
             log.write(&[persist(3, vec![entry(3, 2, b"d")], 3)])
                 .unwrap();
         }
-        let durable = RaftLog::open(folder.path(), true).unwrap().load().unwrap();
+        let durable = RaftLog::open(folder.path(), &owner(), true)
+            .unwrap()
+            .load()
+            .unwrap();
         let read: Vec<(u64, u64)> = durable
             .entries
             .iter()
@@ -335,7 +612,7 @@ mod tests {
     #[test]
     fn a_snapshot_replaces_the_entries_it_covers() {
         let folder = tempfile::tempdir().unwrap();
-        let log = RaftLog::open(folder.path(), true).unwrap();
+        let log = RaftLog::open(folder.path(), &owner(), true).unwrap();
         let entries = (1..=5).map(|index| entry(index, 1, b"x")).collect();
         log.write(&[persist(1, entries, 5)]).unwrap();
         log.compacted(&snapshot_at(3, 1, b"state at 3")).unwrap();
@@ -355,7 +632,10 @@ mod tests {
         };
         log.write(&[received]).unwrap();
         drop(log);
-        let durable = RaftLog::open(folder.path(), false).unwrap().load().unwrap();
+        let durable = RaftLog::open(folder.path(), &owner(), false)
+            .unwrap()
+            .load()
+            .unwrap();
         assert_eq!(durable.snapshot.unwrap().get_metadata().index, 20);
         let indices: Vec<u64> = durable.entries.iter().map(|entry| entry.index).collect();
         assert_eq!(indices, vec![21]);
@@ -364,11 +644,11 @@ mod tests {
     #[test]
     fn a_corrupt_snapshot_is_an_error_naming_the_file() {
         let folder = tempfile::tempdir().unwrap();
-        let log = RaftLog::open(folder.path(), true).unwrap();
+        let log = RaftLog::open(folder.path(), &owner(), true).unwrap();
         fs::write(folder.path().join("snapshot"), b"\xff\xff\xff not protobuf").unwrap();
         let error = log.load().unwrap_err().to_string();
         assert!(
-            error.contains("snapshot") && error.contains("corrupt"),
+            error.contains("snapshot") && error.contains("damaged"),
             "{error}"
         );
     }

@@ -267,7 +267,12 @@ fn open_raft_disk(
     let directory = spec.raft_directory.as_ref().ok_or(
         "the node holds a control-plane replica but has no log directory (set control.data_dir)",
     )?;
-    let disk = super::raft_replica::ReplicaDisk::open(directory, control.fsync)
+    let owner = crate::raft_identity::Owner {
+        cluster: spec.config.name.clone(),
+        node: spec.node_id.clone(),
+        raft_id: control.replica_id(&spec.node_id).expect("checked above"),
+    };
+    let disk = super::raft_replica::ReplicaDisk::open(directory, &owner, control.fsync)
         .map_err(|error| error.to_string())?;
     Ok(Some(Arc::new(disk)))
 }

@@ -38,8 +38,9 @@ use crate::protocols::cluster_state::{
 use crate::protocols::control::{
     ClientReply, ClientRequest, ControlError, Operation, ReplicaStatus,
 };
-use crate::protocols::raft::{MembershipChange, Outputs, Persist, Replica, ReplicaConfig};
+use crate::protocols::raft::{MembershipChange, Outputs, Persist, Replica, ReplicaConfig, Voting};
 use crate::protocols::wire::{encode_raft_message, TrafficClass};
+use crate::raft_identity::Owner;
 use crate::raft_log::{RaftLog, RaftLogError};
 
 use super::context::{monotonic_ms, NodeContext, OverlayCommit, Ticker};
@@ -114,35 +115,73 @@ pub struct ReplicaDisk {
 
 struct DiskInner {
     generation: u64,
-    /// None once closed (the node stopped).
+    /// None once closed (the node stopped, or a write failed).
     log: Option<RaftLog>,
+    /// Why a write failed, if one did.
+    failed: Option<String>,
+}
+
+/// What an incarnation starts from.
+struct Claimed {
+    generation: u64,
+    durable: crate::protocols::raft::Durable,
+    fsync: bool,
+    voting: Voting,
 }
 
 impl ReplicaDisk {
-    pub fn open(directory: &Path, fsync: bool) -> Result<ReplicaDisk, RaftLogError> {
-        let log = RaftLog::open(directory, fsync)?;
+    /// Opens the log and says once what opening it found.
+    pub fn open(directory: &Path, owner: &Owner, fsync: bool) -> Result<ReplicaDisk, RaftLogError> {
+        let log = RaftLog::open(directory, owner, fsync)?;
+        for note in &log.opened().notes {
+            tracing::warn!(node = %owner.node, "raft log: {note}");
+        }
         Ok(ReplicaDisk {
             inner: Mutex::new(DiskInner {
                 generation: 0,
                 log: Some(log),
+                failed: None,
             }),
         })
     }
 
+    /// A writer that panicked (raft-engine panics when fsync fails) has
+    /// closed the log first, so what the lock guards is still consistent.
     fn lock(&self) -> std::sync::MutexGuard<'_, DiskInner> {
-        self.inner.lock().expect("disk lock is never poisoned")
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Makes the caller the only writer and reads what is durable. An
     /// older writer holds the lock while it writes, so nothing it writes
     /// lands after this read.
-    fn claim(&self) -> Result<(u64, crate::protocols::raft::Durable, bool), String> {
+    fn claim(&self) -> Result<Claimed, String> {
         let mut inner = self.lock();
         inner.generation += 1;
         let generation = inner.generation;
+        if let Some(reason) = &inner.failed {
+            return Err(format!(
+                "the replica's log failed and stays closed until the node restarts: {reason}"
+            ));
+        }
         let log = inner.log.as_ref().ok_or("the replica's log is closed")?;
         let durable = log.load().map_err(|error| error.to_string())?;
-        Ok((generation, durable, log.fsync()))
+        Ok(Claimed {
+            generation,
+            durable,
+            fsync: log.fsync(),
+            voting: log.voting(),
+        })
+    }
+
+    /// Closes the log after a write failed half way (raft-engine cannot
+    /// say what reached the disk): later claims are refused with `reason`.
+    fn fail(&self, reason: &str) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.log = None;
+        inner.failed = Some(reason.to_string());
     }
 
     /// Writes `jobs` for `generation`; None if a newer incarnation claimed
@@ -210,7 +249,24 @@ fn spawn_writer(
                         Err(_) => break,
                     }
                 }
-                match disk.write(generation, &jobs) {
+                let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    disk.write(generation, &jobs)
+                }))
+                .unwrap_or_else(|panic| {
+                    let reason = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("the log writer panicked");
+                    let reason =
+                        format!("raft-engine gave up writing ({reason}); an fsync may have failed");
+                    disk.fail(&reason);
+                    Err(RaftLogError::Engine {
+                        path: "the replica's log".into(),
+                        reason,
+                    })
+                });
+                match written {
                     Ok(Some(number)) => {
                         for job in jobs {
                             if let DiskJob::Barrier(reply) = job {
@@ -320,7 +376,12 @@ impl Actor for RaftReplica {
             .raft_disk
             .clone()
             .ok_or("the replica has no log directory")?;
-        let (generation, durable, fsync) = disk.claim()?;
+        let Claimed {
+            generation,
+            durable,
+            fsync,
+            voting,
+        } = disk.claim()?;
         let machine = match &durable.snapshot {
             Some(snapshot) => ClusterState::restore(snapshot.get_data())?,
             None => ClusterState::default(),
@@ -328,7 +389,8 @@ impl Actor for RaftReplica {
         let snapshot_index = machine.applied;
         let config = replica_config(control, id, context.config.seed);
         let logger = crate::protocols::raft::tracing_logger();
-        let replica = Replica::new(&config, &durable, &logger)?;
+        let mut replica = Replica::new(&config, &durable, &logger)?;
+        replica.set_voting(voting);
         let writer = spawn_writer(
             disk,
             generation,

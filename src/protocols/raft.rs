@@ -26,7 +26,9 @@
 
 use std::sync::{Arc, RwLock};
 
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, HardState, Message, Snapshot};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfState, Entry, HardState, Message, MessageType, Snapshot,
+};
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, RawNode, ReadState, StateRole, Storage, StorageError};
 
@@ -212,6 +214,115 @@ impl Durable {
     }
 }
 
+impl Durable {
+    /// Where this durable log ends: see [`LogPosition`].
+    pub fn position(&self) -> LogPosition {
+        let snapshot = self
+            .snapshot
+            .as_ref()
+            .map(|snapshot| snapshot.get_metadata());
+        let (last_index, last_term) = match (self.entries.last(), snapshot) {
+            (Some(entry), _) => (entry.index, entry.term),
+            (None, Some(metadata)) => (metadata.index, metadata.term),
+            (None, None) => (0, 0),
+        };
+        let term = self
+            .hard_state
+            .term
+            .max(snapshot.map_or(0, |metadata| metadata.term));
+        LogPosition {
+            term,
+            last_index,
+            last_term,
+        }
+    }
+}
+
+/// How far a replica's durable log reached: its current term (from the
+/// hard state, which also holds its vote in that term) and its last entry.
+/// Each write moves it on: the term never falls, and within one term the
+/// last entry only grows or is replaced by entries of a later term.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogPosition {
+    pub term: u64,
+    pub last_index: u64,
+    pub last_term: u64,
+}
+
+impl LogPosition {
+    /// Moves on past `persist`, written after this position.
+    pub fn absorb(&mut self, persist: &Persist) {
+        if let Some(snapshot) = &persist.snapshot {
+            let metadata = snapshot.get_metadata();
+            self.last_index = metadata.index;
+            self.last_term = metadata.term;
+            self.term = self.term.max(metadata.term);
+        }
+        if let Some(entry) = persist.entries.last() {
+            self.last_index = entry.index;
+            self.last_term = entry.term;
+        }
+        if let Some(hard_state) = &persist.hard_state {
+            self.term = self.term.max(hard_state.term);
+        }
+    }
+
+    /// Whether a log at this position lost something that a log at
+    /// `recorded` had made durable: an earlier term (a vote forgotten) or,
+    /// in the same term, an earlier last entry.
+    pub fn is_behind(&self, recorded: &LogPosition) -> bool {
+        (self.term, self.last_term, self.last_index)
+            < (recorded.term, recorded.last_term, recorded.last_index)
+    }
+}
+
+/// Whether a replica may vote and stand for election. A replica that lost
+/// durable state it had promised from (its votes, entries it acknowledged)
+/// breaks Raft's safety if it votes as if it had never made the promises.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Voting {
+    /// Its log holds everything it promised.
+    #[default]
+    Allowed,
+    /// It has never held an entry and has no record of having held any: it
+    /// votes only for candidates whose log is empty too (the group's first
+    /// election) until it holds an entry. A replica that lost everything,
+    /// its record included, then cannot elect a leader that lacks what
+    /// others acknowledged.
+    Fresh,
+    /// It lost state it had promised from, in terms up to
+    /// `until_term_above`. It neither votes nor stands for election until
+    /// its log holds an entry of a later term: that entry's leader was
+    /// elected without it and, being a leader, holds every entry committed
+    /// before its term, so the log under that entry holds everything this
+    /// replica ever acknowledged that counted.
+    Withheld { until_term_above: u64 },
+}
+
+impl Voting {
+    /// What voting a log at `position` allows, from this.
+    pub fn after(self, position: &LogPosition) -> Voting {
+        match self {
+            Voting::Fresh if position.last_index > 0 => Voting::Allowed,
+            Voting::Withheld { until_term_above } if position.last_term > until_term_above => {
+                Voting::Allowed
+            }
+            voting => voting,
+        }
+    }
+
+    /// Whether a replica in this state may answer `message`, a request
+    /// for its vote (or for its standing, in a leadership transfer).
+    fn may_answer(&self, message: &Message) -> bool {
+        match self {
+            Voting::Allowed => true,
+            Voting::Fresh => message.index == 0,
+            Voting::Withheld { .. } => false,
+        }
+    }
+}
+
 /// One batch to write durably, in order with the others.
 #[derive(Clone, Debug)]
 pub struct Persist {
@@ -250,6 +361,9 @@ pub struct Replica {
     waiting: std::collections::VecDeque<(u64, Vec<Message>)>,
     /// A snapshot handed out for applying: its persist number and index.
     snapshot_applied: Option<(u64, u64)>,
+    voting: Voting,
+    /// Requests for this replica's vote it left unanswered (see [`Voting`]).
+    votes_withheld: u64,
 }
 
 impl Replica {
@@ -300,6 +414,8 @@ impl Replica {
             node,
             waiting: std::collections::VecDeque::new(),
             snapshot_applied: None,
+            voting: Voting::Allowed,
+            votes_withheld: 0,
         })
     }
 
@@ -346,13 +462,62 @@ impl Replica {
         (conf.voters, conf.learners)
     }
 
+    /// Sets what voting this replica may do (from its identity record;
+    /// [`Voting::Allowed`] unless told otherwise). It moves on by itself as
+    /// the log does.
+    pub fn set_voting(&mut self, voting: Voting) {
+        self.voting = voting;
+        self.refresh_voting();
+    }
+
+    pub fn voting(&self) -> Voting {
+        self.voting
+    }
+
+    /// Requests for this replica's vote it left unanswered.
+    pub fn votes_withheld(&self) -> u64 {
+        self.votes_withheld
+    }
+
+    /// Where the log (in memory, ahead of the disk) ends.
+    pub fn position(&self) -> LogPosition {
+        let log = &self.node.raft.raft_log;
+        LogPosition {
+            term: self.node.raft.term,
+            last_index: log.last_index(),
+            last_term: log.last_term(),
+        }
+    }
+
+    fn refresh_voting(&mut self) {
+        if self.voting != Voting::Allowed {
+            self.voting = self.voting.after(&self.position());
+        }
+    }
+
     /// One logical clock tick.
     pub fn tick(&mut self) {
+        if matches!(self.voting, Voting::Withheld { .. }) {
+            // Never time out, so never stand for election.
+            self.node.raft.election_elapsed = 0;
+        }
         self.node.tick();
     }
 
-    /// A message from another replica.
+    /// A message from another replica. A request for a vote this replica
+    /// may not give is dropped unanswered (and counted): the candidate
+    /// hears nothing, as from a replica that is down.
     pub fn step(&mut self, message: Message) -> raft::Result<()> {
+        let asks_for_vote = matches!(
+            message.get_msg_type(),
+            MessageType::MsgRequestVote
+                | MessageType::MsgRequestPreVote
+                | MessageType::MsgTimeoutNow
+        );
+        if asks_for_vote && !self.voting.may_answer(&message) {
+            self.votes_withheld += 1;
+            return Ok(());
+        }
         self.node.step(message)
     }
 
@@ -494,6 +659,7 @@ impl Replica {
         if let Some(last) = outputs.committed.last() {
             self.node.advance_apply_to(last.index);
         }
+        self.refresh_voting();
         Ok(outputs)
     }
 
