@@ -518,6 +518,14 @@ impl Replica {
             self.votes_withheld += 1;
             return Ok(());
         }
+        let mut message = message;
+        if message.get_msg_type() == MessageType::MsgHeartbeat {
+            // A leader sends a follower the commit index it knows the
+            // follower holds; one that lost its log holds less, and
+            // raft-rs stops on a commit index beyond the log. The appends
+            // that follow find where the logs part.
+            message.commit = message.commit.min(self.node.raft.raft_log.last_index());
+        }
         self.node.step(message)
     }
 

@@ -27,7 +27,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::protocols::cluster_state::{ClusterState, Command, Proposal, RequestId};
-use crate::protocols::raft::{Durable, MembershipChange, Outputs, Persist, Replica, ReplicaConfig};
+use crate::protocols::raft::{
+    Durable, MembershipChange, Outputs, Persist, Replica, ReplicaConfig, Voting,
+};
 
 /// One client call and, if it came, its answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,6 +107,9 @@ pub struct RaftSim {
     configs: Vec<ReplicaConfig>,
     replicas: Vec<Option<Replica>>,
     durable: Vec<Durable>,
+    /// Per replica, what its identity record allows (kept on its disk
+    /// beside the log, as `raft_identity` does).
+    voting: Vec<Voting>,
     /// Per replica: writes in progress and when each completes.
     disks: Vec<VecDeque<(u64, Persist)>>,
     /// Messages in flight by (delivery time, sequence).
@@ -180,6 +185,7 @@ impl RaftSim {
             configs,
             replicas,
             durable,
+            voting: vec![Voting::Allowed; count],
             disks: vec![VecDeque::new(); count],
             network: BTreeMap::new(),
             sent: 0,
@@ -319,13 +325,42 @@ impl RaftSim {
         if self.replicas[index].is_some() {
             return Ok(());
         }
-        let replica = Replica::new(&self.configs[index], &self.durable[index], &self.logger)
+        let mut replica = Replica::new(&self.configs[index], &self.durable[index], &self.logger)
             .map_err(|error| Violation::Raft(error.to_string()))?;
+        replica.set_voting(self.voting[index]);
         self.replicas[index] = Some(replica);
         if let Some(snapshot) = self.durable[index].snapshot.clone() {
             self.restore(index, &snapshot)?;
         }
         Ok(())
+    }
+
+    /// Crashes replica `id` and loses everything its disk held (log, hard
+    /// state, snapshot) but its identity record. With `withhold`, the
+    /// record says what was lost, as `raft_log` finds when a log is behind
+    /// its record, and the replica withholds its votes until it catches up
+    /// with a later term; without, it starts as if new (how a replica
+    /// behaved before it had a record: the unsafe way, kept to show that
+    /// the simulation catches it).
+    pub fn lose_disk(&mut self, id: u64, withhold: bool) {
+        let index = id as usize - 1;
+        self.crash(id);
+        let lost = self.durable[index].position();
+        self.durable[index] = Durable::default();
+        self.voting[index] = match (withhold, self.voting[index]) {
+            (false, _) => Voting::Allowed,
+            (true, Voting::Withheld { until_term_above }) => Voting::Withheld {
+                until_term_above: until_term_above.max(lost.term),
+            },
+            (true, _) => Voting::Withheld {
+                until_term_above: lost.term,
+            },
+        };
+    }
+
+    /// What replica `id`'s record allows (None while it is down).
+    pub fn voting(&self, id: u64) -> Option<Voting> {
+        self.replicas[id as usize - 1].as_ref().map(Replica::voting)
     }
 
     /// Cuts every link between `group` and the other replicas.
@@ -535,6 +570,7 @@ impl RaftSim {
             {
                 let (_, persist) = self.disks[index].pop_front().expect("just seen");
                 self.durable[index].absorb(&persist);
+                self.voting[index] = self.voting[index].after(&self.durable[index].position());
                 let released = match &mut self.replicas[index] {
                     Some(replica) => replica.persisted(persist.number),
                     None => Vec::new(),
