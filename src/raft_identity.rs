@@ -4,7 +4,7 @@
 //! from the log so that a log that lost data is known to have lost it.
 //!
 //! ```text
-//! DIR/identity   two 512-byte slots; each a JSON record, padding and a CRC-32
+//! DIR/identity   two 4096-byte slots; each a JSON record, padding and a CRC-32
 //! ```
 //!
 //! The file is rewritten after every log write that moves the log on, one
@@ -28,14 +28,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocols::raft::{LogPosition, Voting};
 
-/// Bytes of one slot; a record is much smaller.
-const SLOT_BYTES: usize = 512;
+/// Bytes of one slot (a page, so a slot write is one sector run); a
+/// record is much smaller, and a reason longer than REASON_BYTES_MAX is cut.
+const SLOT_BYTES: usize = 4096;
+const REASON_BYTES_MAX: usize = 2048;
 const SLOTS: u64 = 2;
 /// The record format; a newer one is refused rather than misread.
 pub const FORMAT_VERSION: u32 = 1;
 /// The CRC trailer: `\ncrc32=` and 8 hex digits and a newline.
 const TRAILER_BYTES: usize = 7 + 8 + 1;
-const _: () = assert!(SLOT_BYTES > TRAILER_BYTES + 256);
+const _: () = assert!(SLOT_BYTES > TRAILER_BYTES + REASON_BYTES_MAX + 1024);
 
 /// Who a replica folder belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,9 +255,17 @@ impl IdentityFile {
 }
 
 /// JSON, spaces up to the trailer, then `\ncrc32=XXXXXXXX\n` over what
-/// comes before it: readable with `head -c 512`.
+/// comes before it: readable with `head -c 4096`.
 fn encode_slot(record: &IdentityRecord) -> Option<Vec<u8>> {
-    let mut slot = serde_json::to_vec(record).expect("a record always encodes");
+    let mut record = record.clone();
+    if record.reason.len() > REASON_BYTES_MAX {
+        let mut end = REASON_BYTES_MAX;
+        while !record.reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        record.reason.truncate(end);
+    }
+    let mut slot = serde_json::to_vec(&record).expect("a record always encodes");
     if slot.len() > SLOT_BYTES - TRAILER_BYTES {
         return None;
     }
@@ -329,8 +339,9 @@ mod tests {
         // A torn write of the next record leaves the one before it.
         let path = IdentityFile::path_in(folder.path());
         let mut bytes = fs::read(&path).unwrap();
-        bytes[SLOT_BYTES + 20] ^= 0x55; // sequence 3 goes to slot 1
-        bytes[10] ^= 0x55; // and slot 0 (sequence 2) is damaged too
+        // Slot 1 holds sequence 1, slot 0 sequence 2: both damaged.
+        bytes[SLOT_BYTES + 20] ^= 0x55;
+        bytes[10] ^= 0x55;
         fs::write(&path, &bytes).unwrap();
         let error = IdentityFile::read(folder.path(), &owner())
             .unwrap_err()

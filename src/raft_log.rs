@@ -163,32 +163,15 @@ impl RaftLog {
                 ));
                 (Voting::Allowed, String::new())
             }
-            Some(record) if position.is_behind(&record.position) => {
-                let until_term_above = match record.voting {
-                    Voting::Withheld { until_term_above } => {
-                        until_term_above.max(record.position.term)
-                    }
-                    _ => record.position.term,
-                };
-                let mut reason = format!(
-                    "the log in {} ends at entry {} of term {} in term {}, behind its identity record (entry {} of term {} in term {}): synced state was lost",
-                    engine_directory.display(),
-                    position.last_index,
-                    position.last_term,
-                    position.term,
-                    record.position.last_index,
-                    record.position.last_term,
-                    record.position.term,
-                );
-                if let Some(repaired) = &repaired {
-                    reason.push_str(&format!(
-                        " (raft-engine: {}; the files as found are in {})",
-                        repaired.reason,
-                        repaired.kept.display()
-                    ));
-                }
-                (Voting::Withheld { until_term_above }, reason)
-            }
+            Some(record) if position.is_behind(&record.position) => (
+                record.voting.withhold(record.position),
+                lost_reason(
+                    &engine_directory,
+                    &position,
+                    &record.position,
+                    repaired.as_ref(),
+                ),
+            ),
             Some(record) => (record.voting.after(&position), record.reason.clone()),
         };
         if let Some(repaired) = repaired.filter(|_| !matches!(voting, Voting::Withheld { .. })) {
@@ -200,10 +183,8 @@ impl RaftLog {
                 repaired.reason
             ));
         }
-        if let Voting::Withheld { until_term_above } = voting {
-            notes.push(format!(
-                "votes withheld until the log holds an entry of a term above {until_term_above}, from a leader elected without this replica: {reason}"
-            ));
+        if let Voting::Withheld { .. } = voting {
+            notes.push(format!("votes {voting}: {reason}"));
         }
         let record = IdentityRecord {
             format: crate::raft_identity::FORMAT_VERSION,
@@ -226,6 +207,18 @@ impl RaftLog {
     /// What [`RaftLog::open`] found.
     pub fn opened(&self) -> &Opened {
         &self.opened
+    }
+
+    /// Why voting is withheld, as the identity record says (empty when
+    /// it is not).
+    pub fn voting_reason(&self) -> String {
+        self.identity
+            .lock()
+            .expect("identity lock is never poisoned")
+            .as_ref()
+            .map_or_else(String::new, |(identity, _)| {
+                identity.record().reason.clone()
+            })
     }
 
     /// What voting the log allows now.
@@ -430,6 +423,33 @@ impl RaftLog {
             reason: error.to_string(),
         }
     }
+}
+
+/// Why a log found behind its identity record withholds its votes.
+fn lost_reason(
+    engine_directory: &Path,
+    found: &LogPosition,
+    recorded: &LogPosition,
+    repaired: Option<&Repair>,
+) -> String {
+    let mut reason = format!(
+        "the log in {} ends at entry {} of term {} in term {}, behind its identity record (entry {} of term {} in term {}): synced state was lost",
+        engine_directory.display(),
+        found.last_index,
+        found.last_term,
+        found.term,
+        recorded.last_index,
+        recorded.last_term,
+        recorded.term,
+    );
+    if let Some(repaired) = repaired {
+        reason.push_str(&format!(
+            " (raft-engine: {}; the files as found are in {})",
+            repaired.reason,
+            repaired.kept.display()
+        ));
+    }
+    reason
 }
 
 /// The protobuf of a snapshot file, once its header and checksum agree.

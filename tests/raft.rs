@@ -385,3 +385,48 @@ fn without_its_record_a_replica_that_lost_its_disk_loses_acknowledged_writes() {
         "runs that lost an acknowledged write without the record: {caught:?}"
     );
 }
+
+#[test]
+fn when_two_of_three_lose_their_disks_the_one_that_kept_its_log_leads_and_nothing_is_lost() {
+    for seed in 0..seeds() {
+        let fail = |error: agentmesh::sim::raft::Violation| format!("SIM_SEED={seed}: {error}");
+        let mut sim = RaftSim::new(seed, 3, Faults::NONE);
+        sim.compact_every = if seed % 2 == 1 { 20 } else { 0 };
+        sim.run(600).map_err(fail).unwrap();
+        let leader = sim.leader().expect("a first leader");
+        for value in 1..=30u64 {
+            sim.put(leader, 1, "k", value.to_be_bytes().to_vec());
+            sim.run(3).map_err(fail).unwrap();
+        }
+        sim.run(300).map_err(fail).unwrap();
+        let kept = 1 + seed % 3;
+        for id in (1..=3).filter(|&id| id != kept) {
+            sim.lose_disk(id, true);
+        }
+        sim.crash(kept);
+        for id in 1..=3 {
+            sim.restart(id).map_err(fail).unwrap();
+        }
+        for _ in 0..20 {
+            sim.run(100).map_err(fail).unwrap();
+            if let Some(leader) = sim.leader() {
+                sim.get(leader, 2, "k");
+            }
+        }
+        sim.run(200).map_err(fail).unwrap();
+        assert_eq!(
+            sim.leader(),
+            Some(kept),
+            "SIM_SEED={seed}: only the intact log can lead"
+        );
+        agentmesh::sim::linearizability::check(&sim.history)
+            .unwrap_or_else(|error| panic!("SIM_SEED={seed}: {error}"));
+        assert!(sim.converged(), "SIM_SEED={seed}: not converged");
+        let last = sim.history.last().unwrap();
+        assert_eq!(
+            last.kind,
+            CallKind::Get(Some(Some(30u64.to_be_bytes().to_vec()))),
+            "SIM_SEED={seed}"
+        );
+    }
+}

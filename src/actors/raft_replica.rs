@@ -127,6 +127,7 @@ struct Claimed {
     durable: crate::protocols::raft::Durable,
     fsync: bool,
     voting: Voting,
+    voting_reason: String,
 }
 
 impl ReplicaDisk {
@@ -172,6 +173,7 @@ impl ReplicaDisk {
             durable,
             fsync: log.fsync(),
             voting: log.voting(),
+            voting_reason: log.voting_reason(),
         })
     }
 
@@ -319,6 +321,8 @@ pub struct RaftReplicaState {
     applied_bytes: u64,
     /// Snapshots sent and not yet installed: follower id → deadline (ms).
     snapshots_sent: HashMap<u64, u64>,
+    /// Why the identity record withholds this replica's votes, if it does.
+    voting_reason: String,
 }
 
 /// The core's settings for replica `id`: election timeouts differ per
@@ -381,6 +385,7 @@ impl Actor for RaftReplica {
             durable,
             fsync,
             voting,
+            voting_reason,
         } = disk.claim()?;
         let machine = match &durable.snapshot {
             Some(snapshot) => ClusterState::restore(snapshot.get_data())?,
@@ -420,6 +425,7 @@ impl Actor for RaftReplica {
             snapshot_index,
             applied_bytes: 0,
             snapshots_sent: HashMap::new(),
+            voting_reason,
         })
     }
 
@@ -958,6 +964,12 @@ impl RaftReplicaState {
             overlay_down: self.machine.overlay_down.iter().cloned().collect(),
             keys: self.machine.kv.len() as u64,
             fsync: self.fsync,
+            voting: self.replica.voting().to_string(),
+            voting_reason: match self.replica.voting() {
+                Voting::Withheld { .. } => self.voting_reason.clone(),
+                _ => String::new(),
+            },
+            votes_withheld: self.replica.votes_withheld(),
         }
     }
 }

@@ -164,6 +164,23 @@ fn status_table(statuses: &[(String, Result<ReplicaStatus, String>)]) -> String 
             Err(error) => text.push_str(&format!("{node:<8} unreachable: {error}\n")),
         }
     }
+    for status in statuses
+        .iter()
+        .filter_map(|(_, status)| status.as_ref().ok())
+    {
+        if status.voting != "allowed" {
+            text.push_str(&format!(
+                "{}: voting {}; {} vote requests left unanswered{}\n",
+                status.node,
+                status.voting,
+                status.votes_withheld,
+                match status.voting_reason.is_empty() {
+                    true => String::new(),
+                    false => format!(" ({})", status.voting_reason),
+                }
+            ));
+        }
+    }
     // The overlay as the replica that applied the most has it.
     let latest = statuses
         .iter()

@@ -116,6 +116,11 @@ pub struct ReplicaStatus {
     pub overlay_down: Vec<String>,
     pub keys: u64,
     pub fsync: bool,
+    /// Whether it may vote (`Voting`'s words), and why not when it may not.
+    pub voting: String,
+    pub voting_reason: String,
+    /// Requests for its vote it left unanswered since it started.
+    pub votes_withheld: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -291,13 +291,31 @@ pub enum Voting {
     /// its record included, then cannot elect a leader that lacks what
     /// others acknowledged.
     Fresh,
-    /// It lost state it had promised from, in terms up to
-    /// `until_term_above`. It neither votes nor stands for election until
-    /// its log holds an entry of a later term: that entry's leader was
-    /// elected without it and, being a leader, holds every entry committed
-    /// before its term, so the log under that entry holds everything this
-    /// replica ever acknowledged that counted.
-    Withheld { until_term_above: u64 },
+    /// It lost state it had promised from: its log had reached `lost`
+    /// (the identity record's position). It never stands for election, and
+    /// votes only as the replica it was would have: for a candidate of a
+    /// term after `lost.term` (it may have voted in every term up to it)
+    /// whose log is at least as up to date as `lost`'s last entry. It
+    /// votes freely again once its log holds an entry of a term after
+    /// `lost.term`: that entry's leader was elected by such votes and,
+    /// being a leader, holds every entry committed before its term, so the
+    /// log under that entry holds everything this replica ever
+    /// acknowledged that counted.
+    Withheld { lost: LogPosition },
+}
+
+impl std::fmt::Display for Voting {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Voting::Allowed => write!(formatter, "allowed"),
+            Voting::Fresh => write!(formatter, "fresh (votes only for a candidate with an empty log)"),
+            Voting::Withheld { lost } => write!(
+                formatter,
+                "withheld: it lost its log up to entry {} of term {} in term {}; it votes only for a later term's candidate holding as much, until its log holds an entry of a term above {}",
+                lost.last_index, lost.last_term, lost.term, lost.term
+            ),
+        }
+    }
 }
 
 impl Voting {
@@ -305,9 +323,7 @@ impl Voting {
     pub fn after(self, position: &LogPosition) -> Voting {
         match self {
             Voting::Fresh if position.last_index > 0 => Voting::Allowed,
-            Voting::Withheld { until_term_above } if position.last_term > until_term_above => {
-                Voting::Allowed
-            }
+            Voting::Withheld { lost } if position.last_term > lost.term => Voting::Allowed,
             voting => voting,
         }
     }
@@ -318,7 +334,29 @@ impl Voting {
         match self {
             Voting::Allowed => true,
             Voting::Fresh => message.index == 0,
-            Voting::Withheld { .. } => false,
+            Voting::Withheld { lost } => {
+                message.get_msg_type() != MessageType::MsgTimeoutNow
+                    && message.term > lost.term
+                    && (message.log_term, message.index) >= (lost.last_term, lost.last_index)
+            }
+        }
+    }
+
+    /// Withholds votes for what `lost` held too, beside what this already
+    /// withholds for.
+    pub fn withhold(self, lost: LogPosition) -> Voting {
+        match self {
+            Voting::Withheld { lost: before } => Voting::Withheld {
+                lost: LogPosition {
+                    term: before.term.max(lost.term),
+                    ..if before.is_behind(&lost) {
+                        lost
+                    } else {
+                        before
+                    }
+                },
+            },
+            _ => Voting::Withheld { lost },
         }
     }
 }

@@ -347,14 +347,9 @@ impl RaftSim {
         self.crash(id);
         let lost = self.durable[index].position();
         self.durable[index] = Durable::default();
-        self.voting[index] = match (withhold, self.voting[index]) {
-            (false, _) => Voting::Allowed,
-            (true, Voting::Withheld { until_term_above }) => Voting::Withheld {
-                until_term_above: until_term_above.max(lost.term),
-            },
-            (true, _) => Voting::Withheld {
-                until_term_above: lost.term,
-            },
+        self.voting[index] = match withhold {
+            true => self.voting[index].withhold(lost),
+            false => Voting::Allowed,
         };
     }
 
