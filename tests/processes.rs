@@ -181,3 +181,117 @@ fn a_node_process_killed_mid_storm_restarts_and_every_message_arrives_once() {
         "every storm message consumed exactly once"
     );
 }
+
+/// Runs `agentmesh ARGUMENTS --config CONFIG`: exit code and output.
+fn run_command(arguments: &[&str], config: &std::path::Path) -> (Option<i32>, String, String) {
+    let output = binary()
+        .args(arguments)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Retries `kv ARGUMENTS` until it succeeds or the wait runs out.
+fn kv_until_done(arguments: &[&str], config: &std::path::Path) -> (Option<i32>, String, String) {
+    let deadline = std::time::Instant::now() + common::WAIT_MAX;
+    loop {
+        let result = run_command(arguments, config);
+        if result.0 != Some(2) || std::time::Instant::now() > deadline {
+            return result;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The damage that lost acknowledged writes before replicas kept an
+/// identity record: three replica processes, five puts and a delete, every
+/// process killed with SIGKILL, two of the three logs overwritten with
+/// garbage, the processes started again. The two damaged replicas say
+/// they withhold their votes and why, the intact one leads again, and
+/// every acknowledged write reads back.
+#[test]
+fn replica_processes_whose_logs_were_overwritten_withhold_votes_and_lose_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let client_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+    let path = generated_config(dir.path(), &IDS, "");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    for (index, id) in IDS.iter().enumerate() {
+        text = text.replacen(
+            &format!("id = \"{id}\"\n"),
+            &format!(
+                "id = \"{id}\"\nclient_listen = \"127.0.0.1:{}\"\n",
+                client_ports[index]
+            ),
+            1,
+        );
+    }
+    text += &format!(
+        "[control]\nreplicas = [\"n1\", \"n2\", \"n3\"]\ndata_dir = {:?}\nrequest_timeout_ms = 1000\n",
+        data.display()
+    );
+    std::fs::write(&path, &text).unwrap();
+    let start = |nodes: &mut Nodes| {
+        let (sender, _lines) = mpsc::channel();
+        for id in IDS {
+            nodes.0.push(spawn_node(&path, id, sender.clone()));
+        }
+    };
+    let mut nodes = Nodes(Vec::new());
+    start(&mut nodes);
+    for index in 0..5 {
+        let (code, _, stderr) = kv_until_done(
+            &[
+                "kv",
+                "put",
+                &format!("key{index}"),
+                &format!("value{index}"),
+            ],
+            &path,
+        );
+        assert_eq!(code, Some(0), "put {index}: {stderr}");
+    }
+    let (code, _, stderr) = kv_until_done(&["kv", "delete", "key4"], &path);
+    assert_eq!(code, Some(0), "{stderr}");
+    drop(nodes); // SIGKILL, every one
+
+    // Which replica led is not known; damage two, keep one.
+    for id in ["n2", "n3"] {
+        let engine = data.join(id).join("engine");
+        for file in std::fs::read_dir(&engine).unwrap() {
+            let file = file.unwrap().path();
+            if file
+                .extension()
+                .is_some_and(|extension| extension == "raftlog")
+            {
+                let length = std::fs::metadata(&file).unwrap().len() as usize;
+                std::fs::write(&file, vec![0xa5u8; length.max(4096)]).unwrap();
+            }
+        }
+    }
+    let mut nodes = Nodes(Vec::new());
+    start(&mut nodes);
+    for index in 0..4 {
+        let (code, stdout, stderr) = kv_until_done(&["kv", "get", &format!("key{index}")], &path);
+        assert_eq!(
+            (code, stdout.trim()),
+            (Some(0), format!("value{index}").as_str()),
+            "key{index}: {stderr}"
+        );
+    }
+    let (code, _, stderr) = kv_until_done(&["kv", "get", "key4"], &path);
+    assert_eq!(code, Some(1), "key4 stays deleted: {stderr}");
+    let (code, stdout, stderr) = run_command(&["status"], &path);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("n1       leader"),
+        "only the intact replica may lead: {stdout}"
+    );
+    drop(nodes);
+}
