@@ -533,16 +533,8 @@ fn open_engine(directory: &Path) -> Result<(Engine, Option<Repair>), RaftLogErro
 /// beside `directory`, so that the bytes raft-engine is about to cut stay
 /// for whoever investigates.
 fn keep_damaged_files(directory: &Path) -> std::io::Result<PathBuf> {
-    let seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs());
     let parent = directory.parent().unwrap_or(directory);
-    let mut kept = parent.join(format!("damaged-{seconds}"));
-    let mut suffix = 1;
-    while kept.exists() {
-        kept = parent.join(format!("damaged-{seconds}-{suffix}"));
-        suffix += 1;
-    }
+    let kept = unused_path(parent, "damaged");
     fs::create_dir_all(&kept)?;
     for file in fs::read_dir(directory)? {
         let file = file?;
@@ -551,6 +543,107 @@ fn keep_damaged_files(directory: &Path) -> std::io::Result<PathBuf> {
         }
     }
     Ok(kept)
+}
+
+/// `parent/<stem>-<unix seconds>`, with a number after it if that is
+/// taken: a name for something kept aside.
+fn unused_path(parent: &Path, stem: &str) -> PathBuf {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let mut path = parent.join(format!("{stem}-{seconds}"));
+    let mut suffix = 1;
+    while path.exists() {
+        path = parent.join(format!("{stem}-{seconds}-{suffix}"));
+        suffix += 1;
+    }
+    path
+}
+
+/// What [`rebuild`] did.
+#[derive(Debug)]
+pub struct Rebuilt {
+    /// Where the replica's folder, as it was, now is.
+    pub kept: PathBuf,
+    pub voting: Voting,
+}
+
+/// Starts a replica whose log cannot be read over, for the operator
+/// (`agentmesh members rebuild`): its folder is moved aside, untouched,
+/// and a new one holds an empty log and an identity record that withholds
+/// the replica's votes for what the old folder had reached: its identity
+/// record's position, or, when that is unreadable too, `term_lost` given
+/// by the operator (the highest term the group has seen will do). The node
+/// must be stopped: a folder whose engine is locked is refused.
+pub fn rebuild(directory: &Path, owner: &Owner, term_lost: Option<u64>) -> Result<Rebuilt, String> {
+    if !directory.is_dir() {
+        return Err(format!(
+            "there is no replica folder at {}",
+            directory.display()
+        ));
+    }
+    let lock = directory.join("engine").join("LOCK");
+    if let Ok(file) = File::open(&lock) {
+        fs2::FileExt::try_lock_exclusive(&file).map_err(|_| {
+            format!(
+                "{} is locked: the node still runs; stop it first",
+                lock.display()
+            )
+        })?;
+    }
+    let lost = match (IdentityFile::read(directory, owner), term_lost) {
+        (Err(error @ IdentityError::Foreign { .. }), _) => return Err(error.to_string()),
+        (_, Some(term)) => LogPosition {
+            term,
+            last_index: u64::MAX,
+            last_term: term,
+        },
+        (Ok(Some(record)), None) => match record.voting.withhold(record.position) {
+            Voting::Withheld { lost } => lost,
+            _ => record.position,
+        },
+        (Ok(None), None) => {
+            return Err(format!(
+                "{} has no identity record to say how far its log reached; give --term-lost with the highest term any replica reports (agentmesh status)",
+                directory.display()
+            ))
+        }
+        (Err(error), None) => {
+            return Err(format!(
+                "{error}; give --term-lost with the highest term any replica reports (agentmesh status)"
+            ))
+        }
+    };
+    let name = directory.file_name().map_or_else(
+        || "replica".into(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let parent = directory.parent().unwrap_or(Path::new("."));
+    let kept = unused_path(parent, &format!("{name}.before-rebuild"));
+    let moved = |error: std::io::Error| {
+        format!(
+            "cannot move {} to {}: {error}",
+            directory.display(),
+            kept.display()
+        )
+    };
+    fs::rename(directory, &kept).map_err(moved)?;
+    fs::create_dir_all(directory)
+        .map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
+    let voting = Voting::Withheld { lost };
+    let record = IdentityRecord {
+        format: crate::raft_identity::FORMAT_VERSION,
+        owner: owner.clone(),
+        sequence: 0,
+        position: LogPosition::default(),
+        voting,
+        reason: format!(
+            "rebuilt empty by agentmesh members rebuild; the folder as it was is in {}",
+            kept.display()
+        ),
+    };
+    IdentityFile::create(directory, record, true).map_err(|error| error.to_string())?;
+    Ok(Rebuilt { kept, voting })
 }
 
 #[cfg(test)]

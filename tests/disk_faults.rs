@@ -347,3 +347,50 @@ fn a_withheld_replica_votes_again_once_its_log_holds_an_entry_of_a_later_term() 
     let log = RaftLog::open(&folder, &owner(), true).unwrap();
     assert_eq!(log.voting(), Voting::Allowed, "and after a restart");
 }
+
+#[test]
+fn a_log_that_cannot_be_read_is_rebuilt_empty_with_votes_withheld_and_the_old_folder_kept() {
+    let root = tempfile::tempdir().unwrap();
+    let folder = root.path().join("n2");
+    write_log(&folder);
+    {
+        let running = RaftLog::open(&folder, &owner(), true).unwrap();
+        let refused = agentmesh::raft_log::rebuild(&folder, &owner(), None).unwrap_err();
+        assert!(refused.contains("the node still runs"), "{refused}");
+        drop(running);
+    }
+    apply(&folder.join("snapshot"), &Damage::FlipAt(40));
+    let error = RaftLog::open(&folder, &owner(), true)
+        .err()
+        .expect("a damaged snapshot is refused");
+    assert!(error.to_string().contains("snapshot"), "{error}");
+
+    let rebuilt = agentmesh::raft_log::rebuild(&folder, &owner(), None).unwrap();
+    let lost = LogPosition {
+        term: 2,
+        last_index: 60,
+        last_term: 2,
+    };
+    assert_eq!(rebuilt.voting, Voting::Withheld { lost });
+    assert!(
+        rebuilt.kept.join("snapshot").exists(),
+        "the old folder is kept whole"
+    );
+    let log = RaftLog::open(&folder, &owner(), true).unwrap();
+    assert_eq!(log.voting(), Voting::Withheld { lost });
+    assert!(log.load().unwrap().entries.is_empty());
+    assert!(
+        log.voting_reason().contains("rebuilt"),
+        "{}",
+        log.voting_reason()
+    );
+    drop(log);
+
+    // With the identity record unreadable as well, the operator says which
+    // term was lost; without it nothing is changed.
+    std::fs::write(folder.join("identity"), b"garbage").unwrap();
+    let refused = agentmesh::raft_log::rebuild(&folder, &owner(), None).unwrap_err();
+    assert!(refused.contains("--term-lost"), "{refused}");
+    let rebuilt = agentmesh::raft_log::rebuild(&folder, &owner(), Some(7)).unwrap();
+    assert!(matches!(rebuilt.voting, Voting::Withheld { lost } if lost.term == 7));
+}

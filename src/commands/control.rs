@@ -46,6 +46,20 @@ pub enum MembersAction {
         cluster: ConfigFile,
         node: String,
     },
+    /// On NODE's host, with the node stopped: move NODE's replica folder
+    /// aside (kept, untouched) and start it empty, its votes withheld
+    /// until a leader elected without it has caught it up. For a log that
+    /// cannot be read past; a log that lost data is found and withheld
+    /// without this.
+    Rebuild {
+        #[command(flatten)]
+        cluster: ConfigFile,
+        node: String,
+        /// The highest term any replica reports (`agentmesh status`),
+        /// when the folder's identity record is unreadable too.
+        #[arg(long)]
+        term_lost: Option<u64>,
+    },
 }
 
 /// Changes the group's membership; exit 0 once the change is committed.
@@ -53,6 +67,11 @@ pub async fn members(action: &MembersAction) -> anyhow::Result<i32> {
     let (cluster, node, add) = match action {
         MembersAction::Add { cluster, node } => (cluster, node, true),
         MembersAction::Remove { cluster, node } => (cluster, node, false),
+        MembersAction::Rebuild {
+            cluster,
+            node,
+            term_lost,
+        } => return rebuild(&cluster.config, node, *term_lost),
     };
     let config = crate::config::load(&cluster.config)?;
     let mut client = ControlClient::from_config(&config)?;
@@ -63,6 +82,33 @@ pub async fn members(action: &MembersAction) -> anyhow::Result<i32> {
         "removed"
     };
     println!("{node}: {done}");
+    Ok(0)
+}
+
+fn rebuild(config: &std::path::Path, node: &str, term_lost: Option<u64>) -> anyhow::Result<i32> {
+    let config = crate::config::load(config)?;
+    let control = &config.control;
+    let raft_id = control.replica_id(node).ok_or_else(|| {
+        anyhow::anyhow!("{node} holds no control-plane replica in {}", config.source)
+    })?;
+    let data_dir = control.data_dir.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} sets no control.data_dir: there is no replica folder to rebuild",
+            config.source
+        )
+    })?;
+    let owner = crate::raft_identity::Owner {
+        cluster: config.name.clone(),
+        node: node.to_string(),
+        raft_id,
+    };
+    let rebuilt = crate::raft_log::rebuild(&data_dir.join(node), &owner, term_lost)
+        .map_err(|reason| anyhow::anyhow!("{node}: {reason}"))?;
+    println!(
+        "{node}: the replica folder as it was is kept in {}; it starts empty, votes {}. Start the node again.",
+        rebuilt.kept.display(),
+        rebuilt.voting
+    );
     Ok(0)
 }
 
