@@ -76,15 +76,11 @@ pub enum IdentityError {
         first: String,
         second: String,
     },
-    #[error("identity file {path} belongs to node {found_node} (raft id {found_id}) of cluster {found_cluster:?}, not to node {node} (raft id {id}) of cluster {cluster:?}: is control.data_dir shared, or the folder copied from another node?")]
+    #[error("identity file {path} belongs to node {} (raft id {}) of cluster {:?}, not to node {} (raft id {}) of cluster {:?}: is control.data_dir shared, or the folder copied from another node?", found.node, found.raft_id, found.cluster, expected.node, expected.raft_id, expected.cluster)]
     Foreign {
         path: String,
-        found_cluster: String,
-        found_node: String,
-        found_id: u64,
-        cluster: String,
-        node: String,
-        id: u64,
+        found: Box<Owner>,
+        expected: Box<Owner>,
     },
     #[error("identity file {path} has format {found}; this build reads format {FORMAT_VERSION}")]
     Format { path: String, found: u32 },
@@ -155,12 +151,8 @@ impl IdentityFile {
         if &record.owner != owner {
             return Err(IdentityError::Foreign {
                 path: display,
-                found_cluster: record.owner.cluster,
-                found_node: record.owner.node,
-                found_id: record.owner.raft_id,
-                cluster: owner.cluster.clone(),
-                node: owner.node.clone(),
-                id: owner.raft_id,
+                found: Box::new(record.owner),
+                expected: Box::new(owner.clone()),
             });
         }
         Ok(Some(record))
