@@ -19,11 +19,11 @@ use crate::metrics::{CounterValues, LatencySummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("node {node}: cannot listen on {address}: {source}")]
+    #[error("node {node}: cannot listen on {address}: {cause}")]
     Bind {
         node: String,
         address: std::net::SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("node {node}: {reason}")]
     Key { node: String, reason: String },
@@ -123,7 +123,7 @@ fn bind(node: &str, address: std::net::SocketAddr) -> Result<std::net::UdpSocket
     std::net::UdpSocket::bind(address).map_err(|source| ClusterError::Bind {
         node: node.into(),
         address,
-        source,
+        cause: source,
     })
 }
 
@@ -139,13 +139,13 @@ async fn bind_again(
     let deadline = Instant::now() + REBIND_WAIT;
     loop {
         match bind(node, address) {
-            Err(ClusterError::Bind { source, .. })
+            Err(ClusterError::Bind { cause: source, .. })
                 if source.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             result => {
-                if let Err(ClusterError::Bind { source, .. }) = &result {
+                if let Err(ClusterError::Bind { cause: source, .. }) = &result {
                     tracing::warn!(%node, %address, %source, "cannot bind the stopped node's address again");
                 }
                 return result;
@@ -180,7 +180,7 @@ impl LocalCluster {
             let local = socket.local_addr().map_err(|source| ClusterError::Bind {
                 node: node.id.clone(),
                 address: node.listen,
-                source,
+                cause: source,
             })?;
             addresses.insert(node.id.clone(), local);
             sockets.push(socket);
@@ -570,14 +570,24 @@ pub fn node_links_up(node: &NodeHandle) -> bool {
         || node.context.config.nodes.len() == 1
 }
 
-/// Starts the one node `node_id` of `config` in this process, for
-/// multi-host clusters. Its private key comes from `key_file` or the
-/// config's `key_file` for that node.
-pub async fn start_single(
-    config: ClusterConfig,
+/// What running one node of `config` in this process needs, found before
+/// anything starts: what `agentmesh node` refuses, `agentmesh check`
+/// finds too.
+pub struct SingleNodePlan {
+    pub raft_directory: Option<std::path::PathBuf>,
+    pub key: SigningKey,
+    pub node_keys: HashMap<String, VerifyingKey>,
+}
+
+/// Checks that `node_id` can run alone in this process: every node has a
+/// fixed port and a public key, a replica node has `control.data_dir`, and
+/// its private key (`key_file`, or `key_file_given`) exists, is the
+/// owner's alone and matches its public key.
+pub fn plan_single(
+    config: &ClusterConfig,
     node_id: &str,
-    key_file: Option<&std::path::Path>,
-) -> Result<NodeHandle, ClusterError> {
+    key_file_given: Option<&std::path::Path>,
+) -> Result<SingleNodePlan, ClusterError> {
     let node = config
         .nodes
         .iter()
@@ -597,14 +607,14 @@ pub async fn start_single(
         }
         (None, None) => None,
     };
-    let missing_keys = || {
+    let missing_keys = |node: &str| {
         ClusterError::Key {
-        node: node_id.into(),
+        node: node.into(),
         reason: "every node needs a public_key in the config to run as a separate process (see agentmesh keygen)".into(),
     }
     };
-    let public = node.public_key.ok_or_else(missing_keys)?;
-    let path = key_file
+    let public = node.public_key.ok_or_else(|| missing_keys(node_id))?;
+    let path = key_file_given
         .map(std::path::Path::to_path_buf)
         .or_else(|| node.key_file.clone())
         .ok_or_else(|| ClusterError::Key {
@@ -614,8 +624,41 @@ pub async fn start_single(
     let key = read_matching_key(node_id, &path, &public)?;
     let mut node_keys = HashMap::new();
     for peer in &config.nodes {
-        node_keys.insert(peer.id.clone(), peer.public_key.ok_or_else(missing_keys)?);
+        node_keys.insert(
+            peer.id.clone(),
+            peer.public_key.ok_or_else(|| missing_keys(&peer.id))?,
+        );
     }
+    Ok(SingleNodePlan {
+        raft_directory,
+        key,
+        node_keys,
+    })
+}
+
+/// Every private key `agentmesh up` would read for `config` (none when
+/// the config lists no keys: it makes them in memory), checked as it
+/// checks them.
+pub fn check_keys_for_all(config: &ClusterConfig) -> Result<(), ClusterError> {
+    keys_for_all(config).map(|_| ())
+}
+
+/// Starts node `node_id` of `config` in this process (see [`plan_single`]).
+pub async fn start_single(
+    config: ClusterConfig,
+    node_id: &str,
+    key_file: Option<&std::path::Path>,
+) -> Result<NodeHandle, ClusterError> {
+    let SingleNodePlan {
+        raft_directory,
+        key,
+        node_keys,
+    } = plan_single(&config, node_id, key_file)?;
+    let node = config
+        .nodes
+        .iter()
+        .find(|node| node.id == node_id)
+        .expect("plan_single found it");
     let node_addresses = config
         .nodes
         .iter()

@@ -35,6 +35,10 @@ pub enum ClientError {
     /// replica answered last.
     #[error("no replica could serve the request within {seconds:.1} s:{}", tries.iter().map(|line| format!("\n  {line}")).collect::<String>())]
     Unavailable { seconds: f64, tries: Vec<String> },
+    /// Every replica refused the connection in one round: none is running
+    /// (or `client_listen` points elsewhere). The request reached none.
+    #[error("no replica is running: every one refused the connection:{}", .0.iter().map(|line| format!("\n  {line}")).collect::<String>())]
+    NoneRunning(Vec<String>),
     #[error("{0}")]
     Refused(ControlError),
     #[error("unexpected answer from the replica: {0}")]
@@ -168,20 +172,30 @@ impl ControlClient {
         let started = Instant::now();
         let mut tries = vec![String::new(); self.replicas.len()];
         loop {
+            // A round in which every replica refused the connection at once
+            // says no replica runs: waiting out the deadline would only
+            // hide that. (The request reached none, so none applies it.)
+            let mut refused_everywhere = true;
             for offset in 0..self.replicas.len() {
                 let index = (self.preferred + offset) % self.replicas.len();
                 let outcome = match self.try_at(index, &request).await {
-                    Ok(ClientReply::Failed(error)) => match error {
-                        ControlError::Invalid(_) | ControlError::Busy { .. } => {
-                            return Err(ClientError::Refused(error))
+                    Ok(ClientReply::Failed(error)) => {
+                        refused_everywhere = false;
+                        match error {
+                            ControlError::Invalid(_) | ControlError::Busy { .. } => {
+                                return Err(ClientError::Refused(error))
+                            }
+                            retry => retry.to_string(),
                         }
-                        retry => retry.to_string(),
-                    },
+                    }
                     Ok(reply) => {
                         self.preferred = index;
                         return Ok(reply);
                     }
-                    Err(reason) => reason,
+                    Err(error) => {
+                        refused_everywhere &= error.connection_refused;
+                        error.reason
+                    }
                 };
                 tries[index] = format!("{}: {outcome}", self.replicas[index].0);
                 if started.elapsed() >= self.deadline {
@@ -190,6 +204,9 @@ impl ControlClient {
                         tries: tries.into_iter().filter(|line| !line.is_empty()).collect(),
                     });
                 }
+            }
+            if refused_everywhere {
+                return Err(ClientError::NoneRunning(tries));
             }
             tokio::time::sleep(ROUND_PAUSE).await;
         }
@@ -201,15 +218,22 @@ impl ControlClient {
         &mut self,
         index: usize,
         request: &ClientRequest,
-    ) -> Result<ClientReply, String> {
+    ) -> Result<ClientReply, TryError> {
         let reusable = matches!(&self.current, Some((open, _)) if *open == index);
         if !reusable {
             self.current = None;
             let address = self.replicas[index].1;
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
                 .await
-                .map_err(|_| format!("no connection to {address} within {CONNECT_TIMEOUT:?}"))?
-                .map_err(|error| format!("cannot connect to {address}: {error}"))?;
+                .map_err(|_| {
+                    TryError::other(format!(
+                        "no connection to {address} within {CONNECT_TIMEOUT:?}"
+                    ))
+                })?
+                .map_err(|error| TryError {
+                    connection_refused: error.kind() == std::io::ErrorKind::ConnectionRefused,
+                    reason: format!("cannot connect to {address}: {error}"),
+                })?;
             let _ = stream.set_nodelay(true);
             self.current = Some((index, Framed::new(stream, client_codec())));
         }
@@ -233,6 +257,22 @@ impl ControlClient {
         if reply.is_err() {
             self.current = None;
         }
-        reply
+        reply.map_err(TryError::other)
+    }
+}
+
+/// Why one try at one replica failed.
+struct TryError {
+    reason: String,
+    /// Nothing listens there: the connection was refused outright.
+    connection_refused: bool,
+}
+
+impl TryError {
+    fn other(reason: String) -> TryError {
+        TryError {
+            reason,
+            connection_refused: false,
+        }
     }
 }

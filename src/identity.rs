@@ -16,18 +16,14 @@ pub enum IdentityError {
     BadKeyText(String),
     #[error("{0:?} is not a valid Ed25519 public key")]
     BadPublicKey(String),
-    #[error("cannot read key file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot write key file {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read key file {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
+    #[error("cannot write key file {path}: {cause}")]
+    Write { path: String, cause: std::io::Error },
     #[error("key file {0} already exists; refusing to overwrite a node identity")]
     Exists(String),
+    #[error("key file {path} may be read by others (mode {mode:03o}): a private key must be the owner's alone; chmod 600 {path}")]
+    Exposed { path: String, mode: u32 },
 }
 
 pub fn generate_key() -> SigningKey {
@@ -53,11 +49,25 @@ pub fn parse_public_key(text: &str) -> Result<VerifyingKey, IdentityError> {
         .map_err(|_| IdentityError::BadPublicKey(text.to_string()))
 }
 
+/// Reads a private key; refused when the file's group or others may read
+/// or write it, as ssh refuses such a key.
 pub fn read_key_file(path: &Path) -> Result<SigningKey, IdentityError> {
+    use std::os::unix::fs::PermissionsExt;
     let display = path.display().to_string();
+    let metadata = std::fs::metadata(path).map_err(|source| IdentityError::Read {
+        path: display.clone(),
+        cause: source,
+    })?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(IdentityError::Exposed {
+            path: display,
+            mode,
+        });
+    }
     let text = std::fs::read_to_string(path).map_err(|source| IdentityError::Read {
         path: display.clone(),
-        source,
+        cause: source,
     })?;
     Ok(SigningKey::from_bytes(&key_bytes(&text)?))
 }
@@ -76,13 +86,13 @@ pub fn write_key_file(path: &Path, key: &SigningKey) -> Result<(), IdentityError
             std::io::ErrorKind::AlreadyExists => IdentityError::Exists(display.clone()),
             _ => IdentityError::Write {
                 path: display.clone(),
-                source,
+                cause: source,
             },
         })?;
     writeln!(file, "{}", STANDARD_NO_PAD.encode(key.to_bytes())).map_err(|source| {
         IdentityError::Write {
             path: display,
-            source,
+            cause: source,
         }
     })
 }

@@ -38,7 +38,7 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// How long to run the load, e.g. 10s, 2m.
-        #[arg(long, default_value = "30s", value_parser = commands::parse_duration)]
+        #[arg(long, allow_hyphen_values = true, default_value = "30s", value_parser = commands::parse_duration)]
         duration: Duration,
         /// Print the summary as JSON.
         #[arg(long)]
@@ -48,7 +48,7 @@ enum Command {
         #[arg(long, value_name = "PERCENT", value_parser = parse_kill_percent)]
         kill: Option<f64>,
         /// When to stop them, into the load (default: half way).
-        #[arg(long, value_parser = commands::parse_duration, requires = "kill")]
+        #[arg(long, allow_hyphen_values = true, value_parser = commands::parse_duration, requires = "kill")]
         kill_after: Option<Duration>,
         /// How they stop: leave (they tell their peers) or crash (without
         /// a word; the failure detectors find out).
@@ -66,10 +66,10 @@ enum Command {
         #[arg(long)]
         key: Option<PathBuf>,
         /// Stop after this long (default: run until Ctrl-C or SIGTERM).
-        #[arg(long, value_parser = commands::parse_duration)]
+        #[arg(long, allow_hyphen_values = true, value_parser = commands::parse_duration)]
         duration: Option<Duration>,
         /// How often to print a JSON status line to stdout.
-        #[arg(long, default_value = "5s", value_parser = commands::parse_duration)]
+        #[arg(long, allow_hyphen_values = true, default_value = "5s", value_parser = commands::parse_duration)]
         status_interval: Duration,
     },
     /// Make Ed25519 node keys and print their config entries.
@@ -83,10 +83,20 @@ enum Command {
         /// Node ids.
         ids: Vec<String>,
     },
-    /// Validate a config without starting anything.
+    /// Validate a config without starting anything, and what the command
+    /// that will run it needs (key files, fixed ports, data_dir).
     Check {
         #[arg(long)]
         config: PathBuf,
+        /// The command that will run it: `up` (every node here) or `node`
+        /// (one node per process). Default: node when the config lists
+        /// public keys, up otherwise.
+        #[arg(long = "for", value_enum)]
+        target: Option<commands::CheckFor>,
+        /// With --for node: check only this node's private key (on a host
+        /// that holds only its own key).
+        #[arg(long)]
+        id: Option<String>,
     },
     /// Build an overlay (from a config, or from --nodes/--k/--kind) and print it with its metrics.
     Topology(commands::TopologyOptions),
@@ -212,7 +222,9 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Keygen { out, config, ids } => commands::keygen(&out, &ids, config.as_deref()),
-            Command::Check { config } => commands::check(&config),
+            Command::Check { config, target, id } => {
+                commands::check(&config, target, id.as_deref())
+            }
             Command::Topology(options) => commands::topology(&options),
             Command::Kv(action) => commands::kv(&action).await,
             Command::Members(action) => commands::members(&action).await,

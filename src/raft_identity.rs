@@ -65,11 +65,8 @@ pub struct IdentityRecord {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("identity file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("identity file {path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("identity file {path} is damaged: neither of its two copies passes its checksum ({first}; {second})")]
     Damaged {
         path: String,
@@ -106,7 +103,7 @@ impl IdentityFile {
         let path = Self::path_in(directory);
         let io = |source| IdentityError::Io {
             path: path.display().to_string(),
-            source,
+            cause: source,
         };
         let mut bytes = Vec::new();
         match File::open(&path) {
@@ -170,7 +167,7 @@ impl IdentityFile {
         let temporary = directory.join("identity.tmp");
         let io = |source| IdentityError::Io {
             path: path.display().to_string(),
-            source,
+            cause: source,
         };
         let slot = encode_slot(&record).ok_or_else(|| IdentityError::TooLarge {
             path: path.display().to_string(),
@@ -202,7 +199,7 @@ impl IdentityFile {
             .open(&path)
             .map_err(|source| IdentityError::Io {
                 path: path.display().to_string(),
-                source,
+                cause: source,
             })?;
         Ok(IdentityFile {
             path,
@@ -234,7 +231,7 @@ impl IdentityFile {
         })?;
         let io = |source| IdentityError::Io {
             path: self.path.display().to_string(),
-            source,
+            cause: source,
         };
         let offset = (record.sequence % SLOTS) * SLOT_BYTES as u64;
         self.file.write_all_at(&slot, offset).map_err(io)?;

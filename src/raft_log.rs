@@ -49,11 +49,8 @@ const SNAPSHOT_HEADER_BYTES: usize = 8 + 8 + 4;
 pub enum RaftLogError {
     #[error("raft log in {path}: {reason}")]
     Engine { path: String, reason: String },
-    #[error("snapshot {path}: {source}")]
-    Snapshot {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("snapshot {path}: {cause}")]
+    Snapshot { path: String, cause: std::io::Error },
     #[error("snapshot {path} is damaged: {reason}")]
     CorruptSnapshot { path: String, reason: String },
     #[error("raft log in {path} starts at entry {first} but its snapshot ends at entry {snapshot}: the snapshot file is missing or older than the log")]
@@ -371,7 +368,7 @@ impl RaftLog {
         let temporary = self.directory.join("snapshot.tmp");
         let failed = |source| RaftLogError::Snapshot {
             path: path.display().to_string(),
-            source,
+            cause: source,
         };
         let body = snapshot
             .write_to_bytes()
@@ -403,7 +400,7 @@ impl RaftLog {
             Err(source) => {
                 return Err(RaftLogError::Snapshot {
                     path: path.display().to_string(),
-                    source,
+                    cause: source,
                 })
             }
         };

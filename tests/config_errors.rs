@@ -172,12 +172,146 @@ fn bad_keys_and_limits_are_errors() {
 }
 
 #[test]
-fn toml_syntax_errors_give_a_line() {
+fn toml_syntax_errors_give_a_line_and_column_and_type_errors_their_key() {
     assert_rejected(
         &GOOD.replace("[cluster]", "[cluster"),
-        "(top level)",
-        "line 2",
+        "(syntax)",
+        "line 2, column ",
     );
+    assert_rejected(
+        &GOOD.replace("count = 2", "count = \"two\""),
+        "agents[0].count",
+        "(line 17, column 9)",
+    );
+}
+
+#[test]
+fn a_storm_of_rate_zero_is_refused_naming_the_key() {
+    let storm = "[[agents]]\nname = \"storm-{i}\"\ncount = 1\nbehaviour = \"storm\"\nrate = 0\n";
+    assert_rejected(
+        &format!("{GOOD}{storm}"),
+        "agents[1].rate",
+        "0 would send nothing",
+    );
+}
+
+#[test]
+fn a_negative_duration_is_refused_as_one() {
+    let output = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .args(["up", "--duration", "-5s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot be negative"), "{stderr}");
+}
+
+fn keygen(out: &std::path::Path, ids: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .arg("keygen")
+        .arg("--out")
+        .arg(out)
+        .args(ids)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn keygen_refuses_ids_that_are_not_names_and_writes_nothing_unless_it_writes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("kd");
+    let (code, stdout, stderr) = keygen(&out, &["../escape"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("not a valid name"), "{stderr}");
+    assert!(stdout.is_empty() && !dir.path().join("escape.key").exists());
+
+    let (code, _, stderr) = keygen(&out, &["n1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stdout, stderr) = keygen(&out, &["n2", "n1"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("n1.key exists already"), "{stderr}");
+    assert!(stdout.is_empty(), "no entry printed: {stdout}");
+    assert!(
+        !out.join("n2.key").exists(),
+        "nothing written when one cannot be"
+    );
+}
+
+fn keyed(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let (code, entries, stderr) = keygen(&dir.join("keys"), &["n1", "n2"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut text = String::from("[cluster]\nname = \"t\"\n");
+    for (index, entry) in entries
+        .split("[[nodes]]")
+        .filter(|e| !e.trim().is_empty())
+        .enumerate()
+    {
+        text += &format!(
+            "[[nodes]]\n{}\nlisten = \"127.0.0.1:{}\"\n",
+            entry.trim(),
+            7501 + index
+        );
+    }
+    text += extra;
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn check_path(path: &std::path::Path, flags: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .args(["check", "--config"])
+        .arg(path)
+        .args(flags)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code(), text)
+}
+
+#[test]
+fn check_finds_what_node_would_refuse_key_files_modes_and_data_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = keyed(dir.path(), "");
+    let (code, output) = check_path(&path, &[]);
+    assert_eq!(
+        code,
+        Some(0),
+        "keys listed: checked for agentmesh node: {output}"
+    );
+    assert!(output.contains("ok for agentmesh node"), "{output}");
+
+    let key = dir.path().join("keys").join("n2.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, output) = check_path(&path, &[]);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains("may be read by others") && output.contains("chmod 600"),
+        "{output}"
+    );
+    let (code, output) = check_path(&path, &["--id", "n1"]);
+    assert_eq!(code, Some(0), "n1's host checks n1's key only: {output}");
+
+    std::fs::remove_file(&key).unwrap();
+    let (code, output) = check_path(&path, &[]);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains("n2.key"),
+        "the missing key file is named: {output}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = keyed(dir.path(), "[control]\nreplicas = [\"n1\", \"n2\"]\n");
+    let (code, output) = check_path(&path, &[]);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("control.data_dir"), "{output}");
 }
 
 #[test]

@@ -161,8 +161,11 @@ fn a_node_process_killed_mid_storm_restarts_and_every_message_arrives_once() {
     latest.remove("n2");
     std::thread::sleep(Duration::from_millis(500));
     children.0[1] = spawn_node(&path, "n2", lines.clone());
+    // A message's acknowledgement may come after its reply (they are
+    // batched per tick), so both are waited for.
     wait_for(&statuses, &mut latest, |latest| {
         agent_field(latest, "n1", "storm-0", "received_replies") == MESSAGES
+            && agent_field(latest, "n1", "storm-0", "acknowledged") == MESSAGES
             && connected(latest, "n2") == 2
             && connected(latest, "n1") == 2
     });
@@ -294,4 +297,99 @@ fn replica_processes_whose_logs_were_overwritten_withhold_votes_and_lose_no_ackn
         "only the intact replica may lead: {stdout}"
     );
     drop(nodes);
+}
+
+#[test]
+fn a_node_marks_its_last_status_line_final_and_names_a_busy_port_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = generated_config(dir.path(), &["n1"], "");
+    let output = binary()
+        .args([
+            "node",
+            "--duration",
+            "1s",
+            "--status-interval",
+            "200ms",
+            "--id",
+            "n1",
+            "--config",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(
+        lines.len() >= 2,
+        "periodic lines and a final one: {lines:?}"
+    );
+    let (last, periodic) = lines.split_last().unwrap();
+    assert_eq!(last["final"], true, "{last}");
+    assert!(
+        periodic.iter().all(|line| line["final"] == false),
+        "{periodic:?}"
+    );
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let port: u16 = text.split("listen = \"127.0.0.1:").nth(1).unwrap()[..5]
+        .trim_end_matches('"')
+        .parse()
+        .unwrap();
+    let _taken = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+    let output = binary()
+        .args(["node", "--duration", "1s", "--id", "n1", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "the OS error once: {stderr}"
+    );
+}
+
+#[test]
+fn up_stops_on_sigterm_as_on_ctrl_c_with_its_summary() {
+    let mut child = binary()
+        .args(["up", "--duration", "60s"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "up did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.code().is_some(),
+        "killed by the signal instead of stopping: {stderr}"
+    );
+    assert!(
+        stderr.contains("interrupted: stopped early and shut down cleanly"),
+        "{stderr}"
+    );
+    assert!(!output.stdout.is_empty(), "a summary");
 }

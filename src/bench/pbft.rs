@@ -53,10 +53,10 @@ pub struct PbftOptions {
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
     /// The measured window.
-    #[arg(long, default_value = "10s", value_parser = crate::commands::parse_duration)]
+    #[arg(long, allow_hyphen_values = true, default_value = "10s", value_parser = crate::commands::parse_duration)]
     pub duration: Duration,
     /// Load before the window, not measured.
-    #[arg(long, default_value = "1s", value_parser = crate::commands::parse_duration_or_zero)]
+    #[arg(long, allow_hyphen_values = true, default_value = "1s", value_parser = crate::commands::parse_duration_or_zero)]
     pub warmup: Duration,
     /// A backup waits this long for a request to execute before it moves
     /// to the next view.

@@ -55,13 +55,13 @@ pub struct RaftOptions {
     #[arg(long, default_value_t = 128)]
     pub payload: usize,
     /// The measured window of the throughput part.
-    #[arg(long, default_value = "10s", value_parser = crate::commands::parse_duration)]
+    #[arg(long, allow_hyphen_values = true, default_value = "10s", value_parser = crate::commands::parse_duration)]
     pub duration: Duration,
     /// The measured window of the single-client part.
-    #[arg(long, default_value = "3s", value_parser = crate::commands::parse_duration)]
+    #[arg(long, allow_hyphen_values = true, default_value = "3s", value_parser = crate::commands::parse_duration)]
     pub single_duration: Duration,
     /// Load before each window, not measured.
-    #[arg(long, default_value = "1s", value_parser = crate::commands::parse_duration_or_zero)]
+    #[arg(long, allow_hyphen_values = true, default_value = "1s", value_parser = crate::commands::parse_duration_or_zero)]
     pub warmup: Duration,
     /// Do not force writes to disk: a machine crash could then lose
     /// acknowledged writes. The report says which was used.

@@ -64,10 +64,10 @@ pub struct StormOptions {
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
     /// The measured window.
-    #[arg(long, default_value = "30s", value_parser = crate::commands::parse_duration)]
+    #[arg(long, allow_hyphen_values = true, default_value = "30s", value_parser = crate::commands::parse_duration)]
     pub duration: Duration,
     /// Load before the window, not measured.
-    #[arg(long, default_value = "2s", value_parser = crate::commands::parse_duration_or_zero)]
+    #[arg(long, allow_hyphen_values = true, default_value = "2s", value_parser = crate::commands::parse_duration_or_zero)]
     pub warmup: Duration,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -77,7 +77,7 @@ pub struct StormOptions {
     pub inflight_max: Option<usize>,
     /// How long the load waits for every overlay link to come up before it
     /// starts anyway; default: 10 s, plus 60 ms per node beyond 100.
-    #[arg(long, value_parser = crate::commands::parse_duration)]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::commands::parse_duration)]
     pub links_wait: Option<Duration>,
     /// Processes the nodes run in; 1: all in this one. More start that
     /// many `agentmesh bench worker` processes, each with an equal share.

@@ -62,7 +62,7 @@ pub struct ChaosOptions {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// How long the faults last.
-    #[arg(long, default_value = "60s", value_parser = crate::commands::parse_duration)]
+    #[arg(long, allow_hyphen_values = true, default_value = "60s", value_parser = crate::commands::parse_duration)]
     pub duration: Duration,
     #[arg(long, default_value = "bench-results/chaos")]
     pub out: PathBuf,
@@ -73,14 +73,14 @@ pub struct ChaosOptions {
     pub kill_rate: f64,
     /// Mean time between whole-node crashes; each node is started again 1
     /// to 4 s later (0: none).
-    #[arg(long, default_value = "20s", value_parser = crate::commands::parse_duration_or_zero)]
+    #[arg(long, allow_hyphen_values = true, default_value = "20s", value_parser = crate::commands::parse_duration_or_zero)]
     pub node_kill_every: Duration,
     /// Partitions: one node cut off, or the nodes split in two, for 2 to
     /// 5 s each.
     #[arg(long, value_enum, default_value = "on")]
     pub partitions: Switch,
     /// Mean time between partitions.
-    #[arg(long, default_value = "20s", value_parser = crate::commands::parse_duration)]
+    #[arg(long, allow_hyphen_values = true, default_value = "20s", value_parser = crate::commands::parse_duration)]
     pub partition_every: Duration,
     /// Makes the one PBFT replica allowed to fail hostile.
     #[arg(long, value_enum, default_value = "on")]
@@ -97,7 +97,7 @@ pub struct ChaosOptions {
     #[arg(long, default_value_t = 2)]
     pub pbft_clients: u64,
     /// How long, after the faults end, storm senders wait for receipts.
-    #[arg(long, default_value = "45s", value_parser = crate::commands::parse_duration)]
+    #[arg(long, allow_hyphen_values = true, default_value = "45s", value_parser = crate::commands::parse_duration)]
     pub settle: Duration,
 }
 

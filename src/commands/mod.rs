@@ -33,6 +33,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// A duration flag that may be zero.
 pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    // Flags taking a duration accept a leading '-' so that it reaches
+    // here and is refused for what it is, not as an unknown flag.
+    if text.trim_start().starts_with('-') {
+        return Err(format!(
+            "{text:?}: a duration cannot be negative (try 10s, 500ms, 2m)"
+        ));
+    }
     humantime::parse_duration(text)
         .map_err(|error| format!("{text:?}: {error} (try 10s, 500ms, 2m)"))
 }
@@ -63,6 +70,7 @@ const CONVERGENCE_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Exit status 0 only if every sent message was delivered.
 pub async fn up(options: UpOptions) -> anyhow::Result<i32> {
     let config = load_config(options.config.as_deref())?;
+    let mut interrupts = Interrupts::new()?;
     let cluster = LocalCluster::start(config)
         .await
         .context("starting the cluster")?;
@@ -81,17 +89,23 @@ pub async fn up(options: UpOptions) -> anyhow::Result<i32> {
     let mut cluster = cluster;
     let mut kill = None;
     let interrupted = match options.kill_percent {
-        None => show_progress(&cluster, &load, options.duration).await,
+        None => show_progress(&cluster, &load, options.duration, &mut interrupts).await,
         Some(percent) => {
             let after = options.kill_after.unwrap_or(options.duration / 2);
-            let before = show_progress(&cluster, &load, after.min(options.duration)).await;
+            let before = show_progress(
+                &cluster,
+                &load,
+                after.min(options.duration),
+                &mut interrupts,
+            )
+            .await;
             if before {
                 true
             } else {
                 let how = options.kill_how;
                 let report = kill_and_watch(&mut cluster, percent, how, load_started).await;
                 kill = Some(report);
-                show_progress(&cluster, &load, options.duration).await
+                show_progress(&cluster, &load, options.duration, &mut interrupts).await
             }
         }
     };
@@ -159,15 +173,45 @@ async fn kill_and_watch(
     }
 }
 
+/// SIGINT (Ctrl-C) and SIGTERM (a service manager's stop), which end a
+/// run alike. Registered when made, so that one arriving while the nodes
+/// start is seen at the first wait instead of killing the process.
+struct Interrupts {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn new() -> std::io::Result<Interrupts> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Interrupts {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
 /// The load's clock, for progress shown in more than one stretch.
 struct Load {
     started: Instant,
     duration: Duration,
 }
 
-/// Shows live figures until `until` into the load, Ctrl-C, or a node
-/// fails. Returns true if interrupted.
-async fn show_progress(cluster: &LocalCluster, load: &Load, until: Duration) -> bool {
+/// Shows live figures until `until` into the load, Ctrl-C or SIGTERM, or
+/// a node fails. Returns true if interrupted.
+async fn show_progress(
+    cluster: &LocalCluster,
+    load: &Load,
+    until: Duration,
+    interrupts: &mut Interrupts,
+) -> bool {
     let terminal = std::io::stderr().is_terminal();
     let bar = indicatif::ProgressBar::new(load.duration.as_millis() as u64);
     if terminal {
@@ -180,8 +224,6 @@ async fn show_progress(cluster: &LocalCluster, load: &Load, until: Duration) -> 
     let started = load.started;
     let mut previous = (Instant::now(), cluster.counters().envelopes_delivered);
     let mut last_line = Instant::now();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     let interrupted = loop {
         let remaining = until.saturating_sub(started.elapsed());
         if remaining.is_zero() {
@@ -189,7 +231,7 @@ async fn show_progress(cluster: &LocalCluster, load: &Load, until: Duration) -> 
         }
         tokio::select! {
             biased;
-            _ = &mut ctrl_c => break true,
+            _ = interrupts.recv() => break true,
             _ = tokio::time::sleep(remaining.min(Duration::from_millis(500))) => {}
         }
         // Summing every node's histograms is not free at 100 nodes: only
@@ -241,9 +283,9 @@ pub struct NodeOptions {
 /// line to stdout every `status_interval` and once at the end.
 pub async fn node(options: NodeOptions) -> anyhow::Result<i32> {
     let config = config::load(&options.config)?;
+    let mut interrupts = Interrupts::new()?;
     let node = cluster::start_single(config, &options.id, options.key.as_deref()).await?;
     let deadline = options.duration.map(|duration| Instant::now() + duration);
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut ticker = tokio::time::interval(options.status_interval);
     ticker.tick().await;
     let failed = loop {
@@ -252,24 +294,25 @@ pub async fn node(options: NodeOptions) -> anyhow::Result<i32> {
         });
         tokio::select! {
             biased;
-            _ = tokio::signal::ctrl_c() => break false,
-            _ = terminate.recv() => break false,
+            _ = interrupts.recv() => break false,
             _ = tokio::time::sleep(until_deadline) => break false,
             _ = ticker.tick() => {
-                println!("{}", node_status(&node));
+                println!("{}", node_status(&node, false));
                 if !node.is_running() {
                     break true;
                 }
             }
         }
     };
-    let status = node_status(&node);
+    let status = node_status(&node, true);
     node.shutdown().await;
     println!("{status}");
     Ok(if failed { 1 } else { 0 })
 }
 
-fn node_status(node: &crate::actors::node::NodeHandle) -> String {
+/// One JSON status line; `last` marks the line printed as the node stops
+/// (`"final": true`, taken before it stops, so its figures are whole).
+fn node_status(node: &crate::actors::node::NodeHandle, last: bool) -> String {
     let totals = Totals::of(std::iter::once(node));
     let agents: serde_json::Map<String, serde_json::Value> = node
         .context
@@ -288,6 +331,7 @@ fn node_status(node: &crate::actors::node::NodeHandle) -> String {
         .collect();
     serde_json::json!({
         "node": node.id,
+        "final": last,
         "running": node.is_running(),
         "connected": node.context.peers.connected(),
         "counters": totals.counters,
@@ -299,6 +343,10 @@ fn node_status(node: &crate::actors::node::NodeHandle) -> String {
 
 /// Writes a key file per node id into `out` and prints the TOML lines that
 /// give each node its identity. Ids come from `ids`, or from `config`.
+/// Nothing is written unless every file can be: the ids are checked, no
+/// key file may exist yet, and if one write fails those written before it
+/// are removed. `key_file` is printed as an absolute path, which resolves
+/// the same from any config's folder.
 pub fn keygen(out: &Path, ids: &[String], config: Option<&Path>) -> anyhow::Result<i32> {
     let ids: Vec<String> = match config {
         Some(path) => config::load(path)?
@@ -312,30 +360,117 @@ pub fn keygen(out: &Path, ids: &[String], config: Option<&Path>) -> anyhow::Resu
         !ids.is_empty(),
         "name at least one node id, or give --config"
     );
+    let mut problems: Vec<String> = ids
+        .iter()
+        .filter_map(|id| config::name_problem(id))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    problems.extend(
+        ids.iter()
+            .filter(|id| !seen.insert(*id))
+            .map(|id| format!("{id:?} is named twice")),
+    );
+    let paths: Vec<PathBuf> = ids.iter().map(|id| out.join(format!("{id}.key"))).collect();
+    problems.extend(paths.iter().filter(|path| path.exists()).map(|path| {
+        format!(
+            "{} exists already (key files are never overwritten)",
+            path.display()
+        )
+    }));
+    anyhow::ensure!(
+        problems.is_empty(),
+        "nothing written: {}",
+        problems.join("; ")
+    );
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    for id in &ids {
+    let folder =
+        std::fs::canonicalize(out).with_context(|| format!("resolving {}", out.display()))?;
+    let mut entries = String::new();
+    for (index, (id, path)) in ids.iter().zip(&paths).enumerate() {
         let key = identity::generate_key();
-        let path = out.join(format!("{id}.key"));
-        identity::write_key_file(&path, &key)?;
-        println!(
-            "[[nodes]]\nid = {id:?}\npublic_key = {:?}\nkey_file = {:?}\n",
+        if let Err(error) = identity::write_key_file(path, &key) {
+            for written in &paths[..index] {
+                let _ = std::fs::remove_file(written);
+            }
+            anyhow::bail!("nothing written: {error}");
+        }
+        entries += &format!(
+            "[[nodes]]\nid = {id:?}\npublic_key = {:?}\nkey_file = {:?}\n\n",
             identity::public_key_text(&key.verifying_key()),
-            path.display().to_string()
+            folder.join(format!("{id}.key")).display().to_string()
         );
     }
+    print!("{entries}");
     eprintln!(
         "wrote {} key file(s) to {}; add each node's listen address to its entry",
         ids.len(),
-        out.display()
+        folder.display()
     );
     Ok(0)
 }
 
-/// Validates a config without starting anything.
-pub fn check(path: &Path) -> anyhow::Result<i32> {
+/// What a config is checked for, beside its own rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckFor {
+    /// `agentmesh up`: every node in this process.
+    Up,
+    /// `agentmesh node`: one node per process, on its own host.
+    Node,
+}
+
+/// Validates a config without starting anything, then what `target` would
+/// refuse: every problem is listed, and the exit code is 1 if any.
+pub fn check(path: &Path, target: Option<CheckFor>, id: Option<&str>) -> anyhow::Result<i32> {
     let config = config::load(path)?;
+    let keys_listed = config.nodes.iter().any(|node| node.public_key.is_some());
+    let target = target.unwrap_or(if keys_listed {
+        CheckFor::Node
+    } else {
+        CheckFor::Up
+    });
+    anyhow::ensure!(
+        id.is_none() || target == CheckFor::Node,
+        "--id names the node of `agentmesh node`: give it with --for node"
+    );
+    let problems: Vec<String> = match (target, id) {
+        (CheckFor::Up, _) => cluster::check_keys_for_all(&config)
+            .err()
+            .map(|error| error.to_string())
+            .into_iter()
+            .collect(),
+        (CheckFor::Node, Some(id)) => cluster::plan_single(&config, id, None)
+            .err()
+            .map(|error| error.to_string())
+            .into_iter()
+            .collect(),
+        (CheckFor::Node, None) => config
+            .nodes
+            .iter()
+            .filter_map(|node| cluster::plan_single(&config, &node.id, None).err())
+            .map(|error| error.to_string())
+            .collect(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    let problems: Vec<String> = problems
+        .into_iter()
+        .filter(|problem| seen.insert(problem.clone()))
+        .collect();
+    let target_name = match target {
+        CheckFor::Up => "agentmesh up",
+        CheckFor::Node => "agentmesh node",
+    };
+    if !problems.is_empty() {
+        eprintln!("{}: {} would refuse it:", path.display(), target_name);
+        for problem in &problems {
+            eprintln!("  {problem}");
+        }
+        if target == CheckFor::Node && id.is_none() {
+            eprintln!("(on a host that holds only its own node's key, check with --id ID)");
+        }
+        return Ok(1);
+    }
     println!(
-        "{}: ok: cluster {:?}, {} nodes, {} agents, topology {}",
+        "{}: ok for {target_name}: cluster {:?}, {} nodes, {} agents, topology {}",
         path.display(),
         config.name,
         config.nodes.len(),

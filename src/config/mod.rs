@@ -611,15 +611,22 @@ pub fn embedded_chaos() -> ClusterConfig {
 pub fn parse(text: &str, file: &str, base: &Path) -> Result<ClusterConfig, ConfigError> {
     let deserializer = toml::Deserializer::new(text);
     let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|error| {
-        let key_path = match error.path().to_string() {
-            path if path == "." || path.is_empty() => "(top level)".to_string(),
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let position = inner
+            .span()
+            .map(|span| line_and_column_of(text, span.start));
+        let key_path = match path {
+            // No key was reached: the text itself does not parse.
+            path if path == "." || path.is_empty() => match position {
+                Some(_) => "(syntax)".to_string(),
+                None => "(top level)".to_string(),
+            },
             path => path,
         };
-        let inner = error.into_inner();
-        let line = inner.span().map(|span| line_of(text, span.start));
         let mut reason = inner.message().trim().to_string();
-        if let Some(line) = line {
-            reason.push_str(&format!(" (line {line})"));
+        if let Some((line, column)) = position {
+            reason.push_str(&format!(" (line {line}, column {column})"));
         }
         ConfigError {
             file: file.to_string(),
@@ -638,8 +645,16 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<ClusterConfig, Confi
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_and_column_of(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    (line, before[line_start..].chars().count() + 1)
 }
 
 #[derive(Default)]
@@ -686,16 +701,23 @@ impl Checker {
     }
 
     fn name(&mut self, key_path: &str, name: &str) {
-        let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
-        if name.is_empty() || name.len() > NAME_BYTES_MAX || !name.chars().all(allowed) {
-            self.fail(
-                key_path,
-                format!(
-                    "{name:?} is not a valid name: use 1 to {NAME_BYTES_MAX} letters, digits, '-', '_' or '.'"
-                ),
-            );
+        if let Some(problem) = name_problem(name) {
+            self.fail(key_path, problem);
         }
     }
+}
+
+/// Why `name` cannot name a cluster, node or agent (and so a file:
+/// `keygen` writes `<id>.key`), or None if it can.
+pub fn name_problem(name: &str) -> Option<String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    let only_dots = name.chars().all(|c| c == '.');
+    if name.is_empty() || name.len() > NAME_BYTES_MAX || !name.chars().all(allowed) || only_dots {
+        return Some(format!(
+            "{name:?} is not a valid name: use 1 to {NAME_BYTES_MAX} letters, digits, '-', '_' or '.', not only dots"
+        ));
+    }
+    None
 }
 
 fn validate(raw: RawConfig, file: &str, base: &Path, checker: &mut Checker) -> ClusterConfig {
@@ -1325,10 +1347,19 @@ fn validate_behaviour(
                 messages_max: agent.messages_max,
                 tick_ms: agent.tick_ms.unwrap_or(10),
             };
-            if !storm.rate.is_finite() || storm.rate < 0.0 || storm.rate > 1_000_000.0 {
+            if storm.rate == 0.0 {
+                // A storm of rate 0 would start, say nothing and send nothing.
                 checker.fail(
                     at("rate"),
-                    format!("{} is not a rate from 0 to 1000000 messages/s", storm.rate),
+                    "0 would send nothing: give messages/s above 0, up to 1000000 (to send as fast as the nodes accept, give 1000000, which is what `bench storm --rate 0` does)".to_string(),
+                );
+            } else if !storm.rate.is_finite() || storm.rate < 0.0 || storm.rate > 1_000_000.0 {
+                checker.fail(
+                    at("rate"),
+                    format!(
+                        "{} is not a rate above 0 and up to 1000000 messages/s",
+                        storm.rate
+                    ),
                 );
             }
             if storm.payload_bytes > limits.payload_bytes_max {
