@@ -148,7 +148,7 @@ impl ControlClient {
                 Ok(ClientReply::Status(status)) => Ok(status),
                 Ok(ClientReply::Failed(error)) => Err(error.to_string()),
                 Ok(other) => Err(format!("unexpected answer {other:?}")),
-                Err(reason) => Err(reason),
+                Err(error) => Err(error.reason),
             };
             statuses.push((self.replicas[index].0.clone(), status));
         }

@@ -181,7 +181,7 @@ fn toml_syntax_errors_give_a_line_and_column_and_type_errors_their_key() {
     assert_rejected(
         &GOOD.replace("count = 2", "count = \"two\""),
         "agents[0].count",
-        "(line 17, column 9)",
+        "(line 12, column 9)",
     );
 }
 
@@ -374,4 +374,45 @@ fn an_overlay_wider_than_the_ttl_is_an_error() {
     );
     let (code, output) = check(&format!("{ring}[limits]\nttl = 10\n"));
     assert_eq!(code, 0, "a ttl that spans the ring is accepted: {output}");
+}
+
+#[test]
+fn kv_says_at_once_that_no_replica_runs_when_every_one_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        })
+        .collect();
+    let text =
+        GOOD.replace(
+            "listen = \"127.0.0.1:7401\"",
+            &format!(
+                "listen = \"127.0.0.1:7401\"\nclient_listen = \"127.0.0.1:{}\"",
+                ports[0]
+            ),
+        )
+        .replace(
+            "listen = \"127.0.0.1:7402\"",
+            &format!(
+                "listen = \"127.0.0.1:7402\"\nclient_listen = \"127.0.0.1:{}\"",
+                ports[1]
+            ),
+        ) + "[control]\nreplicas = [\"n1\", \"n2\"]\n";
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .args(["kv", "get", "colour", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no replica is running"), "{stderr}");
+    assert_eq!(
+        stderr.matches("Connection refused").count(),
+        2,
+        "each replica once: {stderr}"
+    );
 }
