@@ -50,10 +50,72 @@ fn chaos(seed: u64) -> serde_json::Value {
         for file in ["report.md", "latency-cdf.svg", "throughput.svg"] {
             assert!(out.join(file).exists(), "seed {seed}: no {file}");
         }
-        let report = std::fs::read_to_string(out.join("report.json")).unwrap();
-        return serde_json::from_str(&report).unwrap();
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        check_history(&out.join("history.jsonl"), &report, seed);
+        return report;
     }
     panic!("no free client ports in five tries");
+}
+
+/// The history other checkers read: every line an event, each process
+/// invoking one operation at a time and completing it with the same
+/// function and key, times never falling, and as many acknowledged Raft
+/// writes as the report counts.
+fn check_history(path: &Path, report: &serde_json::Value, seed: u64) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|error| panic!("seed {seed}: {error}"));
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("seed {seed}: {error}: {line}"))
+        })
+        .collect();
+    assert_eq!(
+        report["history"]["events"].as_u64(),
+        Some(events.len() as u64),
+        "seed {seed}"
+    );
+    assert_eq!(report["history"]["dropped"], 0, "seed {seed}");
+    let mut open = std::collections::HashMap::<String, serde_json::Value>::new();
+    let mut last_time = 0;
+    let mut raft_writes_ok = 0;
+    for event in &events {
+        let time = event["time"].as_u64().unwrap();
+        assert!(time >= last_time, "seed {seed}: time falls at {event}");
+        last_time = time;
+        let process = event["process"].as_str().unwrap().to_string();
+        match event["type"].as_str().unwrap() {
+            "invoke" => assert!(
+                open.insert(process, event.clone()).is_none(),
+                "seed {seed}: a second invocation before the first completed: {event}"
+            ),
+            "ok" | "fail" | "info" => {
+                let invoked = open
+                    .remove(&process)
+                    .unwrap_or_else(|| panic!("seed {seed}: completed but never invoked: {event}"));
+                assert_eq!(
+                    (&invoked["f"], &invoked["key"]),
+                    (&event["f"], &event["key"]),
+                    "seed {seed}"
+                );
+                if event["type"] == "ok" && event["f"] == "write" && process.starts_with("raft-") {
+                    raft_writes_ok += 1;
+                }
+            }
+            other => panic!("seed {seed}: event type {other}"),
+        }
+    }
+    assert!(
+        events.iter().any(|event| event["process"] == "pbft-0"),
+        "seed {seed}: no PBFT events"
+    );
+    assert_eq!(
+        report["raft"]["puts_acknowledged"].as_u64(),
+        Some(raft_writes_ok),
+        "seed {seed}: acknowledged Raft writes in the history and the report"
+    );
 }
 
 #[test]

@@ -17,6 +17,7 @@
 
 pub mod checks;
 pub mod faults;
+pub mod history;
 pub mod report;
 pub mod workload;
 
@@ -35,7 +36,7 @@ use crate::config::{BehaviourConfig, ClusterConfig, FaultsConfig};
 use crate::metrics::LatencySummary;
 use crate::pbft_client::ReplicaSet;
 use faults::{FaultDriver, FaultSettings};
-use report::{ChaosReport, Datagrams, PbftSection, StormSection};
+use report::{ChaosReport, Datagrams, HistorySummary, PbftSection, StormSection};
 use workload::{PbftRecord, Running, Stop, StormLedger, StormSettings};
 
 /// Longest run the command accepts.
@@ -180,6 +181,9 @@ fn sinks_of(config: &ClusterConfig) -> anyhow::Result<Vec<String>> {
     Ok(sinks)
 }
 
+/// The client history beside the report (see [`history`]).
+pub const HISTORY_FILE: &str = "history.jsonl";
+
 /// What the workload tasks share.
 struct Workload {
     started: Instant,
@@ -188,6 +192,8 @@ struct Workload {
     ledger: Arc<StormLedger>,
     storm: Vec<tokio::task::JoinHandle<()>>,
     raft_history: Arc<Mutex<Vec<crate::sim::raft::Call>>>,
+    /// Every client operation, for checkers of our own and others'.
+    events: Arc<history::History>,
     raft: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pbft_record: Arc<PbftRecord>,
     pbft: Vec<tokio::task::JoinHandle<()>>,
@@ -257,6 +263,11 @@ pub async fn chaos(options: ChaosOptions) -> anyhow::Result<i32> {
         throughput,
         over_time,
     };
+    let history_path = options.out.join(HISTORY_FILE);
+    outcome
+        .events
+        .write_jsonl(&history_path)
+        .with_context(|| format!("cannot write {}", history_path.display()))?;
     let report = build_report(&options, &driver, outcome, run);
     driver.cluster.shutdown().await;
     let titles = PlotTitles {
@@ -327,6 +338,7 @@ async fn start_workload(
         })
         .collect();
     let raft_history = Arc::new(Mutex::new(Vec::new()));
+    let events = Arc::new(history::History::new(started));
     let raft_clients = if has_raft_clients(&config) {
         options.raft_clients
     } else {
@@ -339,6 +351,7 @@ async fn start_workload(
                 config.clone(),
                 started,
                 raft_history.clone(),
+                events.clone(),
                 stop.clone(),
             );
             tokio::spawn(client)
@@ -349,8 +362,13 @@ async fn start_workload(
         Some(replicas) => (0..options.pbft_clients)
             .map(|index| {
                 let client = workload::pbft_client(replicas, options.seed, index);
-                let worker =
-                    workload::pbft_worker(client, index, pbft_record.clone(), stop.clone());
+                let worker = workload::pbft_worker(
+                    client,
+                    index,
+                    pbft_record.clone(),
+                    events.clone(),
+                    stop.clone(),
+                );
                 tokio::spawn(worker)
             })
             .collect(),
@@ -363,6 +381,7 @@ async fn start_workload(
         ledger,
         storm,
         raft_history,
+        events,
         raft,
         pbft_record,
         pbft,
@@ -411,6 +430,7 @@ async fn wait_until_serving(
 /// What the checks found.
 struct Outcome {
     storm: StormSection,
+    events: Arc<history::History>,
     latency: hdrhistogram::Histogram<u64>,
     raft: Option<checks::RaftCheck>,
     pbft: Option<PbftSection>,
@@ -449,7 +469,13 @@ async fn finish(
     let mut violations = driver.tally.errors.clone();
     let storm = storm_section(&workload.ledger, driver, sinks, &mut violations);
     let raft = if has_raft_clients(config) {
-        workload::raft_final_reads(config, workload.started, &workload.raft_history).await?;
+        workload::raft_final_reads(
+            config,
+            workload.started,
+            &workload.raft_history,
+            &workload.events,
+        )
+        .await?;
         let history = workload
             .raft_history
             .lock()
@@ -468,6 +494,7 @@ async fn finish(
                 driver,
                 replicas,
                 &workload.pbft_record,
+                &workload.events,
                 &mut violations,
             )
             .await,
@@ -476,6 +503,7 @@ async fn finish(
     };
     Ok(Outcome {
         storm,
+        events: workload.events.clone(),
         latency: workload.ledger.latency(),
         raft,
         pbft,
@@ -570,10 +598,11 @@ async fn pbft_section(
     driver: &FaultDriver,
     replicas: &Arc<ReplicaSet>,
     record: &PbftRecord,
+    events: &history::History,
     violations: &mut Vec<String>,
 ) -> PbftSection {
     let mut client = workload::pbft_client(replicas, options.seed, u64::MAX - 1);
-    let finals = workload::pbft_final_reads(&mut client, record).await;
+    let finals = workload::pbft_final_reads(&mut client, record, events).await;
     let writes = record.writes.lock().expect("never poisoned").clone();
     let decided = record.decided.lock().expect("never poisoned").clone();
     let mut check = checks::check_pbft(&writes, &finals, &decided);
@@ -693,7 +722,13 @@ fn build_report(
             .pbft
             .as_ref()
             .map_or(0, |pbft| pbft.check.committed_lost);
+    let history = HistorySummary {
+        file: HISTORY_FILE,
+        events: outcome.events.len() as u64,
+        dropped: outcome.events.dropped(),
+    };
     ChaosReport {
+        history,
         scenario: "chaos",
         version: env!("CARGO_PKG_VERSION"),
         machine: Machine::this(),

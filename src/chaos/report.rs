@@ -74,6 +74,18 @@ pub struct ChaosReport {
     pub faults: FaultTally,
     pub datagrams: Datagrams,
     pub over_time: Vec<(f64, f64)>,
+    /// The client operations, for other checkers (`history.jsonl`).
+    pub history: HistorySummary,
+}
+
+/// Where the run's client history is and how much of it was kept.
+#[derive(Clone, Debug, Serialize)]
+pub struct HistorySummary {
+    pub file: &'static str,
+    pub events: u64,
+    /// Events beyond the history's limit, not written: the file is then
+    /// incomplete and other checkers must not be run over it.
+    pub dropped: u64,
 }
 
 impl ChaosReport {
@@ -86,6 +98,16 @@ impl ChaosReport {
         };
         let _ = writeln!(text, "# agentmesh chaos: {verdict}\n");
         let _ = writeln!(text, "Replay: `{}`\n", self.replay);
+        let _ = writeln!(
+            text,
+            "Client history: `{}`, {} events{} (one JSON object a line, for other linearizability checkers)\n",
+            self.history.file,
+            self.history.events,
+            match self.history.dropped {
+                0 => String::new(),
+                dropped => format!(", {dropped} more dropped at its limit: incomplete"),
+            }
+        );
         let _ = writeln!(text, "| invariant | value |\n|---|---|");
         let _ = writeln!(text, "| acked_lost | {} |", self.acked_lost);
         let _ = writeln!(text, "| committed_lost | {} |", self.committed_lost);

@@ -24,6 +24,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::checks::{storm_payload, PbftKeyWrites, FINAL_READER};
+use super::history::{Function, History, Kind};
+
+/// The history's processes for the reads after the run.
+const FINAL_PROCESS_RAFT: &str = "raft-final";
+const FINAL_PROCESS_PBFT: &str = "pbft-final";
 use crate::actors::context::{NodeContext, SendError};
 use crate::actors::router;
 use crate::config::ClusterConfig;
@@ -287,8 +292,10 @@ pub async fn raft_client(
     config: Arc<ClusterConfig>,
     started: Instant,
     history: Arc<Mutex<Vec<Call>>>,
+    events: Arc<History>,
     stop: Stop,
 ) -> anyhow::Result<()> {
+    let process = format!("raft-{index}");
     let mut client = ControlClient::from_config(&config)?.with_deadline(Duration::from_secs(2));
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ index.rotate_left(17));
     let pace = Duration::from_millis(1_000 / RAFT_CALLS_PER_CLIENT_PER_SECOND_MAX);
@@ -301,12 +308,37 @@ pub async fn raft_client(
         let (kind, answered) = if rng.gen_bool(0.5) {
             written += 1;
             let value = format!("c{index}-{written}").into_bytes();
+            events.record(
+                &process,
+                Kind::Invoke,
+                Function::Write,
+                &key,
+                Some(&value),
+                None,
+            );
             let answered = client.put(&key, value.clone()).await.is_ok();
+            // A put with no answer may still be applied.
+            let outcome = if answered { Kind::Ok } else { Kind::Info };
+            events.record(&process, outcome, Function::Write, &key, Some(&value), None);
             (CallKind::Put(value), answered)
         } else {
+            events.record(&process, Kind::Invoke, Function::Read, &key, None, None);
             match client.get(&key).await {
-                Ok(value) => (CallKind::Get(Some(value)), true),
-                Err(_) => (CallKind::Get(None), false),
+                Ok(value) => {
+                    events.record(
+                        &process,
+                        Kind::Ok,
+                        Function::Read,
+                        &key,
+                        value.as_deref(),
+                        None,
+                    );
+                    (CallKind::Get(Some(value)), true)
+                }
+                Err(_) => {
+                    events.record(&process, Kind::Fail, Function::Read, &key, None, None);
+                    (CallKind::Get(None), false)
+                }
             }
         };
         let call = Call {
@@ -328,6 +360,7 @@ pub async fn raft_final_reads(
     config: &ClusterConfig,
     started: Instant,
     history: &Mutex<Vec<Call>>,
+    events: &History,
 ) -> anyhow::Result<()> {
     let keys: std::collections::BTreeSet<String> = history
         .lock()
@@ -340,10 +373,34 @@ pub async fn raft_final_reads(
         let called_ms = ms_since(started);
         let mut read = None;
         for _ in 0..4 {
+            events.record(
+                FINAL_PROCESS_RAFT,
+                Kind::Invoke,
+                Function::Read,
+                &key,
+                None,
+                None,
+            );
             if let Ok(value) = client.get(&key).await {
+                events.record(
+                    FINAL_PROCESS_RAFT,
+                    Kind::Ok,
+                    Function::Read,
+                    &key,
+                    value.as_deref(),
+                    None,
+                );
                 read = Some(value);
                 break;
             }
+            events.record(
+                FINAL_PROCESS_RAFT,
+                Kind::Fail,
+                Function::Read,
+                &key,
+                None,
+                None,
+            );
         }
         let call = Call {
             client: FINAL_READER,
@@ -379,7 +436,14 @@ pub fn pbft_client(replicas: &Arc<ReplicaSet>, seed: u64, index: u64) -> PbftCli
 }
 
 /// Puts, gets and decides through the PBFT group until told to stop.
-pub async fn pbft_worker(mut client: PbftClient, index: u64, record: Arc<PbftRecord>, stop: Stop) {
+pub async fn pbft_worker(
+    mut client: PbftClient,
+    index: u64,
+    record: Arc<PbftRecord>,
+    events: Arc<History>,
+    stop: Stop,
+) {
+    let process = format!("pbft-{index}");
     let mut count = 0u64;
     while !stop.stopped() {
         count += 1;
@@ -406,10 +470,47 @@ pub async fn pbft_worker(mut client: PbftClient, index: u64, record: Arc<PbftRec
                 .push((value, false));
         }
         record.operations.fetch_add(1, Ordering::Relaxed);
+        let (function, event_key, event_value) = match &operation {
+            Operation::Put { key, value } => (Function::Write, key.clone(), Some(value.clone())),
+            Operation::Get { key } => (Function::Read, key.clone(), None),
+            Operation::Claim { key, value } => (Function::Claim, key.clone(), Some(value.clone())),
+            Operation::Decide { log, entry } => {
+                (Function::Decide, log.clone(), Some(entry.clone()))
+            }
+        };
+        events.record(
+            &process,
+            Kind::Invoke,
+            function,
+            &event_key,
+            event_value.as_deref(),
+            None,
+        );
         let Ok(result) = client.call(operation).await else {
+            // Unanswered: a read changed nothing, a write or decision may yet.
+            let outcome = if function == Function::Read {
+                Kind::Fail
+            } else {
+                Kind::Info
+            };
+            events.record(
+                &process,
+                outcome,
+                function,
+                &event_key,
+                event_value.as_deref(),
+                None,
+            );
             continue;
         };
         record.answered.fetch_add(1, Ordering::Relaxed);
+        let (read, place) = match &result {
+            OperationResult::Value(value) => (value.as_deref(), None),
+            OperationResult::Decided { index } => (event_value.as_deref(), Some(*index)),
+            OperationResult::Claimed { holder, .. } => (Some(holder.as_slice()), None),
+            _ => (event_value.as_deref(), None),
+        };
+        events.record(&process, Kind::Ok, function, &event_key, read, place);
         match result {
             OperationResult::Done if is_put => {
                 let mut writes = record.writes.lock().expect("never poisoned");
@@ -429,6 +530,7 @@ pub async fn pbft_worker(mut client: PbftClient, index: u64, record: Arc<PbftRec
 pub async fn pbft_final_reads(
     client: &mut PbftClient,
     record: &PbftRecord,
+    events: &History,
 ) -> BTreeMap<String, Option<Option<Vec<u8>>>> {
     let keys: Vec<String> = record
         .writes
@@ -442,10 +544,34 @@ pub async fn pbft_final_reads(
         let mut read = None;
         for _ in 0..4 {
             let operation = Operation::Get { key: key.clone() };
+            events.record(
+                FINAL_PROCESS_PBFT,
+                Kind::Invoke,
+                Function::Read,
+                &key,
+                None,
+                None,
+            );
             if let Ok(OperationResult::Value(value)) = client.call(operation).await {
+                events.record(
+                    FINAL_PROCESS_PBFT,
+                    Kind::Ok,
+                    Function::Read,
+                    &key,
+                    value.as_deref(),
+                    None,
+                );
                 read = Some(value);
                 break;
             }
+            events.record(
+                FINAL_PROCESS_PBFT,
+                Kind::Fail,
+                Function::Read,
+                &key,
+                None,
+                None,
+            );
         }
         finals.insert(key, read);
     }
