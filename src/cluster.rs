@@ -588,11 +588,50 @@ pub fn plan_single(
     node_id: &str,
     key_file_given: Option<&std::path::Path>,
 ) -> Result<SingleNodePlan, ClusterError> {
-    let node = config
+    let (raft_directory, node_keys) = single_node_needs(config, node_id)?;
+    let path = key_file_given
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| key_file_of(config, node_id))
+        .ok_or_else(|| ClusterError::Key {
+            node: node_id.into(),
+            reason: "no private key: pass --key FILE or set key_file for this node".into(),
+        })?;
+    let key = read_matching_key(node_id, &path, &node_keys[node_id])?;
+    Ok(SingleNodePlan {
+        raft_directory,
+        key,
+        node_keys,
+    })
+}
+
+/// `node_id`'s `key_file` in the config, resolved from the config's folder.
+pub fn key_file_of(config: &ClusterConfig, node_id: &str) -> Option<std::path::PathBuf> {
+    config
         .nodes
         .iter()
         .find(|node| node.id == node_id)
-        .ok_or_else(|| ClusterError::UnknownNode(node_id.into()))?;
+        .and_then(|node| node.key_file.clone())
+}
+
+/// Checks `node_id`'s private key as [`plan_single`] does.
+pub fn check_key_of(
+    config: &ClusterConfig,
+    node_id: &str,
+    path: &std::path::Path,
+) -> Result<(), ClusterError> {
+    let (_, node_keys) = single_node_needs(config, node_id)?;
+    read_matching_key(node_id, path, &node_keys[node_id]).map(|_| ())
+}
+
+/// What running `node_id` alone needs of the config, but its private key:
+/// its replica folder, if any, and every node's public key.
+pub fn single_node_needs(
+    config: &ClusterConfig,
+    node_id: &str,
+) -> Result<(Option<std::path::PathBuf>, HashMap<String, VerifyingKey>), ClusterError> {
+    if !config.nodes.iter().any(|node| node.id == node_id) {
+        return Err(ClusterError::UnknownNode(node_id.into()));
+    }
     if let Some(zero) = config.nodes.iter().find(|node| node.listen.port() == 0) {
         return Err(ClusterError::PortZero {
             node: zero.id.clone(),
@@ -607,33 +646,15 @@ pub fn plan_single(
         }
         (None, None) => None,
     };
-    let missing_keys = |node: &str| {
-        ClusterError::Key {
-        node: node.into(),
-        reason: "every node needs a public_key in the config to run as a separate process (see agentmesh keygen)".into(),
-    }
-    };
-    let public = node.public_key.ok_or_else(|| missing_keys(node_id))?;
-    let path = key_file_given
-        .map(std::path::Path::to_path_buf)
-        .or_else(|| node.key_file.clone())
-        .ok_or_else(|| ClusterError::Key {
-            node: node_id.into(),
-            reason: "no private key: pass --key FILE or set key_file for this node".into(),
-        })?;
-    let key = read_matching_key(node_id, &path, &public)?;
     let mut node_keys = HashMap::new();
     for peer in &config.nodes {
-        node_keys.insert(
-            peer.id.clone(),
-            peer.public_key.ok_or_else(|| missing_keys(&peer.id))?,
-        );
+        let public = peer.public_key.ok_or_else(|| ClusterError::Key {
+            node: peer.id.clone(),
+            reason: "every node needs a public_key in the config to run as a separate process (see agentmesh keygen)".into(),
+        })?;
+        node_keys.insert(peer.id.clone(), public);
     }
-    Ok(SingleNodePlan {
-        raft_directory,
-        key,
-        node_keys,
-    })
+    Ok((raft_directory, node_keys))
 }
 
 /// Every private key `agentmesh up` would read for `config` (none when

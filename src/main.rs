@@ -82,6 +82,12 @@ enum Command {
         config: Option<PathBuf>,
         /// Node ids.
         ids: Vec<String>,
+        /// With one id: the node's QUIC address, printed in its entry.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// With one id: its replica's client API address (loopback).
+        #[arg(long)]
+        client_listen: Option<std::net::SocketAddr>,
     },
     /// Validate a config without starting anything, and what the command
     /// that will run it needs (key files, fixed ports, data_dir).
@@ -221,7 +227,21 @@ fn main() -> ExitCode {
                 })
                 .await
             }
-            Command::Keygen { out, config, ids } => commands::keygen(&out, &ids, config.as_deref()),
+            Command::Keygen {
+                out,
+                config,
+                ids,
+                listen,
+                client_listen,
+            } => commands::keygen(
+                &out,
+                &ids,
+                config.as_deref(),
+                commands::Addresses {
+                    listen,
+                    client_listen,
+                },
+            ),
             Command::Check { config, target, id } => {
                 commands::check(&config, target, id.as_deref())
             }

@@ -300,12 +300,19 @@ fn check_finds_what_node_would_refuse_key_files_modes_and_data_dir() {
     assert_eq!(code, Some(0), "n1's host checks n1's key only: {output}");
 
     std::fs::remove_file(&key).unwrap();
-    let (code, output) = check_path(&path, &[]);
+    let (code, output) = check_path(&path, &["--id", "n2"]);
     assert_eq!(code, Some(1), "{output}");
     assert!(
         output.contains("n2.key"),
         "the missing key file is named: {output}"
     );
+    let (code, output) = check_path(&path, &[]);
+    assert_eq!(
+        code,
+        Some(0),
+        "a key on another host is noted, not refused: {output}"
+    );
+    assert!(output.contains("n2.key is not on this machine"), "{output}");
 
     let dir = tempfile::tempdir().unwrap();
     let path = keyed(dir.path(), "[control]\nreplicas = [\"n1\", \"n2\"]\n");

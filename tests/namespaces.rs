@@ -6,6 +6,8 @@
 //! consumed exactly once. The namespaces are removed afterwards, also when
 //! the test fails (by a guard's Drop).
 //!
+//! A second test follows README.md's multi-host steps as written there.
+//!
 //! Needs root and iproute2. Without them the test says so and passes,
 //! except under CI (`CI` set), where it fails.
 
@@ -47,7 +49,10 @@ impl Network {
     }
 
     fn create() -> Result<Network, String> {
-        let tag = format!("am{}", std::process::id());
+        // Tests of one binary run at once: each network its own names.
+        static NETWORKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let number = NETWORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("am{}n{number}", std::process::id());
         let network = Network {
             switch: format!("{tag}s"),
             hosts: (0..HOSTS).map(|host| format!("{tag}h{host}")).collect(),
@@ -188,6 +193,188 @@ fn a_host_cut_off_by_its_link_going_down_rejoins_and_nothing_acknowledged_is_los
         acknowledged,
         "every acknowledged message consumed exactly once"
     );
+    drop(nodes);
+    drop(network);
+}
+
+/// The fenced block after `<!-- multi-host: NAME -->` in README.md.
+fn readme_block(name: &str) -> String {
+    let readme = include_str!("../README.md");
+    let marker = format!("<!-- multi-host: {name} -->");
+    let after = readme
+        .split_once(&marker)
+        .unwrap_or_else(|| panic!("README.md has no {marker}"))
+        .1;
+    let fence_open = after.find("```").expect("a fenced block after the marker");
+    let body = &after[fence_open..];
+    let body = &body[body.find('\n').expect("a fence line") + 1..];
+    body[..body.find("```").expect("the block is closed")].to_string()
+}
+
+/// The commands of a README block: its lines, less comments and blanks.
+fn readme_commands(name: &str) -> Vec<String> {
+    readme_block(name)
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `line` run by `sh` in `folder`, in network namespace `host` (None: the
+/// operator's machine), with `agentmesh` on the PATH and `variables` set.
+fn shell(
+    host: Option<&str>,
+    folder: &std::path::Path,
+    variables: &[(&str, String)],
+    line: &str,
+) -> Command {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_agentmesh"));
+    let path = format!(
+        "{}:{}",
+        binary.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut command = match host {
+        Some(host) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", host, "sh", "-c", line]);
+            command
+        }
+        None => {
+            let mut command = Command::new("sh");
+            command.args(["-c", line]);
+            command
+        }
+    };
+    command
+        .current_dir(folder)
+        .env("PATH", path)
+        .env("RUST_LOG", "warn");
+    for (name, value) in variables {
+        command.env(name, value);
+    }
+    command
+}
+
+fn run_ok(mut command: Command, line: &str) -> String {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "`{line}` failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// README.md's multi-host section, followed as written: keys made on each
+/// host, entries joined on the operator's machine with the README's
+/// `cluster-head.toml`, the config copied to each host, checked and run
+/// there, and the control plane used from a replica's host.
+#[test]
+fn the_readmes_multi_host_steps_work_as_written() {
+    let network = match Network::create() {
+        Ok(network) => network,
+        Err(error) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: network namespaces need root and iproute2 ({error})");
+            return;
+        }
+        Err(error) => panic!("CI must be able to make network namespaces: {error}"),
+    };
+    let root = tempfile::tempdir().unwrap();
+    let operator = root.path().join("operator");
+    std::fs::create_dir_all(&operator).unwrap();
+    let hosts: Vec<(std::path::PathBuf, Vec<(&str, String)>)> = (0..HOSTS)
+        .map(|index| {
+            let folder = root.path().join(format!("host{}", index + 1));
+            std::fs::create_dir_all(&folder).unwrap();
+            let variables = vec![
+                ("ID", format!("n{}", index + 1)),
+                ("ADDR", Network::address(index)),
+                ("CLIENT_PORT", (7481 + index).to_string()),
+            ];
+            (folder, variables)
+        })
+        .collect();
+    for (index, (folder, variables)) in hosts.iter().enumerate() {
+        for line in readme_commands("on every host") {
+            run_ok(
+                shell(Some(&network.hosts[index]), folder, variables, &line),
+                &line,
+            );
+        }
+        let entry = format!("n{}.toml", index + 1);
+        std::fs::copy(folder.join(&entry), operator.join(&entry)).unwrap();
+    }
+    std::fs::write(
+        operator.join("cluster-head.toml"),
+        readme_block("cluster-head.toml"),
+    )
+    .unwrap();
+    for line in readme_commands("on the operator's machine") {
+        run_ok(shell(None, &operator, &[], &line), &line);
+    }
+    let (lines, statuses) = mpsc::channel::<serde_json::Value>();
+    let mut nodes = Nodes(Vec::new());
+    for (index, (folder, variables)) in hosts.iter().enumerate() {
+        std::fs::copy(operator.join("cluster.toml"), folder.join("cluster.toml")).unwrap();
+        for line in readme_commands("on every host, with cluster.toml") {
+            if line.starts_with("agentmesh node ") {
+                // exec: the child is the node itself, so killing it on
+                // drop stops the node, not only the shell.
+                let exec = format!("exec {line}");
+                let mut command = shell(Some(&network.hosts[index]), folder, variables, &exec);
+                let mut child = command
+                    .args(["--status-interval", "200ms"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .unwrap();
+                forward_statuses(&mut child, lines.clone());
+                nodes.0.push(child);
+            } else {
+                run_ok(
+                    shell(Some(&network.hosts[index]), folder, variables, &line),
+                    &line,
+                );
+            }
+        }
+    }
+    let mut latest = Latest::default();
+    wait_for(&statuses, &mut latest, |latest| {
+        (1..=HOSTS).all(|index| connected(latest, &format!("n{index}")) == HOSTS - 1)
+    });
+    let (first_host, first_variables) = &hosts[0];
+    for line in readme_commands("on a replica's host") {
+        // Until a leader is elected, kv answers 2 ("no leader"): try again.
+        let deadline = std::time::Instant::now() + common::WAIT_MAX;
+        let output = loop {
+            let output = shell(Some(&network.hosts[0]), first_host, first_variables, &line)
+                .output()
+                .unwrap();
+            if output.status.code() != Some(2) || std::time::Instant::now() > deadline {
+                break output;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        };
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "`{line}`: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if line.contains("kv get") {
+            assert_eq!(stdout, "blue\n", "`{line}`");
+        }
+        if line.contains("status") {
+            assert!(
+                stdout.contains("n1") && stdout.contains("leader"),
+                "{stdout}"
+            );
+        }
+    }
     drop(nodes);
     drop(network);
 }

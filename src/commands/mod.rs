@@ -297,7 +297,7 @@ pub async fn node(options: NodeOptions) -> anyhow::Result<i32> {
             _ = interrupts.recv() => break false,
             _ = tokio::time::sleep(until_deadline) => break false,
             _ = ticker.tick() => {
-                println!("{}", node_status(&node, false));
+                print_status(&node_status(&node, false));
                 if !node.is_running() {
                     break true;
                 }
@@ -306,8 +306,16 @@ pub async fn node(options: NodeOptions) -> anyhow::Result<i32> {
     };
     let status = node_status(&node, true);
     node.shutdown().await;
-    println!("{status}");
+    print_status(&status);
     Ok(if failed { 1 } else { 0 })
+}
+
+/// Writes a status line to stdout. A reader that went away (a closed
+/// pipe) is no reason for the node to stop, so a failed write is ignored.
+fn print_status(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
 }
 
 /// One JSON status line; `last` marks the line printed as the node stops
@@ -347,7 +355,20 @@ fn node_status(node: &crate::actors::node::NodeHandle, last: bool) -> String {
 /// key file may exist yet, and if one write fails those written before it
 /// are removed. `key_file` is printed as an absolute path, which resolves
 /// the same from any config's folder.
-pub fn keygen(out: &Path, ids: &[String], config: Option<&Path>) -> anyhow::Result<i32> {
+/// Addresses `keygen` prints in the entry of the one node it makes a key
+/// for, so that an entry is whole.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Addresses {
+    pub listen: Option<std::net::SocketAddr>,
+    pub client_listen: Option<std::net::SocketAddr>,
+}
+
+pub fn keygen(
+    out: &Path,
+    ids: &[String],
+    config: Option<&Path>,
+    addresses: Addresses,
+) -> anyhow::Result<i32> {
     let ids: Vec<String> = match config {
         Some(path) => config::load(path)?
             .nodes
@@ -359,6 +380,11 @@ pub fn keygen(out: &Path, ids: &[String], config: Option<&Path>) -> anyhow::Resu
     anyhow::ensure!(
         !ids.is_empty(),
         "name at least one node id, or give --config"
+    );
+    let addressed = addresses.listen.is_some() || addresses.client_listen.is_some();
+    anyhow::ensure!(
+        !addressed || (ids.len() == 1 && config.is_none()),
+        "--listen and --client-listen give one node's addresses: name exactly one id"
     );
     let mut problems: Vec<String> = ids
         .iter()
@@ -395,14 +421,25 @@ pub fn keygen(out: &Path, ids: &[String], config: Option<&Path>) -> anyhow::Resu
             anyhow::bail!("nothing written: {error}");
         }
         entries += &format!(
-            "[[nodes]]\nid = {id:?}\npublic_key = {:?}\nkey_file = {:?}\n\n",
+            "[[nodes]]\nid = {id:?}\npublic_key = {:?}\nkey_file = {:?}\n",
             identity::public_key_text(&key.verifying_key()),
             folder.join(format!("{id}.key")).display().to_string()
         );
+        if let Some(listen) = addresses.listen {
+            entries += &format!("listen = \"{listen}\"\n");
+        }
+        if let Some(client_listen) = addresses.client_listen {
+            entries += &format!("client_listen = \"{client_listen}\"\n");
+        }
+        entries.push('\n');
     }
     print!("{entries}");
+    let hint = match addresses.listen {
+        Some(_) => "",
+        None => "; add each node's listen address to its entry",
+    };
     eprintln!(
-        "wrote {} key file(s) to {}; add each node's listen address to its entry",
+        "wrote {} key file(s) to {}{hint}",
         ids.len(),
         folder.display()
     );
@@ -432,6 +469,7 @@ pub fn check(path: &Path, target: Option<CheckFor>, id: Option<&str>) -> anyhow:
         id.is_none() || target == CheckFor::Node,
         "--id names the node of `agentmesh node`: give it with --for node"
     );
+    let mut notes = Vec::new();
     let problems: Vec<String> = match (target, id) {
         (CheckFor::Up, _) => cluster::check_keys_for_all(&config)
             .err()
@@ -443,13 +481,32 @@ pub fn check(path: &Path, target: Option<CheckFor>, id: Option<&str>) -> anyhow:
             .map(|error| error.to_string())
             .into_iter()
             .collect(),
+        // Every node's needs; each key file present here is checked, and
+        // one that is not is noted: it belongs on its own node's host.
         (CheckFor::Node, None) => config
             .nodes
             .iter()
-            .filter_map(|node| cluster::plan_single(&config, &node.id, None).err())
-            .map(|error| error.to_string())
+            .filter_map(|node| {
+                let outcome = match cluster::key_file_of(&config, &node.id) {
+                    Some(path) if !path.exists() => {
+                        notes.push(format!(
+                            "node {}: key file {} is not on this machine; on its host, check with --id {}",
+                            node.id,
+                            path.display(),
+                            node.id
+                        ));
+                        cluster::single_node_needs(&config, &node.id).map(|_| ())
+                    }
+                    Some(path) => cluster::check_key_of(&config, &node.id, &path),
+                    None => cluster::plan_single(&config, &node.id, None).map(|_| ()),
+                };
+                outcome.err().map(|error| error.to_string())
+            })
             .collect(),
     };
+    for note in &notes {
+        eprintln!("note: {note}");
+    }
     let mut seen = std::collections::HashSet::new();
     let problems: Vec<String> = problems
         .into_iter()
@@ -463,9 +520,6 @@ pub fn check(path: &Path, target: Option<CheckFor>, id: Option<&str>) -> anyhow:
         eprintln!("{}: {} would refuse it:", path.display(), target_name);
         for problem in &problems {
             eprintln!("  {problem}");
-        }
-        if target == CheckFor::Node && id.is_none() {
-            eprintln!("(on a host that holds only its own node's key, check with --id ID)");
         }
         return Ok(1);
     }
