@@ -417,8 +417,20 @@ impl RaftLog {
     fn engine_error(&self, error: raft_engine::Error) -> RaftLogError {
         RaftLogError::Engine {
             path: self.directory.join("engine").display().to_string(),
-            reason: error.to_string(),
+            reason: engine_reason(&error),
         }
+    }
+}
+
+/// raft-engine's words, led by what they mean when it is the disk that is
+/// full (raft-engine says only "nospace" then).
+fn engine_reason(error: &raft_engine::Error) -> String {
+    let words = error.to_string();
+    let full = matches!(error, raft_engine::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull)
+        || words.contains("nospace");
+    match full {
+        true => format!("the disk is full (no space left on device); raft-engine: {words}"),
+        false => words,
     }
 }
 

@@ -393,3 +393,121 @@ fn up_stops_on_sigterm_as_on_ctrl_c_with_its_summary() {
     );
     assert!(!output.stdout.is_empty(), "a summary");
 }
+
+/// A tmpfs mounted by the test; unmounted on drop, also when it fails.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &std::path::Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(path).map_err(|error| error.to_string())?;
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|error| format!("mount: {error}"))?;
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
+        }
+        Ok(Tmpfs(path.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// One replica's disk fills up (its folder is a small tmpfs) while the
+/// group takes large writes: that replica stops writing and says why, the
+/// other two keep serving, and every write acknowledged reads back.
+#[test]
+fn a_replica_whose_disk_fills_stops_and_says_so_while_the_others_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let tmpfs = match Tmpfs::mount(&data.join("n3"), "6m") {
+        Ok(tmpfs) => tmpfs,
+        Err(error) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: mounting a tmpfs needs root ({error})");
+            return;
+        }
+        Err(error) => panic!("CI must be able to mount a tmpfs: {error}"),
+    };
+    let client_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+    let path = generated_config(dir.path(), &IDS, "");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    for (index, id) in IDS.iter().enumerate() {
+        text = text.replacen(
+            &format!("id = \"{id}\"\n"),
+            &format!(
+                "id = \"{id}\"\nclient_listen = \"127.0.0.1:{}\"\n",
+                client_ports[index]
+            ),
+            1,
+        );
+    }
+    text += &format!(
+        "[control]\nreplicas = [\"n1\", \"n2\", \"n3\"]\ndata_dir = {:?}\nrequest_timeout_ms = 2000\n",
+        data.display()
+    );
+    std::fs::write(&path, &text).unwrap();
+    let logs = dir.path().join("n3.log");
+    let mut nodes = Nodes(Vec::new());
+    for id in IDS {
+        let stderr = match id {
+            "n3" => Stdio::from(std::fs::File::create(&logs).unwrap()),
+            _ => Stdio::null(),
+        };
+        let child = binary()
+            .args(["node", "--config"])
+            .arg(&path)
+            .args(["--id", id])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        nodes.0.push(child);
+    }
+    const PUTS: usize = 90;
+    // Hex of a pseudo-random stream: raft-engine compresses its batches,
+    // and the disk must fill all the same.
+    let value_of = |index: usize| {
+        let mut state = index as u64 + 1;
+        let digits: String = (0..100_000)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                char::from_digit(((state >> 60) & 0xf) as u32, 16).unwrap()
+            })
+            .collect();
+        format!("{index:04}-{digits}")
+    };
+    for index in 0..PUTS {
+        let (code, _, stderr) = kv_until_done(
+            &["kv", "put", &format!("big{index}"), &value_of(index)],
+            &path,
+        );
+        assert_eq!(
+            code,
+            Some(0),
+            "put {index} while one replica's disk is full: {stderr}"
+        );
+    }
+    for index in 0..PUTS {
+        let (code, stdout, stderr) = kv_until_done(&["kv", "get", &format!("big{index}")], &path);
+        assert_eq!(code, Some(0), "get {index}: {stderr}");
+        assert!(
+            stdout.trim() == value_of(index),
+            "big{index} reads back what was acknowledged"
+        );
+    }
+    drop(nodes);
+    let log = std::fs::read_to_string(&logs).unwrap();
+    assert!(
+        log.contains("the disk is full (no space left on device)"),
+        "the full replica says why it stopped writing: {log}"
+    );
+    drop(tmpfs);
+}
