@@ -169,8 +169,16 @@ fn parse_kill_percent(text: &str) -> Result<f64, String> {
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
-    let filter =
+    let mut filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // raft-engine reports what it finds when a log opens in its own words,
+    // and again when the log is opened a second time to cut a torn tail;
+    // the replica says it once, naming the file. RUST_LOG=raft_engine=warn
+    // shows raft-engine's own lines.
+    let engine_asked = std::env::var("RUST_LOG").is_ok_and(|value| value.contains("raft_engine"));
+    if !engine_asked {
+        filter = filter.add_directive("raft_engine=off".parse().expect("a valid directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
