@@ -63,20 +63,6 @@ pub enum RaftLogError {
     Identity(#[from] IdentityError),
 }
 
-impl RaftLogError {
-    /// Whether the files hold damage (as opposed to a failing disk or a
-    /// folder that cannot be read), so that the replica must be rebuilt.
-    pub fn is_damage(&self) -> bool {
-        matches!(
-            self,
-            RaftLogError::Engine { .. }
-                | RaftLogError::CorruptSnapshot { .. }
-                | RaftLogError::Gap { .. }
-                | RaftLogError::Identity(IdentityError::Damaged { .. })
-        )
-    }
-}
-
 #[derive(Clone)]
 struct EntryType;
 
@@ -137,20 +123,11 @@ impl RaftLog {
             },
         };
         let durable = log.load()?;
-        if let Some(first) = durable.entries.first() {
-            let snapshot = durable
-                .snapshot
-                .as_ref()
-                .map_or(0, |s| s.get_metadata().index);
-            if first.index != snapshot + 1 {
-                return Err(RaftLogError::Gap {
-                    path: engine_directory.display().to_string(),
-                    first: first.index,
-                    snapshot,
-                });
-            }
-        }
+        check_no_gap(&durable, &engine_directory)?;
         let position = durable.position();
+        let behind = record
+            .as_ref()
+            .is_some_and(|record| position.is_behind(&record.position));
         let (voting, reason) = match &record {
             None if position == LogPosition::default() => (Voting::Fresh, String::new()),
             None => {
@@ -160,7 +137,7 @@ impl RaftLog {
                 ));
                 (Voting::Allowed, String::new())
             }
-            Some(record) if position.is_behind(&record.position) => (
+            Some(record) if behind => (
                 record.voting.withhold(record.position),
                 lost_reason(
                     &engine_directory,
@@ -171,7 +148,7 @@ impl RaftLog {
             ),
             Some(record) => (record.voting.after(&position), record.reason.clone()),
         };
-        if let Some(repaired) = repaired.filter(|_| !matches!(voting, Voting::Withheld { .. })) {
+        if let Some(repaired) = repaired.filter(|_| !behind) {
             // A crash's unfinished write: nothing in it was promised.
             let _ = fs::remove_dir_all(&repaired.kept);
             notes.push(format!(
@@ -432,6 +409,26 @@ fn engine_reason(error: &raft_engine::Error) -> String {
         true => format!("the disk is full (no space left on device); raft-engine: {words}"),
         false => words,
     }
+}
+
+/// A log whose first entry does not follow its snapshot lost the snapshot
+/// (or holds an older one): what lies between is gone.
+fn check_no_gap(durable: &Durable, engine_directory: &Path) -> Result<(), RaftLogError> {
+    let Some(first) = durable.entries.first() else {
+        return Ok(());
+    };
+    let snapshot = durable
+        .snapshot
+        .as_ref()
+        .map_or(0, |snapshot| snapshot.get_metadata().index);
+    if first.index == snapshot + 1 {
+        return Ok(());
+    }
+    Err(RaftLogError::Gap {
+        path: engine_directory.display().to_string(),
+        first: first.index,
+        snapshot,
+    })
 }
 
 /// Why a log found behind its identity record withholds its votes.

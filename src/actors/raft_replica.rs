@@ -146,8 +146,9 @@ impl ReplicaDisk {
         })
     }
 
-    /// A writer that panicked (raft-engine panics when fsync fails) has
-    /// closed the log first, so what the lock guards is still consistent.
+    /// A writer that panicked with the lock held left nothing half done in
+    /// what the lock guards (a generation and the log's handle): the panic
+    /// is answered by closing the log (`fail`).
     fn lock(&self) -> std::sync::MutexGuard<'_, DiskInner> {
         self.inner
             .lock()
@@ -251,6 +252,12 @@ fn spawn_writer(
                         Err(_) => break,
                     }
                 }
+                // A panic in the write path that unwinds must not leave the
+                // replica waiting for an answer for ever. (A failed fsync is
+                // not one of those: raft-engine 0.4 panics on it and again
+                // in its file writer's destructor while unwinding, which
+                // aborts the process: the node stops, and its restart reads
+                // the log anew.)
                 let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     disk.write(generation, &jobs)
                 }))
@@ -260,8 +267,7 @@ fn spawn_writer(
                         .map(String::as_str)
                         .or_else(|| panic.downcast_ref::<&str>().copied())
                         .unwrap_or("the log writer panicked");
-                    let reason =
-                        format!("raft-engine gave up writing ({reason}); an fsync may have failed");
+                    let reason = format!("the log writer panicked: {reason}");
                     disk.fail(&reason);
                     Err(RaftLogError::Engine {
                         path: "the replica's log".into(),
@@ -282,7 +288,11 @@ fn spawn_writer(
                     }
                     Ok(None) => return,
                     Err(error) => {
-                        let _ = replica.cast(RaftMsg::DiskFailed(error.to_string()));
+                        // What reached the disk is unknown: the log stays
+                        // closed until the node restarts and reads it anew.
+                        let reason = error.to_string();
+                        disk.fail(&reason);
+                        let _ = replica.cast(RaftMsg::DiskFailed(reason));
                         return;
                     }
                 }
