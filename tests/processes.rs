@@ -212,18 +212,15 @@ fn kv_until_done(arguments: &[&str], config: &std::path::Path) -> (Option<i32>, 
     }
 }
 
-/// The damage that lost acknowledged writes before replicas kept an
-/// identity record: three replica processes, five puts and a delete, every
-/// process killed with SIGKILL, two of the three logs overwritten with
-/// garbage, the processes started again. The two damaged replicas say
-/// they withhold their votes and why, the intact one leads again, and
-/// every acknowledged write reads back.
-#[test]
-fn replica_processes_whose_logs_were_overwritten_withhold_votes_and_lose_no_acknowledged_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+/// A config of three replica nodes (keys from keygen, client APIs on free
+/// loopback ports), their logs under `data`.
+fn replica_config(
+    folder: &std::path::Path,
+    data: &std::path::Path,
+    request_timeout_ms: u64,
+) -> std::path::PathBuf {
     let client_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
-    let path = generated_config(dir.path(), &IDS, "");
+    let path = generated_config(folder, &IDS, "");
     let mut text = std::fs::read_to_string(&path).unwrap();
     for (index, id) in IDS.iter().enumerate() {
         text = text.replacen(
@@ -236,10 +233,24 @@ fn replica_processes_whose_logs_were_overwritten_withhold_votes_and_lose_no_ackn
         );
     }
     text += &format!(
-        "[control]\nreplicas = [\"n1\", \"n2\", \"n3\"]\ndata_dir = {:?}\nrequest_timeout_ms = 1000\n",
+        "[control]\nreplicas = [\"n1\", \"n2\", \"n3\"]\ndata_dir = {:?}\nrequest_timeout_ms = {request_timeout_ms}\n",
         data.display()
     );
     std::fs::write(&path, &text).unwrap();
+    path
+}
+
+/// The damage that lost acknowledged writes before replicas kept an
+/// identity record: three replica processes, five puts and a delete, every
+/// process killed with SIGKILL, two of the three logs overwritten with
+/// garbage, the processes started again. The two damaged replicas say
+/// they withhold their votes and why, the intact one leads again, and
+/// every acknowledged write reads back.
+#[test]
+fn replica_processes_whose_logs_were_overwritten_withhold_votes_and_lose_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let path = replica_config(dir.path(), &data, 1000);
     let start = |nodes: &mut Nodes| {
         let (sender, _lines) = mpsc::channel();
         for id in IDS {
@@ -433,24 +444,7 @@ fn a_replica_whose_disk_fills_stops_and_says_so_while_the_others_serve() {
         }
         Err(error) => panic!("CI must be able to mount a tmpfs: {error}"),
     };
-    let client_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
-    let path = generated_config(dir.path(), &IDS, "");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    for (index, id) in IDS.iter().enumerate() {
-        text = text.replacen(
-            &format!("id = \"{id}\"\n"),
-            &format!(
-                "id = \"{id}\"\nclient_listen = \"127.0.0.1:{}\"\n",
-                client_ports[index]
-            ),
-            1,
-        );
-    }
-    text += &format!(
-        "[control]\nreplicas = [\"n1\", \"n2\", \"n3\"]\ndata_dir = {:?}\nrequest_timeout_ms = 2000\n",
-        data.display()
-    );
-    std::fs::write(&path, &text).unwrap();
+    let path = replica_config(dir.path(), &data, 2000);
     let logs = dir.path().join("n3.log");
     let mut nodes = Nodes(Vec::new());
     for id in IDS {
