@@ -17,7 +17,7 @@ use agentmesh::protocols::control::ReplicaStatus;
 use agentmesh::sim::linearizability;
 use agentmesh::sim::raft::{Call, CallKind};
 
-use common::free_port;
+use common::{agentmesh, free_port};
 
 /// Starts a cluster from the config text `make` writes (fresh ports each
 /// time), again when a client port it picked was taken meanwhile.
@@ -308,20 +308,6 @@ async fn a_standby_replica_joins_as_a_learner_is_promoted_and_a_voter_can_leave(
         .unwrap();
     assert_eq!(n4.keys, 101, "the new voter holds the whole state: {n4:?}");
     cluster.shutdown().await;
-}
-
-fn agentmesh(arguments: &[&str], config: &Path) -> (Option<i32>, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentmesh"))
-        .args(arguments)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,6 +93,19 @@ impl Network {
     }
 }
 
+/// The test's network, or None (the test then passes, having said why)
+/// when namespaces cannot be made outside CI.
+fn network_or_skip() -> Option<Network> {
+    match Network::create() {
+        Ok(network) => Some(network),
+        Err(error) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: network namespaces need root and iproute2 ({error})");
+            None
+        }
+        Err(error) => panic!("CI must be able to make network namespaces: {error}"),
+    }
+}
+
 impl Drop for Network {
     fn drop(&mut self) {
         for name in self.hosts.iter().chain(std::iter::once(&self.switch)) {
@@ -134,13 +147,8 @@ fn agents_field(latest: &Latest, prefix: &str, field: &str) -> u64 {
 
 #[test]
 fn a_host_cut_off_by_its_link_going_down_rejoins_and_nothing_acknowledged_is_lost() {
-    let network = match Network::create() {
-        Ok(network) => network,
-        Err(error) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipped: network namespaces need root and iproute2 ({error})");
-            return;
-        }
-        Err(error) => panic!("CI must be able to make network namespaces: {error}"),
+    let Some(network) = network_or_skip() else {
+        return;
     };
     let folder = tempfile::tempdir().unwrap();
     let path = config(folder.path());
@@ -275,13 +283,8 @@ fn run_ok(mut command: Command, line: &str) -> String {
 /// there, and the control plane used from a replica's host.
 #[test]
 fn the_readmes_multi_host_steps_work_as_written() {
-    let network = match Network::create() {
-        Ok(network) => network,
-        Err(error) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipped: network namespaces need root and iproute2 ({error})");
-            return;
-        }
-        Err(error) => panic!("CI must be able to make network namespaces: {error}"),
+    let Some(network) = network_or_skip() else {
+        return;
     };
     let root = tempfile::tempdir().unwrap();
     let operator = root.path().join("operator");

@@ -185,26 +185,11 @@ fn a_node_process_killed_mid_storm_restarts_and_every_message_arrives_once() {
     );
 }
 
-/// Runs `agentmesh ARGUMENTS --config CONFIG`: exit code and output.
-fn run_command(arguments: &[&str], config: &std::path::Path) -> (Option<i32>, String, String) {
-    let output = binary()
-        .args(arguments)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 /// Retries `kv ARGUMENTS` until it succeeds or the wait runs out.
 fn kv_until_done(arguments: &[&str], config: &std::path::Path) -> (Option<i32>, String, String) {
     let deadline = std::time::Instant::now() + common::WAIT_MAX;
     loop {
-        let result = run_command(arguments, config);
+        let result = common::agentmesh(arguments, config);
         if result.0 != Some(2) || std::time::Instant::now() > deadline {
             return result;
         }
@@ -301,7 +286,7 @@ fn replica_processes_whose_logs_were_overwritten_withhold_votes_and_lose_no_ackn
     }
     let (code, _, stderr) = kv_until_done(&["kv", "get", "key4"], &path);
     assert_eq!(code, Some(1), "key4 stays deleted: {stderr}");
-    let (code, stdout, stderr) = run_command(&["status"], &path);
+    let (code, stdout, stderr) = common::agentmesh(&["status"], &path);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stdout.contains("n1       leader"),

@@ -50,3 +50,20 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// Runs `agentmesh ARGUMENTS --config CONFIG`: its exit code, stdout and
+/// stderr.
+#[allow(dead_code)]
+pub fn agentmesh(arguments: &[&str], config: &std::path::Path) -> (Option<i32>, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .args(arguments)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
