@@ -558,11 +558,18 @@ impl Replica {
         }
         let mut message = message;
         if message.get_msg_type() == MessageType::MsgHeartbeat {
-            // A leader sends a follower the commit index it knows the
-            // follower holds; one that lost its log holds less, and
-            // raft-rs stops on a commit index beyond the log. The appends
-            // that follow find where the logs part.
-            message.commit = message.commit.min(self.node.raft.raft_log.last_index());
+            // A heartbeat carries the commit index up to which the leader
+            // believes this follower's log matches its own. A follower that
+            // lost its log makes that belief stale: its log may be shorter
+            // (raft-rs stops on a commit index beyond the log) or hold other
+            // entries there. Such a follower takes commit indices only from
+            // appends, whose entries are checked against the leader's log.
+            let log = &self.node.raft.raft_log;
+            let unverifiable =
+                matches!(self.voting, Voting::Withheld { .. }) || message.commit > log.last_index();
+            if unverifiable {
+                message.commit = log.committed;
+            }
         }
         self.node.step(message)
     }
