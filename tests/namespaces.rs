@@ -327,10 +327,11 @@ fn the_readmes_multi_host_steps_work_as_written() {
             if line.starts_with("agentmesh node ") {
                 // exec: the child is the node itself, so killing it on
                 // drop stops the node, not only the shell.
-                let exec = format!("exec {line}");
+                // The flag goes inside the line: after `sh -c LINE` it
+                // would be the shell's argument, not the node's.
+                let exec = format!("exec {line} --status-interval 200ms");
                 let mut command = shell(Some(&network.hosts[index]), folder, variables, &exec);
                 let mut child = command
-                    .args(["--status-interval", "200ms"])
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit())
                     .spawn()
