@@ -613,16 +613,6 @@ pub fn key_file_of(config: &ClusterConfig, node_id: &str) -> Option<std::path::P
         .and_then(|node| node.key_file.clone())
 }
 
-/// Checks `node_id`'s private key as [`plan_single`] does.
-pub fn check_key_of(
-    config: &ClusterConfig,
-    node_id: &str,
-    path: &std::path::Path,
-) -> Result<(), ClusterError> {
-    let (_, node_keys) = single_node_needs(config, node_id)?;
-    read_matching_key(node_id, path, &node_keys[node_id]).map(|_| ())
-}
-
 /// What running `node_id` alone needs of the config, but its private key:
 /// its replica folder, if any, and every node's public key.
 pub fn single_node_needs(

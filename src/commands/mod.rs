@@ -497,8 +497,7 @@ pub fn check(path: &Path, target: Option<CheckFor>, id: Option<&str>) -> anyhow:
                         ));
                         cluster::single_node_needs(&config, &node.id).map(|_| ())
                     }
-                    Some(path) => cluster::check_key_of(&config, &node.id, &path),
-                    None => cluster::plan_single(&config, &node.id, None).map(|_| ()),
+                    _ => cluster::plan_single(&config, &node.id, None).map(|_| ()),
                 };
                 outcome.err().map(|error| error.to_string())
             })
