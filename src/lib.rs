@@ -15,6 +15,7 @@ pub mod identity;
 pub mod metrics;
 pub mod pbft_client;
 pub mod protocols;
+pub mod raft_files;
 pub mod raft_identity;
 pub mod raft_log;
 pub mod sim;

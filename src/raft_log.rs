@@ -23,14 +23,17 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
-use raft_engine::{Command, Config, Engine, LogBatch, MessageExt, ReadableSize, RecoveryMode};
+use raft_engine::{Command, Config, LogBatch, MessageExt, ReadableSize, RecoveryMode};
 
 use crate::protocols::raft::{Durable, LogPosition, Persist, Voting};
+use crate::raft_files::{SyncWatch, WatchedFileSystem};
 use crate::raft_identity::{IdentityError, IdentityFile, IdentityRecord, Owner};
+
+type Engine = raft_engine::Engine<WatchedFileSystem>;
 
 /// raft-engine keeps many groups apart by id; a node has one.
 const GROUP: u64 = 1;
@@ -87,6 +90,8 @@ pub struct Opened {
 /// One replica's durable log.
 pub struct RaftLog {
     engine: Engine,
+    /// What the engine's syncs did.
+    syncs: Arc<SyncWatch>,
     directory: PathBuf,
     fsync: bool,
     /// Rewritten after each write that moves the log on, with the
@@ -104,6 +109,17 @@ impl RaftLog {
     /// read past is an error naming the file. With `fsync` false, writes
     /// are not forced to disk: for benchmarks only.
     pub fn open(directory: &Path, owner: &Owner, fsync: bool) -> Result<RaftLog, RaftLogError> {
+        RaftLog::open_with(directory, owner, fsync, None)
+    }
+
+    /// [`RaftLog::open`], with the engine's syncs after the first
+    /// `fail_syncs_after` failing (`[[disk_faults]]`, for fault tests).
+    pub fn open_with(
+        directory: &Path,
+        owner: &Owner,
+        fsync: bool,
+        fail_syncs_after: Option<u64>,
+    ) -> Result<RaftLog, RaftLogError> {
         let engine_directory = directory.join("engine");
         fs::create_dir_all(&engine_directory).map_err(|error| RaftLogError::Engine {
             path: engine_directory.display().to_string(),
@@ -111,9 +127,11 @@ impl RaftLog {
         })?;
         let record = IdentityFile::read(directory, owner)?;
         let mut notes = Vec::new();
-        let (engine, repaired) = open_engine(&engine_directory)?;
+        let syncs = Arc::new(SyncWatch::failing_after(fail_syncs_after));
+        let (engine, repaired) = open_engine(&engine_directory, &syncs)?;
         let mut log = RaftLog {
             engine,
+            syncs,
             directory: directory.to_path_buf(),
             fsync,
             identity: Mutex::new(None),
@@ -176,6 +194,11 @@ impl RaftLog {
 
     pub fn fsync(&self) -> bool {
         self.fsync
+    }
+
+    /// The first sync of the engine's files that failed, naming the file.
+    pub fn sync_failure(&self) -> Option<String> {
+        self.syncs.failure()
     }
 
     /// What [`RaftLog::open`] found.
@@ -510,12 +533,19 @@ struct Repair {
 /// engine cut the tail; the caller compares what is left with the
 /// identity record to tell a crash from lost data. Returns the engine and
 /// what was cut, if anything.
-fn open_engine(directory: &Path) -> Result<(Engine, Option<Repair>), RaftLogError> {
+fn open_engine(
+    directory: &Path,
+    syncs: &Arc<SyncWatch>,
+) -> Result<(Engine, Option<Repair>), RaftLogError> {
+    let open = |recovery_mode| {
+        let file_system = Arc::new(WatchedFileSystem::new(syncs.clone()));
+        Engine::open_with_file_system(engine_config(directory, recovery_mode), file_system)
+    };
     let failed = |error: raft_engine::Error| RaftLogError::Engine {
         path: directory.display().to_string(),
         reason: error.to_string(),
     };
-    let strict = match Engine::open(engine_config(directory, RecoveryMode::AbsoluteConsistency)) {
+    let strict = match open(RecoveryMode::AbsoluteConsistency) {
         Ok(engine) => return Ok((engine, None)),
         Err(error @ raft_engine::Error::Corruption(_)) => error,
         Err(error) => return Err(failed(error)),
@@ -525,10 +555,7 @@ fn open_engine(directory: &Path) -> Result<(Engine, Option<Repair>), RaftLogErro
         path: directory.display().to_string(),
         reason: format!("{reason}; and the damaged files could not be copied aside: {error}"),
     })?;
-    match Engine::open(engine_config(
-        directory,
-        RecoveryMode::TolerateTailCorruption,
-    )) {
+    match open(RecoveryMode::TolerateTailCorruption) {
         Ok(engine) => Ok((engine, Some(Repair { reason, kept }))),
         // Not only the tail: nothing was changed, and nothing is guessed.
         Err(error) => Err(failed(error)),

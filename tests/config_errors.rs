@@ -196,6 +196,23 @@ fn a_storm_of_rate_zero_is_refused_naming_the_key() {
 }
 
 #[test]
+fn a_disk_fault_must_name_a_replica_once() {
+    let control = "[control]\nreplicas = [\"n1\"]\n";
+    let fault = "[[disk_faults]]\nnode = \"n2\"\nfail_syncs_after = 3\n";
+    assert_rejected(
+        &format!("{GOOD}{control}{fault}"),
+        "disk_faults[0].node",
+        "\"n2\" runs no replica",
+    );
+    let twice = "[[disk_faults]]\nnode = \"n1\"\nfail_syncs_after = 3\n";
+    assert_rejected(
+        &format!("{GOOD}{control}{twice}{twice}"),
+        "disk_faults[1]",
+        "\"n1\" is named twice",
+    );
+}
+
+#[test]
 fn a_negative_duration_is_refused_as_one() {
     let output = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
         .args(["up", "--duration", "-5s"])

@@ -272,8 +272,14 @@ fn open_raft_disk(
         node: spec.node_id.clone(),
         raft_id: control.replica_id(&spec.node_id).expect("checked above"),
     };
-    let disk = super::raft_replica::ReplicaDisk::open(directory, &owner, control.fsync)
-        .map_err(|error| error.to_string())?;
+    let fail_syncs_after = spec
+        .config
+        .disk_faults
+        .get(&spec.node_id)
+        .map(|fault| fault.fail_syncs_after);
+    let disk =
+        super::raft_replica::ReplicaDisk::open(directory, &owner, control.fsync, fail_syncs_after)
+            .map_err(|error| error.to_string())?;
     Ok(Some(Arc::new(disk)))
 }
 

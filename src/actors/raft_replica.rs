@@ -131,9 +131,15 @@ struct Claimed {
 }
 
 impl ReplicaDisk {
-    /// Opens the log and says once what opening it found.
-    pub fn open(directory: &Path, owner: &Owner, fsync: bool) -> Result<ReplicaDisk, RaftLogError> {
-        let log = RaftLog::open(directory, owner, fsync)?;
+    /// Opens the log and says once what opening it found; its syncs
+    /// after the first `fail_syncs_after` fail (fault tests only).
+    pub fn open(
+        directory: &Path,
+        owner: &Owner,
+        fsync: bool,
+        fail_syncs_after: Option<u64>,
+    ) -> Result<ReplicaDisk, RaftLogError> {
+        let log = RaftLog::open_with(directory, owner, fsync, fail_syncs_after)?;
         for note in &log.opened().notes {
             tracing::warn!(node = %owner.node, "raft log: {note}");
         }
@@ -180,11 +186,20 @@ impl ReplicaDisk {
 
     /// Closes the log after a write failed half way (raft-engine cannot
     /// say what reached the disk): later claims are refused with `reason`.
+    /// The log is leaked, not dropped: dropping raft-engine syncs its
+    /// files once more, and after a failed sync that panics again, twice
+    /// (one per file queue), which aborts the process. Its files stay
+    /// open until the node stops; the replica does not reopen them.
     fn fail(&self, reason: &str) {
         let mut inner = self.lock();
         inner.generation += 1;
-        inner.log = None;
+        std::mem::forget(inner.log.take());
         inner.failed = Some(reason.to_string());
+    }
+
+    /// The first failed sync of the log's files, naming the file.
+    fn sync_failure(&self) -> Option<String> {
+        self.lock().log.as_ref()?.sync_failure()
     }
 
     /// Writes `jobs` for `generation`; None if a newer incarnation claimed
@@ -252,12 +267,9 @@ fn spawn_writer(
                         Err(_) => break,
                     }
                 }
-                // A panic in the write path that unwinds must not leave the
-                // replica waiting for an answer for ever. (A failed fsync is
-                // not one of those: raft-engine 0.4 panics on it and again
-                // in its file writer's destructor while unwinding, which
-                // aborts the process: the node stops, and its restart reads
-                // the log anew.)
+                // A panic in the write path must not leave the replica
+                // waiting for an answer for ever. raft-engine panics when
+                // a sync fails; the failure is then reported as what it is.
                 let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     disk.write(generation, &jobs)
                 }))
@@ -267,7 +279,9 @@ fn spawn_writer(
                         .map(String::as_str)
                         .or_else(|| panic.downcast_ref::<&str>().copied())
                         .unwrap_or("the log writer panicked");
-                    let reason = format!("the log writer panicked: {reason}");
+                    let reason = disk
+                        .sync_failure()
+                        .unwrap_or_else(|| format!("the log writer panicked: {reason}"));
                     disk.fail(&reason);
                     Err(RaftLogError::Engine {
                         path: "the replica's log".into(),

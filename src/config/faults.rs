@@ -1,6 +1,8 @@
 //! The `[faults]` section: faults injected into every node's UDP socket —
 //! loss, duplication, reordering and delay, for all links or per directed
 //! link, and links cut from the start. Absent: no fault layer at all.
+//! And `[[disk_faults]]`: a replica's log syncs made to fail, to test
+//! what a failing disk does to the group.
 
 use std::collections::BTreeMap;
 
@@ -54,6 +56,57 @@ pub(super) struct RawLink {
     reorder: f64,
     delay_ms_min: u64,
     delay_ms_max: u64,
+}
+
+/// `[[disk_faults]]`: one replica's disk made to fail.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDiskFault {
+    node: String,
+    fail_syncs_after: u64,
+}
+
+/// Syncs of one replica's raft log after the first `fail_syncs_after` fail
+/// with EIO, as a dying disk's would (see [`crate::raft_files`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskFault {
+    pub fail_syncs_after: u64,
+}
+
+/// Syncs past this would take longer than any test runs.
+const FAIL_SYNCS_AFTER_MAX: u64 = 1_000_000_000;
+
+pub(super) fn validate_disk_faults(
+    raw: Vec<RawDiskFault>,
+    replicas: &[String],
+    checker: &mut Checker,
+) -> BTreeMap<String, DiskFault> {
+    let mut faults = BTreeMap::new();
+    for (index, fault) in raw.into_iter().enumerate() {
+        let at = format!("disk_faults[{index}]");
+        if !replicas.contains(&fault.node) {
+            checker.fail(
+                format!("{at}.node"),
+                format!(
+                    "{:?} runs no replica: name one of control.replicas or control.standby",
+                    fault.node
+                ),
+            );
+        }
+        checker.range(
+            &format!("{at}.fail_syncs_after"),
+            fault.fail_syncs_after,
+            0,
+            FAIL_SYNCS_AFTER_MAX,
+        );
+        let written = DiskFault {
+            fail_syncs_after: fault.fail_syncs_after,
+        };
+        if faults.insert(fault.node.clone(), written).is_some() {
+            checker.fail(at, format!("{:?} is named twice", fault.node));
+        }
+    }
+    faults
 }
 
 /// One link's (or every link's) fault fields, as written.

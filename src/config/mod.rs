@@ -24,7 +24,7 @@ use crate::protocols::wire::limits::{FRAME_BYTES_MAX, NAME_BYTES_MAX, PAYLOAD_BY
 
 pub mod faults;
 pub mod pbft;
-pub use faults::FaultsConfig;
+pub use faults::{DiskFault, FaultsConfig};
 pub use pbft::PbftSettings;
 
 /// The example cluster that `agentmesh up` runs when given no file.
@@ -91,6 +91,8 @@ pub struct ClusterConfig {
     pub pbft: PbftSettings,
     /// None: sockets carry datagrams as they are.
     pub faults: Option<FaultsConfig>,
+    /// Replicas whose disks are made to fail, by node id.
+    pub disk_faults: BTreeMap<String, DiskFault>,
     pub agents: Vec<AgentConfig>,
 }
 
@@ -505,6 +507,8 @@ struct RawConfig {
     pbft: pbft::RawPbft,
     faults: Option<faults::RawFaults>,
     #[serde(default)]
+    disk_faults: Vec<faults::RawDiskFault>,
+    #[serde(default)]
     agents: Vec<RawAgent>,
 }
 
@@ -733,6 +737,13 @@ fn validate(raw: RawConfig, file: &str, base: &Path, checker: &mut Checker) -> C
     let control = validate_control(raw.control, &nodes, base, checker);
     let pbft = pbft::validate_pbft(raw.pbft, &nodes, checker);
     let faults = faults::validate_faults(raw.faults, raw.cluster.seed, &nodes, checker);
+    let replicas: Vec<String> = control
+        .replicas
+        .iter()
+        .chain(&control.standby)
+        .cloned()
+        .collect();
+    let disk_faults = faults::validate_disk_faults(raw.disk_faults, &replicas, checker);
     if checker.problems.is_empty() {
         validate_reach(&nodes, &topology, raw.cluster.seed, raw.limits.ttl, checker);
     }
@@ -750,6 +761,7 @@ fn validate(raw: RawConfig, file: &str, base: &Path, checker: &mut Checker) -> C
         control,
         pbft,
         faults,
+        disk_faults,
         agents,
     }
 }
