@@ -924,6 +924,10 @@ impl RaftReplicaState {
             term: self.replica.term(),
             reachable,
             replicas: voters.len(),
+            withheld: match self.replica.voting() {
+                Voting::Allowed => String::new(),
+                voting => format!("; its vote is {voting}"),
+            },
         }
     }
 

@@ -71,12 +71,16 @@ pub enum ClientReply {
 pub enum ControlError {
     /// The replica knows no leader: fewer than a majority of the replicas
     /// can reach each other, or an election is under way.
-    #[error("no leader in term {term} (replica {replica} sees {reachable} of {replicas} replicas connected); a majority must be up and connected")]
+    /// `withheld` says why this replica may not vote, when it may not
+    /// (empty otherwise): a group whose replicas are all connected but
+    /// withhold their votes elects no leader either.
+    #[error("no leader in term {term} (replica {replica} sees {reachable} of {replicas} replicas connected{withheld}); a majority must be up, connected and allowed to vote")]
     NoLeader {
         replica: String,
         term: u64,
         reachable: usize,
         replicas: usize,
+        withheld: String,
     },
     /// No answer within the request timeout.
     #[error("no answer within {ms} ms (no quorum, or the leader changed); a write may still take effect")]
