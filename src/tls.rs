@@ -272,3 +272,36 @@ pub fn client_config(
     client.alpn_protocols = vec![ALPN.to_vec()];
     Ok(client)
 }
+
+/// The QUIC endpoint's settings, with its stateless-reset key and the key
+/// its connection ids are made with derived from the node's own key, so
+/// they outlive a restart. A peer still holding a connection to this
+/// node's previous incarnation then gets a stateless reset (RFC 9000
+/// §10.3) in answer to its next packet, drops that connection at once and
+/// dials again, instead of waiting out the idle timeout. Secrets derived
+/// from the node key leak nothing of it (SHA-256 of it with a label), and
+/// knowing them lets one only reset this node's connections, which its
+/// key already allows.
+pub fn endpoint_config(key: &SigningKey) -> quinn::EndpointConfig {
+    let derived = |label: &[u8]| {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(label);
+        context.update(&key.to_bytes());
+        context.finish()
+    };
+    let reset = derived(b"agentmesh quic stateless reset key\0");
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref());
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    let connection_ids = derived(b"agentmesh quic connection id key\0");
+    let connection_id_key = u64::from_le_bytes(
+        connection_ids.as_ref()[..8]
+            .try_into()
+            .expect("SHA-256 has 32 bytes"),
+    );
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(
+            connection_id_key,
+        ))
+    });
+    config
+}

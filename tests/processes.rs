@@ -142,6 +142,10 @@ fn a_node_process_killed_mid_storm_restarts_and_every_message_arrives_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut rest = String::from("[topology]\nkind = \"ring\"\n\n");
     rest += "[membership]\nheartbeat_interval_ms = 100\n\n";
+    // n1 holds a connection to the n2 that is killed. Only the restarted
+    // n2's stateless reset can end it before this idle timeout, which
+    // outlasts the test's wait: n1 dials n2 (the lower id dials).
+    rest += "[transport]\nidle_timeout_ms = 300000\n\n";
     rest += "[[agents]]\nname = \"echo-0\"\nnode = \"n3\"\nbehaviour = \"echo\"\n\n";
     rest += &format!("[[agents]]\nname = \"storm-0\"\nnode = \"n1\"\nbehaviour = \"storm\"\nrate = 100\nmessages_max = {MESSAGES}\ntargets = [\"echo-0\"]\n");
     let path = generated_config(dir.path(), &ids, &rest);

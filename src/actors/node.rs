@@ -147,7 +147,7 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
     }
     .map_err(|error| fail(format!("cannot use the UDP socket: {error}")))?;
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
+        crate::tls::endpoint_config(&spec.key),
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),
