@@ -525,3 +525,95 @@ fn a_replica_whose_disk_fills_stops_and_says_so_while_the_others_serve() {
     );
     drop(tmpfs);
 }
+
+/// A replica whose disk fails its syncs (`[[disk_faults]]` makes them
+/// return EIO, as a dying disk's writeback does) closes its log and says
+/// why, naming the file, without a panic's report; the other two keep
+/// acknowledging writes; restarted on a sound disk, it reads its log anew
+/// and catches up with everything the group acknowledged meanwhile.
+#[test]
+fn a_replica_whose_fsync_fails_stops_and_says_so_then_catches_up_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let path = replica_config(dir.path(), &data, 2000);
+    let sound = std::fs::read_to_string(&path).unwrap();
+    let failing = format!("{sound}\n[[disk_faults]]\nnode = \"n2\"\nfail_syncs_after = 3\n");
+    let logs = dir.path().join("n2.log");
+    let spawn = |id: &str| {
+        let stderr = match id {
+            "n2" => Stdio::from(std::fs::File::create(&logs).unwrap()),
+            _ => Stdio::null(),
+        };
+        binary()
+            .args(["node", "--config"])
+            .arg(&path)
+            .args(["--id", id])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    };
+    let restart_n2 = |nodes: &mut Nodes, config: &str| {
+        std::fs::write(&path, config).unwrap();
+        nodes.0[1].kill().unwrap();
+        nodes.0[1].wait().unwrap();
+        nodes.0[1] = spawn("n2");
+    };
+    let put = |index: usize| {
+        let key = format!("key{index}");
+        let (code, _, stderr) =
+            kv_until_done(&["kv", "put", &key, &format!("value{index}")], &path);
+        if code != Some(0) {
+            let (_, status, _) = common::agentmesh(&["status"], &path);
+            let log = std::fs::read_to_string(&logs).unwrap_or_default();
+            panic!("put {index}: {stderr}\n{status}\nn2's log:\n{log}");
+        }
+    };
+    // Every replica first holds entries: one that never held any votes
+    // only for candidates holding none either (`Voting::Fresh`), and the
+    // group would then wait for n2.
+    let mut nodes = Nodes(IDS.iter().map(|id| spawn(id)).collect());
+    let mut puts = 0;
+    while puts < 5 {
+        put(puts);
+        puts += 1;
+    }
+    wait_until_every_replica_holds_everything(&path);
+
+    restart_n2(&mut nodes, &failing);
+    let deadline = std::time::Instant::now() + common::WAIT_MAX;
+    while !std::fs::read_to_string(&logs)
+        .unwrap()
+        .contains("fsync of ")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n2's syncs never failed after {puts} puts"
+        );
+        put(puts);
+        puts += 1;
+    }
+    for _ in 0..10 {
+        put(puts);
+        puts += 1;
+    }
+    let log = std::fs::read_to_string(&logs).unwrap();
+    assert!(
+        log.contains(".raftlog failed: Input/output error (os error 5)"),
+        "n2 names the file whose sync failed, and the error: {log}"
+    );
+    assert!(!log.contains("panicked"), "no panic's report: {log}");
+
+    restart_n2(&mut nodes, &sound);
+    wait_until_every_replica_holds_everything(&path);
+    for index in 0..puts {
+        let (code, stdout, stderr) = kv_until_done(&["kv", "get", &format!("key{index}")], &path);
+        assert_eq!(
+            (code, stdout.trim()),
+            (Some(0), format!("value{index}").as_str()),
+            "key{index}: {stderr}"
+        );
+    }
+    drop(nodes);
+}
