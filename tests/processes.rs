@@ -509,6 +509,10 @@ fn a_replica_whose_disk_fills_stops_and_says_so_while_the_others_serve() {
             "put {index} while one replica's disk is full: {stderr}"
         );
     }
+    assert!(
+        nodes.0[2].try_wait().unwrap().is_none(),
+        "only n3's replica stops; the node runs on"
+    );
     for index in 0..PUTS {
         let (code, stdout, stderr) = kv_until_done(&["kv", "get", &format!("big{index}")], &path);
         assert_eq!(code, Some(0), "get {index}: {stderr}");
@@ -545,7 +549,7 @@ fn a_replica_whose_fsync_fails_stops_and_says_so_then_catches_up_on_restart() {
             _ => Stdio::null(),
         };
         binary()
-            .args(["node", "--config"])
+            .args(["node", "--status-interval", "200ms", "--config"])
             .arg(&path)
             .args(["--id", id])
             .env("RUST_LOG", "warn")
@@ -604,6 +608,17 @@ fn a_replica_whose_fsync_fails_stops_and_says_so_then_catches_up_on_restart() {
         "n2 names the file whose sync failed, and the error: {log}"
     );
     assert!(!log.contains("panicked"), "no panic's report: {log}");
+    // A node whose supervisor failed ends at its next status line.
+    std::thread::sleep(Duration::from_secs(1));
+    let log = std::fs::read_to_string(&logs).unwrap();
+    assert!(
+        nodes.0[1].try_wait().unwrap().is_none(),
+        "only n2's replica stops; the node runs on: {log}"
+    );
+    assert!(
+        log.contains("the raft replica stays down until the node restarts"),
+        "{log}"
+    );
 
     restart_n2(&mut nodes, &sound);
     wait_until_every_replica_holds_everything(&path);

@@ -363,6 +363,28 @@ impl NodeState {
         Ok(())
     }
 
+    /// A child that cannot start again. A Raft replica whose log failed
+    /// refuses to start until the node restarts (what reached its disk is
+    /// unknown), and the rest of the node (routing, agents, PBFT) serves
+    /// on without it; any other child's failure stops the node, saying why.
+    fn restart_failed(
+        &self,
+        kind: ChildKind,
+        error: &ActorProcessingErr,
+    ) -> Result<(), ActorProcessingErr> {
+        let node = &self.context.node_id;
+        let reason = match error.downcast_ref::<ractor::SpawnErr>() {
+            Some(ractor::SpawnErr::StartupFailed(inner)) => inner.to_string(),
+            _ => error.to_string(),
+        };
+        if kind == ChildKind::RaftReplica {
+            tracing::error!(%node, "the raft replica stays down until the node restarts: {reason}");
+            return Ok(());
+        }
+        tracing::error!(%node, child = ?kind, "cannot start again, so the node stops: {reason}");
+        Err(reason.into())
+    }
+
     async fn stop(&mut self, myself: &ActorRef<NodeMsg>, reply: RpcReplyPort<()>, leaving: bool) {
         self.context.leaving.store(leaving, Ordering::Relaxed);
         self.shutdown(myself).await;
@@ -454,7 +476,9 @@ impl Actor for NodeSupervisor {
             }
             NodeMsg::Restart(kind) => {
                 if !state.children.stopping && !state.children.contains(|child| *child == kind) {
-                    state.spawn(&myself, kind).await?;
+                    if let Err(error) = state.spawn(&myself, kind).await {
+                        state.restart_failed(kind, &error)?;
+                    }
                 }
             }
             NodeMsg::Quiesce => {
