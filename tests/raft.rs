@@ -5,7 +5,8 @@
 //! changes, and that each replica applies in order; once the faults heal,
 //! every replica must have applied everything committed, and what the
 //! clients saw of the key-value state must be linearizable. A failure names
-//! its seed (SIM_SEED=...); `SIM_SEEDS=N` runs N seeds per size. A replica
+//! its seed (SIM_SEED=...), which `SIM_SEED=S SIM_SEEDS=1` replays alone;
+//! `SIM_SEEDS=N` runs N seeds per size. A replica
 //! that loses its disk must withhold its vote until a later leader caught it
 //! up, and the same runs with it voting as if new must be caught losing
 //! acknowledged writes.
@@ -25,11 +26,18 @@ const FAULTY: Faults = Faults {
 const CLIENTS: u64 = 4;
 const KEYS: [&str; 3] = ["a", "b", "c"];
 
-fn seeds() -> u64 {
-    std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(50)
+/// The seeds to run: `SIM_SEEDS` of them (50 unless set, divided by
+/// `divisor`), from `SIM_SEED` (0 unless set), so that a failure's
+/// `SIM_SEED=S` replays on its own with `SIM_SEED=S SIM_SEEDS=1`.
+fn seeds_divided(divisor: u64) -> std::ops::Range<u64> {
+    let number = |name: &str| std::env::var(name).ok().and_then(|text| text.parse().ok());
+    let count = number("SIM_SEEDS").map_or(50 / divisor, |count: u64| count.div_ceil(divisor));
+    let first = number("SIM_SEED").unwrap_or(0);
+    first..first + count
+}
+
+fn seeds() -> std::ops::Range<u64> {
+    seeds_divided(1)
 }
 
 /// Faults for 3 s: proposals every 5 ms at a random replica, and every
@@ -101,7 +109,7 @@ fn chaos(seed: u64, count: usize) -> Result<RaftSim, String> {
 #[test]
 fn raft_groups_stay_safe_and_converge_under_faults_and_crashes() {
     for count in [3, 5, 7] {
-        for seed in 0..seeds() {
+        for seed in seeds() {
             let run = std::panic::catch_unwind(|| chaos(seed, count));
             let sim = match run {
                 Ok(result) => result.unwrap_or_else(|failure| panic!("{failure}")),
@@ -282,7 +290,7 @@ fn join(seed: u64) -> Result<(), String> {
 
 #[test]
 fn a_standby_replica_joins_catches_up_and_votes_under_faults() {
-    for seed in 0..seeds() / 2 {
+    for seed in seeds_divided(2) {
         match std::panic::catch_unwind(|| join(seed)) {
             Ok(result) => result.unwrap_or_else(|failure| panic!("{failure}")),
             Err(_) => panic!("SIM_SEED={seed} (join): raft-rs panicked (above)"),
@@ -361,7 +369,7 @@ fn a_lost_disk(seed: u64, withhold: bool) -> Result<RaftSim, String> {
 
 #[test]
 fn a_replica_that_lost_its_disk_does_not_vote_until_a_later_leader_caught_it_up() {
-    for seed in 0..seeds() {
+    for seed in seeds() {
         let sim = a_lost_disk(seed, true).unwrap_or_else(|failure| panic!("{failure}"));
         for id in 1..=3 {
             assert_eq!(
@@ -388,7 +396,7 @@ fn without_its_record_a_replica_that_lost_its_disk_loses_acknowledged_writes() {
 
 #[test]
 fn when_two_of_three_lose_their_disks_the_one_that_kept_its_log_leads_and_nothing_is_lost() {
-    for seed in 0..seeds() {
+    for seed in seeds() {
         let fail = |error: agentmesh::sim::raft::Violation| format!("SIM_SEED={seed}: {error}");
         let mut sim = RaftSim::new(seed, 3, Faults::NONE);
         sim.compact_every = if seed % 2 == 1 { 20 } else { 0 };
