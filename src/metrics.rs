@@ -87,6 +87,9 @@ counters! {
     dropped_control_queue_full,
     /// Membership changes this node saw (suspect, dead, alive again).
     membership_changes,
+    /// Neighbours this node itself judged dead (not told by others): in a
+    /// run where no node stops, each one is a live node accused.
+    members_declared_dead,
     /// Overlay recomputations that changed this node's neighbours.
     overlay_changes,
     /// Committed overlays this node applied (a newer epoch each).

@@ -50,6 +50,10 @@ const SCHEMA: &[&str] = &[
     "/crypto/verify_us",
     "/crypto/batch_verify_us",
     "/crypto/ceiling_msgs_per_s",
+    "/cpu_us_per_message",
+    "/cpu_percent_of_machine",
+    "/connections_max",
+    "/nodes_declared_dead",
 ];
 
 #[test]
@@ -114,6 +118,19 @@ fn run_storm(out: &std::path::Path, extra: &[&str]) -> Value {
         count("sent"),
         count("delivered") + count("lost"),
         "every message is delivered or counted lost: {messages}"
+    );
+    let delivered = count("delivered");
+    let cpu_us = report["cpu_us_per_message"].as_f64().unwrap();
+    let cpu_percent = report["cpu_percent_of_machine"].as_f64().unwrap();
+    assert!(
+        delivered == 0 || (cpu_us > 0.0 && cpu_percent > 0.0),
+        "CPU is measured: {cpu_us} µs per message, {cpu_percent} % of the machine"
+    );
+    let edges = report["setup"]["edges"].as_u64().unwrap();
+    let connections_max = report["connections_max"].as_u64().unwrap();
+    assert!(
+        connections_max >= edges,
+        "every overlay edge is a connection: {connections_max} of {edges}"
     );
     let agents = report["agents_top"].as_array().unwrap();
     assert_eq!(agents.len(), 5, "five agents, all listed");

@@ -365,6 +365,9 @@ impl TopologyState {
         let schedule_spread = self.unspread.is_empty();
         for record in changed {
             NodeMetrics::count(&counters.membership_changes);
+            if source.is_none() && record.status == Status::Dead {
+                NodeMetrics::count(&counters.members_declared_dead);
+            }
             if record.status == Status::Dead {
                 self.linked.remove(&record.node);
             }

@@ -251,6 +251,8 @@ pub struct Sample {
     pub t_s: f64,
     pub delivered_per_s: f64,
     pub rss_bytes: u64,
+    /// Connections open between the nodes at that moment.
+    pub connections: u64,
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -291,6 +293,17 @@ pub struct StormReport {
     pub crypto: CryptoCost,
     /// Measured throughput over the crypto ceiling, in percent.
     pub crypto_ceiling_percent: f64,
+    /// CPU time of every process running nodes in the measured window,
+    /// over the messages delivered in it: the cost of one message.
+    pub cpu_us_per_message: f64,
+    /// That CPU time over the window's length and the machine's cores.
+    pub cpu_percent_of_machine: f64,
+    /// The most connections open between the nodes at any of the measured
+    /// window's samples (one a second; the overlay has `setup.edges`).
+    pub connections_max: u64,
+    /// Verdicts of death the nodes reached themselves over the run (a
+    /// node judged dead by two neighbours counts twice).
+    pub nodes_declared_dead: u64,
     pub bandwidth: Bandwidth,
     pub over_time: Vec<Sample>,
     /// Agents with the most and the fewest deliveries.
@@ -422,8 +435,19 @@ impl StormReport {
         );
         row(
             "CPU",
-            format!("{:.2} % of a core per node", r.cpu_percent_per_node),
+            format!(
+                "{:.2} % of a core per node; {:.1} % of the machine; {:.0} µs per delivered message",
+                r.cpu_percent_per_node, self.cpu_percent_of_machine, self.cpu_us_per_message
+            ),
             Competitor::CPU,
+        );
+        row(
+            "overlay under load",
+            format!(
+                "{} connections at most ({} edges); {} verdicts of death",
+                self.connections_max, self.setup.edges, self.nodes_declared_dead
+            ),
+            "",
         );
         row(
             "bandwidth",

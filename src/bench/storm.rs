@@ -436,6 +436,15 @@ struct Window {
     hops_end: Vec<u64>,
     cpu: Option<Duration>,
     samples: Vec<Sample>,
+    connections_max: u64,
+}
+
+/// Connections open between the nodes: each end counts its own.
+fn connections_open(counters: &CounterValues) -> u64 {
+    counters
+        .connections_established
+        .saturating_sub(counters.connections_lost)
+        / 2
 }
 
 /// Warms up, forgets the warm-up's latencies, then samples each second.
@@ -456,10 +465,14 @@ async fn measure(swarm: &mut Swarm, options: &StormOptions) -> anyhow::Result<Wi
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut previous = (Instant::now(), start.envelopes_delivered);
+    let mut connections_max = connections_open(&start);
     while started.elapsed() < options.duration {
         let left = options.duration.saturating_sub(started.elapsed());
         tokio::time::sleep(left.min(Duration::from_secs(1))).await;
-        let delivered = swarm.sample().await?.0.envelopes_delivered;
+        let counters = swarm.sample().await?.0;
+        let delivered = counters.envelopes_delivered;
+        let connections = connections_open(&counters);
+        connections_max = connections_max.max(connections);
         let rate = delivered.saturating_sub(previous.1) as f64
             / previous.0.elapsed().as_secs_f64().max(1e-3);
         previous = (Instant::now(), delivered);
@@ -468,6 +481,7 @@ async fn measure(swarm: &mut Swarm, options: &StormOptions) -> anyhow::Result<Wi
             t_s: started.elapsed().as_secs_f64(),
             delivered_per_s: rate,
             rss_bytes,
+            connections,
         });
         bar.set_position((options.warmup + started.elapsed()).as_secs());
         bar.set_message(format!("{rate:.0} delivered/s"));
@@ -483,6 +497,7 @@ async fn measure(swarm: &mut Swarm, options: &StormOptions) -> anyhow::Result<Wi
             .map(|(end, start)| end.saturating_sub(start)),
         hops_start,
         hops_end,
+        connections_max: connections_max.max(connections_open(&end)),
         start,
         end,
         samples,
@@ -617,6 +632,10 @@ fn build_report(
             cpu_percent_per_node: cpu_seconds * 100.0 / seconds / options.nodes.max(1) as f64,
         },
         crypto_ceiling_percent: throughput * 100.0 / crypto.ceiling_msgs_per_s.max(1e-9),
+        cpu_us_per_message: cpu_seconds * 1e6 / delivered_in_window.max(1) as f64,
+        cpu_percent_of_machine: cpu_seconds * 100.0 / seconds / cores.max(1) as f64,
+        connections_max: window.connections_max,
+        nodes_declared_dead: c.members_declared_dead,
         crypto,
         bandwidth: Bandwidth {
             bytes_sent,

@@ -23,8 +23,8 @@ pub fn summary(root: &Path) -> anyhow::Result<String> {
     }
     paths.sort_by_key(|path| natural_key(&path.to_string_lossy()));
     let mut table = String::from(
-        "| run | nodes | topology | rate/agent | links up ms | delivered % | msgs/s | p50 ms | p95 ms | p99 ms | RSS/node MB | CPU %/node | ok |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | nodes | topology | rate/agent | links up ms | delivered % | msgs/s | p50 ms | p95 ms | p99 ms | RSS/node MB | CPU %/node | CPU µs/msg | ok |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for path in paths {
         let text = std::fs::read_to_string(&path)
@@ -73,7 +73,7 @@ fn row(run: &str, report: &Value) -> String {
         .and_then(Value::as_f64)
         .map_or("–".to_string(), |bytes| format!("{:.1}", bytes / 1e6));
     format!(
-        "| {run} | {} | {} | {rate} | {} | {delivered_percent:.2} | {} | {} | {} | {} | {rss_mb} | {} | {} |\n",
+        "| {run} | {} | {} | {rate} | {} | {delivered_percent:.2} | {} | {} | {} | {} | {rss_mb} | {} | {} | {} |\n",
         number("/setup/nodes", 0),
         report.pointer("/config/topology").and_then(Value::as_str).unwrap_or("–"),
         number("/setup/setup_ms", 0),
@@ -82,6 +82,7 @@ fn row(run: &str, report: &Value) -> String {
         number("/latency_ms/p95", 2),
         number("/latency_ms/p99", 2),
         number("/resources/cpu_percent_per_node", 2),
+        number("/cpu_us_per_message", 0),
         if report["ok"].as_bool() == Some(true) { "yes" } else { "NO" },
     )
 }
