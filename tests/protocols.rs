@@ -377,6 +377,39 @@ fn a_node_that_leaves_is_dead_at_once_and_rejoins_with_a_new_life() {
 }
 
 #[test]
+fn a_node_that_was_itself_paused_accuses_nobody_but_still_finds_the_dead() {
+    let all = names(3);
+    let mut view = Membership::new("n000", 1, &all, detector_config());
+    view.monitor(0, &all[1..].iter().cloned().collect());
+    for now in (0..=2_000).step_by(100) {
+        view.heartbeat(now, "n001", 0);
+        view.heartbeat(now, "n002", 0);
+        assert!(view.tick(now + 50).is_empty(), "changed at {now} ms");
+    }
+    // This node is starved of CPU for 5 s: no tick, nothing heard. Its
+    // first tick after it comes before the heartbeats queued meanwhile.
+    assert!(
+        view.tick(7_050).is_empty(),
+        "a pause of its own is held against nobody"
+    );
+    // n001 is heard again; n002 was in fact gone, and is found out.
+    let mut verdicts = Vec::new();
+    for now in (7_100..=10_000).step_by(100) {
+        view.heartbeat(now, "n001", 0);
+        verdicts.extend(view.tick(now + 50));
+    }
+    assert!(
+        verdicts.iter().all(|record| record.node == "n002"),
+        "{verdicts:?}"
+    );
+    assert_eq!(
+        verdicts.last().map(|record| record.status),
+        Some(Status::Dead),
+        "{verdicts:?}"
+    );
+}
+
+#[test]
 fn evidence_of_life_keeps_a_peer_alive_without_heartbeats() {
     let all = names(2);
     let mut view = Membership::new("n000", 1, &all, detector_config());

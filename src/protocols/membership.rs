@@ -93,6 +93,10 @@ impl Default for DetectorConfig {
     }
 }
 
+/// A tick this many heartbeat intervals after the last one means this
+/// node itself paused.
+pub const LOCAL_PAUSE_INTERVALS: u64 = 3;
+
 /// Phi-accrual failure detector for one neighbour.
 #[derive(Clone, Debug)]
 pub struct PhiDetector {
@@ -131,6 +135,12 @@ impl PhiDetector {
         self.last_ms = self.last_ms.max(now_ms);
     }
 
+    /// This node paused for `pause_ms`: the silence it heard meanwhile
+    /// says nothing of the neighbour.
+    pub fn forgive(&mut self, pause_ms: u64) {
+        self.last_ms = self.last_ms.saturating_add(pause_ms);
+    }
+
     pub fn phi(&self, now_ms: u64, config: &DetectorConfig) -> f64 {
         let elapsed = now_ms.saturating_sub(self.last_ms) as f64;
         let count = self.intervals.len() as f64;
@@ -162,6 +172,8 @@ pub struct Membership {
     detectors: BTreeMap<String, PhiDetector>,
     /// The latest time any input carried.
     now_ms: u64,
+    /// When the last tick came, to tell this node's own pauses.
+    last_tick_ms: Option<u64>,
     /// `digest()` of the current records, kept up to date on change.
     digest: u64,
 }
@@ -188,6 +200,7 @@ impl Membership {
             members,
             detectors: BTreeMap::new(),
             now_ms: 0,
+            last_tick_ms: None,
             digest: 0,
         }
         .with_digest()
@@ -342,9 +355,22 @@ impl Membership {
     }
 
     /// Judges every watched neighbour at `now_ms`. Returns the records that
-    /// changed.
+    /// changed. Ticks come every heartbeat interval; one that comes more
+    /// than [`LOCAL_PAUSE_INTERVALS`] intervals after the last shows that
+    /// this node itself was not running (starved of CPU, stopped), so it
+    /// could neither hear its neighbours nor be heard: the pause is not
+    /// held against them, and nobody is judged on that tick.
     pub fn tick(&mut self, now_ms: u64) -> Vec<MemberRecord> {
         self.now_ms = self.now_ms.max(now_ms);
+        let interval_ms = self.config.heartbeat_interval_ms;
+        let previous = self.last_tick_ms.replace(now_ms);
+        let pause_ms = previous.map_or(0, |previous| now_ms.saturating_sub(previous));
+        if pause_ms > LOCAL_PAUSE_INTERVALS * interval_ms {
+            for detector in self.detectors.values_mut() {
+                detector.forgive(pause_ms - interval_ms);
+            }
+            return Vec::new();
+        }
         let mut changed = Vec::new();
         let verdicts: Vec<(String, Status)> = self
             .detectors
