@@ -85,6 +85,9 @@ counters! {
     /// Heartbeats and membership frames dropped because the topology
     /// actor's queue was full.
     dropped_control_queue_full,
+    /// Heartbeats and membership frames not sent: the link was down, or
+    /// its control queue full.
+    control_frames_unsent,
     /// Membership changes this node saw (suspect, dead, alive again).
     membership_changes,
     /// Neighbours this node itself judged dead (not told by others): in a

@@ -117,6 +117,9 @@ pub struct PeerLink {
     /// For streams of their own (snapshot transfers).
     pub connection: quinn::Connection,
     pub queue: mpsc::Sender<OutboundFrame>,
+    /// Heartbeats and membership frames, written before anything waiting
+    /// in `queue`: a backlog of data must not make this node look dead.
+    pub control: mpsc::Sender<OutboundFrame>,
     pub activity: Arc<LinkActivity>,
 }
 
@@ -154,8 +157,9 @@ impl PeerTable {
         self.queue(peer, frame, true)
     }
 
-    /// Queues a heartbeat or membership frame for `peer` without waiting;
-    /// unlike [`PeerTable::try_send`], it does not count as traffic.
+    /// Queues a heartbeat or membership frame for `peer` without waiting,
+    /// on the link's control queue, which is written first; unlike
+    /// [`PeerTable::try_send`], it does not count as traffic.
     pub fn try_send_control(&self, peer: &str, frame: OutboundFrame) -> Result<(), SendError> {
         self.queue(peer, frame, false)
     }
@@ -166,7 +170,8 @@ impl PeerTable {
             .links
             .get(peer)
             .ok_or_else(|| SendError::PeerDown(peer.to_string()))?;
-        link.queue.try_send(frame).map_err(|error| match error {
+        let queue = if traffic { &link.queue } else { &link.control };
+        queue.try_send(frame).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => SendError::QueueFull(peer.to_string()),
             mpsc::error::TrySendError::Closed(_) => SendError::PeerDown(peer.to_string()),
         })?;

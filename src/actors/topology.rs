@@ -407,12 +407,15 @@ impl TopologyState {
 
     fn send(&self, peer: &str, frame: &Frame) {
         let bytes = encode_frame(frame);
-        // A full control queue drops this frame; the next heartbeat or
-        // digest exchange makes up for it.
-        let _ = self
+        // A full control queue drops this frame (counted); the next
+        // heartbeat or digest exchange makes up for it.
+        let sent = self
             .context
             .peers
             .try_send_control(peer, (TrafficClass::Control, bytes.into()));
+        if sent.is_err() {
+            NodeMetrics::count(&self.context.metrics.counters.control_frames_unsent);
+        }
     }
 
     /// This node's link latencies, by wire index.

@@ -57,6 +57,9 @@ pub const CLOSE_LEAVING: u32 = 4;
 
 /// Frames written between two flushes of a stream.
 const WRITE_BATCH_MAX: usize = 64;
+/// Heartbeat and membership frames one link holds waiting to be written:
+/// a few per heartbeat interval, so this much is a link that is stuck.
+const CONTROL_SEND_QUEUE_MAX: usize = 256;
 
 pub enum TransportMsg {
     /// The overlay neighbours to hold connections to, and nodes to keep
@@ -470,6 +473,7 @@ async fn run_connection(
     let counters = &context.metrics.counters;
     let connection_id = connection.stable_id();
     let (queue, outbound) = mpsc::channel(context.config.transport.peer_send_queue_max);
+    let (control, outbound_control) = mpsc::channel(CONTROL_SEND_QUEUE_MAX);
     let activity = Arc::new(LinkActivity::default());
     context.peers.insert(
         &peer,
@@ -477,6 +481,7 @@ async fn run_connection(
             connection_id,
             connection: connection.clone(),
             queue,
+            control,
             activity: activity.clone(),
         },
     );
@@ -495,7 +500,7 @@ async fn run_connection(
             }
             Ending::Closed
         }
-        reason = write_frames(&connection, outbound) => {
+        reason = write_frames(&connection, outbound_control, outbound) => {
             tracing::debug!(node = %context.node_id, %peer, %reason, "writer stopped");
             Ending::Closed
         }
@@ -531,13 +536,25 @@ type StreamWriter = FramedWrite<quinn::SendStream, LengthDelimitedCodec>;
 /// after each batch. Returns when the queue closes or the connection fails.
 async fn write_frames(
     connection: &Connection,
+    mut control: mpsc::Receiver<OutboundFrame>,
     mut outbound: mpsc::Receiver<OutboundFrame>,
 ) -> &'static str {
     let mut streams: [Option<StreamWriter>; 4] = Default::default();
     let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
-    while outbound.recv_many(&mut batch, WRITE_BATCH_MAX).await > 0 {
+    let mut control_batch = Vec::with_capacity(WRITE_BATCH_MAX);
+    loop {
+        // Control frames first: at most one batch of data is ahead of a
+        // heartbeat, however long the data queue (both are cancel safe).
+        let received = tokio::select! {
+            biased;
+            count = control.recv_many(&mut control_batch, WRITE_BATCH_MAX) => count,
+            count = outbound.recv_many(&mut batch, WRITE_BATCH_MAX) => count,
+        };
+        if received == 0 {
+            break;
+        }
         let mut dirty = [false; 4];
-        for (class, bytes) in batch.drain(..) {
+        for (class, bytes) in control_batch.drain(..).chain(batch.drain(..)) {
             let Some(stream) = stream_for(connection, &mut streams, class).await else {
                 return "cannot open a stream";
             };
