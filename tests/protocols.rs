@@ -576,3 +576,98 @@ fn a_token_bucket_allows_its_burst_then_its_rate() {
     assert!(!bucket.try_take(55_000));
     assert!(bucket.try_take(60_000));
 }
+
+fn wide_sender_config() -> SenderConfig {
+    SenderConfig {
+        inflight_max: 65_536,
+        span_max: 2_048,
+        retransmit_timeout_ms: 500,
+        retransmit_timeout_max_ms: 4_000,
+        retries_max: 8,
+    }
+}
+
+/// Sends to 100 destinations until refused; returns how many were taken.
+fn fill(sender: &mut ReliableSender<u64>, now: u64) -> usize {
+    (0..)
+        .take_while(|index| {
+            let destination = format!("d{}", index % 100);
+            sender.send(now, &destination, |s| s).is_ok()
+        })
+        .count()
+}
+
+/// Acknowledges everything pending to the 100 destinations at `now`.
+fn acknowledge_all(sender: &mut ReliableSender<u64>, now: u64) {
+    for index in 0..100 {
+        let destination = format!("d{index}");
+        sender.acknowledge(
+            now,
+            &destination,
+            &[AckRange {
+                first: 0,
+                count: u32::MAX,
+            }],
+        );
+    }
+}
+
+#[test]
+fn the_admission_window_grows_with_fast_acknowledgements_and_shrinks_when_they_slow() {
+    use agentmesh::protocols::delivery::{WINDOW_INITIAL, WINDOW_MIN};
+    let mut sender = ReliableSender::new(wide_sender_config(), 0);
+    assert_eq!(sender.window(), WINDOW_INITIAL as usize);
+    assert_eq!(
+        fill(&mut sender, 0),
+        WINDOW_INITIAL as usize,
+        "refused at the window"
+    );
+    assert_eq!(sender.inflight(), WINDOW_INITIAL as usize);
+    // Fast round trips: slow start doubles the window each round trip.
+    let mut now = 0;
+    for _ in 0..3 {
+        now += 5;
+        acknowledge_all(&mut sender, now);
+        fill(&mut sender, now);
+    }
+    assert_eq!(sender.window(), 8 * WINDOW_INITIAL as usize);
+    // Round trips far beyond the fastest: queues are building. One decrease
+    // a round trip, however many acknowledgements show it.
+    now += 400;
+    acknowledge_all(&mut sender, now);
+    let after_one = sender.window();
+    assert_eq!(after_one, (8.0 * WINDOW_INITIAL * 0.75) as usize);
+    for _ in 0..20 {
+        fill(&mut sender, now);
+        now += 400;
+        acknowledge_all(&mut sender, now);
+    }
+    assert_eq!(
+        sender.window(),
+        WINDOW_MIN as usize,
+        "never below the floor"
+    );
+    // Fast again: it grows back, one message a round trip (no slow start).
+    let floor = sender.window();
+    for _ in 0..10 {
+        fill(&mut sender, now);
+        now += 5;
+        acknowledge_all(&mut sender, now);
+    }
+    assert!(sender.window() > floor && sender.window() <= floor + 10);
+}
+
+#[test]
+fn a_retransmission_shrinks_the_admission_window() {
+    let mut sender = ReliableSender::new(wide_sender_config(), 0);
+    let before = sender.window();
+    sender.send(0, "d0", |s| s).unwrap();
+    let polled = sender.poll_due(10_000, 16);
+    assert_eq!(polled.retransmit.len(), 1);
+    assert!(
+        sender.window() < before,
+        "{} then {}",
+        before,
+        sender.window()
+    );
+}

@@ -118,13 +118,17 @@ pub fn send_with_receipt(
 
 /// Refuses at once, rather than after a trip through the router's queue,
 /// when the node's messages awaiting acknowledgement, with those queued
-/// for the router, are at the limit: a sender pushing as fast as it can
+/// for the router, fill its admission window (which follows what the
+/// paths take, within `delivery.inflight_max`): a sender pushing as fast as it can
 /// learns it at the cost of a lock, and does not fill the router's queue
 /// with messages it would only refuse.
 fn check_inflight(context: &NodeContext) -> Result<(), SendError> {
     let queued = context.config.limits.router_queue_max - context.router_queue.available_permits();
-    let inflight = context.memory().sender.inflight();
-    if inflight + queued < context.config.delivery.inflight_max {
+    let (inflight, window) = {
+        let memory = context.memory();
+        (memory.sender.inflight(), memory.sender.window())
+    };
+    if inflight + queued < window {
         return Ok(());
     }
     NodeMetrics::count(&context.metrics.counters.refused_inflight_full);

@@ -14,6 +14,15 @@
 //! makes delivery exactly-once to the agent while the wire is
 //! at-least-once.
 //!
+//!
+//! What a node admits follows what the paths can take ([`Admission`]): its
+//! messages awaiting acknowledgement are held to a window that grows while
+//! acknowledgements come back as fast as the fastest seen, and shrinks
+//! when they slow (queues building somewhere: a saturated CPU, a full
+//! link) or a message times out. A sender is refused with
+//! [`Refusal::InFlightFull`] before the network is overrun, instead of
+//! filling every queue and being retransmitted into collapse.
+//!
 //! Time is given in milliseconds (microseconds for the token bucket) by the
 //! caller.
 
@@ -130,6 +139,72 @@ impl RoundTrip {
     }
 }
 
+/// The admission window never shrinks below this (nor past
+/// `inflight_max`): enough for a node's agents at a modest rate over slow
+/// round trips.
+pub const WINDOW_MIN: f64 = 64.0;
+/// Where the window starts, growing from there until the first slowdown.
+pub const WINDOW_INITIAL: f64 = 256.0;
+/// Acknowledgement round trips longer than the fastest seen by more than
+/// this mean queues are building.
+pub const DELAY_TARGET_MS: f64 = 50.0;
+/// What a slowdown or a timeout leaves of the window.
+const WINDOW_DECREASE: f64 = 0.75;
+
+/// The admission window over a node's messages awaiting acknowledgement:
+/// additive increase while round trips stay within [`DELAY_TARGET_MS`] of
+/// the fastest, multiplicative decrease (at most once a round trip) when
+/// they do not or a retransmission comes due. It starts in slow start
+/// (one more per acknowledgement) until its first decrease.
+#[derive(Clone, Copy, Debug)]
+struct Admission {
+    window: f64,
+    slow_start: bool,
+    fastest_ms: Option<f64>,
+    last_decrease_ms: Option<u64>,
+}
+
+impl Admission {
+    fn new() -> Admission {
+        Admission {
+            window: WINDOW_INITIAL,
+            slow_start: true,
+            fastest_ms: None,
+            last_decrease_ms: None,
+        }
+    }
+
+    fn acknowledged(&mut self, now_ms: u64, round_trip_ms: f64, smoothed_ms: f64, max: f64) {
+        let fastest = self
+            .fastest_ms
+            .map_or(round_trip_ms, |fastest| fastest.min(round_trip_ms));
+        self.fastest_ms = Some(fastest);
+        if round_trip_ms > fastest + DELAY_TARGET_MS {
+            return self.decrease(now_ms, smoothed_ms);
+        }
+        let step = if self.slow_start {
+            1.0
+        } else {
+            1.0 / self.window
+        };
+        self.window = (self.window + step).min(max.max(WINDOW_MIN));
+    }
+
+    /// Shrinks the window, unless it already did within the last round
+    /// trip (one slowdown shows in many acknowledgements).
+    fn decrease(&mut self, now_ms: u64, smoothed_ms: f64) {
+        let recent = self
+            .last_decrease_ms
+            .is_some_and(|last| (now_ms.saturating_sub(last) as f64) < smoothed_ms);
+        if recent {
+            return;
+        }
+        self.slow_start = false;
+        self.last_decrease_ms = Some(now_ms);
+        self.window = (self.window * WINDOW_DECREASE).max(WINDOW_MIN);
+    }
+}
+
 /// What came due in one poll.
 pub struct Polled<T> {
     /// (destination, sequence) to send again; the item stays pending.
@@ -148,6 +223,7 @@ pub struct ReliableSender<T> {
     inflight: usize,
     /// Round trips to every destination, for those not measured yet.
     round_trip: RoundTrip,
+    admission: Admission,
 }
 
 impl<T> ReliableSender<T> {
@@ -163,11 +239,18 @@ impl<T> ReliableSender<T> {
             timers: BTreeSet::new(),
             inflight: 0,
             round_trip: RoundTrip::default(),
+            admission: Admission::new(),
         }
     }
 
     pub fn inflight(&self) -> usize {
         self.inflight
+    }
+
+    /// Messages this node may have awaiting acknowledgement now: the
+    /// admission window, within `inflight_max`.
+    pub fn window(&self) -> usize {
+        (self.admission.window as usize).clamp(1, self.config.inflight_max)
     }
 
     /// Messages to `destination` awaiting acknowledgement.
@@ -185,7 +268,7 @@ impl<T> ReliableSender<T> {
         destination: &str,
         make: impl FnOnce(u64) -> T,
     ) -> Result<u64, Refusal> {
-        if self.inflight >= self.config.inflight_max {
+        if self.inflight >= self.window() {
             return Err(Refusal::InFlightFull);
         }
         let first = self.first_sequence;
@@ -245,6 +328,10 @@ impl<T> ReliableSender<T> {
                     let round_trip_ms = now_ms.saturating_sub(pending.first_sent_ms) as f64;
                     state.round_trip.sample(round_trip_ms);
                     self.round_trip.sample(round_trip_ms);
+                    let smoothed_ms = self.round_trip.smoothed_ms.unwrap_or(round_trip_ms);
+                    let max = self.config.inflight_max as f64;
+                    self.admission
+                        .acknowledged(now_ms, round_trip_ms, smoothed_ms, max);
                 }
                 self.timers
                     .remove(&(pending.due_ms, destination.to_string(), sequence));
@@ -284,6 +371,8 @@ impl<T> ReliableSender<T> {
                 exhausted.push((destination, sequence, pending.item));
                 continue;
             }
+            let smoothed_ms = self.round_trip.smoothed_ms.unwrap_or(timeout_ms as f64);
+            self.admission.decrease(now_ms, smoothed_ms);
             let backoff = timeout_ms << pending.attempts.min(16);
             pending.attempts += 1;
             pending.due_ms = now_ms + backoff.min(self.config.retransmit_timeout_max_ms);
