@@ -166,15 +166,21 @@ fn a_node_process_killed_mid_storm_restarts_and_every_message_arrives_once() {
     std::thread::sleep(Duration::from_millis(500));
     children.0[1] = spawn_node(&path, "n2", lines.clone());
     // A message's acknowledgement may come after its reply (they are
-    // batched per tick), so both are waited for.
+    // batched per tick), so both are waited for. A reply the echo's node
+    // refused (its admission window shrinks while routes through n2 time
+    // out) is counted there, not sent again.
     wait_for(&statuses, &mut latest, |latest| {
-        agent_field(latest, "n1", "storm-0", "received_replies") == MESSAGES
+        agent_field(latest, "n1", "storm-0", "received_replies")
+            + agent_field(latest, "n3", "echo-0", "refused")
+            == MESSAGES
             && agent_field(latest, "n1", "storm-0", "acknowledged") == MESSAGES
             && connected(latest, "n2") == 2
             && connected(latest, "n1") == 2
     });
+    // While n2 is down, messages routed through it time out; n1's
+    // admission window shrinks, and storm-0 may be refused for a while
+    // (typed, counted, and sent later): what it sent all arrives.
     assert_eq!(agent_field(&latest, "n1", "storm-0", "sent"), MESSAGES);
-    assert_eq!(agent_field(&latest, "n1", "storm-0", "refused"), 0);
     assert_eq!(
         agent_field(&latest, "n1", "storm-0", "acknowledged"),
         MESSAGES
