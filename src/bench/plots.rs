@@ -57,16 +57,30 @@ fn titled<'a, 'b>(
     builder
 }
 
+/// The CDF of `latency` (microseconds) as (milliseconds, fraction at or
+/// below): a point for every value the histogram recorded, each after a
+/// point at the fraction below it, so the line climbs only where samples
+/// are. (A handful of quantiles joined by straight lines would claim
+/// samples where there are none: between 0.15 ms and 130 ms, say, when
+/// half are at each.)
+pub fn cdf_points(latency: &Hdr<u64>) -> Vec<(f64, f64)> {
+    let total = latency.len().max(1) as f64;
+    let mut below = 0u64;
+    let mut points = Vec::new();
+    for step in latency.iter_recorded() {
+        let millis =
+            (latency.highest_equivalent(step.value_iterated_to()) as f64 / 1_000.0).max(0.001);
+        points.push((millis, below as f64 / total));
+        below += step.count_at_value();
+        points.push((millis, below as f64 / total));
+    }
+    points
+}
+
 /// The fraction of samples (microseconds) at or below each latency, on a
 /// log axis.
 pub fn latency_cdf(path: &Path, title: &str, fraction: &str, latency: &Hdr<u64>) -> PlotResult {
-    let points: Vec<(f64, f64)> = latency
-        .iter_quantiles(1)
-        .map(|step| {
-            let millis = step.value_iterated_to() as f64 / 1_000.0;
-            (millis.max(0.001), step.quantile_iterated_to())
-        })
-        .collect();
+    let points = cdf_points(latency);
     let high = points.iter().map(|point| point.0).fold(1.0, f64::max);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
@@ -123,4 +137,39 @@ pub fn over_time(path: &Path, title: &str, unit: &str, points: &[(f64, f64)]) ->
     chart.draw_series(LineSeries::new(points.iter().copied(), &BLUE))?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cdf_climbs_only_where_samples_are() {
+        let mut latency = Hdr::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        latency.record_n(150, 1_000).unwrap();
+        latency.record_n(130_000, 1_000).unwrap();
+        let points = cdf_points(&latency);
+        for &(millis, fraction) in &points {
+            if millis > 0.2 && millis < 129.0 {
+                panic!("a point at {millis} ms: {points:?}");
+            }
+            assert!((0.0..=1.0).contains(&fraction));
+        }
+        let at = |millis: f64| {
+            points
+                .iter()
+                .filter(|point| point.0 <= millis)
+                .map(|point| point.1)
+                .fold(0.0, f64::max)
+        };
+        assert_eq!(at(1.0), 0.5, "half at 0.15 ms");
+        assert_eq!(at(200.0), 1.0, "all by 130 ms");
+        assert!(points.windows(2).all(|pair| pair[0] <= pair[1]), "rising");
+        // The line drawn through the points is flat at 0.5 across the gap.
+        let span = points
+            .windows(2)
+            .find(|pair| pair[0].0 < 10.0 && pair[1].0 > 10.0)
+            .expect("a segment across 10 ms");
+        assert_eq!((span[0].1, span[1].1), (0.5, 0.5), "{points:?}");
+    }
 }
