@@ -64,6 +64,22 @@ fn spawn_node(config: &std::path::Path, id: &str, lines: mpsc::Sender<serde_json
     child
 }
 
+/// Starts `agentmesh node` for `id` with `extra` flags, its warnings to
+/// `stderr` and its status lines nowhere.
+fn spawn_logged_node(config: &std::path::Path, id: &str, stderr: Stdio, extra: &[&str]) -> Child {
+    binary()
+        .arg("node")
+        .args(extra)
+        .arg("--config")
+        .arg(config)
+        .args(["--id", id])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 /// `field` of agent `agent` in `node`'s latest status.
 fn agent_field(latest: &Latest, node: &str, agent: &str, field: &str) -> u64 {
     latest.get(node).map_or(0, |status| {
@@ -478,16 +494,7 @@ fn a_replica_whose_disk_fills_stops_and_says_so_while_the_others_serve() {
             "n3" => Stdio::from(std::fs::File::create(&logs).unwrap()),
             _ => Stdio::null(),
         };
-        let child = binary()
-            .args(["node", "--config"])
-            .arg(&path)
-            .args(["--id", id])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        nodes.0.push(child);
+        nodes.0.push(spawn_logged_node(&path, id, stderr, &[]));
     }
     const PUTS: usize = 90;
     // Hex of a pseudo-random stream: raft-engine compresses its batches,
@@ -554,15 +561,7 @@ fn a_replica_whose_fsync_fails_stops_and_says_so_then_catches_up_on_restart() {
             "n2" => Stdio::from(std::fs::File::create(&logs).unwrap()),
             _ => Stdio::null(),
         };
-        binary()
-            .args(["node", "--status-interval", "200ms", "--config"])
-            .arg(&path)
-            .args(["--id", id])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap()
+        spawn_logged_node(&path, id, stderr, &["--status-interval", "200ms"])
     };
     let restart_n2 = |nodes: &mut Nodes, config: &str| {
         std::fs::write(&path, config).unwrap();
