@@ -10,7 +10,7 @@
 //! reports the failure instead, so the panic hook is told to stay quiet
 //! for that one panic on that thread.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::io::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +24,9 @@ type InnerHandle = <DefaultFileSystem as FileSystem>::Handle;
 const EIO: i32 = 5;
 
 thread_local! {
-    /// Set by a sync that failed, for the panic raft-engine raises next.
-    static SYNC_FAILED: Cell<bool> = const { Cell::new(false) };
+    /// The error of a sync that failed on this thread (its `Debug` form,
+    /// which raft-engine's `unwrap` prints), for the panic it raises next.
+    static SYNC_FAILED: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 /// What the syncs of one log have done; shared by its handles.
@@ -69,7 +70,7 @@ impl SyncWatch {
             if failure.is_none() {
                 *failure = Some(format!("fsync of {} failed: {error}", path.display()));
             }
-            quiet_next_panic();
+            quiet_next_panic(error);
         }
         result
     }
@@ -152,19 +153,28 @@ impl FileSystem for WatchedFileSystem {
     }
 }
 
-fn quiet_next_panic() {
-    SYNC_FAILED.with(|failed| failed.set(true));
+fn quiet_next_panic(error: &Error) {
+    SYNC_FAILED.with(|failed| *failed.borrow_mut() = Some(format!("{error:?}")));
 }
 
-/// Wraps the panic hook once: a panic on a thread whose sync just failed
-/// is not reported (its writer reports the failure); every other panic is
-/// reported as before.
+/// Wraps the panic hook once: the panic raft-engine raises for a sync that
+/// just failed on this thread (its message carries that error) is not
+/// reported, since the replica's writer reports the failure; every other
+/// panic is reported as before.
 fn install_panic_hook() {
     static INSTALLED: Once = Once::new();
     INSTALLED.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !SYNC_FAILED.with(|failed| failed.replace(false)) {
+            let failed = SYNC_FAILED.with(|failed| failed.borrow_mut().take());
+            let payload = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            let expected = failed.is_some_and(|error| payload.contains(&error));
+            if !expected {
                 previous(info);
             }
         }));
