@@ -159,22 +159,25 @@ const WINDOW_DECREASE: f64 = 0.75;
 #[derive(Clone, Copy, Debug)]
 struct Admission {
     window: f64,
+    /// `inflight_max`, or the floor if that is lower.
+    ceiling: f64,
     slow_start: bool,
     fastest_ms: Option<f64>,
     last_decrease_ms: Option<u64>,
 }
 
 impl Admission {
-    fn new() -> Admission {
+    fn new(inflight_max: usize) -> Admission {
         Admission {
             window: WINDOW_INITIAL,
+            ceiling: (inflight_max as f64).max(WINDOW_MIN),
             slow_start: true,
             fastest_ms: None,
             last_decrease_ms: None,
         }
     }
 
-    fn acknowledged(&mut self, now_ms: u64, round_trip_ms: f64, smoothed_ms: f64, max: f64) {
+    fn acknowledged(&mut self, now_ms: u64, round_trip_ms: f64, smoothed_ms: f64) {
         let fastest = self
             .fastest_ms
             .map_or(round_trip_ms, |fastest| fastest.min(round_trip_ms));
@@ -187,7 +190,7 @@ impl Admission {
         } else {
             1.0 / self.window
         };
-        self.window = (self.window + step).min(max.max(WINDOW_MIN));
+        self.window = (self.window + step).min(self.ceiling);
     }
 
     /// Shrinks the window, unless it already did within the last round
@@ -239,7 +242,7 @@ impl<T> ReliableSender<T> {
             timers: BTreeSet::new(),
             inflight: 0,
             round_trip: RoundTrip::default(),
-            admission: Admission::new(),
+            admission: Admission::new(config.inflight_max),
         }
     }
 
@@ -329,9 +332,8 @@ impl<T> ReliableSender<T> {
                     state.round_trip.sample(round_trip_ms);
                     self.round_trip.sample(round_trip_ms);
                     let smoothed_ms = self.round_trip.smoothed_ms.unwrap_or(round_trip_ms);
-                    let max = self.config.inflight_max as f64;
                     self.admission
-                        .acknowledged(now_ms, round_trip_ms, smoothed_ms, max);
+                        .acknowledged(now_ms, round_trip_ms, smoothed_ms);
                 }
                 self.timers
                     .remove(&(pending.due_ms, destination.to_string(), sequence));
