@@ -541,10 +541,10 @@ impl LocalCluster {
         self.nodes
             .iter()
             .map(|node| {
-                let memory = node.context.memory();
+                let core = node.context.mesh_core();
                 departed
                     .iter()
-                    .map(|id| memory.sender.inflight_to(id) as u64)
+                    .map(|id| core.inflight_to(id) as u64)
                     .sum::<u64>()
             })
             .sum()

@@ -24,6 +24,15 @@ macro_rules! counters {
             pub fn values(&self) -> CounterValues {
                 CounterValues { $($name: self.$name.load(Ordering::Relaxed),)* }
             }
+
+            /// The counter of that name, for cores that count in plain
+            /// numbers under the same names.
+            pub fn by_name(&self, name: &str) -> Option<&AtomicU64> {
+                match name {
+                    $(stringify!($name) => Some(&self.$name),)*
+                    _ => None,
+                }
+            }
         }
 
         impl CounterValues {

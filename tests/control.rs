@@ -436,6 +436,7 @@ fn overlay_agreed(cluster: &LocalCluster, down: &[&str], after: u64) -> Option<u
         let commit = context.committed_overlay.read().unwrap().clone();
         let members = context
             .directory
+            .roster
             .node_names
             .iter()
             .filter(|name| !down.contains(*name))

@@ -7,7 +7,6 @@
 //! its restart budget; a spent budget fails the agent supervisor, which
 //! escalates to the node supervisor.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +20,7 @@ use crate::behaviours::{self, AgentContext, Behaviour, Delivery, Outbox};
 use crate::config::AgentConfig;
 use crate::protocols::wire::{Envelope, EnvelopeKind};
 
-use super::context::{unix_micros, AgentHandle, NodeContext, SendError, Ticker};
+use super::context::{unix_micros, AgentHandle, AgentReport, NodeContext, SendError, Ticker};
 use super::router::{self, OutboundMessage};
 use super::supervisor::Children;
 
@@ -97,9 +96,6 @@ pub struct AgentState {
     stats: Arc<AgentStats>,
     /// Dropped (and stopped) on quiesce.
     ticker: Option<Ticker>,
-    /// This incarnation's deliveries not yet consumed (shared with the
-    /// router through the directory).
-    in_inbox: Arc<Mutex<HashSet<(String, u64)>>>,
     /// A sink keeps what it receives in its stats.
     records: bool,
 }
@@ -166,15 +162,20 @@ impl Actor for Agent {
         let behaviour = behaviours::make(&config, &context.config.agents);
         let stats = context.stats_of(&config.name);
         let records = config.behaviour == crate::config::BehaviourConfig::Sink;
-        stats.starts.fetch_add(1, Ordering::Relaxed);
+        let incarnation = stats.starts.fetch_add(1, Ordering::Relaxed) + 1;
         let inbox = Arc::new(Semaphore::new(context.config.limits.agent_inbox_max));
-        let in_inbox = Arc::new(Mutex::new(HashSet::new()));
+        // Reported before the handle is published: the router hands this
+        // incarnation only what the core meant for it.
+        context.agent_reports.push(AgentReport::Started {
+            agent: config.name.clone(),
+            incarnation,
+        });
         context.agents.insert(
             config.name.clone(),
             AgentHandle {
                 actor: myself.clone(),
                 inbox,
-                in_inbox: in_inbox.clone(),
+                incarnation,
             },
         );
         let ticker = behaviour
@@ -189,7 +190,6 @@ impl Actor for Agent {
             rng,
             stats,
             ticker,
-            in_inbox,
             records,
         };
         state.with_behaviour(|behaviour, agent_context| behaviour.start(agent_context));
@@ -230,13 +230,13 @@ impl Actor for Agent {
                 state.with_behaviour(|behaviour, agent_context| {
                     behaviour.message(agent_context, delivery)
                 });
-                // Consumed: acknowledge it, and never hand it over again.
-                state.context.memory().consumed(&origin, sequence);
-                state
-                    .in_inbox
-                    .lock()
-                    .expect("inbox set lock is never poisoned")
-                    .remove(&(origin, sequence));
+                // Consumed: the router acknowledges it, and never hands it
+                // over again.
+                state.context.agent_reports.push(AgentReport::Consumed {
+                    agent: state.name.clone(),
+                    origin,
+                    sequence,
+                });
             }
             AgentMsg::Tick => {
                 state.with_behaviour(|behaviour, agent_context| behaviour.tick(agent_context))

@@ -1,27 +1,25 @@
 //! What one node's actors share: identity, peers' keys and addresses, the
-//! live connection table, the agent directory, the router's memory and the
-//! metrics. The node supervisor creates it once; restarts reuse it.
+//! live connection table, the agent directory, the mesh core's state (the
+//! router's, kept across its restarts), agents' reports to the router and
+//! the metrics. The node supervisor creates it once; restarts reuse it.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
 use ractor::ActorRef;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ClusterConfig;
 use crate::metrics::NodeMetrics;
-use crate::protocols::delivery::{ReliableSender, TokenBucket};
-use crate::protocols::routing::RoutingTable;
-use crate::protocols::topology::metrics::hops_from;
-use crate::protocols::topology::Overlay;
-use crate::protocols::wire::envelope::OriginKeys;
-use crate::protocols::wire::pair_key::PairKey;
-use crate::protocols::wire::{DuplicateWindow, Envelope, TrafficClass};
+use crate::protocols::delivery::TokenBucket;
+use crate::protocols::mesh::MeshCore;
+pub use crate::protocols::mesh::{LinkWeights, OverlayFrame, RoutingView, SendError};
+use crate::protocols::wire::TrafficClass;
 
 use super::agent::{AgentMsg, AgentStats};
 use super::node::NodeMsg;
@@ -29,38 +27,6 @@ use super::raft_replica::{RaftMsg, ReplicaDisk};
 use super::router::RouterMsg;
 use super::topology::TopologyMsg;
 use super::transport::TransportMsg;
-
-/// Why a message was not accepted for sending. The caller always gets one
-/// of these back, and a counter moves.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
-    /// The router's queue is full; try again later.
-    #[error("router queue full")]
-    RouterBusy,
-    /// The sending agent is past its rate limit (delivery.source_rate_max).
-    #[error("agent {0} is past its rate limit")]
-    RateLimited(String),
-    /// Too many messages await acknowledgement (to this destination node,
-    /// or in all); try again when some are acknowledged.
-    #[error("too many unacknowledged messages to node {0}")]
-    InFlightFull(String),
-    /// The message was retransmitted delivery.retries_max times and never
-    /// acknowledged.
-    #[error("no acknowledgement from node {0} after every retry")]
-    RetriesExhausted(String),
-    /// No agent of that name is known.
-    #[error("no route to agent {0}")]
-    NoRoute(String),
-    /// The connection's send queue to a node is full.
-    #[error("send queue to node {0} is full")]
-    QueueFull(String),
-    /// There is no live connection to a node.
-    #[error("no connection to node {0}")]
-    PeerDown(String),
-    /// The payload is larger than limits.payload_bytes_max.
-    #[error("payload of {bytes} bytes exceeds {max}")]
-    PayloadTooLarge { bytes: usize, max: usize },
-}
 
 /// A reference to the current incarnation of a sibling actor.
 pub struct Slot<M> {
@@ -245,145 +211,63 @@ pub struct AgentHandle {
     pub actor: ActorRef<AgentMsg>,
     /// One permit per delivery waiting in the agent's mailbox.
     pub inbox: Arc<Semaphore>,
-    /// (origin node, sequence) of deliveries in this incarnation's mailbox,
-    /// not consumed yet: a retransmission of one of these is not handed
-    /// over twice. Lost with the incarnation, so a restarted agent gets
-    /// them again.
-    pub in_inbox: Arc<Mutex<HashSet<(String, u64)>>>,
+    /// Which start of the agent this is (1 for the first); deliveries
+    /// the mesh core meant for another are not handed to this one.
+    pub incarnation: u64,
 }
 
-/// A message awaiting acknowledgement.
-pub struct InFlight {
-    pub envelope: Envelope,
-    /// Told the outcome, if the sender asked.
-    pub receipt: Option<oneshot::Sender<Result<(), SendError>>>,
-}
+/// The sender's side of a message's receipt.
+pub type ReceiptSender = oneshot::Sender<Result<(), SendError>>;
 
-/// What the router remembers across its own restarts.
-pub struct RouterMemory {
-    /// Per origin node: sequences its agents consumed here.
-    pub windows: HashMap<String, DuplicateWindow>,
-    /// Per origin node: consumed sequences not yet acknowledged.
-    pub acks_due: HashMap<String, Vec<u64>>,
-    pub sender: ReliableSender<InFlight>,
-}
-
-impl RouterMemory {
-    /// Records that a local agent consumed `sequence` from `origin`, so it
-    /// is acknowledged and never handed over again.
-    pub fn consumed(&mut self, origin: &str, sequence: u64) {
-        self.windows
-            .entry(origin.to_string())
-            .or_default()
-            .admit(sequence);
-        self.acks_due
-            .entry(origin.to_string())
-            .or_default()
-            .push(sequence);
-    }
-}
-
-/// Link weights in microseconds by overlay indices (lower first). A fast
-/// hasher: a routing table looks up every overlay edge.
-pub type LinkWeights = rustc_hash::FxHashMap<(usize, usize), u64>;
-
-/// The live overlay and what follows from it alone, from this node: its
-/// index, hop counts, and the map between overlay and wire indices.
-/// Computed when the overlay changes and shared by every routing view
-/// published until the next change.
+/// What a local agent tells the router. Kept in order, so a consumption
+/// before an agent's restart is taken before the restart.
 #[derive(Debug)]
-pub struct OverlayFrame {
-    pub overlay: Overlay,
-    /// This node's index in `overlay`.
-    pub me: Option<usize>,
-    /// Fewest hops from this node to each overlay node (usize::MAX: none).
-    pub hops_from_me: Vec<usize>,
-    /// Overlay index of each node index on the wire (sorted node list).
-    pub overlay_of_wire: Vec<Option<usize>>,
-    /// Wire index of each overlay index.
-    pub wire_of_overlay: Vec<u16>,
+pub enum AgentReport {
+    Started {
+        agent: String,
+        incarnation: u64,
+    },
+    Consumed {
+        agent: String,
+        origin: String,
+        sequence: u64,
+    },
 }
 
-impl OverlayFrame {
-    pub fn new(overlay: Overlay, me: &str, node_names: &[String]) -> OverlayFrame {
-        let overlay_of_wire = node_names
-            .iter()
-            .map(|name| overlay.index_of(name))
-            .collect();
-        let wire_of_overlay = overlay
-            .names()
-            .iter()
-            .map(|name| {
-                let index = node_names
-                    .binary_search(name)
-                    .expect("overlay nodes are configured nodes");
-                u16::try_from(index).expect("NODES_MAX fits u16")
-            })
-            .collect();
-        let me = overlay.index_of(me);
-        let hops_from_me = me.map_or_else(Vec::new, |me| hops_from(&overlay, me));
-        OverlayFrame {
-            overlay,
-            me,
-            hops_from_me,
-            overlay_of_wire,
-            wire_of_overlay,
+/// Agents' reports, waiting for the router to take them (on each message
+/// it handles, every `delivery.tick_ms` at the latest). Bounded by what
+/// is handed over: one consumption per delivery, and deliveries waiting
+/// in inboxes are limited by `agent_inbox_max` per agent.
+#[derive(Default)]
+pub struct AgentReports(Mutex<Vec<AgentReport>>);
+
+impl AgentReports {
+    pub fn push(&self, report: AgentReport) {
+        self.0
+            .lock()
+            .expect("agent reports lock is never poisoned")
+            .push(report);
+    }
+
+    pub fn take(&self) -> Vec<AgentReport> {
+        std::mem::take(&mut *self.0.lock().expect("agent reports lock is never poisoned"))
+    }
+}
+
+/// The mesh core's admission as the router last left it, so a sender is
+/// refused on its own task without waiting for the router.
+pub struct AdmissionGauge {
+    pub inflight: AtomicUsize,
+    pub window: AtomicUsize,
+}
+
+impl AdmissionGauge {
+    /// Nothing in flight yet, with the core's first window.
+    pub fn new(window: usize) -> AdmissionGauge {
+        AdmissionGauge {
+            inflight: AtomicUsize::new(0),
+            window: AtomicUsize::new(window),
         }
-    }
-}
-
-/// The live overlay and link weights the router routes by.
-pub struct RoutingView {
-    pub frame: Arc<OverlayFrame>,
-    pub table: Option<RoutingTable>,
-    /// Link weights in microseconds, by overlay indices (lower first).
-    pub weights: LinkWeights,
-    /// Weight of a link nobody has measured yet.
-    pub default_weight: u64,
-}
-
-impl RoutingView {
-    /// Routes over `frame`'s overlay with `weights` by overlay indices.
-    pub fn new(frame: Arc<OverlayFrame>, weights: LinkWeights, default_weight: u64) -> RoutingView {
-        let mut view = RoutingView {
-            frame,
-            table: None,
-            weights,
-            default_weight: default_weight.max(1),
-        };
-        if let Some(me) = view.frame.me {
-            view.table = Some(crate::protocols::routing::compute(
-                &view.frame.overlay,
-                me,
-                |a, b| view.weight(a, b),
-            ));
-        }
-        view
-    }
-
-    /// The routing weight of link a–b: its latency plus the cost of a hop.
-    pub fn weight(&self, a: usize, b: usize) -> u64 {
-        let latency = self
-            .weights
-            .get(&(a.min(b), a.max(b)))
-            .unwrap_or(&self.default_weight);
-        latency + crate::protocols::routing::HOP_COST_MICROS
-    }
-}
-
-impl OriginKeys for NodeContext {
-    fn verifying_key(&self, origin: &str) -> Option<&VerifyingKey> {
-        self.directory.node_keys.get(origin)
-    }
-
-    fn pair_key(&self, origin: &str) -> Option<Arc<PairKey>> {
-        if let Some(key) = self.pair_keys.get(origin) {
-            return Some(key.clone());
-        }
-        let other = self.directory.node_keys.get(origin)?;
-        let key = Arc::new(PairKey::derive(&self.key, &self.node_id, other, origin));
-        self.pair_keys.insert(origin.to_string(), key.clone());
-        Some(key)
     }
 }
 
@@ -396,9 +280,6 @@ pub struct NodeContext {
     /// hosts each agent, and the base overlay.
     pub directory: Arc<super::directory::Directory>,
     pub key: SigningKey,
-    /// Keys this node shares with others, derived on first use (a
-    /// Diffie–Hellman each), for acknowledgement MACs.
-    pub pair_keys: DashMap<String, Arc<PairKey>>,
     pub agents_start: super::node::AgentsStart,
     /// Set when the node shuts down for good: connections then close
     /// telling peers it is leaving.
@@ -442,7 +323,13 @@ pub struct NodeContext {
     pub rate_limits: DashMap<String, TokenBucket>,
     /// Bounds the router's mailbox: one permit per queued message.
     pub router_queue: Arc<Semaphore>,
-    pub router_memory: Mutex<RouterMemory>,
+    /// The data path's state. Owned by the router (the only one to lock
+    /// it, beside tests that inspect it) and kept here so it outlives the
+    /// router's restarts: what awaits acknowledgement and what was
+    /// consumed must not be forgotten.
+    pub mesh: Mutex<MeshCore<ReceiptSender>>,
+    pub agent_reports: AgentReports,
+    pub admission: AdmissionGauge,
     pub endpoint: quinn::Endpoint,
     pub certificate: crate::tls::NodeCertificate,
     /// Bounds this node's dials that are still handshaking; nodes sharing
@@ -485,10 +372,8 @@ impl NodeContext {
             .clone()
     }
 
-    pub fn memory(&self) -> std::sync::MutexGuard<'_, RouterMemory> {
-        self.router_memory
-            .lock()
-            .expect("router memory lock is never poisoned")
+    pub fn mesh_core(&self) -> std::sync::MutexGuard<'_, MeshCore<ReceiptSender>> {
+        self.mesh.lock().expect("mesh core lock is never poisoned")
     }
 
     pub fn stats_of(&self, agent: &str) -> Arc<AgentStats> {

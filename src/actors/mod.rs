@@ -5,17 +5,19 @@
 //! ```text
 //! NodeSupervisor ──┬─ Transport ─ quinn endpoint, one connection per neighbour
 //!                  ├─ Topology  ─ membership, the overlay, the routing view
-//!                  ├─ Router    ─ signs, sends, verifies, de-duplicates, delivers
+//!                  ├─ Router    ─ the shell of protocols::mesh::MeshCore
 //!                  ├─ RaftReplica ─ control-plane replica (nodes in [control] replicas)
+//!                  ├─ PbftReplica ─ PBFT replica (nodes in [pbft] replicas)
 //!                  └─ AgentSupervisor ─ Agent × n (behaviour chosen by name)
 //!
-//! agent ─RouterHandle::send─▶ router ─sign─▶ PeerTable queue ─▶ writer task ─QUIC─▶
-//! reader task ─decode─▶ router ─verify, window─▶ agent inbox
+//! agent ─router::send─▶ router ─MeshCore::send (sign, route)─▶ PeerTable queue ─▶ writer task ─QUIC─▶
+//! reader task ─decode, pass transit on─▶ router ─MeshCore (verify, window)─▶ agent inbox
 //! ```
 //!
-//! State that must survive a child's restart (peer queues, duplicate windows,
-//! the agent directory, counters) lives in the node's [`context::NodeContext`],
-//! which the supervisor owns and hands to every incarnation of every child.
+//! State that must survive a child's restart (peer queues, the mesh core,
+//! the agent directory, counters) lives in the node's
+//! [`context::NodeContext`], which the supervisor owns and hands to every
+//! incarnation of every child.
 
 pub mod agent;
 pub mod client_api;

@@ -15,7 +15,6 @@
 //! budget is spent, the node supervisor fails and the node stops; the process
 //! running it reports the failure and exits non-zero.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -28,12 +27,14 @@ use tokio::sync::Semaphore;
 
 use crate::config::ClusterConfig;
 use crate::metrics::NodeMetrics;
-use crate::protocols::delivery::{ReliableSender, SenderConfig};
+use crate::protocols::delivery::SenderConfig;
+use crate::protocols::mesh::{MeshConfig, MeshCore};
 use crate::tls::NodeCertificate;
 
 use super::agent::{AgentSupervisor, AgentSupervisorMsg};
 use super::context::{
-    unix_micros, NodeContext, OverlayFrame, PeerTable, RouterMemory, RoutingView, Slot,
+    unix_micros, AdmissionGauge, NodeContext, OverlayFrame, PeerTable, ReceiptSender, RoutingView,
+    Slot,
 };
 use super::directory::Directory;
 use super::router::Router;
@@ -158,7 +159,7 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
     let frame = OverlayFrame::new(
         crate::protocols::topology::Overlay::default(),
         &spec.node_id,
-        &spec.directory.node_names,
+        &spec.directory.roster.node_names,
     );
     let routing = RoutingView::new(
         Arc::new(frame),
@@ -169,15 +170,11 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
     // sequence numbers above those it used before, so peers' windows admit
     // them (as long as it sent fewer than one envelope per microsecond).
     let incarnation = unix_micros();
-    let delivery = &spec.config.delivery;
-    let sender = ReliableSender::new(
-        SenderConfig {
-            inflight_max: delivery.inflight_max,
-            span_max: crate::protocols::wire::duplicate_window::WINDOW_BITS / 2,
-            retransmit_timeout_ms: delivery.retransmit_timeout_ms,
-            retransmit_timeout_max_ms: delivery.retransmit_timeout_max_ms,
-            retries_max: delivery.retries_max,
-        },
+    let mesh = mesh_core(
+        &spec.config,
+        &spec.node_id,
+        &spec.key,
+        &spec.directory,
         incarnation,
     );
     let client_listener =
@@ -201,7 +198,6 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         incarnation,
         directory: spec.directory,
         key: spec.key,
-        pair_keys: DashMap::new(),
         agents_start: spec.agents_start,
         leaving: AtomicBool::new(false),
         metrics: Arc::new(NodeMetrics::default()),
@@ -224,11 +220,9 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         raft_queue: Arc::new(Semaphore::new(super::raft_replica::RAFT_QUEUE_MAX)),
         routing: RwLock::new(Arc::new(routing)),
         rate_limits: DashMap::new(),
-        router_memory: Mutex::new(RouterMemory {
-            windows: HashMap::new(),
-            acks_due: HashMap::new(),
-            sender,
-        }),
+        admission: AdmissionGauge::new(mesh.window()),
+        mesh: Mutex::new(mesh),
+        agent_reports: Default::default(),
         endpoint,
         certificate,
         handshakes: spec
@@ -254,6 +248,40 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         context,
         _client_api: client_api,
     })
+}
+
+/// The mesh core of node `node_id`, whose sequence numbers start at its
+/// `incarnation` (its boot time, so a restarted process stays ahead of
+/// what its peers' windows saw).
+fn mesh_core(
+    config: &ClusterConfig,
+    node_id: &str,
+    key: &SigningKey,
+    directory: &Directory,
+    incarnation: u64,
+) -> MeshCore<ReceiptSender> {
+    let delivery = &config.delivery;
+    let agents_here = config
+        .agents
+        .iter()
+        .filter(|agent| agent.node == node_id)
+        .count();
+    let mesh = MeshConfig {
+        node: node_id.to_string(),
+        ttl: config.limits.ttl,
+        sender: SenderConfig {
+            inflight_max: delivery.inflight_max,
+            span_max: crate::protocols::wire::duplicate_window::WINDOW_BITS / 2,
+            retransmit_timeout_ms: delivery.retransmit_timeout_ms,
+            retransmit_timeout_max_ms: delivery.retransmit_timeout_max_ms,
+            retries_max: delivery.retries_max,
+        },
+        first_sequence: incarnation,
+        deliveries_max: (agents_here * config.limits.agent_inbox_max).max(1),
+        // The router's tick is the delay: every tick sends what is due.
+        ack_delay_ms: 0,
+    };
+    MeshCore::new(mesh, key.clone(), directory.roster.clone())
 }
 
 /// Opens the replica's log when this node holds one.

@@ -150,7 +150,7 @@ impl Actor for PbftReplica {
         let keys: Vec<_> = settings
             .replicas
             .iter()
-            .map(|node| context.directory.node_keys[node])
+            .map(|node| context.directory.roster.node_keys[node])
             .collect();
         let keys = Ed25519Keys::new(context.key.clone(), keys);
         let replica = Replica::new(settings.protocol(), id, keys);

@@ -162,7 +162,7 @@ impl Actor for TopologyActor {
     ) -> Result<TopologyState, ActorProcessingErr> {
         context.topology.set(Some(myself.clone()));
         let config = &context.config;
-        let names = &context.directory.node_names;
+        let names = &context.directory.roster.node_names;
         let detector = config.membership;
         let membership = Membership::new(&context.node_id, context.incarnation, names, detector);
         let every = Duration::from_millis(config.membership.heartbeat_interval_ms);
@@ -424,7 +424,7 @@ impl TopologyState {
             .round_trips
             .iter()
             .filter_map(|(peer, latency)| {
-                let index = *self.context.directory.node_index.get(peer)?;
+                let index = *self.context.directory.roster.node_index.get(peer)?;
                 let micros = latency.estimate()?;
                 Some((index, micros.min(u32::MAX as u64) as u32))
             })
@@ -440,7 +440,7 @@ impl TopologyState {
         if !self.replicated {
             return self.membership.live();
         }
-        let names = &self.context.directory.node_names;
+        let names = &self.context.directory.roster.node_names;
         names
             .iter()
             .filter(|name| !self.committed.down.contains(*name))
@@ -511,7 +511,7 @@ impl TopologyState {
         };
         for (reporter, links) in &self.reported {
             for &(index, micros) in links {
-                if let Some(other) = self.context.directory.node_names.get(index as usize) {
+                if let Some(other) = self.context.directory.roster.node_names.get(index as usize) {
                     put(reporter, other, u64::from(micros));
                 }
             }
@@ -539,7 +539,7 @@ impl TopologyState {
         let frame = self
             .frame
             .get_or_insert_with(|| {
-                let names = &self.context.directory.node_names;
+                let names = &self.context.directory.roster.node_names;
                 Arc::new(OverlayFrame::new(self.overlay.clone(), me, names))
             })
             .clone();
@@ -564,7 +564,7 @@ impl TopologyState {
             return;
         }
         let live = self.membership.live();
-        let names = &self.context.directory.node_names;
+        let names = &self.context.directory.roster.node_names;
         let down: BTreeSet<String> = names
             .iter()
             .filter(|name| !live.contains(*name))
@@ -583,7 +583,7 @@ impl TopologyState {
         let Some(replica) = self.context.replica.get() else {
             return;
         };
-        let index = self.context.directory.node_index[&self.context.node_id];
+        let index = self.context.directory.roster.node_index[&self.context.node_id];
         self.proposal_sequence += 1;
         let request = RequestId {
             client: OVERLAY_CLIENT_BASE - u64::from(index),
@@ -625,7 +625,7 @@ impl TopologyState {
 
     /// A committed overlay from a neighbour.
     fn overlay_heard(&mut self, from: &str, overlay: CommittedOverlay) {
-        let names = &self.context.directory.node_names;
+        let names = &self.context.directory.roster.node_names;
         let down: Option<BTreeSet<String>> = overlay
             .down
             .iter()
@@ -646,7 +646,7 @@ impl TopologyState {
     /// Sends `peer` the committed overlay, at most once a heartbeat
     /// interval when asked by its heartbeats.
     fn send_overlay(&mut self, peer: &str, now: u64) {
-        let index = &self.context.directory.node_index;
+        let index = &self.context.directory.roster.node_index;
         let down = self
             .committed
             .down

@@ -206,7 +206,7 @@ impl TransportState {
     fn check_neighbours_up(&self) {
         // No neighbours yet means the topology has not spoken, unless this
         // node is the whole cluster.
-        let alone = self.context.directory.node_names.len() == 1;
+        let alone = self.context.directory.roster.node_names.len() == 1;
         if (alone || !self.neighbours.is_empty()) && self.neighbours.is_subset(&self.connected) {
             if let Some(node) = self.context.node.get() {
                 let _ = node.cast(NodeMsg::NeighboursUp);
@@ -367,7 +367,7 @@ async fn dial_loop(
         seed,
     );
     let client = match (
-        context.directory.node_keys.get(&peer),
+        context.directory.roster.node_keys.get(&peer),
         context.directory.node_addresses.get(&peer),
     ) {
         (Some(key), Some(_)) => {

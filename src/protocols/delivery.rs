@@ -388,6 +388,11 @@ impl<T> ReliableSender<T> {
         }
     }
 
+    /// When the next pending message comes due, if any is pending.
+    pub fn next_due_ms(&self) -> Option<u64> {
+        self.timers.first().map(|(due_ms, _, _)| *due_ms)
+    }
+
     /// The pending item `sequence` to `destination`, for retransmission.
     pub fn get(&self, destination: &str, sequence: u64) -> Option<&T> {
         self.destinations

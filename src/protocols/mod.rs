@@ -20,6 +20,7 @@ pub mod control;
 pub mod delivery;
 pub mod faults;
 pub mod membership;
+pub mod mesh;
 pub mod pbft;
 pub mod raft;
 pub mod routing;
