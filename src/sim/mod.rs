@@ -3,5 +3,6 @@
 //! running the same seed again.
 
 pub mod linearizability;
+pub mod mesh;
 pub mod pbft;
 pub mod raft;
