@@ -33,6 +33,18 @@ macro_rules! counters {
                     _ => None,
                 }
             }
+
+            /// Adds what a core counted, by name.
+            pub fn add_moved<'n>(&self, moved: impl Iterator<Item = (&'n str, u64)>) {
+                for (name, value) in moved {
+                    match self.by_name(name) {
+                        Some(counter) => {
+                            counter.fetch_add(value, Ordering::Relaxed);
+                        }
+                        None => debug_assert!(false, "core counter {name} is not a node counter"),
+                    }
+                }
+            }
         }
 
         impl CounterValues {

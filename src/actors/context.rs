@@ -3,7 +3,6 @@
 //! router's, kept across its restarts), agents' reports to the router and
 //! the metrics. The node supervisor creates it once; restarts reuse it.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,7 +17,9 @@ use crate::config::ClusterConfig;
 use crate::metrics::NodeMetrics;
 use crate::protocols::delivery::TokenBucket;
 use crate::protocols::mesh::MeshCore;
-pub use crate::protocols::mesh::{LinkWeights, OverlayFrame, RoutingView, SendError};
+pub use crate::protocols::mesh::{
+    LinkWeights, OverlayCommit, OverlayFrame, RoutingView, SendError,
+};
 use crate::protocols::wire::TrafficClass;
 
 use super::agent::{AgentMsg, AgentStats};
@@ -335,13 +336,6 @@ pub struct NodeContext {
     /// Bounds this node's dials that are still handshaking; nodes sharing
     /// a process may share one, since they share its CPU.
     pub handshakes: Arc<Semaphore>,
-}
-
-/// A committed overlay: its epoch and the nodes it leaves out.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OverlayCommit {
-    pub epoch: u64,
-    pub down: BTreeSet<String>,
 }
 
 impl NodeContext {

@@ -55,8 +55,8 @@ pub enum ChildKind {
 /// Frames from peers waiting for the topology actor (heartbeats and
 /// membership records); more are dropped and counted.
 pub const CONTROL_QUEUE_MAX: usize = 4_096;
-/// Weight of a link before its round trip is measured: 1 ms.
-pub const DEFAULT_LINK_WEIGHT_MICROS: u64 = 1_000;
+
+pub use crate::protocols::mesh::topology::DEFAULT_LINK_WEIGHT_MICROS;
 
 pub enum NodeMsg {
     /// Every neighbour is connected.

@@ -235,22 +235,13 @@ fn carry_out(context: &NodeContext, core: &mut MeshCore<ReceiptSender>) {
     while let Some(event) = core.poll_event() {
         tell_outcome(context, event);
     }
-    publish(context, &core.take_counters());
+    context
+        .metrics
+        .counters
+        .add_moved(core.take_counters().moved());
     let admission = &context.admission;
     admission.inflight.store(core.inflight(), Ordering::Relaxed);
     admission.window.store(core.window(), Ordering::Relaxed);
-}
-
-/// Adds the core's counters to the node's metrics.
-fn publish(context: &NodeContext, counters: &MeshCounters) {
-    for (name, value) in counters.moved() {
-        match context.metrics.counters.by_name(name) {
-            Some(counter) => {
-                counter.fetch_add(value, Ordering::Relaxed);
-            }
-            None => debug_assert!(false, "mesh counter {name} is not a node counter"),
-        }
-    }
 }
 
 /// Sends `envelope` one hop, to `peer`.
@@ -290,7 +281,7 @@ pub fn pass_on_transit(context: &NodeContext, envelopes: Vec<Envelope>) -> Vec<E
         &mut counters,
         |next, envelope| send_hop(context, view.frame.overlay.name(next), envelope),
     );
-    publish(context, &counters);
+    context.metrics.counters.add_moved(counters.moved());
     here
 }
 

@@ -1,4 +1,4 @@
-//! What the mesh core counts. Plain numbers the core raises as it decides;
+//! What the mesh and topology cores count. Plain numbers the core raises as it decides;
 //! the shell adds them to the node's metrics (same names) after each call
 //! and the simulation checks them.
 
@@ -49,4 +49,17 @@ mesh_counters! {
     envelopes_forwarded,
     acks_sent,
     frames_malformed,
+    /// Membership changes this node saw (suspect, dead, alive again).
+    membership_changes,
+    /// Neighbours this node itself judged dead.
+    members_declared_dead,
+    /// Overlay recomputations that changed this node's neighbours.
+    overlay_changes,
+    /// Committed overlays this node applied.
+    overlay_commits_applied,
+    /// Overlay changes proposed as the leader's node.
+    overlay_proposals,
+    /// Committed overlay frames refused: no control plane here, or a node
+    /// index outside the cluster.
+    overlay_frames_refused,
 }
