@@ -36,7 +36,7 @@ pub const EMBEDDED_CHAOS_NAME: &str = "config/chaos.toml (embedded)";
 /// Most agents one config may declare, all entries' counts together.
 pub const AGENTS_MAX: usize = 100_000;
 /// Most nodes one config may declare.
-pub const NODES_MAX: usize = 10_000;
+pub use crate::protocols::wire::limits::NODES_MAX;
 
 /// One problem in a config file.
 #[derive(Clone, Debug, PartialEq, Eq)]

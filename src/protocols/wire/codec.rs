@@ -54,7 +54,7 @@ pub struct CommittedOverlay {
 }
 
 /// Most nodes one committed overlay may leave out.
-pub const OVERLAY_DOWN_MAX: usize = crate::config::NODES_MAX;
+pub const OVERLAY_DOWN_MAX: usize = super::limits::NODES_MAX;
 
 /// One part of a protobuf-encoded Raft message.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]

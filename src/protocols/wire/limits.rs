@@ -15,6 +15,11 @@ pub const PAYLOAD_BYTES_MAX: usize = 128 * 1024;
 /// Longest node or agent name, in bytes of UTF-8.
 pub const NAME_BYTES_MAX: usize = 64;
 
+/// Most nodes one cluster may have: paths name nodes by a `u16` wire
+/// index, and a committed overlay lists at most this many down.
+pub const NODES_MAX: usize = 10_000;
+const _: () = assert!(NODES_MAX <= u16::MAX as usize + 1);
+
 /// Most hops an envelope may be allowed to travel: enough for any shape
 /// with a diameter up to 64 (a ring of 128 nodes), at 2 bytes a hop.
 pub const TTL_MAX: u8 = 64;
