@@ -504,6 +504,40 @@ fn acknowledged_messages_leave_and_unacknowledged_ones_are_retried_then_given_up
     assert_eq!(sender.inflight(), 0);
 }
 
+/// Karn's rule takes no sample from a retransmitted message, so once
+/// round trips outgrow the timeout only a backed-off timeout lets one be
+/// acknowledged before it is sent again (RFC 6298 5.5, 5.7).
+#[test]
+fn after_a_timeout_new_messages_wait_longer_until_a_valid_sample_comes() {
+    let mut sender = ReliableSender::new(sender_config(), 0);
+    let first = sender.send(0, "b", |s| s).unwrap();
+    assert_eq!(
+        sender.poll_due(100, 10).retransmit.len(),
+        1,
+        "the 100 ms floor"
+    );
+    // Sent after the timeout: it waits 200 ms, not 100.
+    let second = sender.send(100, "b", |s| s).unwrap();
+    assert!(sender.poll_due(299, 10).retransmit.is_empty());
+    // The first, retransmitted, gives no sample; the second, acknowledged
+    // after 150 ms on its first send, does, and ends the backoff.
+    let ranges = [
+        AckRange { first, count: 1 },
+        AckRange {
+            first: second,
+            count: 1,
+        },
+    ];
+    assert_eq!(sender.acknowledge(250, "b", &ranges).len(), 2);
+    sender.send(1_000, "b", |s| s).unwrap();
+    let timeout_ms = 150 + 4 * 75; // smoothed + 4 × variation, first sample
+    assert!(sender
+        .poll_due(1_000 + timeout_ms - 1, 10)
+        .retransmit
+        .is_empty());
+    assert_eq!(sender.poll_due(1_000 + timeout_ms, 10).retransmit.len(), 1);
+}
+
 #[test]
 fn a_first_message_to_a_new_destination_waits_as_long_as_round_trips_elsewhere_take() {
     let mut sender = ReliableSender::new(sender_config(), 0);

@@ -226,8 +226,20 @@ pub struct ReliableSender<T> {
     inflight: usize,
     /// Round trips to every destination, for those not measured yet.
     round_trip: RoundTrip,
+    /// Doublings of new messages' timeouts since the last valid round-trip
+    /// sample, and when the last was added (RFC 6298 5.5 and 5.7). Karn's
+    /// rule takes no sample from a retransmitted message, so when round
+    /// trips outgrow the timeout, every message is retransmitted, none
+    /// gives a sample, and without this the timeout never grows: a loaded
+    /// cluster would retransmit everything, and load itself further.
+    backoff: u32,
+    backoff_raised_ms: Option<u64>,
     admission: Admission,
 }
+
+/// Most doublings of the timeout for new messages (it stays within
+/// `retransmit_timeout_max_ms` anyway).
+const BACKOFF_MAX: u32 = 6;
 
 impl<T> ReliableSender<T> {
     /// Sequence numbers to every destination start at `first_sequence`
@@ -242,6 +254,8 @@ impl<T> ReliableSender<T> {
             timers: BTreeSet::new(),
             inflight: 0,
             round_trip: RoundTrip::default(),
+            backoff: 0,
+            backoff_raised_ms: None,
             admission: Admission::new(config.inflight_max),
         }
     }
@@ -290,7 +304,9 @@ impl<T> ReliableSender<T> {
         }
         let sequence = state.next_sequence;
         state.next_sequence += 1;
-        let due_ms = now_ms + state.round_trip.timeout_ms(&self.round_trip, &self.config);
+        let timeout_ms = state.round_trip.timeout_ms(&self.round_trip, &self.config);
+        let due_ms =
+            now_ms + (timeout_ms << self.backoff).min(self.config.retransmit_timeout_max_ms);
         state.pending.insert(
             sequence,
             Pending {
@@ -334,6 +350,7 @@ impl<T> ReliableSender<T> {
                     let smoothed_ms = self.round_trip.smoothed_ms.unwrap_or(round_trip_ms);
                     self.admission
                         .acknowledged(now_ms, round_trip_ms, smoothed_ms);
+                    self.backoff = 0;
                 }
                 self.timers
                     .remove(&(pending.due_ms, destination.to_string(), sequence));
@@ -381,11 +398,27 @@ impl<T> ReliableSender<T> {
             self.timers
                 .insert((pending.due_ms, destination.clone(), sequence));
             retransmit.push((destination, sequence));
+            self.raise_backoff(now_ms, timeout_ms);
         }
         Polled {
             retransmit,
             exhausted,
         }
+    }
+
+    /// A message timed out: new messages wait twice as long, until a valid
+    /// round-trip sample comes. Raised once per timeout period: one
+    /// slowdown times out many messages at once.
+    fn raise_backoff(&mut self, now_ms: u64, timeout_ms: u64) {
+        let period_ms = timeout_ms << self.backoff;
+        let recent = self
+            .backoff_raised_ms
+            .is_some_and(|last| now_ms.saturating_sub(last) < period_ms);
+        if recent || self.backoff >= BACKOFF_MAX {
+            return;
+        }
+        self.backoff += 1;
+        self.backoff_raised_ms = Some(now_ms);
     }
 
     /// When the next pending message comes due, if any is pending.
