@@ -133,8 +133,18 @@ impl Storm {
 }
 
 impl Behaviour for Storm {
+    /// Every `tick_ms`, or, when the rate owes less than a message a
+    /// tick, about once a message (at most once a second): a thousand
+    /// agents sending twice a second would otherwise wake a hundred
+    /// thousand times a second to send nothing.
     fn tick_interval_ms(&self) -> Option<u64> {
-        Some(self.config.tick_ms)
+        let tick_ms = self.config.tick_ms;
+        let per_message_ms = if self.config.rate > 0.0 {
+            (1_000.0 / self.config.rate) as u64
+        } else {
+            1_000
+        };
+        Some(per_message_ms.clamp(tick_ms, tick_ms.max(1_000)))
     }
 
     fn message(&mut self, _context: &mut AgentContext<'_>, _delivery: Delivery) {}

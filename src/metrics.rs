@@ -123,6 +123,8 @@ counters! {
     /// Committed overlay frames dropped: no control plane here, or a node
     /// index outside the cluster.
     overlay_frames_refused,
+    /// Routing tables computed (one Dijkstra over the overlay each).
+    routes_computed,
     /// Envelopes dropped: signature did not verify.
     dropped_bad_signature,
     /// Envelopes dropped: origin not in the cluster config.

@@ -250,6 +250,13 @@ impl AgentReports {
             .push(report);
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0
+            .lock()
+            .expect("agent reports lock is never poisoned")
+            .is_empty()
+    }
+
     pub fn take(&self) -> Vec<AgentReport> {
         std::mem::take(&mut *self.0.lock().expect("agent reports lock is never poisoned"))
     }

@@ -62,4 +62,6 @@ mesh_counters! {
     /// Committed overlay frames refused: no control plane here, or a node
     /// index outside the cluster.
     overlay_frames_refused,
+    /// Routing tables computed (one Dijkstra over the overlay each).
+    routes_computed,
 }

@@ -47,10 +47,14 @@ use super::roster::Roster;
 use super::view::{LinkWeights, OverlayFrame, RoutingView};
 
 /// How often routes follow drifting round trips when the overlay stays the
-/// same. Round trips are smoothed and move slowly; a fresh table costs a
-/// Dijkstra per node, and tables that change on every heartbeat would only
-/// make routes flap.
+/// same, per ROUTES_REFRESH_NODES nodes in the cluster. Round trips are
+/// smoothed and move slowly; a fresh table costs a Dijkstra over the whole
+/// overlay, and tables that change on every heartbeat would only make
+/// routes flap. Stretching the interval with the cluster's size keeps what
+/// each node spends on it about the same at 1,000 nodes as at 100 (where
+/// it was a tenth of the machine). Overlay changes recompute at once.
 const ROUTES_REFRESH_MS: u64 = 1_000;
+const ROUTES_REFRESH_NODES: usize = 100;
 
 /// How often each neighbour gets a heartbeat even when other traffic shows
 /// it this node is alive: heartbeats carry round-trip samples, link reports
@@ -58,11 +62,12 @@ const ROUTES_REFRESH_MS: u64 = 1_000;
 const ROUND_TRIP_SAMPLE_MS: u64 = 1_000;
 
 /// How far a link's weight must move before the routes are computed
-/// again: an eighth of the weight, and at least this much. Smaller moves
-/// change no route that matters next to HOP_COST_MICROS, and skipping them
-/// keeps a thousand nodes in one process from spending a core on tables
-/// that come out the same.
-const WEIGHT_CHANGE_MIN_MICROS: u64 = 200;
+/// again: a quarter of the weight, and at least half a hop's cost.
+/// Smaller moves change no route that matters next to HOP_COST_MICROS,
+/// and skipping them keeps a thousand nodes in one process, whose round
+/// trips jitter by a millisecond when the machine is busy, from spending
+/// a core on tables that come out the same.
+const WEIGHT_CHANGE_MIN_MICROS: u64 = crate::protocols::routing::HOP_COST_MICROS / 2;
 
 /// How long membership changes wait to be passed on with others.
 pub const SPREAD_DELAY_MS: u64 = 20;
@@ -275,9 +280,16 @@ impl TopologyCore {
         }
         self.last_tick_micros = now;
         self.propose_overlay(now);
+        let every_ms = ROUTES_REFRESH_MS
+            * self
+                .roster
+                .node_names
+                .len()
+                .div_ceil(ROUTES_REFRESH_NODES)
+                .max(1) as u64;
         let due = self
             .routes_published_ms
-            .is_none_or(|last| (now / 1_000).saturating_sub(last) >= ROUTES_REFRESH_MS);
+            .is_none_or(|last| (now / 1_000).saturating_sub(last) >= every_ms);
         if due {
             self.publish_routes(now);
         }
@@ -560,6 +572,7 @@ impl TopologyCore {
             .get_or_insert_with(|| Arc::new(OverlayFrame::new(overlay.clone(), me, names)))
             .clone();
         let view = Arc::new(RoutingView::new(frame, weights, default_weight));
+        self.counters.routes_computed += 1;
         self.routes = Some(view.clone());
         self.events.push_back(TopologyEvent::Routes(view));
     }
@@ -708,5 +721,5 @@ fn weights_moved(published: &RoutingView, weights: &LinkWeights, default_weight:
 /// Whether a link weight moved enough from `before` to `now` to compute
 /// the routes again.
 fn weight_moved(before: u64, now: u64) -> bool {
-    before.abs_diff(now) > (before / 8).max(WEIGHT_CHANGE_MIN_MICROS)
+    before.abs_diff(now) > (before / 4).max(WEIGHT_CHANGE_MIN_MICROS)
 }
