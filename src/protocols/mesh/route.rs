@@ -36,6 +36,16 @@ impl Dropped {
 /// Which links are up, by peer node name.
 pub type LinkUp<'a> = &'a dyn Fn(&str) -> bool;
 
+/// This node's and `destination_node`'s overlay indices, if both are in
+/// the overlay.
+fn ends(view: &RoutingView, destination_node: &str) -> Result<(usize, usize), Dropped> {
+    let destination = view.frame.overlay.index_of(destination_node);
+    match (view.frame.me, destination) {
+        (Some(me), Some(destination)) => Ok((me, destination)),
+        _ => Err(Dropped::NoRoute),
+    }
+}
+
 /// Gives an envelope this node originates (first time or again) the best
 /// path to `destination_node` whose first link is up, and returns the
 /// overlay index of its first hop, with the hop count raised.
@@ -46,9 +56,7 @@ pub fn plan(
     link_up: LinkUp<'_>,
 ) -> Result<usize, Dropped> {
     let overlay = &view.frame.overlay;
-    let (Some(me), Some(destination)) = (view.frame.me, overlay.index_of(destination_node)) else {
-        return Err(Dropped::NoRoute);
-    };
+    let (me, destination) = ends(view, destination_node)?;
     let up = |next: usize| link_up(overlay.name(next));
     let planned = view
         .table
@@ -92,9 +100,7 @@ pub fn forward(
     link_up: LinkUp<'_>,
 ) -> Result<usize, Dropped> {
     let overlay = &view.frame.overlay;
-    let (Some(me), Some(destination)) = (view.frame.me, overlay.index_of(destination_node)) else {
-        return Err(Dropped::NoRoute);
-    };
+    let (me, destination) = ends(view, destination_node)?;
     let known: Vec<usize> = envelope
         .path
         .iter()
