@@ -145,7 +145,35 @@ pub struct Router;
 
 pub struct RouterState {
     context: Arc<NodeContext>,
-    _ticker: Ticker,
+    myself: ActorRef<RouterMsg>,
+    /// Ticks every `delivery.tick_ms` while the core has work (messages
+    /// awaiting acknowledgement, deliveries not yet consumed, anything
+    /// due), and is stopped while it has none: a thousand idle nodes in one
+    /// process would otherwise tick fifty thousand times a second. A send
+    /// or an arrival, the only things that give the core work, starts it.
+    ticker: Option<Ticker>,
+}
+
+impl RouterState {
+    fn tick_while_busy(&mut self, busy: bool) {
+        match (busy, self.ticker.is_some()) {
+            (true, false) => {
+                let every = Duration::from_millis(self.context.config.delivery.tick_ms);
+                let ticker = self.myself.send_interval(every, || RouterMsg::Tick);
+                self.ticker = Some(Ticker::new(ticker));
+            }
+            (false, true) => self.ticker = None,
+            _ => {}
+        }
+    }
+}
+
+/// Whether the core has work a tick may be needed for.
+fn busy(context: &NodeContext, core: &MeshCore<ReceiptSender>) -> bool {
+    core.inflight() > 0
+        || core.deliveries_waiting() > 0
+        || core.poll_timeout().is_some()
+        || !context.agent_reports.is_empty()
 }
 
 impl Actor for Router {
@@ -159,12 +187,15 @@ impl Actor for Router {
         context: Arc<NodeContext>,
     ) -> Result<RouterState, ActorProcessingErr> {
         context.router.set(Some(myself.clone()));
-        let every = Duration::from_millis(context.config.delivery.tick_ms);
-        let ticker = Ticker::new(myself.send_interval(every, || RouterMsg::Tick));
-        Ok(RouterState {
+        let mut state = RouterState {
             context,
-            _ticker: ticker,
-        })
+            myself,
+            ticker: None,
+        };
+        // What an earlier incarnation left (the core outlives it) is
+        // ticked for as anything else.
+        state.tick_while_busy(true);
+        Ok(state)
     }
 
     async fn handle(
@@ -179,6 +210,8 @@ impl Actor for Router {
             unix_micros: unix_micros(),
         };
         if matches!(message, RouterMsg::Tick) && idle(context, now) {
+            let busy = busy(context, &context.mesh_core());
+            state.tick_while_busy(busy);
             return Ok(());
         }
         let view = context.routing_view();
@@ -201,6 +234,9 @@ impl Actor for Router {
             RouterMsg::Tick => core.handle_timeout(now, paths),
         }
         carry_out(context, &mut core);
+        let busy = busy(context, &core);
+        drop(core);
+        state.tick_while_busy(busy);
         Ok(())
     }
 }
