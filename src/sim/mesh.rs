@@ -253,6 +253,19 @@ pub struct MeshSim {
     failed_events: u64,
 }
 
+/// Starts a node's next incarnation on `core`, with its agents started
+/// again.
+fn boot(node: &mut SimNode, mut core: MeshCore<u64>) {
+    node.incarnation += 1;
+    for agent in &mut node.agents {
+        agent.incarnation += 1;
+        agent.inbox.clear();
+        core.agent_restarted(&agent.name, agent.incarnation);
+    }
+    node.core = Some(core);
+    node.restart_at_ms = None;
+}
+
 /// Runs one seeded simulation.
 pub fn run(seed: u64, config: SimConfig) -> Result<Report, Violation> {
     let mut sim = MeshSim::new(seed, config);
@@ -331,17 +344,15 @@ impl MeshSim {
             restart_at_ms: None,
             name,
         };
-        self.boot(&mut node, index);
+        boot(&mut node, self.new_core(index));
         node
     }
 
-    /// Starts a node's next incarnation: a new core with nothing
-    /// remembered, sequences starting at its boot time, and its agents
-    /// started again.
-    fn boot(&self, node: &mut SimNode, index: usize) {
-        node.incarnation += 1;
+    /// A core for node `index` that remembers nothing, with sequences
+    /// starting at its boot time.
+    fn new_core(&self, index: usize) -> MeshCore<u64> {
         let config = MeshConfig {
-            node: node.name.clone(),
+            node: self.names[index].clone(),
             ttl: 8,
             sender: SenderConfig {
                 inflight_max: 512,
@@ -354,14 +365,7 @@ impl MeshSim {
             deliveries_max: self.config.agents_per_node * self.config.inbox_max,
             ack_delay_ms: 5,
         };
-        let mut core = MeshCore::new(config, self.keys[index].clone(), self.roster.clone());
-        for agent in &mut node.agents {
-            agent.incarnation += 1;
-            agent.inbox.clear();
-            core.agent_restarted(&agent.name, agent.incarnation);
-        }
-        node.core = Some(core);
-        node.restart_at_ms = None;
+        MeshCore::new(config, self.keys[index].clone(), self.roster.clone())
     }
 
     fn view_for(&self, name: &str) -> RoutingView {
@@ -823,24 +827,12 @@ impl MeshSim {
             if !due {
                 continue;
             }
-            let placeholder = self.placeholder();
-            let mut node = std::mem::replace(&mut self.nodes[index], placeholder);
-            self.boot(&mut node, index);
+            let core = self.new_core(index);
+            let node = &mut self.nodes[index];
+            boot(node, core);
             let change = (self.now_ms + self.config.detect_ms, node.name.clone(), true);
             self.live_changes.push_back(change);
-            self.nodes[index] = node;
             self.network.up[index] = true;
-        }
-    }
-
-    fn placeholder(&self) -> SimNode {
-        SimNode {
-            name: String::new(),
-            core: None,
-            incarnation: 0,
-            agents: Vec::new(),
-            view: self.nodes[0].view.clone(),
-            restart_at_ms: None,
         }
     }
 
