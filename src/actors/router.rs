@@ -242,8 +242,8 @@ impl Actor for Router {
 }
 
 /// Whether a tick has nothing to do: no agent reported anything and the
-/// core has nothing due. Most ticks of an idle node are such, and a
-/// thousand nodes in one process tick fifty thousand times a second.
+/// core has nothing due yet. Most ticks of a node waiting on
+/// acknowledgements are such.
 fn idle(context: &NodeContext, now: Now) -> bool {
     let due = context.mesh_core().poll_timeout();
     context.agent_reports.is_empty() && due.is_none_or(|due| due > now.monotonic_ms)
