@@ -209,10 +209,14 @@ impl Actor for Router {
             monotonic_ms: monotonic_ms(),
             unix_micros: unix_micros(),
         };
-        if matches!(message, RouterMsg::Tick) && idle(context, now) {
-            let busy = busy(context, &context.mesh_core());
-            state.tick_while_busy(busy);
-            return Ok(());
+        if matches!(message, RouterMsg::Tick) {
+            let core = context.mesh_core();
+            if idle(context, &core, now) {
+                let busy = busy(context, &core);
+                drop(core);
+                state.tick_while_busy(busy);
+                return Ok(());
+            }
         }
         let view = context.routing_view();
         let link_up = |peer: &str| context.peers.is_connected(peer);
@@ -244,8 +248,8 @@ impl Actor for Router {
 /// Whether a tick has nothing to do: no agent reported anything and the
 /// core has nothing due yet. Most ticks of a node waiting on
 /// acknowledgements are such.
-fn idle(context: &NodeContext, now: Now) -> bool {
-    let due = context.mesh_core().poll_timeout();
+fn idle(context: &NodeContext, core: &MeshCore<ReceiptSender>, now: Now) -> bool {
+    let due = core.poll_timeout();
     context.agent_reports.is_empty() && due.is_none_or(|due| due > now.monotonic_ms)
 }
 
