@@ -21,7 +21,7 @@ fn key() -> SigningKey {
 
 fn fields(sequence: u64) -> SignedFields {
     SignedFields {
-        version: 1,
+        version: agentmesh::protocols::wire::limits::ENVELOPE_VERSION,
         kind: EnvelopeKind::Data,
         origin_node: "n042".into(),
         source_agent: "storm-42".into(),

@@ -46,7 +46,7 @@ fn framed(items: &[Vec<u8>]) -> Vec<u8> {
 
 fn envelope(kind: EnvelopeKind, payload: Vec<u8>) -> Envelope {
     let signed = SignedFields {
-        version: 1,
+        version: agentmesh::protocols::wire::limits::ENVELOPE_VERSION,
         kind,
         origin_node: "n1".into(),
         source_agent: "storm-0".into(),

@@ -17,7 +17,7 @@ use agentmesh::protocols::membership::DetectorConfig;
 use agentmesh::protocols::mesh::topology::{Links, TopologyConfig};
 use agentmesh::protocols::mesh::{ControlFrame, Roster, TopologyCore, TopologyEvent};
 use agentmesh::protocols::topology::{Shape, Topology};
-use agentmesh::protocols::wire::Frame;
+use agentmesh::protocols::wire::{Authentication, Frame};
 use agentmesh::sim::mesh::{self, Faults, SimConfig, Violation};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -30,9 +30,23 @@ fn seeds(default: u64) -> std::ops::Range<u64> {
     first..first + count
 }
 
+/// Odd seeds sign data envelopes, even ones seal them with pair keys.
 fn run_all(config: SimConfig, default_seeds: u64) -> Vec<mesh::Report> {
     seeds(default_seeds)
-        .map(|seed| match mesh::run(seed, config) {
+        .map(|seed| {
+            let authentication = match seed % 2 {
+                0 => Authentication::PairKey,
+                _ => Authentication::Signature,
+            };
+            (
+                seed,
+                SimConfig {
+                    authentication,
+                    ..config
+                },
+            )
+        })
+        .map(|(seed, config)| match mesh::run(seed, config) {
             Ok(report) => report,
             Err(violation) => panic!("SIM_SEED={seed}: {violation}"),
         })

@@ -39,7 +39,7 @@ prop_compose! {
         sequence in any::<u64>(), ttl in 1u8..=agentmesh::protocols::wire::limits::TTL_MAX, sent_at_micros in any::<u64>(),
         payload in proptest::collection::vec(any::<u8>(), 0..512),
     ) -> SignedFields {
-        SignedFields { version: 1, kind, origin_node, source_agent, destination, sequence, ttl, sent_at_micros, payload }
+        SignedFields { version: agentmesh::protocols::wire::limits::ENVELOPE_VERSION, kind, origin_node, source_agent, destination, sequence, ttl, sent_at_micros, payload }
     }
 }
 
@@ -94,7 +94,7 @@ proptest! {
 
 fn sample(sequence: u64) -> SignedFields {
     SignedFields {
-        version: 1,
+        version: agentmesh::protocols::wire::limits::ENVELOPE_VERSION,
         kind: EnvelopeKind::Data,
         origin_node: "n1".into(),
         source_agent: "storm-0".into(),
@@ -120,12 +120,15 @@ fn hop_count_is_not_signed_but_bounded_by_ttl() {
 }
 
 #[test]
-fn changing_any_signed_field_fails_verification() {
+fn changing_any_signed_field_fails_verification_and_the_seal() {
     let signer = key(9);
     let envelope = Envelope::sign(sample(1), &signer);
+    let pair = PairKey::derive(&signer, "n1", &key(2).verifying_key(), "n2");
+    let sealed = Envelope::seal(sample(1), &pair);
+    assert_eq!(sealed.check_seal(&pair), Ok(()));
     type Tampering = (&'static str, fn(&mut SignedFields));
     let tamperings: [Tampering; 9] = [
-        ("version", |s| s.version = 2),
+        ("version", |s| s.version ^= 1),
         ("kind", |s| s.kind = EnvelopeKind::Reply),
         ("origin_node", |s| s.origin_node.push('x')),
         ("source_agent", |s| s.source_agent = "storm-1".into()),
@@ -142,6 +145,13 @@ fn changing_any_signed_field_fails_verification() {
             tampered.verify(&signer.verifying_key()),
             Err(VerifyError::BadSignature),
             "field {field}"
+        );
+        let mut tampered = sealed.clone();
+        tamper(&mut tampered.signed);
+        assert_eq!(
+            tampered.check_seal(&pair),
+            Err(VerifyError::BadSignature),
+            "sealed, field {field}"
         );
     }
 }
@@ -213,7 +223,7 @@ fn both_ends_derive_the_same_pair_key_and_no_third_node_does() {
 }
 
 #[test]
-fn acknowledgements_authenticate_by_mac_and_data_by_signature() {
+fn sealed_envelopes_check_by_mac_signed_ones_by_signature_and_acks_only_by_mac() {
     let (one, three) = (key(1), key(3));
     let keys = Keys {
         own: key(2),
@@ -233,6 +243,13 @@ fn acknowledgements_authenticate_by_mac_and_data_by_signature() {
         // A signature where a MAC belongs.
         Envelope::sign(ack(6), &one),
         Envelope::sign(sample(7), &one),
+        Envelope::seal(sample(8), &to_two(&one)),
+        // Data sealed for another node, and data claiming it never left.
+        Envelope::seal(
+            sample(9),
+            &PairKey::derive(&one, "n1", &three.verifying_key(), "n3"),
+        ),
+        Envelope::local(sample(10)),
     ];
     envelopes[2].signed.payload[0] ^= 1;
     envelopes[4].signed.origin_node = "stranger".into();
@@ -245,6 +262,9 @@ fn acknowledgements_authenticate_by_mac_and_data_by_signature() {
         Err(VerifyError::UnknownOrigin("stranger".into())),
         Err(VerifyError::BadSignature),
         Ok(()),
+        Ok(()),
+        Err(VerifyError::BadSignature),
+        Err(VerifyError::BadSignature),
     ];
     assert_eq!(results, expected);
 }

@@ -269,6 +269,7 @@ fn mesh_core(
     let mesh = MeshConfig {
         node: node_id.to_string(),
         ttl: config.limits.ttl,
+        authentication: delivery.authentication,
         sender: SenderConfig {
             inflight_max: delivery.inflight_max,
             span_max: crate::protocols::wire::duplicate_window::WINDOW_BITS / 2,

@@ -1,11 +1,14 @@
-//! What this machine's Ed25519 costs, measured in the same run as a
-//! benchmark, so a throughput figure can be read as a fraction of what the
-//! machine can sign and verify at all.
+//! What this machine's envelope authentication costs, measured in the same
+//! run as a benchmark, so a throughput figure can be read as a fraction of
+//! what the machine can sign and verify at all, beside what sealing with a
+//! pair key costs instead.
 
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{Signer, SigningKey, Verifier};
 use serde::Serialize;
+
+use crate::protocols::wire::pair_key::PairKey;
 
 /// Signatures in one batch verification: about what a busy destination
 /// verifies at once.
@@ -20,6 +23,9 @@ pub struct CryptoCost {
     /// Cores ÷ (sign + verify) per message: no end-to-end signed message
     /// rate on this machine can exceed it.
     pub ceiling_msgs_per_s: f64,
+    /// Sealing an envelope with a pair key, and checking the seal.
+    pub seal_us: f64,
+    pub check_seal_us: f64,
 }
 
 /// Times each operation for about `budget` in total on a message of
@@ -42,11 +48,26 @@ pub fn measure(payload_bytes: usize, budget: Duration, cores: usize) -> CryptoCo
     let batch_us = time_per_call(each, || {
         assert!(ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok());
     });
+    let pair = PairKey::derive(
+        &key,
+        "n1",
+        &SigningKey::from_bytes(&[8; 32]).verifying_key(),
+        "n2",
+    );
+    let seal_us = time_per_call(each / 4, || {
+        std::hint::black_box(pair.mac(&message));
+    });
+    let tag = pair.mac(&message);
+    let check_seal_us = time_per_call(each / 4, || {
+        assert!(pair.check(&message, &tag));
+    });
     CryptoCost {
         sign_us,
         verify_us,
         batch_verify_us: batch_us / BATCH as f64,
         ceiling_msgs_per_s: cores as f64 * 1e6 / (sign_us + verify_us),
+        seal_us,
+        check_seal_us,
     }
 }
 

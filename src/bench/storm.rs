@@ -75,6 +75,11 @@ pub struct StormOptions {
     /// delivery.inflight_max); with --rate 0 this window sets the pace.
     #[arg(long)]
     pub inflight_max: Option<usize>,
+    /// How nodes authenticate data envelopes (the config's
+    /// delivery.authentication): "pair-key" seals each with a MAC only its
+    /// destination node can check; "signature" signs each with Ed25519.
+    #[arg(long, default_value = "pair-key", value_parser = ["pair-key", "signature"])]
+    pub authentication: String,
     /// How long the load waits for every overlay link to come up before it
     /// starts anyway; default: 10 s, plus 60 ms per node beyond 100.
     #[arg(long, allow_hyphen_values = true, value_parser = crate::commands::parse_duration)]
@@ -157,8 +162,9 @@ impl StormOptions {
         if let Some(k) = self.k {
             text += &format!("k = {k}\n");
         }
+        text += &format!("[delivery]\nauthentication = \"{}\"\n", self.authentication);
         if let Some(inflight) = self.inflight_max {
-            text += &format!("[delivery]\ninflight_max = {inflight}\n");
+            text += &format!("inflight_max = {inflight}\n");
         }
         text += &format!("[limits]\nttl = {}\n", self.ttl);
         text += &format!(
@@ -210,6 +216,7 @@ impl StormOptions {
             "warmup": humantime::format_duration(self.warmup).to_string(),
             "seed": self.seed,
             "inflight_max": self.inflight_max,
+            "authentication": self.authentication,
             "ttl": self.ttl,
             "links_wait": humantime::format_duration(self.links_wait()).to_string(),
             "crowded_detector": self.crowded_detector().map(|(interval_ms, pause_ms)| {

@@ -21,6 +21,7 @@ use crate::protocols::membership::DetectorConfig;
 use crate::protocols::supervision::RestartPolicy;
 use crate::protocols::topology::{KRule, Shape};
 use crate::protocols::wire::limits::{FRAME_BYTES_MAX, NAME_BYTES_MAX, PAYLOAD_BYTES_MAX, TTL_MAX};
+use crate::protocols::wire::Authentication;
 
 pub mod faults;
 pub mod pbft;
@@ -319,6 +320,11 @@ pub struct DeliveryConfig {
     pub source_rate_max: f64,
     /// Messages one agent may send at once above its rate.
     pub source_burst_max: u32,
+    /// How a node authenticates the data envelopes it originates:
+    /// "pair-key" (a MAC only the destination node can check, about a
+    /// microsecond) or "signature" (Ed25519, which anyone holding the
+    /// config can check, at tens of microseconds per envelope).
+    pub authentication: Authentication,
 }
 
 impl Default for DeliveryConfig {
@@ -331,6 +337,7 @@ impl Default for DeliveryConfig {
             inflight_max: 65_536,
             source_rate_max: 0.0,
             source_burst_max: 1_000,
+            authentication: Authentication::PairKey,
         }
     }
 }

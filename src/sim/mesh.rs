@@ -35,7 +35,7 @@ use crate::protocols::mesh::{
     RoutingView, SendError,
 };
 use crate::protocols::topology::{Shape, Topology};
-use crate::protocols::wire::{Destination, Envelope, EnvelopeKind};
+use crate::protocols::wire::{Authentication, Destination, Envelope, EnvelopeKind};
 
 /// What the network and the nodes do wrong during the fault phase; every
 /// probability is per envelope or per virtual millisecond.
@@ -109,6 +109,8 @@ pub struct SimConfig {
     /// A broken mesh, to show the checks catch one: each agent restart
     /// also makes its node's core forget what was consumed.
     pub forget_consumed_on_agent_restart: bool,
+    /// How cores authenticate the data they originate.
+    pub authentication: Authentication,
 }
 
 impl Default for SimConfig {
@@ -127,6 +129,7 @@ impl Default for SimConfig {
             inbox_max: 8,
             detect_ms: 150,
             forget_consumed_on_agent_restart: false,
+            authentication: Authentication::PairKey,
         }
     }
 }
@@ -354,6 +357,7 @@ impl MeshSim {
         let config = MeshConfig {
             node: self.names[index].clone(),
             ttl: 8,
+            authentication: self.config.authentication,
             sender: SenderConfig {
                 inflight_max: 512,
                 span_max: crate::protocols::wire::duplicate_window::WINDOW_BITS / 2,

@@ -1,5 +1,5 @@
-//! The mesh core: one node's end of reliable, end-to-end signed delivery,
-//! sans-I/O in quinn-proto's shape.
+//! The mesh core: one node's end of reliable, end-to-end authenticated
+//! delivery, sans-I/O in quinn-proto's shape.
 //!
 //! Inputs: [`MeshCore::send`] (a local agent's message),
 //! [`MeshCore::handle_envelopes`] (envelopes a peer sent), a local
@@ -11,11 +11,13 @@
 //! [`MeshCore::poll_event`] (each message's outcome, exactly once), and
 //! [`MeshCore::poll_timeout`] (when to call `handle_timeout` next).
 //!
-//! Outbound, the core numbers a message per destination node, signs it,
-//! keeps it until the destination acknowledges it and retransmits it on
+//! Outbound, the core numbers a message per destination node, seals it
+//! with the pair key it shares with that node (or signs it, as
+//! [`MeshConfig::authentication`] says), keeps it until the destination acknowledges it and retransmits it on
 //! timeout ([`ReliableSender`]), sending it along the best path whose
 //! first link is up. Inbound, it drops what was taken already before
-//! paying for verification, verifies the rest as one batch, hands fresh
+//! paying for verification, checks the rest (signatures as one batch),
+//! hands fresh
 //! data to its agent once per agent incarnation, and acknowledges what
 //! agents consumed, in batches per origin sealed with the pair key the two
 //! nodes share. Transit envelopes are passed on ([`route::pass_on`]).
@@ -34,7 +36,8 @@ use crate::protocols::wire::envelope::{authenticate, OriginKeys};
 use crate::protocols::wire::limits::ENVELOPE_VERSION;
 use crate::protocols::wire::pair_key::PairKey;
 use crate::protocols::wire::{
-    Admission, Destination, DuplicateWindow, Envelope, EnvelopeKind, SignedFields, VerifyError,
+    Admission, Authentication, Destination, DuplicateWindow, Envelope, EnvelopeKind, SignedFields,
+    VerifyError,
 };
 
 use super::counters::MeshCounters;
@@ -51,8 +54,10 @@ pub const RETRANSMIT_BATCH_MAX: usize = 4_096;
 pub struct MeshConfig {
     /// This node's id.
     pub node: String,
-    /// Hops an envelope this node signs may travel.
+    /// Hops an envelope this node originates may travel.
     pub ttl: u8,
+    /// How data envelopes this node originates are authenticated.
+    pub authentication: Authentication,
     pub sender: SenderConfig,
     /// Where sequence numbers start: above any this node's id used before
     /// (the shell uses its boot time), so peers' windows admit them.
@@ -167,6 +172,28 @@ impl OriginKeys for Keys {
     }
 }
 
+impl Keys {
+    /// `signed`, made checkable by `node`: sealed with their pair key or
+    /// signed, as `authentication` says; neither when it never leaves this
+    /// node (a local agent's message, which no peer ever sees).
+    fn authenticate(
+        &self,
+        signed: SignedFields,
+        node: &str,
+        authentication: Authentication,
+    ) -> Envelope {
+        if node == self.node {
+            return Envelope::local(signed);
+        }
+        match (authentication, self.pair_key(node)) {
+            (Authentication::PairKey, Some(key)) => Envelope::seal(signed, &key),
+            // A node the roster lacks has no pair key; the envelope is
+            // refused there anyway, signed or not.
+            _ => Envelope::sign(signed, &self.signing),
+        }
+    }
+}
+
 pub struct MeshCore<R> {
     config: MeshConfig,
     keys: Keys,
@@ -260,7 +287,7 @@ impl<R> MeshCore<R> {
         }
     }
 
-    /// Numbers, signs and sends a local agent's message, or refuses it
+    /// Numbers, authenticates and sends a local agent's message, or refuses it
     /// (an [`Event::Failed`] says why).
     pub fn send(&mut self, now: Now, paths: Paths<'_>, mut message: Message<R>) {
         let node = self
@@ -280,6 +307,7 @@ impl<R> MeshCore<R> {
         let mut receipt = message.receipt.take();
         let keys = &self.keys;
         let (ttl, sent_at_micros) = (self.config.ttl, now.unix_micros);
+        let authentication = self.config.authentication;
         let (kind, source, destination) = (
             message.kind,
             &message.source_agent,
@@ -298,7 +326,7 @@ impl<R> MeshCore<R> {
                 payload: payload.take().unwrap_or_default(),
             };
             InFlight {
-                envelope: Envelope::sign(signed, &keys.signing),
+                envelope: keys.authenticate(signed, &node, authentication),
                 receipt: receipt.take(),
             }
         });
@@ -585,22 +613,13 @@ impl<R> MeshCore<R> {
             sent_at_micros: now.unix_micros,
             payload: encode_acks(ranges),
         };
-        let pair_key = (origin != self.config.node)
-            .then(|| self.keys.pair_key(origin))
-            .flatten();
-        match pair_key {
-            Some(key) => {
-                self.counters.acks_sent += 1;
-                Envelope::seal(signed, &key)
-            }
-            // Never leaves the node: no MAC needed.
-            None => Envelope {
-                signed,
-                hop_count: 0,
-                path: Vec::new(),
-                signature: [0; 64],
-            },
+        let envelope = self
+            .keys
+            .authenticate(signed, origin, Authentication::PairKey);
+        if origin != self.config.node {
+            self.counters.acks_sent += 1;
         }
+        envelope
     }
 
     fn retransmit_due(&mut self, now: Now, paths: Paths<'_>) {

@@ -1,13 +1,18 @@
-//! The envelope: the signed unit a router carries from origin to destination.
+//! The envelope: the authenticated unit a router carries from origin to
+//! destination.
 //!
-//! The origin node signs every field except the hop count and the path,
-//! which routers change on the way. A destination verifies the signature
-//! against the origin's key from the cluster config, then admits the
-//! sequence number through its duplicate window. Acknowledgements, read
-//! only by the node they are addressed to, carry a MAC under the two nodes'
-//! [`PairKey`] instead of a signature. Signing and verifying are pure
-//! functions of keys and bytes; this module never touches a clock or a
-//! socket.
+//! The origin node authenticates every field except the hop count and the
+//! path, which routers change on the way, in one of two ways
+//! ([`Authenticator`]): sealed with a MAC under the [`PairKey`] it shares
+//! with the destination node (the default, [`Authentication::PairKey`]:
+//! about a microsecond each way), or signed with its Ed25519 key
+//! ([`Authentication::Signature`]: tens of microseconds, but anyone holding
+//! the cluster config can check it later). Either way no transit router
+//! can forge or alter an envelope unnoticed, and its destination checks it
+//! alone before admitting the sequence number through its duplicate
+//! window. Acknowledgements are always sealed. Sealing, signing and
+//! checking are pure functions of keys and bytes; this module never
+//! touches a clock or a socket.
 
 use bincode::{Decode, Encode};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
@@ -19,6 +24,40 @@ use super::pair_key::{PairKey, MAC_BYTES};
 /// Domain separation: a signature over an envelope can never be mistaken for
 /// a signature over anything else this node signs.
 const SIGNING_CONTEXT: &[u8] = b"agentmesh/envelope/v1\0";
+
+/// How a node authenticates the data envelopes it originates (the
+/// `[delivery] authentication` setting).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Authentication {
+    /// A MAC under the origin and destination nodes' pair key: proves the
+    /// envelope to its destination, and to no one else.
+    #[default]
+    PairKey,
+    /// The origin's Ed25519 signature: also proves it to any third party.
+    Signature,
+}
+
+impl Authentication {
+    pub fn name(self) -> &'static str {
+        match self {
+            Authentication::PairKey => "pair-key",
+            Authentication::Signature => "signature",
+        }
+    }
+}
+
+/// What proves an envelope came unchanged from its origin node.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Authenticator {
+    /// The origin's Ed25519 signature over the signed fields.
+    Signature([u8; 64]),
+    /// HMAC-SHA256 of the signed fields under the pair key of the origin
+    /// and destination nodes.
+    Seal([u8; MAC_BYTES]),
+    /// None: the envelope never leaves its node. Refused from a peer.
+    Local,
+}
 
 /// Where an envelope is going.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode)]
@@ -41,8 +80,7 @@ pub enum EnvelopeKind {
     /// End-to-end acknowledgement from a destination node to an origin
     /// node: the payload lists the sequence numbers its agents consumed.
     /// Never acknowledged itself, and idempotent, so it has no sequence.
-    /// Authenticated by a MAC under the two nodes' pair key, in the first
-    /// MAC_BYTES of the signature field (the rest is zero).
+    /// Always sealed with the two nodes' pair key.
     Ack,
 }
 
@@ -51,12 +89,12 @@ impl EnvelopeKind {
     pub const ALL: [EnvelopeKind; 3] = [EnvelopeKind::Data, EnvelopeKind::Reply, EnvelopeKind::Ack];
 }
 
-/// The fields the origin node signs.
+/// The fields the origin node authenticates.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct SignedFields {
     pub version: u8,
     pub kind: EnvelopeKind,
-    /// Node whose key signs this envelope.
+    /// Node whose key authenticates this envelope.
     pub origin_node: String,
     pub source_agent: String,
     pub destination: Destination,
@@ -69,17 +107,18 @@ pub struct SignedFields {
     pub payload: Vec<u8>,
 }
 
-/// A signed envelope as it travels.
+/// An authenticated envelope as it travels.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Envelope {
     pub signed: SignedFields,
-    /// Hops travelled so far; not signed because every router raises it.
+    /// Hops travelled so far; not authenticated because every router
+    /// raises it.
     pub hop_count: u8,
     /// The route, as node indices in the cluster's sorted node list, from
     /// the origin (`path[0]`) to the destination; `path[hop_count]` is the
-    /// node holding the envelope. Not signed: routers may re-route.
+    /// node holding the envelope. Not authenticated: routers may re-route.
     pub path: Vec<u16>,
-    pub signature: [u8; 64],
+    pub authenticator: Authenticator,
 }
 
 /// Why an envelope failed verification.
@@ -88,8 +127,9 @@ pub enum VerifyError {
     /// The origin node is not one the cluster config lists.
     #[error("envelope from unknown origin node {0:?}")]
     UnknownOrigin(String),
-    /// The signature does not match the signed fields and the origin's key.
-    #[error("envelope signature does not verify")]
+    /// The signature or seal does not match the fields and the origin's
+    /// key, or is of a kind this envelope may not carry.
+    #[error("envelope signature or seal does not verify")]
     BadSignature,
 }
 
@@ -117,7 +157,7 @@ pub enum EnvelopeError {
 }
 
 impl SignedFields {
-    /// The exact bytes the origin signs.
+    /// The exact bytes the origin signs or seals.
     pub fn signing_bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(SIGNING_CONTEXT.len() + 128 + self.payload.len());
         bytes.extend_from_slice(SIGNING_CONTEXT);
@@ -163,11 +203,27 @@ impl Envelope {
     pub fn sign(signed: SignedFields, key: &SigningKey) -> Envelope {
         debug_assert_eq!(signed.validate(), Ok(()));
         let signature = key.sign(&signed.signing_bytes()).to_bytes();
+        Envelope::starting(signed, Authenticator::Signature(signature))
+    }
+
+    /// Seals `signed` for the one node that shares `key` with its origin.
+    pub fn seal(signed: SignedFields, key: &PairKey) -> Envelope {
+        debug_assert_eq!(signed.validate(), Ok(()));
+        let tag = key.mac(&signed.signing_bytes());
+        Envelope::starting(signed, Authenticator::Seal(tag))
+    }
+
+    /// An envelope that never leaves its origin node.
+    pub fn local(signed: SignedFields) -> Envelope {
+        Envelope::starting(signed, Authenticator::Local)
+    }
+
+    fn starting(signed: SignedFields, authenticator: Authenticator) -> Envelope {
         Envelope {
             signed,
             hop_count: 0,
             path: Vec::new(),
-            signature,
+            authenticator,
         }
     }
 
@@ -188,33 +244,19 @@ impl Envelope {
 
     /// Verifies the origin's signature with `key`.
     pub fn verify(&self, key: &VerifyingKey) -> Result<(), VerifyError> {
-        let signature = Signature::from_bytes(&self.signature);
+        let Authenticator::Signature(signature) = &self.authenticator else {
+            return Err(VerifyError::BadSignature);
+        };
+        let signature = Signature::from_bytes(signature);
         key.verify(&self.signed.signing_bytes(), &signature)
             .map_err(|_| VerifyError::BadSignature)
     }
 
-    /// Authenticates `signed` (an acknowledgement) for the one node that
-    /// shares `key` with its origin.
-    pub fn seal(signed: SignedFields, key: &PairKey) -> Envelope {
-        debug_assert_eq!(signed.validate(), Ok(()));
-        let mut signature = [0; 64];
-        signature[..MAC_BYTES].copy_from_slice(&key.mac(&signed.signing_bytes()));
-        Envelope {
-            signed,
-            hop_count: 0,
-            path: Vec::new(),
-            signature,
-        }
-    }
-
     /// Checks the MAC [`Envelope::seal`] made with `key`.
     pub fn check_seal(&self, key: &PairKey) -> Result<(), VerifyError> {
-        let (tag, rest) = self.signature.split_at(MAC_BYTES);
-        let canonical = rest.iter().all(|&byte| byte == 0);
-        if canonical && key.check(&self.signed.signing_bytes(), tag) {
-            Ok(())
-        } else {
-            Err(VerifyError::BadSignature)
+        match &self.authenticator {
+            Authenticator::Seal(tag) if key.check(&self.signed.signing_bytes(), tag) => Ok(()),
+            _ => Err(VerifyError::BadSignature),
         }
     }
 }
@@ -227,9 +269,10 @@ pub trait OriginKeys {
     fn pair_key(&self, origin: &str) -> Option<std::sync::Arc<PairKey>>;
 }
 
-/// Authenticates envelopes for this node: acknowledgements by their MAC,
-/// everything else by signature, verified as one batch, which costs about
-/// half as much per envelope as one by one. Returns one result per
+/// Authenticates envelopes from peers for this node: sealed ones by their
+/// MAC, signed ones as one batch, which costs about half as much per
+/// envelope as one by one. An acknowledgement must be sealed, and nothing
+/// from a peer may be [`Authenticator::Local`]. Returns one result per
 /// envelope, in order.
 pub fn authenticate(
     envelopes: &[Envelope],
@@ -240,15 +283,22 @@ pub fn authenticate(
     let mut results = Vec::with_capacity(envelopes.len());
     let mut signed = Vec::with_capacity(envelopes.len());
     for (index, envelope) in envelopes.iter().enumerate() {
-        if envelope.signed.kind == EnvelopeKind::Ack {
-            let sealed = keys.pair_key(&envelope.signed.origin_node);
-            results.push(match sealed {
-                Some(key) => envelope.check_seal(&key),
-                None => Err(unknown(envelope)),
-            });
-        } else {
-            results.push(Ok(()));
-            signed.push(index);
+        let is_ack = envelope.signed.kind == EnvelopeKind::Ack;
+        match &envelope.authenticator {
+            Authenticator::Seal(_) => {
+                let sealed = keys.pair_key(&envelope.signed.origin_node);
+                results.push(match sealed {
+                    Some(key) => envelope.check_seal(&key),
+                    None => Err(unknown(envelope)),
+                });
+            }
+            Authenticator::Signature(_) if !is_ack => {
+                results.push(Ok(()));
+                signed.push(index);
+            }
+            Authenticator::Signature(_) | Authenticator::Local => {
+                results.push(Err(VerifyError::BadSignature));
+            }
         }
     }
     let batch: Vec<&Envelope> = signed.iter().map(|&index| &envelopes[index]).collect();
@@ -261,7 +311,8 @@ pub fn authenticate(
 
 /// Verifies many envelopes at once, which costs about half as much per
 /// envelope as one by one. Returns one result per envelope, in order.
-/// `key_of` maps an origin node to its key; `None` means unknown.
+/// `key_of` maps an origin node to its key; `None` means unknown. An
+/// envelope that is not signed fails.
 pub fn verify_batch<'k>(
     envelopes: &[&Envelope],
     key_of: impl Fn(&str) -> Option<&'k VerifyingKey>,
@@ -271,11 +322,15 @@ pub fn verify_batch<'k>(
     let mut signatures = Vec::with_capacity(envelopes.len());
     let mut keys = Vec::with_capacity(envelopes.len());
     for envelope in envelopes {
+        let Authenticator::Signature(signature) = &envelope.authenticator else {
+            results.push(Err(VerifyError::BadSignature));
+            continue;
+        };
         match key_of(&envelope.signed.origin_node) {
             Some(key) => {
                 results.push(Ok(()));
                 messages.push(envelope.signed.signing_bytes());
-                signatures.push(Signature::from_bytes(&envelope.signature));
+                signatures.push(Signature::from_bytes(signature));
                 keys.push(*key);
             }
             None => {
@@ -302,7 +357,10 @@ pub fn verify_batch<'k>(
         if verified.is_err() {
             results[index] = Err(VerifyError::BadSignature);
         }
-        debug_assert_eq!(envelope.signature, signatures[known].to_bytes());
+        debug_assert_eq!(
+            envelope.authenticator,
+            Authenticator::Signature(signatures[known].to_bytes())
+        );
         known += 1;
     }
     results

@@ -28,10 +28,10 @@ pub const TTL_MAX: u8 = 64;
 pub const PATH_NODES_MAX: usize = TTL_MAX as usize + 1;
 
 /// The envelope format this build speaks.
-pub const ENVELOPE_VERSION: u8 = 1;
+pub const ENVELOPE_VERSION: u8 = 2;
 
 /// Bytes of framing and fixed fields around the payload, generously counted:
-/// three names, a destination tag, varint integers and the signature.
+/// three names, a destination tag, varint integers and the authenticator.
 pub const ENVELOPE_OVERHEAD_BYTES_MAX: usize =
     3 * (NAME_BYTES_MAX + 10) + 64 + 64 + 3 * PATH_NODES_MAX + 8;
 

@@ -21,4 +21,6 @@ pub use codec::{
     RaftPart, StreamHeader, TrafficClass,
 };
 pub use duplicate_window::{Admission, DuplicateWindow};
-pub use envelope::{Destination, Envelope, EnvelopeKind, SignedFields, VerifyError};
+pub use envelope::{
+    Authentication, Authenticator, Destination, Envelope, EnvelopeKind, SignedFields, VerifyError,
+};
