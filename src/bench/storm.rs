@@ -1,4 +1,4 @@
-//! `agentmesh bench storm`: storm agents send signed messages to each
+//! `agentmesh bench storm`: storm agents send authenticated messages to each
 //! other through the whole actor tree (agent → router → transport → QUIC →
 //! ... → agent) for a measured window after a warm-up, then the run drains
 //! and the report is written.
