@@ -45,7 +45,22 @@ fn framed(items: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn envelope(kind: EnvelopeKind, payload: Vec<u8>) -> Envelope {
-    let signed = SignedFields {
+    Envelope::sign(
+        fields(kind, payload),
+        &ed25519_dalek::SigningKey::from_bytes(&[3; 32]),
+    )
+}
+
+/// Sealed as a node seals its acknowledgements and, by default, its data.
+fn sealed(kind: EnvelopeKind, payload: Vec<u8>) -> Envelope {
+    let own = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+    let other = ed25519_dalek::SigningKey::from_bytes(&[4; 32]).verifying_key();
+    let key = agentmesh::protocols::wire::pair_key::PairKey::derive(&own, "n1", &other, "n2");
+    Envelope::seal(fields(kind, payload), &key)
+}
+
+fn fields(kind: EnvelopeKind, payload: Vec<u8>) -> SignedFields {
+    SignedFields {
         version: agentmesh::protocols::wire::limits::ENVELOPE_VERSION,
         kind,
         origin_node: "n1".into(),
@@ -55,8 +70,7 @@ fn envelope(kind: EnvelopeKind, payload: Vec<u8>) -> Envelope {
         ttl: 8,
         sent_at_micros: 1_700_000_000_000_000,
         payload,
-    };
-    Envelope::sign(signed, &ed25519_dalek::SigningKey::from_bytes(&[3; 32]))
+    }
 }
 
 fn raft_frames() -> Vec<Vec<u8>> {
@@ -126,9 +140,13 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         b"hello".to_vec(),
     )));
     let ranges = vec![AckRange { first: 1, count: 9 }];
-    let ack = encode_frame(&Frame::Envelope(envelope(
+    let ack = encode_frame(&Frame::Envelope(sealed(
         EnvelopeKind::Ack,
         encode_acks(&ranges),
+    )));
+    let data_sealed = encode_frame(&Frame::Envelope(sealed(
+        EnvelopeKind::Data,
+        b"hello".to_vec(),
     )));
     let raft = raft_frames();
     let raft_message = {
@@ -140,6 +158,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut seeds = vec![
         ("frame", "data".to_string(), data.clone()),
         ("frame", "ack".to_string(), ack.clone()),
+        ("frame", "data-sealed".to_string(), data_sealed),
         ("frame", "raft-part".to_string(), raft[0].clone()),
         (
             "stream",
