@@ -11,6 +11,13 @@ pub type PlotResult = Result<(), Box<dyn std::error::Error>>;
 
 const SIZE: (u32, u32) = (800, 480);
 
+/// Points another system published for the same scenario, drawn beside
+/// our curve: (milliseconds, fraction at or below).
+pub struct Published<'a> {
+    pub label: &'a str,
+    pub points: &'a [(f64, f64)],
+}
+
 /// Writes latency-cdf.svg, hops.svg, throughput.svg and memory.svg.
 pub fn write_all(directory: &Path, report: &StormReport, latency: &Hdr<u64>) -> PlotResult {
     latency_cdf(
@@ -18,6 +25,7 @@ pub fn write_all(directory: &Path, report: &StormReport, latency: &Hdr<u64>) -> 
         "Delivery latency (CDF)",
         "fraction delivered",
         latency,
+        report.competitor_latency().as_ref(),
     )?;
     hops(&directory.join("hops.svg"), report)?;
     over_time(
@@ -78,10 +86,27 @@ pub fn cdf_points(latency: &Hdr<u64>) -> Vec<(f64, f64)> {
 }
 
 /// The fraction of samples (microseconds) at or below each latency, on a
-/// log axis.
-pub fn latency_cdf(path: &Path, title: &str, fraction: &str, latency: &Hdr<u64>) -> PlotResult {
+/// log axis, with `published` points (only those a system published: no
+/// line is drawn between them, since nothing is known there).
+pub fn latency_cdf(
+    path: &Path,
+    title: &str,
+    fraction: &str,
+    latency: &Hdr<u64>,
+    published: Option<&Published<'_>>,
+) -> PlotResult {
     let points = cdf_points(latency);
-    let high = points.iter().map(|point| point.0).fold(1.0, f64::max);
+    let published_high = published.map_or(0.0, |published| {
+        published
+            .points
+            .iter()
+            .map(|point| point.0)
+            .fold(0.0, f64::max)
+    });
+    let high = points
+        .iter()
+        .map(|point| point.0)
+        .fold(published_high.max(1.0), f64::max);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart =
@@ -91,7 +116,26 @@ pub fn latency_cdf(path: &Path, title: &str, fraction: &str, latency: &Hdr<u64>)
         .x_desc("latency, ms (log)")
         .y_desc(fraction)
         .draw()?;
-    chart.draw_series(LineSeries::new(points, &BLUE))?;
+    chart
+        .draw_series(LineSeries::new(points, &BLUE))?
+        .label("agentmesh")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    if let Some(published) = published {
+        let marks = published
+            .points
+            .iter()
+            .map(|&(millis, share)| Circle::new((millis, share), 5, RED.filled()));
+        chart
+            .draw_series(marks)?
+            .label(published.label)
+            .legend(|(x, y)| Circle::new((x + 10, y), 5, RED.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }

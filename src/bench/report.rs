@@ -162,7 +162,7 @@ pub fn write_report_files(
         .with_context(|| format!("cannot write {}", out.join("report.md").display()))?;
     let plots = || -> super::plots::PlotResult {
         let cdf = out.join("latency-cdf.svg");
-        super::plots::latency_cdf(&cdf, titles.latency, titles.latency_axis, latency)?;
+        super::plots::latency_cdf(&cdf, titles.latency, titles.latency_axis, latency, None)?;
         let throughput = out.join("throughput.svg");
         super::plots::over_time(
             &throughput,
@@ -329,9 +329,22 @@ impl Competitor {
     const OPTIMAL: &'static str = "89.2 %";
     const MEMORY: &'static str = "62.4 MB per agent";
     const CPU: &'static str = "6.8 % per agent";
+    /// Its published latency percentiles: (ms, fraction at or below).
+    const LATENCY_POINTS: [(f64, f64); 3] = [(65.3, 0.50), (142.7, 0.95), (189.4, 0.99)];
 }
 
 impl StormReport {
+    /// The competitor's published latency percentiles, when this run is
+    /// its scenario's shape (100 nodes in a partial mesh).
+    pub fn competitor_latency(&self) -> Option<super::plots::Published<'static>> {
+        let shaped =
+            self.setup.nodes == 100 && self.config["topology"].as_str() == Some("partial-mesh");
+        shaped.then_some(super::plots::Published {
+            label: "competitor, published p50/p95/p99 (100 agents, k = 20)",
+            points: &Competitor::LATENCY_POINTS,
+        })
+    }
+
     pub fn to_markdown(&self) -> String {
         let mut text = String::new();
         let m = &self.messages;
