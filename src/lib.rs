@@ -1,19 +1,18 @@
 //! agentmesh: a runtime for swarms of cooperating agents spread over many
-//! hosts. See DESIGN.md for the architecture; `actors` draws a node's actor
+//! hosts. See docs/ARCHITECTURE.md for the architecture; `actors` draws a node's actor
 //! tree and data path.
 
 pub mod actors;
 pub mod behaviours;
 pub mod bench;
 pub mod chaos;
+pub mod clients;
 pub mod cluster;
 pub mod commands;
 pub mod config;
-pub mod control_client;
 pub mod fuzzing;
 pub mod identity;
 pub mod metrics;
-pub mod pbft_client;
 pub mod protocols;
 pub mod raft_files;
 pub mod raft_identity;

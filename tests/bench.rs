@@ -1,12 +1,12 @@
 //! `agentmesh bench storm` at a tiny size: the report parses, carries every
-//! field DESIGN.md section 8 names, accounts for every message, and the
+//! field docs/ARCHITECTURE.md section 8 names, accounts for every message, and the
 //! plots and Markdown are written. Nothing asserts speed.
 
 use std::process::Command;
 
 use serde_json::Value;
 
-/// Fields of DESIGN.md section 8, common and storm, as JSON pointers.
+/// Fields of docs/ARCHITECTURE.md section 8, common and storm, as JSON pointers.
 const SCHEMA: &[&str] = &[
     "/scenario",
     "/version",
@@ -165,7 +165,7 @@ fn impossible_arguments_are_refused_with_the_flag_named() {
     }
 }
 
-/// Fields of DESIGN.md section 8, common and raft.
+/// Fields of docs/ARCHITECTURE.md section 8, common and raft.
 const RAFT_SCHEMA: &[&str] = &[
     "/scenario",
     "/version",
@@ -245,7 +245,7 @@ fn a_tiny_raft_bench_writes_a_complete_report() {
     }
 }
 
-/// Fields of DESIGN.md section 8, common and pbft.
+/// Fields of docs/ARCHITECTURE.md section 8, common and pbft.
 const PBFT_SCHEMA: &[&str] = &[
     "/scenario",
     "/version",

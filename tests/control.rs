@@ -10,9 +10,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use agentmesh::clients::control::ControlClient;
 use agentmesh::cluster::{Departure, LocalCluster};
 use agentmesh::config::ClusterConfig;
-use agentmesh::control_client::ControlClient;
 use agentmesh::protocols::control::ReplicaStatus;
 use agentmesh::sim::linearizability;
 use agentmesh::sim::raft::{Call, CallKind};

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh::actors::pbft_replica::PbftStatus;
+use agentmesh::clients::pbft::PbftClient;
 use agentmesh::cluster::LocalCluster;
 use agentmesh::config::ClusterConfig;
-use agentmesh::pbft_client::PbftClient;
 use agentmesh::protocols::pbft::{Operation, OperationResult};
 
 fn config_text(extra: &str) -> String {
@@ -38,7 +38,7 @@ fn client(cluster: &LocalCluster, seed: u8) -> PbftClient {
         .collect();
     let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
     PbftClient::new(
-        agentmesh::pbft_client::ReplicaSet::new(&contexts),
+        agentmesh::clients::pbft::ReplicaSet::new(&contexts),
         key,
         Duration::from_millis(500),
     )

@@ -1,5 +1,5 @@
 //! `agentmesh bench`: measured, reproducible benchmarks. Each writes
-//! DIR/report.json (DESIGN.md section 8 names its fields), DIR/report.md
+//! DIR/report.json (docs/ARCHITECTURE.md section 8 names its fields), DIR/report.md
 //! and SVG plots.
 
 pub mod crypto;

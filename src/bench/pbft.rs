@@ -17,11 +17,11 @@ use serde::Serialize;
 use super::report::{Machine, Tally, Window};
 use super::resources;
 use crate::actors::context::NodeContext;
+use crate::clients::pbft::PbftClient;
 use crate::cluster::LocalCluster;
 use crate::config::pbft::PBFT_REPLICAS_MAX;
 use crate::config::ClusterConfig;
 use crate::metrics::LatencySummary;
-use crate::pbft_client::PbftClient;
 use crate::protocols::pbft::{Behaviour, Operation};
 
 /// Most clients a run may start.
@@ -243,7 +243,7 @@ async fn load(options: &PbftOptions, contexts: &[Arc<NodeContext>]) -> anyhow::R
     let measured = Window::new(options.warmup, options.duration);
     let retry_after = Duration::from_millis(options.request_timeout_ms * 2);
     let mut tasks = Vec::new();
-    let replicas = crate::pbft_client::ReplicaSet::new(contexts);
+    let replicas = crate::clients::pbft::ReplicaSet::new(contexts);
     for index in 0..options.clients as u64 {
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&(options.seed ^ (index << 20)).to_le_bytes());

@@ -23,9 +23,9 @@ use serde::Serialize;
 use super::report::{Machine, Tally, Window};
 use super::resources;
 use crate::actors::raft_replica::RaftMsg;
+use crate::clients::control::ControlClient;
 use crate::cluster::LocalCluster;
 use crate::config::{ClusterConfig, REPLICAS_MAX};
-use crate::control_client::ControlClient;
 use crate::metrics::LatencySummary;
 use crate::protocols::cluster_state::RequestId;
 use crate::protocols::control::{ClientReply, ClientRequest, Operation, ReplicaStatus};
@@ -430,7 +430,7 @@ async fn fill(
                 random.fill_bytes(&mut value);
                 client.put(&format!("blob-{index}"), value.clone()).await?;
             }
-            Ok::<(), crate::control_client::ClientError>(())
+            Ok::<(), crate::clients::control::ClientError>(())
         }));
     }
     for task in tasks {

@@ -1,5 +1,5 @@
-//! The storm report: the JSON every run writes (field names from DESIGN.md
-//! section 8, never renamed) and the Markdown a person reads, with the
+//! The storm report: the JSON every run writes (field names as
+//! docs/ARCHITECTURE.md section 8 lists them, never renamed) and the Markdown a person reads, with the
 //! competitor's published figure beside ours where there is one.
 
 use std::collections::BTreeMap;

@@ -30,8 +30,8 @@ use super::workload::Running;
 use crate::actors::agent::AgentStats;
 use crate::actors::faulty_socket::FaultNet;
 use crate::actors::pbft_replica::PbftMsg;
+use crate::clients::pbft::ReplicaSet;
 use crate::cluster::{Departure, LocalCluster};
-use crate::pbft_client::ReplicaSet;
 use crate::protocols::pbft::Behaviour;
 
 /// Events kept word for word in the report; the rest are only counted.

@@ -31,10 +31,10 @@ use anyhow::Context;
 use crate::actors::context::NodeContext;
 use crate::actors::pbft_replica::PbftStatus;
 use crate::bench::report::{write_report_files, Machine, PlotTitles};
+use crate::clients::pbft::ReplicaSet;
 use crate::cluster::LocalCluster;
 use crate::config::{BehaviourConfig, ClusterConfig, FaultsConfig};
 use crate::metrics::LatencySummary;
-use crate::pbft_client::ReplicaSet;
 use faults::{FaultDriver, FaultSettings};
 use report::{ChaosReport, Datagrams, HistorySummary, PbftSection, StormSection};
 use workload::{PbftRecord, Running, Stop, StormLedger, StormSettings};
@@ -406,7 +406,7 @@ async fn wait_until_serving(
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_WAIT;
     if has_raft_clients(config) {
-        let mut client = crate::control_client::ControlClient::from_config(config)?;
+        let mut client = crate::clients::control::ControlClient::from_config(config)?;
         while let Err(error) = client.put("chaos-ready", b"1".to_vec()).await {
             if Instant::now() > deadline {
                 anyhow::bail!("the control plane took no write within {READY_WAIT:?}: {error}");

@@ -1,4 +1,4 @@
-//! The chaos report: `report.json` with DESIGN.md section 8's fields
+//! The chaos report: `report.json` with docs/ARCHITECTURE.md section 8's fields
 //! (`kills`, `partitions`, `acked_lost`, `duplicates_delivered`,
 //! `committed_lost`, `linearizable`, `invariant_violations`), and the same
 //! as Markdown, with how to replay the run.

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::control_client::ControlClient;
+use crate::clients::control::ControlClient;
 use crate::protocols::control::ReplicaStatus;
 
 /// What `agentmesh kv` does.
