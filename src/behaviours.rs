@@ -7,8 +7,8 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::actors::context::SendError;
 use crate::config::{target_matches, AgentConfig, BehaviourConfig, StormConfig};
+use crate::protocols::mesh::SendError;
 use crate::protocols::wire::EnvelopeKind;
 
 /// A message handed to an agent.

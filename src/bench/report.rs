@@ -144,6 +144,21 @@ pub struct PlotTitles {
     pub throughput_axis: &'static str,
 }
 
+/// Writes `report.json` and `report.md` into `out`: the one writer of
+/// every bench's and chaos's reports.
+pub fn write_report_texts(
+    out: &std::path::Path,
+    report: &impl Serialize,
+    markdown: &str,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let json = serde_json::to_string_pretty(report).expect("the report serialises");
+    std::fs::write(out.join("report.json"), json + "\n")
+        .with_context(|| format!("cannot write {}", out.join("report.json").display()))?;
+    std::fs::write(out.join("report.md"), markdown)
+        .with_context(|| format!("cannot write {}", out.join("report.md").display()))
+}
+
 /// Writes `report.json`, `report.md`, `latency-cdf.svg` and
 /// `throughput.svg` into `out`.
 pub fn write_report_files(
@@ -154,12 +169,7 @@ pub fn write_report_files(
     over_time: &[(f64, f64)],
     titles: &PlotTitles,
 ) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let json = serde_json::to_string_pretty(report).expect("the report serialises");
-    std::fs::write(out.join("report.json"), json + "\n")
-        .with_context(|| format!("cannot write {}", out.join("report.json").display()))?;
-    std::fs::write(out.join("report.md"), markdown)
-        .with_context(|| format!("cannot write {}", out.join("report.md").display()))?;
+    write_report_texts(out, report, markdown)?;
     let plots = || -> super::plots::PlotResult {
         let cdf = out.join("latency-cdf.svg");
         super::plots::latency_cdf(&cdf, titles.latency, titles.latency_axis, latency, None)?;

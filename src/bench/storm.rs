@@ -691,11 +691,7 @@ fn write(
     latency: &Histogram<u64>,
 ) -> anyhow::Result<()> {
     let out = &options.out;
-    let json = serde_json::to_string_pretty(report).expect("the report serialises");
-    std::fs::write(out.join("report.json"), json + "\n")
-        .with_context(|| format!("cannot write {}", out.join("report.json").display()))?;
-    std::fs::write(out.join("report.md"), markdown)
-        .with_context(|| format!("cannot write {}", out.join("report.md").display()))?;
+    super::report::write_report_texts(out, report, markdown)?;
     super::plots::write_all(out, report, latency)
         .map_err(|error| anyhow::anyhow!("cannot draw the plots in {}: {error}", out.display()))
 }
