@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::report::{Machine, Tally, Window};
+use super::report::{ReportHeader, Tally, Window};
 use super::resources;
 use crate::actors::context::NodeContext;
 use crate::clients::pbft::PbftClient;
@@ -169,10 +169,9 @@ fn cluster_config(options: &PbftOptions, behaviour: Behaviour) -> anyhow::Result
 
 #[derive(Clone, Debug, Serialize)]
 pub struct PbftReport {
-    pub scenario: &'static str,
-    pub version: &'static str,
-    pub machine: Machine,
-    pub config: serde_json::Value,
+    /// `scenario`, `version`, `machine` and `config`, at the top level.
+    #[serde(flatten)]
+    pub header: ReportHeader,
     pub duration_s: f64,
     pub ok: bool,
     pub replicas: usize,
@@ -334,10 +333,7 @@ fn report(
     let last_third_ops_per_s = last_third.iter().sum::<f64>() / last_third.len().max(1) as f64;
     let safety_violations = safety_violations(contexts);
     PbftReport {
-        scenario: "pbft",
-        version: env!("CARGO_PKG_VERSION"),
-        machine: Machine::this(),
-        config: options.as_json(),
+        header: ReportHeader::new("pbft", options.as_json()),
         duration_s: load.seconds,
         ok: safety_violations == 0 && load.operations > 0,
         replicas: options.replicas,

@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use rand::{RngCore, SeedableRng};
 use serde::Serialize;
 
-use super::report::{Machine, Tally, Window};
+use super::report::{ReportHeader, Tally, Window};
 use super::resources;
 use crate::actors::raft_replica::RaftMsg;
 use crate::clients::control::ControlClient;
@@ -462,10 +462,9 @@ impl LoadFigures {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RaftReport {
-    pub scenario: &'static str,
-    pub version: &'static str,
-    pub machine: Machine,
-    pub config: serde_json::Value,
+    /// `scenario`, `version`, `machine` and `config`, at the top level.
+    #[serde(flatten)]
+    pub header: ReportHeader,
     pub duration_s: f64,
     pub ok: bool,
     pub replicas: usize,
@@ -591,10 +590,7 @@ fn report(
         .max_by_key(|figures| figures.bytes)
         .cloned();
     RaftReport {
-        scenario: "raft",
-        version: env!("CARGO_PKG_VERSION"),
-        machine: Machine::this(),
-        config: options.as_json(),
+        header: ReportHeader::new("raft", options.as_json()),
         duration_s: many.seconds,
         ok: many.failures == 0 && single.failures == 0 && many.commits > 0,
         replicas: options.replicas,

@@ -17,6 +17,28 @@ pub struct Machine {
     pub os: String,
 }
 
+/// What every report (storm, raft, pbft, chaos) starts with: which
+/// scenario, which build, which machine, and the options it ran with.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReportHeader {
+    pub scenario: &'static str,
+    pub version: &'static str,
+    pub machine: Machine,
+    pub config: serde_json::Value,
+}
+
+impl ReportHeader {
+    /// A run of `scenario` by this build on this machine, with `config`.
+    pub fn new(scenario: &'static str, config: serde_json::Value) -> ReportHeader {
+        ReportHeader {
+            scenario,
+            version: env!("CARGO_PKG_VERSION"),
+            machine: Machine::this(),
+            config,
+        }
+    }
+}
+
 impl Machine {
     /// This machine.
     pub fn this() -> Machine {
@@ -282,10 +304,9 @@ pub struct AgentRow {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct StormReport {
-    pub scenario: &'static str,
-    pub version: &'static str,
-    pub machine: Machine,
-    pub config: serde_json::Value,
+    /// `scenario`, `version`, `machine` and `config`, at the top level.
+    #[serde(flatten)]
+    pub header: ReportHeader,
     pub duration_s: f64,
     pub ok: bool,
     pub setup: Setup,
@@ -347,8 +368,8 @@ impl StormReport {
     /// The competitor's published latency percentiles, when this run is
     /// its scenario's shape (100 nodes in a partial mesh).
     pub fn competitor_latency(&self) -> Option<super::plots::Published<'static>> {
-        let shaped =
-            self.setup.nodes == 100 && self.config["topology"].as_str() == Some("partial-mesh");
+        let shaped = self.setup.nodes == 100
+            && self.header.config["topology"].as_str() == Some("partial-mesh");
         shaped.then_some(super::plots::Published {
             label: "competitor, published p50/p95/p99 (100 agents, k = 20)",
             points: &Competitor::LATENCY_POINTS,
@@ -365,15 +386,15 @@ impl StormReport {
             text,
             "# Storm: {} nodes, {}, {:.1} s measured\n",
             self.setup.nodes,
-            self.config["topology"].as_str().unwrap_or("?"),
+            self.header.config["topology"].as_str().unwrap_or("?"),
             self.duration_s
         );
         let _ = writeln!(
             text,
             "Machine: {} CPUs, {}. agentmesh {}. Result: {}.\n",
-            self.machine.cpus,
-            self.machine.os,
-            self.version,
+            self.header.machine.cpus,
+            self.header.machine.os,
+            self.header.version,
             if self.ok {
                 "every message accounted for, none lost"
             } else {
@@ -432,7 +453,7 @@ impl StormReport {
                 "{:.0} msgs/s ({:.1} per agent), each {}",
                 self.throughput_msgs_per_s,
                 self.throughput_msgs_per_s_per_agent,
-                match self.config["authentication"].as_str() {
+                match self.header.config["authentication"].as_str() {
                     Some("signature") => "signed (Ed25519)",
                     _ => "sealed with a pair key",
                 }

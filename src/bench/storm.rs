@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 
 use super::crypto;
 use super::report::{
-    AgentRow, Bandwidth, Graph, LostByCause, Machine, Messages, Quantiles, Resources, Sample,
+    AgentRow, Bandwidth, Graph, LostByCause, Messages, Quantiles, ReportHeader, Resources, Sample,
     Setup, StormReport,
 };
 use super::resources;
@@ -584,13 +584,7 @@ fn build_report(
         .cloned()
         .collect();
     StormReport {
-        scenario: "storm",
-        version: env!("CARGO_PKG_VERSION"),
-        machine: Machine {
-            cpus: cores,
-            os: std::env::consts::OS.into(),
-        },
-        config: options.as_json(),
+        header: ReportHeader::new("storm", options.as_json()),
         duration_s: seconds,
         ok: c.lost_retries_exhausted == 0 && settled >= c.envelopes_sent && setup_ms.is_some(),
         setup: Setup {

@@ -30,7 +30,7 @@ use anyhow::Context;
 
 use crate::actors::context::NodeContext;
 use crate::actors::pbft_replica::PbftStatus;
-use crate::bench::report::{write_report_files, Machine, PlotTitles};
+use crate::bench::report::{write_report_files, PlotTitles, ReportHeader};
 use crate::clients::pbft::ReplicaSet;
 use crate::cluster::LocalCluster;
 use crate::config::{BehaviourConfig, ClusterConfig, FaultsConfig};
@@ -729,10 +729,7 @@ fn build_report(
     };
     ChaosReport {
         history,
-        scenario: "chaos",
-        version: env!("CARGO_PKG_VERSION"),
-        machine: Machine::this(),
-        config: options.as_json(),
+        header: ReportHeader::new("chaos", options.as_json()),
         duration_s: run.seconds,
         ok: outcome.violations.is_empty(),
         seed: options.seed,

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::checks::{PbftCheck, RaftCheck, StormCheck};
 use super::faults::FaultTally;
-use crate::bench::report::Machine;
+use crate::bench::report::ReportHeader;
 use crate::metrics::LatencySummary;
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -49,10 +49,9 @@ pub struct PbftSection {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ChaosReport {
-    pub scenario: &'static str,
-    pub version: &'static str,
-    pub machine: Machine,
-    pub config: serde_json::Value,
+    /// `scenario`, `version`, `machine` and `config`, at the top level.
+    #[serde(flatten)]
+    pub header: ReportHeader,
     pub duration_s: f64,
     pub ok: bool,
     pub seed: u64,
