@@ -13,14 +13,14 @@
 //!
 //! Outbound, the core numbers a message per destination node, seals it
 //! with the pair key it shares with that node (or signs it, as
-//! [`MeshConfig::authentication`] says), keeps it until the destination acknowledges it and retransmits it on
-//! timeout ([`ReliableSender`]), sending it along the best path whose
-//! first link is up. Inbound, it drops what was taken already before
-//! paying for verification, checks the rest (signatures as one batch),
-//! hands fresh
-//! data to its agent once per agent incarnation, and acknowledges what
-//! agents consumed, in batches per origin sealed with the pair key the two
-//! nodes share. Transit envelopes are passed on ([`route::pass_on`]).
+//! [`MeshConfig::authentication`] says), keeps it until the destination
+//! acknowledges it and retransmits it on timeout ([`ReliableSender`]),
+//! sending it along the best path whose first link is up. Inbound, it
+//! drops what was taken already before paying for verification, checks
+//! the rest (signatures as one batch), hands fresh data to its agent once
+//! per agent incarnation, and acknowledges what agents consumed, in
+//! batches per origin sealed with the pair key the two nodes share.
+//! Transit envelopes are passed on ([`route::pass_on`]).
 //!
 //! Time comes in as [`Now`]; the routing view and which links are up come
 //! in as [`Paths`] with every call that may route.
@@ -185,11 +185,15 @@ impl Keys {
         if node == self.node {
             return Envelope::local(signed);
         }
-        match (authentication, self.pair_key(node)) {
-            (Authentication::PairKey, Some(key)) => Envelope::seal(signed, &key),
-            // A node the roster lacks has no pair key; the envelope is
-            // refused there anyway, signed or not.
-            _ => Envelope::sign(signed, &self.signing),
+        let pair_key = match authentication {
+            Authentication::PairKey => self.pair_key(node),
+            Authentication::Signature => None,
+        };
+        match pair_key {
+            Some(key) => Envelope::seal(signed, &key),
+            // Signed as asked, or for a node the roster lacks (which has no
+            // pair key, and refuses the envelope anyway).
+            None => Envelope::sign(signed, &self.signing),
         }
     }
 }
@@ -287,8 +291,8 @@ impl<R> MeshCore<R> {
         }
     }
 
-    /// Numbers, authenticates and sends a local agent's message, or refuses it
-    /// (an [`Event::Failed`] says why).
+    /// Numbers, authenticates and sends a local agent's message, or
+    /// refuses it (an [`Event::Failed`] says why).
     pub fn send(&mut self, now: Now, paths: Paths<'_>, mut message: Message<R>) {
         let node = self
             .keys

@@ -38,15 +38,6 @@ pub enum Authentication {
     Signature,
 }
 
-impl Authentication {
-    pub fn name(self) -> &'static str {
-        match self {
-            Authentication::PairKey => "pair-key",
-            Authentication::Signature => "signature",
-        }
-    }
-}
-
 /// What proves an envelope came unchanged from its origin node.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Authenticator {
