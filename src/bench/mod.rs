@@ -1,6 +1,6 @@
 //! `agentmesh bench`: measured, reproducible benchmarks. Each writes
-//! DIR/report.json (docs/ARCHITECTURE.md section 8 names its fields), DIR/report.md
-//! and SVG plots.
+//! DIR/report.json (docs/ARCHITECTURE.md section 8 names its fields),
+//! DIR/report.md and SVG plots.
 
 pub mod crypto;
 pub mod pbft;

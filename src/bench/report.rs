@@ -1,6 +1,7 @@
 //! The storm report: the JSON every run writes (field names as
-//! docs/ARCHITECTURE.md section 8 lists them, never renamed) and the Markdown a person reads, with the
-//! competitor's published figure beside ours where there is one.
+//! docs/ARCHITECTURE.md section 8 lists them, never renamed) and the
+//! Markdown a person reads, with the competitor's published figure beside
+//! ours where there is one.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -354,9 +355,6 @@ impl Competitor {
     const DEGREES: &'static str = "18–22";
     const DELIVERED: &'static str = "99.36 %";
     const THROUGHPUT: &'static str = "1,656 /s of 10,000 offered";
-    const P50: &'static str = "65.3 ms";
-    const P95: &'static str = "142.7 ms";
-    const P99: &'static str = "189.4 ms";
     const OPTIMAL: &'static str = "89.2 %";
     const MEMORY: &'static str = "62.4 MB per agent";
     const CPU: &'static str = "6.8 % per agent";
@@ -460,9 +458,10 @@ impl StormReport {
             ),
             Competitor::THROUGHPUT,
         );
-        row("latency p50", format!("{:.2} ms", l.p50), Competitor::P50);
-        row("latency p95", format!("{:.2} ms", l.p95), Competitor::P95);
-        row("latency p99", format!("{:.2} ms", l.p99), Competitor::P99);
+        let [p50, p95, p99] = Competitor::LATENCY_POINTS.map(|(millis, _)| format!("{millis} ms"));
+        row("latency p50", format!("{:.2} ms", l.p50), &p50);
+        row("latency p95", format!("{:.2} ms", l.p95), &p95);
+        row("latency p99", format!("{:.2} ms", l.p99), &p99);
         row(
             "latency mean / max",
             format!("{:.2} / {:.2} ms", l.mean, l.max),
