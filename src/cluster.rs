@@ -11,11 +11,12 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::actors::directory::Directory;
-use crate::actors::faulty_socket::FaultNet;
-use crate::actors::node::{start_node, AgentsStart, NodeHandle, NodeMsg, NodeSpec};
+use crate::actors::messages::NodeMsg;
+use crate::actors::node::{start_node, AgentsStart, NodeHandle, NodeSpec};
 use crate::config::ClusterConfig;
 use crate::identity;
 use crate::metrics::{CounterValues, LatencySummary};
+use crate::net::faulty_socket::FaultNet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -308,7 +309,8 @@ impl LocalCluster {
     pub fn reset_latency(&self) {
         for node in &self.nodes {
             let mut histograms = node
-                .context
+                .parts
+                .shared
                 .metrics
                 .histograms
                 .lock()
@@ -383,7 +385,7 @@ impl LocalCluster {
     pub fn counters(&self) -> CounterValues {
         let mut counters = CounterValues::default();
         for node in &self.nodes {
-            counters.add(&node.context.metrics.counters.values());
+            counters.add(&node.parts.shared.metrics.counters.values());
         }
         counters
     }
@@ -392,7 +394,7 @@ impl LocalCluster {
     pub fn hops(&self) -> Vec<u64> {
         let mut hops = Vec::new();
         for node in &self.nodes {
-            add_hops(&mut hops, node.context.metrics.hop_values());
+            add_hops(&mut hops, node.parts.shared.metrics.hop_values());
         }
         hops
     }
@@ -422,8 +424,8 @@ impl LocalCluster {
         request: crate::protocols::control::ClientRequest,
         wait: Duration,
     ) -> Option<crate::protocols::control::ClientReply> {
-        let replica = self.node(id)?.context.replica.get()?;
-        let call = |reply| crate::actors::raft_replica::RaftMsg::Client { request, reply };
+        let replica = self.node(id)?.parts.shared.mailboxes.replica.get()?;
+        let call = |reply| crate::actors::messages::RaftMsg::Client { request, reply };
         match replica.call(call, Some(wait)).await {
             Ok(ractor::rpc::CallResult::Success(reply)) => Some(reply),
             _ => None,
@@ -521,7 +523,7 @@ impl LocalCluster {
         let views: Vec<_> = self
             .nodes
             .iter()
-            .map(|node| node.context.routing_view())
+            .map(|node| node.parts.overlay.routing_view())
             .collect();
         let excluded = views.iter().all(|view| {
             view.frame.me.is_some()
@@ -541,7 +543,7 @@ impl LocalCluster {
         self.nodes
             .iter()
             .map(|node| {
-                let core = node.context.mesh_core();
+                let core = node.parts.data_path.mesh_core();
                 departed
                     .iter()
                     .map(|id| core.inflight_to(id) as u64)
@@ -558,7 +560,8 @@ impl LocalCluster {
 
 pub fn node_links_up(node: &NodeHandle) -> bool {
     let neighbours = node
-        .context
+        .parts
+        .overlay
         .neighbours
         .read()
         .expect("neighbours lock is never poisoned")
@@ -566,8 +569,8 @@ pub fn node_links_up(node: &NodeHandle) -> bool {
     !neighbours.is_empty()
         && neighbours
             .iter()
-            .all(|peer| node.context.peers.is_connected(peer))
-        || node.context.config.nodes.len() == 1
+            .all(|peer| node.parts.shared.peers.is_connected(peer))
+        || node.parts.shared.config.nodes.len() == 1
 }
 
 /// What running one node of `config` in this process needs, found before
@@ -759,10 +762,13 @@ impl Totals {
                 .expect("static bounds are valid"),
         };
         for node in nodes {
-            totals.counters.add(&node.context.metrics.counters.values());
-            add_hops(&mut totals.hops, node.context.metrics.hop_values());
+            totals
+                .counters
+                .add(&node.parts.shared.metrics.counters.values());
+            add_hops(&mut totals.hops, node.parts.shared.metrics.hop_values());
             let histograms = node
-                .context
+                .parts
+                .shared
                 .metrics
                 .histograms
                 .lock()

@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use agentmesh::actors::directory::Directory;
 use agentmesh::actors::node::{start_node, AgentsStart, NodeHandle, NodeSpec};
-use agentmesh::actors::transport::{quic_client_config, CLOSE_MALFORMED_FRAME};
 use agentmesh::cluster::LocalCluster;
 use agentmesh::config::{self, ClusterConfig, TransportConfig};
+use agentmesh::net::quic::{quic_client_config, CLOSE_MALFORMED_FRAME};
+use agentmesh::net::tls::{NodeCertificate, PinnedKeys};
 use agentmesh::protocols::wire::codec::encode_frame;
 use agentmesh::protocols::wire::{
     Destination, Envelope, EnvelopeKind, Frame, SignedFields, StreamHeader, TrafficClass,
 };
-use agentmesh::tls::{NodeCertificate, PinnedKeys};
 use ed25519_dalek::SigningKey;
 
 mod common;
@@ -36,9 +36,10 @@ fn parse(text: &str) -> ClusterConfig {
 fn stat(
     node: &NodeHandle,
     agent: &str,
-    pick: fn(&agentmesh::actors::agent::AgentStats) -> &std::sync::atomic::AtomicU64,
+    pick: fn(&agentmesh::actors::data_path::AgentStats) -> &std::sync::atomic::AtomicU64,
 ) -> u64 {
-    node.context
+    node.parts
+        .data_path
         .agent_stats
         .get(agent)
         .map_or(0, |stats| pick(&stats).load(Ordering::Relaxed))
@@ -55,20 +56,21 @@ async fn three_nodes_deliver_every_signed_message_exactly_once() {
     let cluster = LocalCluster::start(parse(&text)).await.unwrap();
     let storms = ["storm-0", "storm-1", "storm-2"];
     let echoes = ["echo-0", "echo-1", "echo-2"];
-    let sum =
-        |agents: &[&str],
-         pick: fn(&agentmesh::actors::agent::AgentStats) -> &std::sync::atomic::AtomicU64| {
-            agents
-                .iter()
-                .map(|agent| {
-                    cluster
-                        .nodes
-                        .iter()
-                        .map(|node| stat(node, agent, pick))
-                        .sum::<u64>()
-                })
-                .sum::<u64>()
-        };
+    let sum = |agents: &[&str],
+               pick: fn(
+        &agentmesh::actors::data_path::AgentStats,
+    ) -> &std::sync::atomic::AtomicU64| {
+        agents
+            .iter()
+            .map(|agent| {
+                cluster
+                    .nodes
+                    .iter()
+                    .map(|node| stat(node, agent, pick))
+                    .sum::<u64>()
+            })
+            .sum::<u64>()
+    };
     wait_until(
         "every storm sent its 300 messages and got every reply",
         || sum(&storms, |s| &s.sent) == 900 && sum(&storms, |s| &s.received_replies) == 900,
@@ -163,7 +165,7 @@ async fn dial(
     server_key: &SigningKey,
     node: &NodeHandle,
 ) -> Result<quinn::Connection, String> {
-    agentmesh::tls::install_crypto_provider();
+    agentmesh::net::tls::install_crypto_provider();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let pinned = PinnedKeys::new([(server_id.to_string(), server_key.verifying_key())]);
     let client = quic_client_config(
@@ -172,9 +174,9 @@ async fn dial(
         &TransportConfig::default(),
     )
     .unwrap();
-    let address = node.context.endpoint.local_addr().unwrap();
+    let address = node.parts.shared.endpoint.local_addr().unwrap();
     let connection = endpoint
-        .connect_with(client, address, agentmesh::tls::SERVER_NAME)
+        .connect_with(client, address, agentmesh::net::tls::SERVER_NAME)
         .unwrap()
         .await
         .map_err(|e| e.to_string())?;
@@ -199,12 +201,13 @@ async fn storm_to_echo_flows(nodes: &[NodeHandle]) {
 async fn a_node_whose_key_is_not_in_the_config_cannot_connect() {
     let (nodes, _, keys) = two_nodes_and_a_test_peer().await;
     wait_until("b1 and c2 are connected", || {
-        nodes[0].context.peers.is_connected("c2")
+        nodes[0].parts.shared.peers.is_connected("c2")
     })
     .await;
     let outsider = SigningKey::from_bytes(&[99; 32]);
     let refused_before = nodes[0]
-        .context
+        .parts
+        .shared
         .metrics
         .counters
         .handshakes_refused
@@ -220,7 +223,8 @@ async fn a_node_whose_key_is_not_in_the_config_cannot_connect() {
     }
     wait_until("b1 counted the refused handshake", || {
         nodes[0]
-            .context
+            .parts
+            .shared
             .metrics
             .counters
             .handshakes_refused
@@ -229,7 +233,7 @@ async fn a_node_whose_key_is_not_in_the_config_cannot_connect() {
     })
     .await;
     assert!(
-        nodes[0].context.peers.is_connected("c2"),
+        nodes[0].parts.shared.peers.is_connected("c2"),
         "the refusal did not disturb the others"
     );
     storm_to_echo_flows(&nodes).await;
@@ -240,10 +244,10 @@ async fn a_node_whose_key_is_not_in_the_config_cannot_connect() {
 async fn a_peer_sending_malformed_or_oversized_frames_is_disconnected_and_counted() {
     let (nodes, test_key, keys) = two_nodes_and_a_test_peer().await;
     wait_until("b1 and c2 are connected", || {
-        nodes[0].context.peers.is_connected("c2")
+        nodes[0].parts.shared.peers.is_connected("c2")
     })
     .await;
-    let counters = &nodes[0].context.metrics.counters;
+    let counters = &nodes[0].parts.shared.metrics.counters;
     let garbage: [&[u8]; 2] = [
         &[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff], // a frame that is not a message
         &[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0],       // a length far beyond frame_bytes_max
@@ -289,7 +293,7 @@ const VAULT: &str = "[[agents]]\nname = \"vault\"\nbehaviour = \"sink\"\nnode = 
 
 /// How many of the vault's deliveries carried `payload`.
 fn in_vault(node: &NodeHandle, payload: &[u8]) -> usize {
-    let stats = node.context.stats_of("vault");
+    let stats = node.parts.data_path.stats_of("vault");
     stats
         .recorded()
         .iter()
@@ -339,7 +343,7 @@ fn count(
     node: &NodeHandle,
     counter: impl Fn(&agentmesh::metrics::Counters) -> &std::sync::atomic::AtomicU64,
 ) -> u64 {
-    counter(&node.context.metrics.counters).load(Ordering::Relaxed)
+    counter(&node.parts.shared.metrics.counters).load(Ordering::Relaxed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,7 +379,7 @@ async fn tampered_and_replayed_envelopes_are_dropped_and_counted() {
         0,
         "nor the forgery"
     );
-    assert!(c2.context.peers.is_connected("b1"));
+    assert!(c2.parts.shared.peers.is_connected("b1"));
     storm_to_echo_flows(&nodes).await;
     shutdown_all(nodes).await;
 }
@@ -387,7 +391,7 @@ async fn a_flooding_peer_is_rate_limited_while_the_others_traffic_flows() {
     let (nodes, test_key, keys) = two_nodes_and_a_test_peer_with(&format!("{VAULT}{limits}")).await;
     let c2 = &nodes[1];
     wait_until("b1 and c2 are connected", || {
-        c2.context.peers.is_connected("b1")
+        c2.parts.shared.peers.is_connected("b1")
     })
     .await;
     let connection = dial(&test_key, "c2", &keys["c2"], c2)
@@ -404,7 +408,7 @@ async fn a_flooding_peer_is_rate_limited_while_the_others_traffic_flows() {
     storm_to_echo_flows(&nodes).await;
     let flooded = in_vault(c2, b"flood");
     assert!(
-        c2.context.peers.is_connected("b1"),
+        c2.parts.shared.peers.is_connected("b1"),
         "the other peer stays connected"
     );
     assert_eq!(
@@ -432,10 +436,10 @@ fn supervised_config(restarts_max: u32) -> ClusterConfig {
 async fn kill_echo_and_wait_for_restart(cluster: &LocalCluster, starts_expected: u64) {
     let n2 = cluster.node("n2").unwrap();
     wait_until("the echo agent runs", || {
-        n2.context.agents.contains_key("echo")
+        n2.parts.data_path.agents.contains_key("echo")
     })
     .await;
-    n2.context.agents.get("echo").unwrap().actor.kill();
+    n2.parts.data_path.agents.get("echo").unwrap().actor.kill();
     wait_until("the echo agent was restarted", || {
         stat(n2, "echo", |s| &s.starts) >= starts_expected
     })
@@ -453,7 +457,8 @@ async fn a_killed_agent_is_restarted_and_receives_again() {
     kill_echo_and_wait_for_restart(&cluster, 2).await;
     let n2 = cluster.node("n2").unwrap();
     assert_eq!(
-        n2.context
+        n2.parts
+            .shared
             .metrics
             .counters
             .actor_restarts
@@ -461,7 +466,8 @@ async fn a_killed_agent_is_restarted_and_receives_again() {
         1
     );
     assert_eq!(
-        n2.context
+        n2.parts
+            .shared
             .metrics
             .counters
             .supervisor_escalations
@@ -481,7 +487,8 @@ async fn a_spent_agent_budget_escalates_to_the_node_supervisor_which_restarts_th
     kill_echo_and_wait_for_restart(&cluster, 4).await;
     let n2 = cluster.node("n2").unwrap();
     assert_eq!(
-        n2.context
+        n2.parts
+            .shared
             .metrics
             .counters
             .supervisor_escalations
@@ -498,17 +505,21 @@ async fn a_spent_node_budget_stops_the_node_and_the_others_keep_running() {
     let n2 = cluster.node("n2").unwrap();
     for kill in 1..=3u64 {
         wait_for("n2's router runs", || async {
-            n2.context
+            n2.parts
+                .shared
+                .mailboxes
                 .router
                 .get()
                 .is_some_and(|r| r.get_status() == ractor::ActorStatus::Running)
         })
         .await;
-        let router = n2.context.router.get().unwrap();
+        let router = n2.parts.shared.mailboxes.router.get().unwrap();
         router.kill();
         if kill < 3 {
             wait_until("the router was restarted", || {
-                n2.context
+                n2.parts
+                    .shared
+                    .mailboxes
                     .router
                     .get()
                     .is_some_and(|r| r.get_id() != router.get_id())
@@ -518,7 +529,8 @@ async fn a_spent_node_budget_stops_the_node_and_the_others_keep_running() {
     }
     wait_until("n2 stopped after its budget was spent", || !n2.is_running()).await;
     assert_eq!(
-        n2.context
+        n2.parts
+            .shared
             .metrics
             .counters
             .supervisor_escalations

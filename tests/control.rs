@@ -113,7 +113,14 @@ async fn writes_survive_a_killed_leader_replica_and_histories_are_linearizable()
 
     // Kill the leader's replica actor; its supervisor restarts it from its
     // log, and the group elects a leader in a later term.
-    let replica = cluster.node(&leader.node).unwrap().context.replica.get();
+    let replica = cluster
+        .node(&leader.node)
+        .unwrap()
+        .parts
+        .shared
+        .mailboxes
+        .replica
+        .get();
     replica.expect("the leader runs a replica").kill();
     let history = concurrent_history(&config, 4, 40).await;
     let after = settled_leader(&mut client).await;
@@ -236,7 +243,7 @@ async fn a_replica_far_behind_gets_a_snapshot_and_restarted_nodes_keep_their_sta
     };
     assert!(caught_up.snapshot_index > 0, "{caught_up:?}");
     assert_eq!(caught_up.keys, 126, "{caught_up:?}");
-    let counters = &cluster.node(behind).unwrap().context.metrics.counters;
+    let counters = &cluster.node(behind).unwrap().parts.shared.metrics.counters;
     let installed = counters
         .raft_snapshot_bytes_installed
         .load(std::sync::atomic::Ordering::Relaxed);
@@ -432,9 +439,10 @@ fn overlay_agreed(cluster: &LocalCluster, down: &[&str], after: u64) -> Option<u
     let down: std::collections::BTreeSet<String> = down.iter().map(|n| n.to_string()).collect();
     let mut epochs = std::collections::BTreeSet::new();
     for node in cluster.nodes.iter().filter(|node| !down.contains(&node.id)) {
-        let context = &node.context;
-        let commit = context.committed_overlay.read().unwrap().clone();
+        let context = &node.parts;
+        let commit = context.overlay.committed_overlay.read().unwrap().clone();
         let members = context
+            .shared
             .directory
             .roster
             .node_names
@@ -442,8 +450,8 @@ fn overlay_agreed(cluster: &LocalCluster, down: &[&str], after: u64) -> Option<u
             .filter(|name| !down.contains(*name))
             .cloned()
             .collect();
-        let expected = context.directory.topology.overlay_for(&members);
-        let neighbours = context.neighbours.read().unwrap().clone();
+        let expected = context.shared.directory.topology.overlay_for(&members);
+        let neighbours = context.overlay.neighbours.read().unwrap().clone();
         if commit.down != down || neighbours != expected.neighbours_of(&node.id) {
             return None;
         }
@@ -465,7 +473,7 @@ async fn wait_for_overlay(cluster: &LocalCluster, down: &[&str], after: u64) -> 
             .map(|node| {
                 (
                     node.id.clone(),
-                    node.context.committed_overlay.read().unwrap().clone(),
+                    node.parts.overlay.committed_overlay.read().unwrap().clone(),
                 )
             })
             .collect();
@@ -502,7 +510,7 @@ async fn every_node_applies_the_overlay_the_control_plane_commits() {
     assert!(cluster.stop_node(&leader_node, Departure::Crash).await);
     wait_for_overlay(&cluster, &[leader_node.as_str()], with).await;
     let plain = cluster.node("n6").unwrap();
-    let counters = &plain.context.metrics.counters;
+    let counters = &plain.parts.shared.metrics.counters;
     let applied = counters
         .overlay_commits_applied
         .load(std::sync::atomic::Ordering::Relaxed);

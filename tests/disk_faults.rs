@@ -14,9 +14,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use agentmesh::actors::raft_replica::identity::Owner;
+use agentmesh::actors::raft_replica::log::RaftLog;
 use agentmesh::protocols::raft::{Durable, LogPosition, Persist, Voting};
-use agentmesh::raft_identity::Owner;
-use agentmesh::raft_log::RaftLog;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
 fn owner() -> Owner {
@@ -355,7 +355,8 @@ fn a_log_that_cannot_be_read_is_rebuilt_empty_with_votes_withheld_and_the_old_fo
     write_log(&folder);
     {
         let running = RaftLog::open(&folder, &owner(), true).unwrap();
-        let refused = agentmesh::raft_log::rebuild(&folder, &owner(), None).unwrap_err();
+        let refused =
+            agentmesh::actors::raft_replica::log::rebuild(&folder, &owner(), None).unwrap_err();
         assert!(refused.contains("the node still runs"), "{refused}");
         drop(running);
     }
@@ -365,7 +366,7 @@ fn a_log_that_cannot_be_read_is_rebuilt_empty_with_votes_withheld_and_the_old_fo
         .expect("a damaged snapshot is refused");
     assert!(error.to_string().contains("snapshot"), "{error}");
 
-    let rebuilt = agentmesh::raft_log::rebuild(&folder, &owner(), None).unwrap();
+    let rebuilt = agentmesh::actors::raft_replica::log::rebuild(&folder, &owner(), None).unwrap();
     let lost = LogPosition {
         term: 2,
         last_index: 60,
@@ -389,8 +390,10 @@ fn a_log_that_cannot_be_read_is_rebuilt_empty_with_votes_withheld_and_the_old_fo
     // With the identity record unreadable as well, the operator says which
     // term was lost; without it nothing is changed.
     std::fs::write(folder.join("identity"), b"garbage").unwrap();
-    let refused = agentmesh::raft_log::rebuild(&folder, &owner(), None).unwrap_err();
+    let refused =
+        agentmesh::actors::raft_replica::log::rebuild(&folder, &owner(), None).unwrap_err();
     assert!(refused.contains("--term-lost"), "{refused}");
-    let rebuilt = agentmesh::raft_log::rebuild(&folder, &owner(), Some(7)).unwrap();
+    let rebuilt =
+        agentmesh::actors::raft_replica::log::rebuild(&folder, &owner(), Some(7)).unwrap();
     assert!(matches!(rebuilt.voting, Voting::Withheld { lost } if lost.term == 7));
 }

@@ -49,7 +49,8 @@ async fn send_everywhere(cluster: &LocalCluster, rounds: usize, tag: &str) {
             for to in (0..NODES).filter(|&to| to != from) {
                 let payload = format!("{tag}:{round}:{from}->{to}");
                 let receipt = send_with_receipt(
-                    &node.context,
+                    &node.parts.shared,
+                    &node.parts.data_path,
                     &format!("sink-{from}"),
                     &format!("sink-{to}"),
                     EnvelopeKind::Data,
@@ -73,7 +74,7 @@ async fn send_everywhere(cluster: &LocalCluster, rounds: usize, tag: &str) {
 fn consumed(cluster: &LocalCluster, tag: &str) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
     for node in &cluster.nodes {
-        for entry in node.context.agent_stats.iter() {
+        for entry in node.parts.data_path.agent_stats.iter() {
             for (_, payload) in entry.value().recorded() {
                 let payload = String::from_utf8(payload).unwrap();
                 if payload.starts_with(tag) {
@@ -121,10 +122,10 @@ async fn a_link_cut_one_way_never_connects_and_messages_go_around_it() {
     send_everywhere(&cluster, 3, "around").await;
     let n1 = cluster.node("n1").unwrap();
     assert!(
-        !n1.context.peers.is_connected("n2"),
+        !n1.parts.shared.peers.is_connected("n2"),
         "the cut link connected"
     );
-    assert!(n1.context.peers.is_connected("n3"));
+    assert!(n1.parts.shared.peers.is_connected("n3"));
     let counters = &cluster.faults.as_ref().unwrap().counters;
     assert!(counters.dropped_cut.load(Ordering::Relaxed) > 0);
     let seen = consumed(&cluster, "around");
@@ -153,7 +154,8 @@ async fn a_node_cut_off_at_run_time_gets_its_messages_once_healed() {
     // and retransmitted until the cut heals.
     let n2 = cluster.node("n2").unwrap();
     let receipt = send_with_receipt(
-        &n2.context,
+        &n2.parts.shared,
+        &n2.parts.data_path,
         "sink-1",
         "sink-0",
         EnvelopeKind::Data,
@@ -161,7 +163,7 @@ async fn a_node_cut_off_at_run_time_gets_its_messages_once_healed() {
     )
     .unwrap();
     common::wait_until("n2 sees n1's link go", || {
-        !n2.context.peers.is_connected("n1")
+        !n2.parts.shared.peers.is_connected("n1")
     })
     .await;
     assert!(

@@ -6,10 +6,11 @@
 
 use std::collections::HashMap;
 
-use agentmesh::actors::context::SendError;
-use agentmesh::actors::router::{send_with_receipt, Receipt};
+use agentmesh::actors::messages::Receipt;
+use agentmesh::actors::router::send_with_receipt;
 use agentmesh::cluster::{node_links_up, Departure, LocalCluster};
 use agentmesh::config::{self, ClusterConfig};
+use agentmesh::protocols::mesh::SendError;
 use agentmesh::protocols::wire::EnvelopeKind;
 use tokio::sync::oneshot;
 
@@ -52,7 +53,8 @@ fn send_all_pairs(
         for &to in indices.iter().filter(|&&to| to != from) {
             let payload = format!("{round}:{from}->{to}");
             let receipt = send_with_receipt(
-                &node.context,
+                &node.parts.shared,
+                &node.parts.data_path,
                 &sink(from),
                 &sink(to),
                 EnvelopeKind::Data,
@@ -69,7 +71,7 @@ fn send_all_pairs(
 fn recorded(cluster: &LocalCluster) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
     for node in &cluster.nodes {
-        for entry in node.context.agent_stats.iter() {
+        for entry in node.parts.data_path.agent_stats.iter() {
             for (_, payload) in entry.value().recorded() {
                 *seen.entry(String::from_utf8(payload).unwrap()).or_insert(0) += 1;
             }
@@ -104,13 +106,13 @@ async fn every_pair_exactly_once_then_lose_a_node(departure: Departure) {
     let mut cluster = LocalCluster::start(config("")).await.unwrap();
     wait_until("every overlay link is up", || cluster.all_links_up()).await;
     for node in &cluster.nodes {
-        let degree = node.context.neighbours.read().unwrap().len();
+        let degree = node.parts.overlay.neighbours.read().unwrap().len();
         assert_eq!(
             degree, 4,
             "{} holds connections to its overlay neighbours only",
             node.id
         );
-        assert_eq!(node.context.peers.connected().len(), 4, "{}", node.id);
+        assert_eq!(node.parts.shared.peers.connected().len(), 4, "{}", node.id);
     }
 
     let everyone: Vec<usize> = (0..NODES).collect();
@@ -145,7 +147,7 @@ async fn every_pair_exactly_once_then_lose_a_node(departure: Departure) {
         "every survivor dropped the stopped node from its overlay",
         || {
             cluster.nodes.iter().all(|node| {
-                let view = node.context.routing_view();
+                let view = node.parts.overlay.routing_view();
                 !view.frame.overlay.contains(STOPPED)
                     && view.frame.overlay.node_count() == NODES - 1
             })
@@ -157,7 +159,7 @@ async fn every_pair_exactly_once_then_lose_a_node(departure: Departure) {
     })
     .await;
     for node in &cluster.nodes {
-        let view = node.context.routing_view();
+        let view = node.parts.overlay.routing_view();
         let table = view.table.as_ref().expect("a live node routes");
         let reachable = table.reachable();
         assert_eq!(
@@ -166,7 +168,7 @@ async fn every_pair_exactly_once_then_lose_a_node(departure: Departure) {
             "{} reaches every other survivor",
             node.id
         );
-        let degree = node.context.neighbours.read().unwrap().len();
+        let degree = node.parts.overlay.neighbours.read().unwrap().len();
         assert!((4..=5).contains(&degree), "{} has degree {degree}", node.id);
     }
 
@@ -208,7 +210,8 @@ async fn a_sender_past_its_rate_limit_is_refused_and_others_are_not() {
     let node = cluster.node("n00").unwrap();
     let send = |from: &str| {
         send_with_receipt(
-            &node.context,
+            &node.parts.shared,
+            &node.parts.data_path,
             from,
             "sink-3",
             EnvelopeKind::Data,

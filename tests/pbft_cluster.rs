@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh::actors::pbft_replica::PbftStatus;
+use agentmesh::actors::messages::PbftStatus;
 use agentmesh::clients::pbft::PbftClient;
 use agentmesh::cluster::LocalCluster;
 use agentmesh::config::ClusterConfig;
@@ -34,7 +34,7 @@ fn parse(text: &str) -> Result<ClusterConfig, String> {
 fn client(cluster: &LocalCluster, seed: u8) -> PbftClient {
     let contexts: Vec<_> = ["n1", "n2", "n3", "n4"]
         .iter()
-        .map(|id| Arc::clone(&cluster.node(id).unwrap().context))
+        .map(|id| Arc::clone(&cluster.node(id).unwrap().parts))
         .collect();
     let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
     PbftClient::new(
@@ -83,9 +83,9 @@ async fn an_equivocating_primary_is_voted_out_and_the_group_keeps_executing() {
     // The correct replicas left view 0 and agree on every sequence number.
     let mut logs = Vec::new();
     for id in ["n2", "n3", "n4"] {
-        let context = &cluster.node(id).unwrap().context;
+        let context = &cluster.node(id).unwrap().parts;
         let (entered, executed) = {
-            let log = context.pbft_executed.lock().unwrap();
+            let log = context.pbft.executed.lock().unwrap();
             let entered: Vec<u64> = log.views_entered.iter().map(|(view, _)| *view).collect();
             (entered, log.executed.clone())
         };
@@ -145,8 +145,8 @@ fn a_pbft_section_with_errors_is_refused_naming_each_key() {
 }
 
 async fn executed_by(cluster: &LocalCluster, id: &str) -> Option<u64> {
-    let context = &cluster.node(id)?.context;
-    let status = PbftStatus::of(context, Duration::from_secs(5)).await?;
+    let context = &cluster.node(id)?.parts;
+    let status = PbftStatus::of(&context.shared, Duration::from_secs(5)).await?;
     Some(status.executed)
 }
 
@@ -166,7 +166,9 @@ async fn a_killed_replica_comes_back_empty_and_catches_up_while_the_group_goes_o
     cluster
         .node("n4")
         .unwrap()
-        .context
+        .parts
+        .shared
+        .mailboxes
         .pbft
         .get()
         .unwrap()
@@ -189,7 +191,8 @@ async fn a_killed_replica_comes_back_empty_and_catches_up_while_the_group_goes_o
     let counters = cluster
         .node("n4")
         .unwrap()
-        .context
+        .parts
+        .shared
         .metrics
         .counters
         .values();

@@ -7,89 +7,40 @@
 //! its restart budget; a spent budget fails the agent supervisor, which
 //! escalates to the node supervisor.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::behaviours::{self, AgentContext, Behaviour, Delivery, Outbox};
 use crate::config::AgentConfig;
-use crate::protocols::wire::{Envelope, EnvelopeKind};
+use crate::protocols::wire::EnvelopeKind;
 
-use super::context::{unix_micros, AgentHandle, AgentReport, NodeContext, SendError, Ticker};
-use super::router::{self, OutboundMessage};
+use crate::clock::unix_micros;
+use crate::protocols::mesh::SendError;
+
+use super::data_path::{AgentHandle, AgentReport, AgentStats, DataPath};
+use super::messages::{AgentMsg, AgentSupervisorMsg, OutboundMessage};
+use super::router;
+use super::shared::{NodeShared, Ticker};
 use super::supervisor::Children;
 
-/// Deliveries a recording agent keeps (`behaviour = "sink"`); more are
-/// counted in `unrecorded`. A ten-minute chaos run records about a million
-/// per sink (some 150 bytes each).
-pub const RECORDED_MAX: usize = 4_000_000;
-
-/// (from agent, payload) of one recorded delivery.
-pub type RecordedDelivery = (String, Vec<u8>);
-
-/// An agent's counters; they outlive the agent's restarts.
-#[derive(Debug, Default)]
-pub struct AgentStats {
-    pub sent: AtomicU64,
-    pub refused: AtomicU64,
-    pub received_data: AtomicU64,
-    pub received_replies: AtomicU64,
-    /// Messages this agent sent that their destination acknowledged.
-    pub acknowledged: AtomicU64,
-    /// Sum over data received of the time from its signing to now, in
-    /// microseconds (with `received_data`, the agent's mean latency).
-    pub latency_micros_total: AtomicU64,
-    pub starts: AtomicU64,
-    /// (from agent, payload) of every delivery, for sinks.
-    pub recorded: Mutex<Vec<RecordedDelivery>>,
-    pub unrecorded: AtomicU64,
-}
-
-impl AgentStats {
-    /// Keeps what a sink received.
-    fn record(&self, delivery: &Delivery) {
-        let mut recorded = self.recorded.lock().expect("record lock is never poisoned");
-        if recorded.len() < RECORDED_MAX {
-            recorded.push((delivery.from_agent.clone(), delivery.payload.clone()));
-        } else {
-            self.unrecorded.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Everything recorded so far.
-    pub fn recorded(&self) -> Vec<RecordedDelivery> {
-        self.recorded
-            .lock()
-            .expect("record lock is never poisoned")
-            .clone()
-    }
-}
-
-pub enum AgentMsg {
-    /// A verified, fresh envelope; the permit holds its inbox place.
-    Deliver {
-        envelope: Envelope,
-        permit: OwnedSemaphorePermit,
-    },
-    Tick,
-    /// The router refused a message this agent sent.
-    SendFailed {
-        destination: String,
-        error: SendError,
-    },
-    /// Stop ticking (the run is draining); still answer deliveries.
-    Quiesce,
+/// What an agent (and the agent supervisor) starts from: the node's
+/// shared core, and the data path its messages go through.
+#[derive(Clone)]
+pub struct AgentParts {
+    pub shared: Arc<NodeShared>,
+    pub data_path: Arc<DataPath>,
 }
 
 pub struct Agent;
 
 pub struct AgentState {
-    context: Arc<NodeContext>,
+    parts: AgentParts,
     name: String,
     behaviour: Box<dyn Behaviour>,
     rng: ChaCha8Rng,
@@ -102,7 +53,7 @@ pub struct AgentState {
 
 /// Carries a behaviour's sends to the router and counts them.
 struct RouterOutbox<'a> {
-    context: &'a NodeContext,
+    parts: &'a AgentParts,
     source: &'a str,
     stats: &'a AgentStats,
 }
@@ -116,7 +67,7 @@ impl Outbox for RouterOutbox<'_> {
             payload,
             receipt: None,
         };
-        let result = router::send(self.context, message);
+        let result = router::send(&self.parts.shared, &self.parts.data_path, message);
         let counter = if result.is_ok() {
             &self.stats.sent
         } else {
@@ -131,7 +82,7 @@ impl AgentState {
     /// Runs `call` on the behaviour with a fresh context.
     fn with_behaviour(&mut self, call: impl FnOnce(&mut dyn Behaviour, &mut AgentContext<'_>)) {
         let mut outbox = RouterOutbox {
-            context: &self.context,
+            parts: &self.parts,
             source: &self.name,
             stats: &self.stats,
         };
@@ -146,31 +97,32 @@ impl AgentState {
 }
 
 fn seed_of(cluster_seed: u64, name: &str) -> u64 {
-    cluster_seed ^ super::node::stable_hash(name)
+    cluster_seed ^ crate::protocols::stable_hash(name)
 }
 
 impl Actor for Agent {
     type Msg = AgentMsg;
     type State = AgentState;
-    type Arguments = (Arc<NodeContext>, AgentConfig);
+    type Arguments = (AgentParts, AgentConfig);
 
     async fn pre_start(
         &self,
         myself: ActorRef<AgentMsg>,
-        (context, config): (Arc<NodeContext>, AgentConfig),
+        (parts, config): (AgentParts, AgentConfig),
     ) -> Result<AgentState, ActorProcessingErr> {
-        let behaviour = behaviours::make(&config, &context.config.agents);
-        let stats = context.stats_of(&config.name);
+        let (shared, data_path) = (&parts.shared, &parts.data_path);
+        let behaviour = behaviours::make(&config, &shared.config.agents);
+        let stats = data_path.stats_of(&config.name);
         let records = config.behaviour == crate::config::BehaviourConfig::Sink;
         let incarnation = stats.starts.fetch_add(1, Ordering::Relaxed) + 1;
-        let inbox = Arc::new(Semaphore::new(context.config.limits.agent_inbox_max));
+        let inbox = Arc::new(Semaphore::new(shared.config.limits.agent_inbox_max));
         // Reported before the handle is published: the router hands this
         // incarnation only what the core meant for it.
-        context.agent_reports.push(AgentReport::Started {
+        data_path.agent_reports.push(AgentReport::Started {
             agent: config.name.clone(),
             incarnation,
         });
-        context.agents.insert(
+        data_path.agents.insert(
             config.name.clone(),
             AgentHandle {
                 actor: myself.clone(),
@@ -182,9 +134,9 @@ impl Actor for Agent {
             .tick_interval_ms()
             .map(|every| myself.send_interval(Duration::from_millis(every), || AgentMsg::Tick))
             .map(Ticker::new);
-        let rng = ChaCha8Rng::seed_from_u64(seed_of(context.config.seed, &config.name));
+        let rng = ChaCha8Rng::seed_from_u64(seed_of(shared.config.seed, &config.name));
         let mut state = AgentState {
-            context,
+            parts,
             name: config.name,
             behaviour,
             rng,
@@ -232,11 +184,15 @@ impl Actor for Agent {
                 });
                 // Consumed: the router acknowledges it, and never hands it
                 // over again.
-                state.context.agent_reports.push(AgentReport::Consumed {
-                    agent: state.name.clone(),
-                    origin,
-                    sequence,
-                });
+                state
+                    .parts
+                    .data_path
+                    .agent_reports
+                    .push(AgentReport::Consumed {
+                        agent: state.name.clone(),
+                        origin,
+                        sequence,
+                    });
             }
             AgentMsg::Tick => {
                 state.with_behaviour(|behaviour, agent_context| behaviour.tick(agent_context))
@@ -252,18 +208,10 @@ impl Actor for Agent {
     }
 }
 
-pub enum AgentSupervisorMsg {
-    Restart(String),
-    /// Tell every agent to stop ticking.
-    Quiesce,
-    /// Stop every agent without restarting any; answers when done.
-    StopAgents(RpcReplyPort<()>),
-}
-
 pub struct AgentSupervisor;
 
 pub struct AgentSupervisorState {
-    context: Arc<NodeContext>,
+    parts: AgentParts,
     children: Children<String>,
     quiesced: bool,
 }
@@ -275,7 +223,8 @@ impl AgentSupervisorState {
         name: &str,
     ) -> Result<(), ActorProcessingErr> {
         let Some(config) = self
-            .context
+            .parts
+            .shared
             .config
             .agents
             .iter()
@@ -284,13 +233,9 @@ impl AgentSupervisorState {
         else {
             return Err(format!("agent {name} is not in the config").into());
         };
-        let (agent, _) = Actor::spawn_linked(
-            None,
-            Agent,
-            (self.context.clone(), config),
-            myself.get_cell(),
-        )
-        .await?;
+        let (agent, _) =
+            Actor::spawn_linked(None, Agent, (self.parts.clone(), config), myself.get_cell())
+                .await?;
         if self.quiesced {
             let _ = agent.cast(AgentMsg::Quiesce);
         }
@@ -302,31 +247,28 @@ impl AgentSupervisorState {
 impl Actor for AgentSupervisor {
     type Msg = AgentSupervisorMsg;
     type State = AgentSupervisorState;
-    type Arguments = Arc<NodeContext>;
+    type Arguments = AgentParts;
 
     async fn pre_start(
         &self,
         myself: ActorRef<AgentSupervisorMsg>,
-        context: Arc<NodeContext>,
+        parts: AgentParts,
     ) -> Result<AgentSupervisorState, ActorProcessingErr> {
-        let policy = context.config.supervision.restart_policy();
-        let seed = seed_of(context.config.seed, &format!("{}/agents", context.node_id));
-        let children = Children::new(
-            policy,
-            seed,
-            format!("{}/agent-supervisor", context.node_id),
-        );
+        let shared = &parts.shared;
+        let policy = shared.config.supervision.restart_policy();
+        let seed = seed_of(shared.config.seed, &format!("{}/agents", shared.node_id));
+        let children = Children::new(policy, seed, format!("{}/agent-supervisor", shared.node_id));
         let mut state = AgentSupervisorState {
-            context,
+            parts,
             children,
             quiesced: false,
         };
-        let names: Vec<String> = state
-            .context
+        let shared = &state.parts.shared;
+        let names: Vec<String> = shared
             .config
             .agents
             .iter()
-            .filter(|agent| agent.node == state.context.node_id)
+            .filter(|agent| agent.node == shared.node_id)
             .map(|agent| agent.name.clone())
             .collect();
         for name in names {
@@ -349,7 +291,7 @@ impl Actor for AgentSupervisor {
             }
             AgentSupervisorMsg::Quiesce => {
                 state.quiesced = true;
-                for entry in state.context.agents.iter() {
+                for entry in state.parts.data_path.agents.iter() {
                     let _ = entry.actor.cast(AgentMsg::Quiesce);
                 }
             }
@@ -374,12 +316,16 @@ impl Actor for AgentSupervisor {
             if !matches!(event, SupervisionEvent::ActorStarted(_)) {
                 let id = cell.get_id();
                 state
-                    .context
+                    .parts
+                    .data_path
                     .agents
                     .retain(|_, handle| handle.actor.get_id() != id);
             }
         }
-        if let Some((name, delay)) = state.children.on_event(&event, &state.context.metrics)? {
+        if let Some((name, delay)) = state
+            .children
+            .on_event(&event, &state.parts.shared.metrics)?
+        {
             myself.send_after(delay, move || AgentSupervisorMsg::Restart(name));
         }
         Ok(())

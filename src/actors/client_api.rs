@@ -21,8 +21,8 @@ use crate::protocols::control::{
     self, ClientReply, ClientRequest, ControlError, CLIENT_FRAME_BYTES_MAX,
 };
 
-use super::context::NodeContext;
-use super::raft_replica::RaftMsg;
+use super::messages::RaftMsg;
+use super::shared::NodeShared;
 
 /// Client connections served at once; more are answered busy and closed.
 const CLIENT_CONNECTIONS_MAX: usize = 1_024;
@@ -38,7 +38,7 @@ pub fn client_codec() -> LengthDelimitedCodec {
 }
 
 /// Accepts client connections until `token` is cancelled.
-pub async fn serve(context: Arc<NodeContext>, listener: TcpListener, token: CancellationToken) {
+pub async fn serve(shared: Arc<NodeShared>, listener: TcpListener, token: CancellationToken) {
     let connections = Arc::new(Semaphore::new(CLIENT_CONNECTIONS_MAX));
     loop {
         let accepted = tokio::select! {
@@ -50,7 +50,7 @@ pub async fn serve(context: Arc<NodeContext>, listener: TcpListener, token: Canc
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let context = context.clone();
+        let shared = shared.clone();
         let token = token.clone();
         match connections.clone().try_acquire_owned() {
             Ok(permit) => {
@@ -58,7 +58,7 @@ pub async fn serve(context: Arc<NodeContext>, listener: TcpListener, token: Canc
                     tokio::select! {
                         biased;
                         _ = token.cancelled() => {}
-                        _ = serve_connection(&context, stream) => {}
+                        _ = serve_connection(&shared, stream) => {}
                     }
                     drop(permit);
                 });
@@ -80,11 +80,11 @@ pub async fn serve(context: Arc<NodeContext>, listener: TcpListener, token: Canc
 
 /// Answers one connection's requests in order until it closes or sends
 /// something that is not a request.
-async fn serve_connection(context: &NodeContext, stream: TcpStream) {
+async fn serve_connection(shared: &NodeShared, stream: TcpStream) {
     let mut framed = Framed::new(stream, client_codec());
     while let Some(Ok(frame)) = framed.next().await {
         let (reply, well_formed) = match control::decode::<ClientRequest>(&frame) {
-            Ok(request) => (ask_replica(context, request).await, true),
+            Ok(request) => (ask_replica(shared, request).await, true),
             Err(error) => (
                 ClientReply::Failed(ControlError::Invalid(error.to_string())),
                 false,
@@ -101,12 +101,12 @@ async fn serve_connection(context: &NodeContext, stream: TcpStream) {
     }
 }
 
-async fn ask_replica(context: &NodeContext, request: ClientRequest) -> ClientReply {
-    let no_replica = || ClientReply::Failed(ControlError::NoReplica(context.node_id.clone()));
-    let Some(replica) = context.replica.get() else {
+async fn ask_replica(shared: &NodeShared, request: ClientRequest) -> ClientReply {
+    let no_replica = || ClientReply::Failed(ControlError::NoReplica(shared.node_id.clone()));
+    let Some(replica) = shared.mailboxes.replica.get() else {
         return no_replica();
     };
-    let timeout_ms = context.config.control.request_timeout_ms;
+    let timeout_ms = shared.config.control.request_timeout_ms;
     let wait = Duration::from_millis(timeout_ms) + ANSWER_GRACE;
     match replica
         .call(|reply| RaftMsg::Client { request, reply }, Some(wait))

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use ed25519_dalek::VerifyingKey;
 
 use crate::config::ClusterConfig;
+use crate::net::tls::PinnedKeys;
 use crate::protocols::mesh::Roster;
 use crate::protocols::topology::Topology;
-use crate::tls::PinnedKeys;
 
 pub struct Directory {
     /// Names, wire indices and keys of every node, and which node hosts

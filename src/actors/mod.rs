@@ -14,21 +14,29 @@
 //! reader task ─decode, pass transit on─▶ router ─MeshCore (verify, window)─▶ agent inbox
 //! ```
 //!
-//! State that must survive a child's restart (peer queues, the mesh core,
-//! the agent directory, counters) lives in the node's
-//! [`context::NodeContext`], which the supervisor owns and hands to every
-//! incarnation of every child.
+//! Each child owns its state. What must survive a child's restart is held
+//! by the node supervisor ([`node::NodeParts`]) and handed to each
+//! incarnation: the small core every actor shares
+//! ([`shared::NodeShared`]: identity, directory, counters, the live links'
+//! queues, every actor's mailbox), and what each actor keeps of its own
+//! (the router's and agents' [`data_path::DataPath`], the topology's
+//! [`overlay_state::OverlayState`], the PBFT replica's
+//! [`pbft_replica::PbftMemory`], the Raft replica's
+//! [`raft_replica::disk::ReplicaDisk`]). Actors speak to each other in the
+//! types of [`messages`], which sits below them all, so no actor imports a
+//! sibling's module to reach it.
 
 pub mod agent;
 pub mod client_api;
-pub mod context;
+pub mod data_path;
 pub mod directory;
-pub mod faulty_socket;
+pub mod messages;
 pub mod node;
+pub mod overlay_state;
 pub mod pbft_replica;
 pub mod raft_replica;
 pub mod router;
+pub mod shared;
 pub mod supervisor;
 pub mod topology;
-pub mod transfer;
 pub mod transport;

@@ -1,7 +1,8 @@
 //! A node's root supervisor and the function that starts a node.
 //!
 //! [`start_node`] binds nothing itself: it is given a bound UDP socket, makes
-//! the QUIC endpoint and the node's [`NodeContext`], and spawns the
+//! the QUIC endpoint and the node's [`NodeParts`] (the shared core and what
+//! each actor keeps across its restarts), and spawns the
 //! [`NodeSupervisor`], which starts Transport, Topology and Router at once
 //! and the AgentSupervisor as [`AgentsStart`] says: by default when every
 //! neighbour is connected (or after `supervision.agents_start_timeout_ms`,
@@ -16,68 +17,42 @@
 //! running it reports the failure and exits non-zero.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use ed25519_dalek::SigningKey;
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::Semaphore;
 
+use crate::clock::unix_micros;
 use crate::config::ClusterConfig;
 use crate::metrics::NodeMetrics;
+use crate::net::peers::PeerTable;
+use crate::net::quic::{quic_server_config, CLOSE_LEAVING, CLOSE_SHUTDOWN};
+use crate::net::tls::NodeCertificate;
 use crate::protocols::delivery::SenderConfig;
-use crate::protocols::mesh::{MeshConfig, MeshCore};
-use crate::tls::NodeCertificate;
+use crate::protocols::mesh::{MeshConfig, MeshCore, OverlayFrame, RoutingView};
 
-use super::agent::{AgentSupervisor, AgentSupervisorMsg};
-use super::context::{
-    unix_micros, AdmissionGauge, NodeContext, OverlayFrame, PeerTable, ReceiptSender, RoutingView,
-    Slot,
-};
+use super::agent::{AgentParts, AgentSupervisor};
+use super::data_path::DataPath;
 use super::directory::Directory;
-use super::router::Router;
+use super::messages::{AgentSupervisorMsg, ChildKind, NodeMsg, ReceiptSender};
+use super::overlay_state::OverlayState;
+use super::pbft_replica::{PbftMemory, PbftReplica, PbftReplicaArgs};
+use super::raft_replica::disk::ReplicaDisk;
+use super::raft_replica::{RaftReplica, RaftReplicaArgs};
+use super::router::{Router, RouterParts};
+use super::shared::{Mailboxes, NodeShared};
 use super::supervisor::Children;
-use super::topology::TopologyActor;
-use super::transport::{quic_server_config, Transport};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ChildKind {
-    Transport,
-    Topology,
-    Router,
-    RaftReplica,
-    PbftReplica,
-    AgentSupervisor,
-}
+use super::topology::{TopologyActor, TopologyArgs};
+use super::transport::{Transport, TransportArgs};
 
 /// Frames from peers waiting for the topology actor (heartbeats and
 /// membership records); more are dropped and counted.
 pub const CONTROL_QUEUE_MAX: usize = 4_096;
 
 pub use crate::protocols::mesh::topology::DEFAULT_LINK_WEIGHT_MICROS;
-
-pub enum NodeMsg {
-    /// Every neighbour is connected.
-    NeighboursUp,
-    /// The wait for neighbours is over: start the agents unless they wait
-    /// to be told.
-    NeighboursWaitOver,
-    /// Start the agents if they are not running yet.
-    StartAgents,
-    Restart(ChildKind),
-    /// Agents stop generating load; deliveries continue.
-    Quiesce,
-    /// Stop everything in order, telling peers the node leaves; answers
-    /// when done.
-    Shutdown(RpcReplyPort<()>),
-    /// Stop without telling peers the node leaves, as a crash would:
-    /// they see links close and learn it is dead from their detectors.
-    Crash(RpcReplyPort<()>),
-}
-
-pub use crate::protocols::stable_hash;
 
 /// What a node needs to start.
 pub struct NodeSpec {
@@ -97,7 +72,7 @@ pub struct NodeSpec {
     /// the node holds one).
     pub raft_directory: Option<std::path::PathBuf>,
     /// Injects faults into what the node's socket sends (None: no layer).
-    pub faults: Option<Arc<super::faulty_socket::FaultNet>>,
+    pub faults: Option<Arc<crate::net::faulty_socket::FaultNet>>,
 }
 
 /// Dials one node keeps handshaking at once when it has the CPU to itself.
@@ -114,12 +89,29 @@ pub enum AgentsStart {
     WhenTold,
 }
 
+/// One node's state, as its supervisor holds it and as code outside the
+/// node (the cluster, benches, chaos runs, tests) looks at it: the shared
+/// core, and what each actor keeps across its restarts. Each child is
+/// handed only its own part and the shared core.
+pub struct NodeParts {
+    pub shared: Arc<NodeShared>,
+    /// The router's and the agents'.
+    pub data_path: Arc<DataPath>,
+    /// The topology actor's, recorded in by the control-plane replica.
+    pub overlay: Arc<OverlayState>,
+    /// The PBFT replica's.
+    pub pbft: Arc<PbftMemory>,
+    /// The control-plane replica's log, on nodes that hold one.
+    pub raft_disk: Option<Arc<ReplicaDisk>>,
+    pub agents_start: AgentsStart,
+}
+
 /// A running node.
 pub struct NodeHandle {
     pub id: String,
     pub supervisor: ActorRef<NodeMsg>,
     pub join: JoinHandle<()>,
-    pub context: Arc<NodeContext>,
+    pub parts: Arc<NodeParts>,
     /// Ends the client API's listener when the handle goes.
     _client_api: Option<tokio_util::sync::DropGuard>,
 }
@@ -136,7 +128,7 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         node: node.clone(),
         reason,
     };
-    crate::tls::install_crypto_provider();
+    crate::net::tls::install_crypto_provider();
     let certificate = NodeCertificate::new(&spec.key).map_err(|error| fail(error.to_string()))?;
     let pinned = spec.directory.pinned.clone();
     let server = quic_server_config(&certificate, pinned, &spec.config.transport)
@@ -148,7 +140,7 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
     }
     .map_err(|error| fail(format!("cannot use the UDP socket: {error}")))?;
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
-        crate::tls::endpoint_config(&spec.key),
+        crate::net::tls::endpoint_config(&spec.key),
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),
@@ -190,52 +182,43 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
             )?),
             None => None,
         };
-    let context = Arc::new(NodeContext {
-        router_queue: Arc::new(Semaphore::new(spec.config.limits.router_queue_max)),
-        control_queue: Arc::new(Semaphore::new(CONTROL_QUEUE_MAX)),
+    let mailboxes = Mailboxes::new(
+        spec.config.limits.router_queue_max,
+        CONTROL_QUEUE_MAX,
+        super::raft_replica::RAFT_QUEUE_MAX,
+        super::pbft_replica::PBFT_QUEUE_MAX,
+    );
+    let shared = Arc::new(NodeShared {
         config: spec.config,
         node_id: spec.node_id,
         incarnation,
         directory: spec.directory,
         key: spec.key,
-        agents_start: spec.agents_start,
-        leaving: AtomicBool::new(false),
-        metrics: Arc::new(NodeMetrics::default()),
-        peers: PeerTable::default(),
-        agents: DashMap::new(),
-        agent_stats: DashMap::new(),
-        neighbours: RwLock::new(Vec::new()),
-        node: Slot::default(),
-        router: Slot::default(),
-        transport: Slot::default(),
-        topology: Slot::default(),
-        replica: Slot::default(),
-        replica_leading: Default::default(),
-        pbft: Slot::default(),
-        pbft_queue: Arc::new(Semaphore::new(super::pbft_replica::PBFT_QUEUE_MAX)),
-        pbft_executed: Default::default(),
-        pbft_behaviour: Default::default(),
-        committed_overlay: Default::default(),
-        raft_disk,
-        raft_queue: Arc::new(Semaphore::new(super::raft_replica::RAFT_QUEUE_MAX)),
-        routing: RwLock::new(Arc::new(routing)),
-        rate_limits: DashMap::new(),
-        admission: AdmissionGauge::new(mesh.window()),
-        mesh: Mutex::new(mesh),
-        agent_reports: Default::default(),
-        endpoint,
         certificate,
+        endpoint,
         handshakes: spec
             .handshakes
             .unwrap_or_else(|| Arc::new(Semaphore::new(HANDSHAKES_PER_NODE_MAX))),
+        leaving: AtomicBool::new(false),
+        metrics: Arc::new(NodeMetrics::default()),
+        peers: PeerTable::default(),
+        mailboxes,
     });
-    let (supervisor, join) = Actor::spawn(None, NodeSupervisor, context.clone())
+    let parts = Arc::new(NodeParts {
+        shared: shared.clone(),
+        data_path: Arc::new(DataPath::new(mesh)),
+        overlay: Arc::new(OverlayState::new(routing)),
+        pbft: Arc::default(),
+        raft_disk,
+        agents_start: spec.agents_start,
+    });
+    let (supervisor, join) = Actor::spawn(None, NodeSupervisor, parts.clone())
         .await
         .map_err(|error| fail(format!("cannot start the node supervisor: {error}")))?;
     let client_api = client_listener.map(|listener| {
         let token = tokio_util::sync::CancellationToken::new();
         tokio::spawn(super::client_api::serve(
-            context.clone(),
+            shared.clone(),
             listener,
             token.clone(),
         ));
@@ -245,7 +228,7 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         id: node,
         supervisor,
         join,
-        context,
+        parts,
         _client_api: client_api,
     })
 }
@@ -286,9 +269,7 @@ fn mesh_core(
 }
 
 /// Opens the replica's log when this node holds one.
-fn open_raft_disk(
-    spec: &NodeSpec,
-) -> Result<Option<Arc<super::raft_replica::ReplicaDisk>>, String> {
+fn open_raft_disk(spec: &NodeSpec) -> Result<Option<Arc<ReplicaDisk>>, String> {
     let control = &spec.config.control;
     if control.replica_id(&spec.node_id).is_none() {
         return Ok(None);
@@ -296,7 +277,7 @@ fn open_raft_disk(
     let directory = spec.raft_directory.as_ref().ok_or(
         "the node holds a control-plane replica but has no log directory (set control.data_dir)",
     )?;
-    let owner = crate::raft_identity::Owner {
+    let owner = crate::actors::raft_replica::identity::Owner {
         cluster: spec.config.name.clone(),
         node: spec.node_id.clone(),
         raft_id: control.replica_id(&spec.node_id).expect("checked above"),
@@ -306,9 +287,8 @@ fn open_raft_disk(
         .disk_faults
         .get(&spec.node_id)
         .map(|fault| fault.fail_syncs_after);
-    let disk =
-        super::raft_replica::ReplicaDisk::open(directory, &owner, control.fsync, fail_syncs_after)
-            .map_err(|error| error.to_string())?;
+    let disk = ReplicaDisk::open(directory, &owner, control.fsync, fail_syncs_after)
+        .map_err(|error| error.to_string())?;
     Ok(Some(Arc::new(disk)))
 }
 
@@ -338,7 +318,7 @@ impl NodeHandle {
 pub struct NodeSupervisor;
 
 pub struct NodeState {
-    context: Arc<NodeContext>,
+    parts: Arc<NodeParts>,
     children: Children<ChildKind>,
     agent_supervisor: Option<ActorRef<AgentSupervisorMsg>>,
     quiesced: bool,
@@ -350,36 +330,63 @@ impl NodeState {
         myself: &ActorRef<NodeMsg>,
         kind: ChildKind,
     ) -> Result<(), ActorProcessingErr> {
-        let context = self.context.clone();
+        let parts = &self.parts;
+        let shared = parts.shared.clone();
         let supervisor = myself.get_cell();
         let id = match kind {
-            ChildKind::Transport => Actor::spawn_linked(None, Transport, context, supervisor)
-                .await?
-                .0
-                .get_id(),
-            ChildKind::Topology => Actor::spawn_linked(None, TopologyActor, context, supervisor)
-                .await?
-                .0
-                .get_id(),
-            ChildKind::Router => Actor::spawn_linked(None, Router, context, supervisor)
-                .await?
-                .0
-                .get_id(),
+            ChildKind::Transport => {
+                let overlay = parts.overlay.clone();
+                let args = TransportArgs { shared, overlay };
+                Actor::spawn_linked(None, Transport, args, supervisor)
+                    .await?
+                    .0
+                    .get_id()
+            }
+            ChildKind::Topology => {
+                let overlay = parts.overlay.clone();
+                let args = TopologyArgs { shared, overlay };
+                Actor::spawn_linked(None, TopologyActor, args, supervisor)
+                    .await?
+                    .0
+                    .get_id()
+            }
+            ChildKind::Router => {
+                let args = RouterParts {
+                    shared,
+                    data_path: parts.data_path.clone(),
+                    overlay: parts.overlay.clone(),
+                };
+                Actor::spawn_linked(None, Router, args, supervisor)
+                    .await?
+                    .0
+                    .get_id()
+            }
             ChildKind::PbftReplica => {
-                Actor::spawn_linked(None, super::pbft_replica::PbftReplica, context, supervisor)
+                let memory = parts.pbft.clone();
+                let args = PbftReplicaArgs { shared, memory };
+                Actor::spawn_linked(None, PbftReplica, args, supervisor)
                     .await?
                     .0
                     .get_id()
             }
             ChildKind::RaftReplica => {
-                Actor::spawn_linked(None, super::raft_replica::RaftReplica, context, supervisor)
+                let disk = parts.raft_disk.clone().ok_or("the replica has no log")?;
+                let overlay = parts.overlay.clone();
+                let args = RaftReplicaArgs {
+                    shared,
+                    overlay,
+                    disk,
+                };
+                Actor::spawn_linked(None, RaftReplica, args, supervisor)
                     .await?
                     .0
                     .get_id()
             }
             ChildKind::AgentSupervisor => {
+                let data_path = parts.data_path.clone();
+                let args = AgentParts { shared, data_path };
                 let (agents, _) =
-                    Actor::spawn_linked(None, AgentSupervisor, context, supervisor).await?;
+                    Actor::spawn_linked(None, AgentSupervisor, args, supervisor).await?;
                 if self.quiesced {
                     let _ = agents.cast(AgentSupervisorMsg::Quiesce);
                 }
@@ -401,7 +408,7 @@ impl NodeState {
         kind: ChildKind,
         error: &ActorProcessingErr,
     ) -> Result<(), ActorProcessingErr> {
-        let node = &self.context.node_id;
+        let node = &self.parts.shared.node_id;
         let reason = match error.downcast_ref::<ractor::SpawnErr>() {
             Some(ractor::SpawnErr::StartupFailed(inner)) => inner.to_string(),
             _ => error.to_string(),
@@ -415,7 +422,7 @@ impl NodeState {
     }
 
     async fn stop(&mut self, myself: &ActorRef<NodeMsg>, reply: RpcReplyPort<()>, leaving: bool) {
-        self.context.leaving.store(leaving, Ordering::Relaxed);
+        self.parts.shared.leaving.store(leaving, Ordering::Relaxed);
         self.shutdown(myself).await;
         let _ = reply.send(());
         myself.stop(None);
@@ -426,8 +433,8 @@ impl NodeState {
     /// sending it work while its agents and actors wind down.
     async fn shutdown(&mut self, myself: &ActorRef<NodeMsg>) {
         self.children.stopping = true;
-        if self.context.leaving.load(Ordering::Relaxed) {
-            self.close_endpoint(super::transport::CLOSE_LEAVING, b"leaving");
+        if self.parts.shared.leaving.load(Ordering::Relaxed) {
+            self.close_endpoint(CLOSE_LEAVING, b"leaving");
         }
         if let Some(agents) = self.agent_supervisor.take() {
             let _ = agents
@@ -437,17 +444,21 @@ impl NodeState {
         myself
             .stop_children_and_wait(None, Some(Duration::from_secs(5)))
             .await;
-        self.close_endpoint(super::transport::CLOSE_SHUTDOWN, b"shutdown");
-        if let Some(disk) = &self.context.raft_disk {
+        self.close_endpoint(CLOSE_SHUTDOWN, b"shutdown");
+        if let Some(disk) = &self.parts.raft_disk {
             disk.close();
         }
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), self.context.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.parts.shared.endpoint.wait_idle(),
+        )
+        .await;
     }
 
     /// Closes every connection (a second close changes nothing).
     fn close_endpoint(&self, code: u32, reason: &[u8]) {
-        self.context
+        self.parts
+            .shared
             .endpoint
             .close(quinn::VarInt::from_u32(code), reason);
     }
@@ -456,19 +467,20 @@ impl NodeState {
 impl Actor for NodeSupervisor {
     type Msg = NodeMsg;
     type State = NodeState;
-    type Arguments = Arc<NodeContext>;
+    type Arguments = Arc<NodeParts>;
 
     async fn pre_start(
         &self,
         myself: ActorRef<NodeMsg>,
-        context: Arc<NodeContext>,
+        parts: Arc<NodeParts>,
     ) -> Result<NodeState, ActorProcessingErr> {
-        context.node.set(Some(myself.clone()));
-        let policy = context.config.supervision.restart_policy();
-        let seed = context.config.seed ^ stable_hash(&context.node_id);
-        let children = Children::new(policy, seed, format!("{}/node-supervisor", context.node_id));
+        let shared = &parts.shared;
+        shared.mailboxes.node.set(Some(myself.clone()));
+        let policy = shared.config.supervision.restart_policy();
+        let seed = shared.config.seed ^ crate::protocols::stable_hash(&shared.node_id);
+        let children = Children::new(policy, seed, format!("{}/node-supervisor", shared.node_id));
         let mut state = NodeState {
-            context,
+            parts,
             children,
             agent_supervisor: None,
             quiesced: false,
@@ -476,14 +488,14 @@ impl Actor for NodeSupervisor {
         for kind in [ChildKind::Router, ChildKind::Topology, ChildKind::Transport] {
             state.spawn(&myself, kind).await?;
         }
-        if state.context.raft_disk.is_some() {
+        if state.parts.raft_disk.is_some() {
             state.spawn(&myself, ChildKind::RaftReplica).await?;
         }
-        let pbft = &state.context.config.pbft;
-        if pbft.replica_id(&state.context.node_id).is_some() {
+        let shared = state.parts.shared.clone();
+        if shared.config.pbft.replica_id(&shared.node_id).is_some() {
             state.spawn(&myself, ChildKind::PbftReplica).await?;
         }
-        let wait = Duration::from_millis(state.context.config.supervision.agents_start_timeout_ms);
+        let wait = Duration::from_millis(shared.config.supervision.agents_start_timeout_ms);
         myself.send_after(wait, || NodeMsg::NeighboursWaitOver);
         Ok(state)
     }
@@ -496,10 +508,10 @@ impl Actor for NodeSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             NodeMsg::NeighboursUp | NodeMsg::NeighboursWaitOver
-                if state.context.agents_start == AgentsStart::WhenTold => {}
+                if state.parts.agents_start == AgentsStart::WhenTold => {}
             NodeMsg::NeighboursUp | NodeMsg::NeighboursWaitOver | NodeMsg::StartAgents => {
                 if state.agent_supervisor.is_none() && !state.children.stopping {
-                    tracing::info!(node = %state.context.node_id, "starting agents");
+                    tracing::info!(node = %state.parts.shared.node_id, "starting agents");
                     state.spawn(&myself, ChildKind::AgentSupervisor).await?;
                 }
             }
@@ -528,7 +540,10 @@ impl Actor for NodeSupervisor {
         event: SupervisionEvent,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some((kind, delay)) = state.children.on_event(&event, &state.context.metrics)? {
+        if let Some((kind, delay)) = state
+            .children
+            .on_event(&event, &state.parts.shared.metrics)?
+        {
             if kind == ChildKind::AgentSupervisor {
                 state.agent_supervisor = None;
             }

@@ -17,25 +17,26 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 
 use crate::metrics::NodeMetrics;
 use crate::protocols::pbft::keys::Ed25519Keys;
 use crate::protocols::pbft::messages::{Digest, Packet};
 use crate::protocols::pbft::{
-    Behaviour, ClientKey, Outgoing, Outputs, Replica, ReplicaId, Reply, Request, Signed, Target,
+    Behaviour, ClientKey, Outgoing, Outputs, Replica, Request, Signed, Target,
 };
 use crate::protocols::wire::codec::encode_pbft_packet;
 use crate::protocols::wire::TrafficClass;
 
-use super::context::{NodeContext, Ticker};
+use super::messages::{ClientEvent, PbftMsg, PbftStatus};
+use super::shared::{NodeShared, Ticker};
 
 /// Packets from peers queued for the replica, at most.
 pub const PBFT_QUEUE_MAX: usize = 8_192;
@@ -46,53 +47,11 @@ const REPLAY_KEPT_MAX: usize = 1_024;
 /// Executed sequence numbers kept for checks across replicas.
 const EXECUTED_KEPT_MAX: usize = 500_000;
 
-/// What a replica tells a client.
-#[derive(Clone, Debug)]
-pub enum ClientEvent {
-    Reply(Reply),
-    /// The replica holds `pbft.pending_max` requests already, or the
-    /// request is invalid.
-    Refused {
-        replica: ReplicaId,
-        reason: String,
-    },
-}
-
-pub enum PbftMsg {
-    Tick,
-    Drive,
-    Peer {
-        packet: Box<Packet>,
-        permit: OwnedSemaphorePermit,
-    },
-    Request {
-        request: Request,
-        replies: mpsc::Sender<ClientEvent>,
-    },
-    Status(RpcReplyPort<PbftStatus>),
-    /// From now on behave as this (a chaos run turning a replica hostile,
-    /// or back).
-    Behave(Behaviour),
-}
-
-#[derive(Clone, Debug)]
-pub struct PbftStatus {
-    pub replica: ReplicaId,
-    pub view: u64,
-    /// The view it is changing to, during a view change.
-    pub moving_to: Option<u64>,
-    /// Per replica, the view its latest view change heard here moves to.
-    pub view_changes_heard: Vec<(ReplicaId, u64)>,
-    pub executed: u64,
-    pub stable_checkpoint: u64,
-    pub batch_size: usize,
-}
-
 impl PbftStatus {
-    /// The status of the replica on the node of `context`, if it runs and
+    /// The status of the replica on the node of `shared`, if it runs and
     /// answers within `timeout`.
-    pub async fn of(context: &NodeContext, timeout: Duration) -> Option<PbftStatus> {
-        let actor = context.pbft.get()?;
+    pub async fn of(shared: &NodeShared, timeout: Duration) -> Option<PbftStatus> {
+        let actor = shared.mailboxes.pbft.get()?;
         match actor.call(PbftMsg::Status, Some(timeout)).await {
             Ok(ractor::rpc::CallResult::Success(status)) => Some(status),
             _ => None,
@@ -115,10 +74,28 @@ pub struct ExecutedLog {
     pub views_entered: Vec<(u64, Duration)>,
 }
 
+/// What this node's PBFT replica keeps across its restarts; the node
+/// supervisor holds it.
+#[derive(Debug, Default)]
+pub struct PbftMemory {
+    /// What it executed, for checks across replicas.
+    pub executed: Mutex<ExecutedLog>,
+    /// The behaviour it was last told to take on at run time (None: the
+    /// config's); a restarted replica keeps it.
+    pub behaviour: Mutex<Option<Behaviour>>,
+}
+
 pub struct PbftReplica;
 
+/// What a replica's incarnation starts from.
+pub struct PbftReplicaArgs {
+    pub shared: Arc<NodeShared>,
+    pub memory: Arc<PbftMemory>,
+}
+
 pub struct PbftReplicaState {
-    context: Arc<NodeContext>,
+    shared: Arc<NodeShared>,
+    memory: Arc<PbftMemory>,
     replica: Replica<Ed25519Keys>,
     behaviour: Behaviour,
     inbox: Vec<Signed>,
@@ -136,34 +113,36 @@ pub struct PbftReplicaState {
 impl Actor for PbftReplica {
     type Msg = PbftMsg;
     type State = PbftReplicaState;
-    type Arguments = Arc<NodeContext>;
+    type Arguments = PbftReplicaArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<PbftMsg>,
-        context: Arc<NodeContext>,
+        args: PbftReplicaArgs,
     ) -> Result<PbftReplicaState, ActorProcessingErr> {
-        let settings = &context.config.pbft;
+        let PbftReplicaArgs { shared, memory } = args;
+        let settings = &shared.config.pbft;
         let id = settings
-            .replica_id(&context.node_id)
+            .replica_id(&shared.node_id)
             .ok_or("this node holds no PBFT replica")?;
         let keys: Vec<_> = settings
             .replicas
             .iter()
-            .map(|node| context.directory.roster.node_keys[node])
+            .map(|node| shared.directory.roster.node_keys[node])
             .collect();
-        let keys = Ed25519Keys::new(context.key.clone(), keys);
+        let keys = Ed25519Keys::new(shared.key.clone(), keys);
         let replica = Replica::new(settings.protocol(), id, keys);
-        let told = *context.pbft_behaviour.lock().expect("never poisoned");
-        let behaviour = told.unwrap_or_else(|| settings.behaviour_of(&context.node_id));
+        let told = *memory.behaviour.lock().expect("never poisoned");
+        let behaviour = told.unwrap_or_else(|| settings.behaviour_of(&shared.node_id));
         let tick = Duration::from_millis(settings.tick_ms);
         let ticker = Ticker::new(myself.send_interval(tick, || PbftMsg::Tick));
-        note_behaviour(&context, behaviour);
-        tracing::info!(node = %context.node_id, id, behaviour = behaviour.name(), "pbft replica started");
-        context.pbft.set(Some(myself));
-        let seed = context.config.seed ^ u64::from(id);
+        note_behaviour(&memory, behaviour);
+        tracing::info!(node = %shared.node_id, id, behaviour = behaviour.name(), "pbft replica started");
+        shared.mailboxes.pbft.set(Some(myself));
+        let seed = shared.config.seed ^ u64::from(id);
         Ok(PbftReplicaState {
-            context,
+            shared,
+            memory,
             replica,
             behaviour,
             inbox: Vec::new(),
@@ -208,9 +187,9 @@ impl Actor for PbftReplica {
                 let _ = reply.send(state.status());
             }
             PbftMsg::Behave(behaviour) => {
-                *state.context.pbft_behaviour.lock().expect("never poisoned") = Some(behaviour);
-                note_behaviour(&state.context, behaviour);
-                tracing::info!(node = %state.context.node_id, behaviour = behaviour.name(), "pbft replica behaves anew");
+                *state.memory.behaviour.lock().expect("never poisoned") = Some(behaviour);
+                note_behaviour(&state.memory, behaviour);
+                tracing::info!(node = %state.shared.node_id, behaviour = behaviour.name(), "pbft replica behaves anew");
                 state.behaviour = behaviour;
                 return Ok(());
             }
@@ -227,15 +206,15 @@ impl Actor for PbftReplica {
         _myself: ActorRef<PbftMsg>,
         state: &mut PbftReplicaState,
     ) -> Result<(), ActorProcessingErr> {
-        state.context.pbft.set(None);
+        state.shared.mailboxes.pbft.set(None);
         Ok(())
     }
 }
 
 /// Records whether the node's replica can be held to agree with the
 /// others: once it misbehaved, never again on this node.
-fn note_behaviour(context: &NodeContext, behaviour: Behaviour) {
-    let mut log = context.pbft_executed.lock().expect("never poisoned");
+fn note_behaviour(memory: &PbftMemory, behaviour: Behaviour) {
+    let mut log = memory.executed.lock().expect("never poisoned");
     log.ever_hostile |= behaviour != Behaviour::Correct;
     log.correct = !log.ever_hostile;
 }
@@ -325,8 +304,8 @@ impl PbftReplicaState {
     /// Notes what was executed and when views changed.
     fn record(&mut self, outputs: &Outputs) {
         let mut log = self
-            .context
-            .pbft_executed
+            .memory
+            .executed
             .lock()
             .expect("executed log lock is never poisoned");
         for (sequence, digest, _) in &outputs.executed {
@@ -342,7 +321,7 @@ impl PbftReplicaState {
         if target.is_some() && target != self.moving_to {
             let heard = self.replica.view_changes_heard();
             let (pending, known) = self.replica.waiting();
-            tracing::info!(node = %self.context.node_id, view = self.replica.view(), target, ?heard, executed = self.replica.executed(), pending, known, "pbft view change");
+            tracing::info!(node = %self.shared.node_id, view = self.replica.view(), target, ?heard, executed = self.replica.executed(), pending, known, "pbft view change");
         }
         self.moving_to = target;
         if let Some(view) = outputs.entered_view {
@@ -352,13 +331,13 @@ impl PbftReplicaState {
                 .map_or(Duration::ZERO, |started| started.elapsed());
             log.views_entered.push((view, took));
             let (pending, known) = self.replica.waiting();
-            tracing::info!(node = %self.context.node_id, view, took_ms = took.as_millis() as u64, executed = self.replica.executed(), pending, known, "pbft view entered");
+            tracing::info!(node = %self.shared.node_id, view, took_ms = took.as_millis() as u64, executed = self.replica.executed(), pending, known, "pbft view entered");
         }
     }
 
     fn publish_counters(&self) {
         let counters = self.replica.counters();
-        let metrics = &self.context.metrics.counters;
+        let metrics = &self.shared.metrics.counters;
         let set = |counter: &std::sync::atomic::AtomicU64, value: u64| {
             counter.store(value, Ordering::Relaxed)
         };
@@ -383,8 +362,8 @@ impl PbftReplicaState {
 
     /// Sends a packet to its replicas, as this replica's behaviour has it.
     fn send(&mut self, target: Target, outgoing: Outgoing) {
-        let settings = &self.context.config.pbft;
-        let me = &self.context.node_id;
+        let settings = &self.shared.config.pbft;
+        let me = &self.shared.node_id;
         let peers: Vec<String> = match target {
             Target::All => settings
                 .replicas
@@ -422,12 +401,12 @@ impl PbftReplicaState {
                 .map(|part| (class, Bytes::from(part)))
                 .collect();
             if delay.is_zero() {
-                send_counted(&self.context, &peer, frames);
+                send_counted(&self.shared, &peer, frames);
             } else {
-                let context = self.context.clone();
+                let shared = self.shared.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    send_counted(&context, &peer, frames);
+                    send_counted(&shared, &peer, frames);
                 });
             }
         }
@@ -436,37 +415,10 @@ impl PbftReplicaState {
 
 /// Queues one packet's frames for `peer`, counting those that could not
 /// be (PBFT sends again what matters).
-fn send_counted(context: &NodeContext, peer: &str, frames: Vec<(TrafficClass, Bytes)>) {
-    let counters = &context.metrics.counters;
-    NodeMetrics::count(match context.peers.try_send_all(peer, frames) {
+fn send_counted(shared: &NodeShared, peer: &str, frames: Vec<(TrafficClass, Bytes)>) {
+    let counters = &shared.metrics.counters;
+    NodeMetrics::count(match shared.peers.try_send_all(peer, frames) {
         Ok(()) => &counters.pbft_packets_sent,
         Err(_) => &counters.pbft_packets_unsent,
-    });
-}
-
-/// Hands a PBFT packet to this node's replica if it comes from a PBFT
-/// replica (a message only as the replica at the other end of the
-/// connection) and the queue has room; otherwise drops and counts it.
-pub fn hand_to_pbft(context: &NodeContext, peer: &str, packet: Packet) {
-    let counters = &context.metrics.counters;
-    let settings = &context.config.pbft;
-    let sender = settings.replica_id(peer);
-    let addressed = settings.replica_id(&context.node_id).is_some()
-        && match &packet {
-            Packet::Message(message) => sender == Some(message.from),
-            Packet::Request(_) => sender.is_some(),
-        };
-    if !addressed {
-        return NodeMetrics::count(&counters.pbft_dropped_misaddressed);
-    }
-    let Ok(permit) = context.pbft_queue.clone().try_acquire_owned() else {
-        return NodeMetrics::count(&counters.pbft_dropped_queue_full);
-    };
-    let Some(replica) = context.pbft.get() else {
-        return NodeMetrics::count(&counters.pbft_dropped_queue_full);
-    };
-    let _ = replica.cast(PbftMsg::Peer {
-        packet: Box::new(packet),
-        permit,
     });
 }

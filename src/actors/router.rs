@@ -20,48 +20,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::oneshot;
 
 use crate::metrics::NodeMetrics;
 use crate::protocols::mesh::route;
-use crate::protocols::mesh::{
-    Delivery, Event, MeshCore, MeshCounters, Message, Now, Paths, Transmit,
-};
+use crate::protocols::mesh::{Delivery, Event, MeshCore, MeshCounters, Now, Paths, Transmit};
 use crate::protocols::wire::{encode_frame, Envelope, EnvelopeKind, Frame, TrafficClass};
 
-use super::agent::AgentMsg;
-use super::context::{
-    monotonic_ms, unix_micros, AgentReport, NodeContext, ReceiptSender, SendError, Ticker,
-};
+use crate::clock::{monotonic_ms, unix_micros};
 
-/// What a sender learns about one message: delivered (acknowledged by the
-/// destination) or why not.
-pub type Receipt = Result<(), SendError>;
-
-/// A message an agent asks the router to carry; the receipt, if any, is
-/// told when the destination acknowledges or the router gives up.
-pub type OutboundMessage = Message<ReceiptSender>;
-
-pub enum RouterMsg {
-    /// From a local agent. The permit holds the message's place in the
-    /// router's bounded queue until it is handled.
-    Send {
-        message: OutboundMessage,
-        permit: OwnedSemaphorePermit,
-    },
-    /// Decoded envelopes for this node from one peer connection.
-    Inbound {
-        envelopes: Vec<Envelope>,
-        permit: OwnedSemaphorePermit,
-    },
-    /// Send due acknowledgements and retransmissions.
-    Tick,
-}
+use super::data_path::{AgentReport, DataPath};
+use super::messages::{AgentMsg, OutboundMessage, Receipt, ReceiptSender, RouterMsg};
+use super::overlay_state::OverlayState;
+use super::shared::{NodeShared, Ticker};
+use crate::protocols::mesh::SendError;
 
 /// Hands `message` to the node's router without waiting.
-pub fn send(context: &NodeContext, message: OutboundMessage) -> Result<(), SendError> {
-    let counters = &context.metrics.counters;
-    let payload_max = context.config.limits.payload_bytes_max;
+pub fn send(
+    shared: &NodeShared,
+    data_path: &DataPath,
+    message: OutboundMessage,
+) -> Result<(), SendError> {
+    let counters = &shared.metrics.counters;
+    let payload_max = shared.config.limits.payload_bytes_max;
     if message.payload.len() > payload_max {
         NodeMetrics::count(&counters.refused_payload_too_large);
         return Err(SendError::PayloadTooLarge {
@@ -69,10 +50,10 @@ pub fn send(context: &NodeContext, message: OutboundMessage) -> Result<(), SendE
             max: payload_max,
         });
     }
-    check_rate(context, &message.source_agent)?;
-    check_inflight(context)?;
-    let permit = context.try_reserve_router()?;
-    let router = context.router.get().ok_or(SendError::RouterBusy)?;
+    check_rate(shared, data_path, &message.source_agent)?;
+    check_inflight(shared, data_path)?;
+    let permit = shared.try_reserve_router()?;
+    let router = shared.mailboxes.router.get().ok_or(SendError::RouterBusy)?;
     router
         .cast(RouterMsg::Send { message, permit })
         .map_err(|_| SendError::RouterBusy)
@@ -80,7 +61,8 @@ pub fn send(context: &NodeContext, message: OutboundMessage) -> Result<(), SendE
 
 /// Like [`send`], and returns where the outcome will be told.
 pub fn send_with_receipt(
-    context: &NodeContext,
+    shared: &NodeShared,
+    data_path: &DataPath,
     source_agent: &str,
     destination_agent: &str,
     kind: EnvelopeKind,
@@ -94,7 +76,7 @@ pub fn send_with_receipt(
         payload,
         receipt: Some(sender),
     };
-    send(context, message)?;
+    send(shared, data_path, message)?;
     Ok(receiver)
 }
 
@@ -105,25 +87,26 @@ pub fn send_with_receipt(
 /// a sender pushing as fast as it can learns it at the cost of two atomic
 /// loads, and does not fill the router's queue with messages it would
 /// only refuse.
-fn check_inflight(context: &NodeContext) -> Result<(), SendError> {
-    let queued = context.config.limits.router_queue_max - context.router_queue.available_permits();
-    let inflight = context.admission.inflight.load(Ordering::Relaxed);
-    let window = context.admission.window.load(Ordering::Relaxed);
+fn check_inflight(shared: &NodeShared, data_path: &DataPath) -> Result<(), SendError> {
+    let room = shared.mailboxes.router_queue.available_permits();
+    let queued = shared.config.limits.router_queue_max - room;
+    let inflight = data_path.admission.inflight.load(Ordering::Relaxed);
+    let window = data_path.admission.window.load(Ordering::Relaxed);
     if inflight + queued < window {
         return Ok(());
     }
-    NodeMetrics::count(&context.metrics.counters.refused_inflight_full);
-    Err(SendError::InFlightFull(context.node_id.clone()))
+    NodeMetrics::count(&shared.metrics.counters.refused_inflight_full);
+    Err(SendError::InFlightFull(shared.node_id.clone()))
 }
 
 /// Takes a token from the agent's bucket when rate limits are on.
-fn check_rate(context: &NodeContext, agent: &str) -> Result<(), SendError> {
-    let delivery = &context.config.delivery;
+fn check_rate(shared: &NodeShared, data_path: &DataPath, agent: &str) -> Result<(), SendError> {
+    let delivery = &shared.config.delivery;
     if delivery.source_rate_max <= 0.0 {
         return Ok(());
     }
     let now = unix_micros();
-    let mut bucket = context
+    let mut bucket = data_path
         .rate_limits
         .entry(agent.to_string())
         .or_insert_with(|| {
@@ -136,15 +119,25 @@ fn check_rate(context: &NodeContext, agent: &str) -> Result<(), SendError> {
     if bucket.try_take(now) {
         Ok(())
     } else {
-        NodeMetrics::count(&context.metrics.counters.refused_rate_limited);
+        NodeMetrics::count(&shared.metrics.counters.refused_rate_limited);
         Err(SendError::RateLimited(agent.to_string()))
     }
 }
 
 pub struct Router;
 
+/// What a router's incarnation starts from: the node's shared core, the
+/// data path it keeps there across its restarts, and the overlay whose
+/// routing view it routes by.
+#[derive(Clone)]
+pub struct RouterParts {
+    pub shared: Arc<NodeShared>,
+    pub data_path: Arc<DataPath>,
+    pub overlay: Arc<OverlayState>,
+}
+
 pub struct RouterState {
-    context: Arc<NodeContext>,
+    parts: RouterParts,
     myself: ActorRef<RouterMsg>,
     /// Ticks every `delivery.tick_ms` while the core has work (messages
     /// awaiting acknowledgement, deliveries not yet consumed, anything
@@ -158,7 +151,7 @@ impl RouterState {
     fn tick_while_busy(&mut self, busy: bool) {
         match (busy, self.ticker.is_some()) {
             (true, false) => {
-                let every = Duration::from_millis(self.context.config.delivery.tick_ms);
+                let every = Duration::from_millis(self.parts.shared.config.delivery.tick_ms);
                 let ticker = self.myself.send_interval(every, || RouterMsg::Tick);
                 self.ticker = Some(Ticker::new(ticker));
             }
@@ -169,26 +162,26 @@ impl RouterState {
 }
 
 /// Whether the core has work a tick may be needed for.
-fn busy(context: &NodeContext, core: &MeshCore<ReceiptSender>) -> bool {
+fn busy(data_path: &DataPath, core: &MeshCore<ReceiptSender>) -> bool {
     core.inflight() > 0
         || core.deliveries_waiting() > 0
         || core.poll_timeout().is_some()
-        || !context.agent_reports.is_empty()
+        || !data_path.agent_reports.is_empty()
 }
 
 impl Actor for Router {
     type Msg = RouterMsg;
     type State = RouterState;
-    type Arguments = Arc<NodeContext>;
+    type Arguments = RouterParts;
 
     async fn pre_start(
         &self,
         myself: ActorRef<RouterMsg>,
-        context: Arc<NodeContext>,
+        parts: RouterParts,
     ) -> Result<RouterState, ActorProcessingErr> {
-        context.router.set(Some(myself.clone()));
+        parts.shared.mailboxes.router.set(Some(myself.clone()));
         let mut state = RouterState {
-            context,
+            parts,
             myself,
             ticker: None,
         };
@@ -204,28 +197,32 @@ impl Actor for Router {
         message: RouterMsg,
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
-        let context = &state.context;
+        let RouterParts {
+            shared,
+            data_path,
+            overlay,
+        } = &state.parts;
         let now = Now {
             monotonic_ms: monotonic_ms(),
             unix_micros: unix_micros(),
         };
         if matches!(message, RouterMsg::Tick) {
-            let core = context.mesh_core();
-            if idle(context, &core, now) {
-                let busy = busy(context, &core);
+            let core = data_path.mesh_core();
+            if idle(data_path, &core, now) {
+                let busy = busy(data_path, &core);
                 drop(core);
                 state.tick_while_busy(busy);
                 return Ok(());
             }
         }
-        let view = context.routing_view();
-        let link_up = |peer: &str| context.peers.is_connected(peer);
+        let view = overlay.routing_view();
+        let link_up = |peer: &str| shared.peers.is_connected(peer);
         let paths = Paths {
             view: &view,
             link_up: &link_up,
         };
-        let mut core = context.mesh_core();
-        take_reports(context, &mut core, now);
+        let mut core = data_path.mesh_core();
+        take_reports(data_path, &mut core, now);
         match message {
             RouterMsg::Send { message, permit } => {
                 core.send(now, paths, message);
@@ -237,8 +234,8 @@ impl Actor for Router {
             }
             RouterMsg::Tick => core.handle_timeout(now, paths),
         }
-        carry_out(context, &mut core);
-        let busy = busy(context, &core);
+        carry_out(shared, data_path, &mut core);
+        let busy = busy(data_path, &core);
         drop(core);
         state.tick_while_busy(busy);
         Ok(())
@@ -248,14 +245,14 @@ impl Actor for Router {
 /// Whether a tick has nothing to do: no agent reported anything and the
 /// core has nothing due yet. Most ticks of a node waiting on
 /// acknowledgements are such.
-fn idle(context: &NodeContext, core: &MeshCore<ReceiptSender>, now: Now) -> bool {
+fn idle(data_path: &DataPath, core: &MeshCore<ReceiptSender>, now: Now) -> bool {
     let due = core.poll_timeout();
-    context.agent_reports.is_empty() && due.is_none_or(|due| due > now.monotonic_ms)
+    data_path.agent_reports.is_empty() && due.is_none_or(|due| due > now.monotonic_ms)
 }
 
 /// Gives the core what agents reported since the last message.
-fn take_reports(context: &NodeContext, core: &mut MeshCore<ReceiptSender>, now: Now) {
-    for report in context.agent_reports.take() {
+fn take_reports(data_path: &DataPath, core: &mut MeshCore<ReceiptSender>, now: Now) {
+    for report in data_path.agent_reports.take() {
         match report {
             AgentReport::Started { agent, incarnation } => {
                 core.agent_restarted(&agent, incarnation)
@@ -271,40 +268,40 @@ fn take_reports(context: &NodeContext, core: &mut MeshCore<ReceiptSender>, now: 
 
 /// Does what the core decided, in the core's order, then publishes its
 /// counters and admission.
-fn carry_out(context: &NodeContext, core: &mut MeshCore<ReceiptSender>) {
+fn carry_out(shared: &NodeShared, data_path: &DataPath, core: &mut MeshCore<ReceiptSender>) {
     while let Some(Transmit { peer, envelope }) = core.poll_transmit() {
-        send_hop(context, &peer, envelope);
+        send_hop(shared, &peer, envelope);
     }
     while let Some(delivery) = core.poll_deliver() {
         let agent = delivery.agent.clone();
         let signed = &delivery.envelope.signed;
         let (origin, sequence) = (signed.origin_node.clone(), signed.sequence);
-        if !hand_over(context, delivery) {
+        if !hand_over(shared, data_path, delivery) {
             core.undelivered(&agent, &origin, sequence);
         }
     }
     while let Some(event) = core.poll_event() {
-        tell_outcome(context, event);
+        tell_outcome(data_path, event);
     }
-    context
+    shared
         .metrics
         .counters
         .add_moved(core.take_counters().moved());
-    let admission = &context.admission;
+    let admission = &data_path.admission;
     admission.inflight.store(core.inflight(), Ordering::Relaxed);
     admission.window.store(core.window(), Ordering::Relaxed);
 }
 
 /// Sends `envelope` one hop, to `peer`.
-fn send_hop(context: &NodeContext, peer: &str, envelope: Envelope) {
-    let counters = &context.metrics.counters;
+fn send_hop(shared: &NodeShared, peer: &str, envelope: Envelope) {
+    let counters = &shared.metrics.counters;
     let class = match envelope.signed.kind {
         EnvelopeKind::Ack => TrafficClass::Control,
         EnvelopeKind::Data | EnvelopeKind::Reply => TrafficClass::Data,
     };
     let bytes = encode_frame(&Frame::Envelope(envelope));
     let length = bytes.len() as u64;
-    match context.peers.try_send(peer, (class, bytes.into())) {
+    match shared.peers.try_send(peer, (class, bytes.into())) {
         Ok(()) => {
             NodeMetrics::count(&counters.frames_sent);
             counters.bytes_sent.fetch_add(length, Ordering::Relaxed);
@@ -319,28 +316,32 @@ fn send_hop(context: &NodeContext, peer: &str, envelope: Envelope) {
 /// task itself: passing a transit envelope on needs only shared state (the
 /// routing view, the peer table), and skipping the router's mailbox saves
 /// a message per hop.
-pub fn pass_on_transit(context: &NodeContext, envelopes: Vec<Envelope>) -> Vec<Envelope> {
-    let view = context.routing_view();
-    let link_up = |peer: &str| context.peers.is_connected(peer);
+pub fn pass_on_transit(
+    shared: &NodeShared,
+    overlay: &OverlayState,
+    envelopes: Vec<Envelope>,
+) -> Vec<Envelope> {
+    let view = overlay.routing_view();
+    let link_up = |peer: &str| shared.peers.is_connected(peer);
     let mut counters = MeshCounters::default();
     let here = route::pass_on(
-        &context.node_id,
-        &context.directory.roster,
+        &shared.node_id,
+        &shared.directory.roster,
         &view,
         envelopes,
         &link_up,
         &mut counters,
-        |next, envelope| send_hop(context, view.frame.overlay.name(next), envelope),
+        |next, envelope| send_hop(shared, view.frame.overlay.name(next), envelope),
     );
-    context.metrics.counters.add_moved(counters.moved());
+    shared.metrics.counters.add_moved(counters.moved());
     here
 }
 
 /// Hands a delivery to its agent's bounded inbox; if it cannot, counts
 /// why and returns false (the core forgets it, and the origin
 /// retransmits).
-fn hand_over(context: &NodeContext, delivery: Delivery) -> bool {
-    let counters = &context.metrics.counters;
+fn hand_over(shared: &NodeShared, data_path: &DataPath, delivery: Delivery) -> bool {
+    let counters = &shared.metrics.counters;
     let Delivery {
         agent,
         incarnation,
@@ -349,7 +350,7 @@ fn hand_over(context: &NodeContext, delivery: Delivery) -> bool {
     } = delivery;
     // A handle of another incarnation: the core learns of the restart
     // with the next report, and the retransmission is handed to it then.
-    let handle = context
+    let handle = data_path
         .agents
         .get(&agent)
         .filter(|handle| handle.incarnation == incarnation)
@@ -376,7 +377,7 @@ fn hand_over(context: &NodeContext, delivery: Delivery) -> bool {
     if shortest_path {
         NodeMetrics::count(&counters.delivered_on_shortest_path);
     }
-    context
+    shared
         .metrics
         .record_delivery(unix_micros().saturating_sub(sent_at_micros), hops);
     true
@@ -384,13 +385,13 @@ fn hand_over(context: &NodeContext, delivery: Delivery) -> bool {
 
 /// Tells a message's sender its outcome: the receipt if it asked for one,
 /// and the sending agent (if it still runs) when the message failed.
-fn tell_outcome(context: &NodeContext, event: Event<ReceiptSender>) {
+fn tell_outcome(data_path: &DataPath, event: Event<ReceiptSender>) {
     match event {
         Event::Acknowledged {
             source_agent,
             receipt,
         } => {
-            if let Some(stats) = context.agent_stats.get(&source_agent) {
+            if let Some(stats) = data_path.agent_stats.get(&source_agent) {
                 stats.acknowledged.fetch_add(1, Ordering::Relaxed);
             }
             if let Some(receipt) = receipt {
@@ -406,7 +407,7 @@ fn tell_outcome(context: &NodeContext, event: Event<ReceiptSender>) {
             if let Some(receipt) = receipt {
                 let _ = receipt.send(Err(error.clone()));
             }
-            if let Some(agent) = context.agents.get(&source_agent) {
+            if let Some(agent) = data_path.agents.get(&source_agent) {
                 let _ = agent.actor.cast(AgentMsg::SendFailed {
                     destination: destination_agent,
                     error,

@@ -17,42 +17,31 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::metrics::NodeMetrics;
 use crate::protocols::mesh::topology::{Links, TopologyConfig};
 use crate::protocols::mesh::{TopologyCore, TopologyEvent};
 use crate::protocols::wire::{encode_frame, Frame, TrafficClass};
 
-pub use crate::protocols::mesh::ControlFrame;
+use crate::clock::monotonic_micros;
+use crate::net::peers::PeerTable;
 
-use super::context::{monotonic_micros, NodeContext, OverlayCommit, PeerTable, Ticker};
-use super::raft_replica::RaftMsg;
-use super::transport::TransportMsg;
-
-pub enum TopologyMsg {
-    /// Heartbeat the neighbours and judge them.
-    Tick,
-    /// A frame from neighbour `from`; the permit bounds the queue.
-    Control {
-        from: String,
-        frame: ControlFrame,
-        permit: OwnedSemaphorePermit,
-    },
-    /// A connection to this neighbour came up.
-    LinkUp(String),
-    /// Pass queued membership changes on.
-    Spread,
-    /// This neighbour closed its connection saying it leaves the cluster.
-    PeerLeft(String),
-    /// This node's replica applied an overlay change.
-    Committed(OverlayCommit),
-}
+use super::messages::{RaftMsg, TopologyMsg, TransportMsg};
+use super::overlay_state::OverlayState;
+use super::shared::{NodeShared, Ticker};
 
 pub struct TopologyActor;
 
+/// What a topology actor's incarnation starts from: the node's shared
+/// core and the overlay state it keeps there across its restarts.
+pub struct TopologyArgs {
+    pub shared: Arc<NodeShared>,
+    pub overlay: Arc<OverlayState>,
+}
+
 pub struct TopologyState {
-    context: Arc<NodeContext>,
+    shared: Arc<NodeShared>,
+    overlay: Arc<OverlayState>,
     core: TopologyCore,
     myself: ActorRef<TopologyMsg>,
     _ticker: Ticker,
@@ -78,37 +67,39 @@ impl Links for PeerLinks<'_> {
 impl Actor for TopologyActor {
     type Msg = TopologyMsg;
     type State = TopologyState;
-    type Arguments = Arc<NodeContext>;
+    type Arguments = TopologyArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<TopologyMsg>,
-        context: Arc<NodeContext>,
+        args: TopologyArgs,
     ) -> Result<TopologyState, ActorProcessingErr> {
-        context.topology.set(Some(myself.clone()));
-        let config = &context.config;
+        let TopologyArgs { shared, overlay } = args;
+        shared.mailboxes.topology.set(Some(myself.clone()));
+        let config = &shared.config;
         let every = Duration::from_millis(config.membership.heartbeat_interval_ms);
         let ticker = Ticker::new(myself.send_interval(every, || TopologyMsg::Tick));
-        let committed = context
+        let committed = overlay
             .committed_overlay
             .read()
             .expect("committed overlay lock is never poisoned")
             .clone();
         let core_config = TopologyConfig {
-            node: context.node_id.clone(),
-            incarnation: context.incarnation,
+            node: shared.node_id.clone(),
+            incarnation: shared.incarnation,
             detector: config.membership,
             replicated: !config.control.replicas.is_empty(),
         };
         let core = TopologyCore::new(
             monotonic_micros(),
             core_config,
-            context.directory.roster.clone(),
-            context.directory.topology.clone(),
+            shared.directory.roster.clone(),
+            shared.directory.topology.clone(),
             committed,
         );
         let mut state = TopologyState {
-            context,
+            shared,
+            overlay,
             core,
             myself: myself.clone(),
             _ticker: ticker,
@@ -123,11 +114,10 @@ impl Actor for TopologyActor {
         message: TopologyMsg,
         state: &mut TopologyState,
     ) -> Result<(), ActorProcessingErr> {
-        let context = &state.context;
         let core = &mut state.core;
-        let links = PeerLinks(&context.peers);
+        let links = PeerLinks(&state.shared.peers);
         let now = monotonic_micros();
-        core.set_leading(context.replica_leading.load(Ordering::Relaxed));
+        core.set_leading(state.overlay.replica_leading.load(Ordering::Relaxed));
         match message {
             TopologyMsg::Tick => core.tick(now, &links),
             TopologyMsg::Spread => core.spread_due(&links),
@@ -158,34 +148,34 @@ impl TopologyState {
             self.apply(event);
         }
         let counters = self.core.take_counters();
-        self.context.metrics.counters.add_moved(counters.moved());
+        self.shared.metrics.counters.add_moved(counters.moved());
     }
 
     fn apply(&self, event: TopologyEvent) {
-        let context = &self.context;
+        let (shared, overlay) = (&self.shared, &self.overlay);
         match event {
             TopologyEvent::Neighbours { neighbours, probes } => {
-                *context
+                *overlay
                     .neighbours
                     .write()
                     .expect("neighbours lock is never poisoned") = neighbours.clone();
-                if let Some(transport) = context.transport.get() {
+                if let Some(transport) = shared.mailboxes.transport.get() {
                     let _ = transport.cast(TransportMsg::SetNeighbours { neighbours, probes });
                 }
             }
             TopologyEvent::Routes(view) => {
-                *context
+                *overlay
                     .routing
                     .write()
                     .expect("routing lock is never poisoned") = view;
             }
             // A proposal that cannot be handed over is made again later.
             TopologyEvent::Propose(proposal) => {
-                if let Some(replica) = context.replica.get() {
+                if let Some(replica) = shared.mailboxes.replica.get() {
                     let _ = replica.cast(RaftMsg::ProposeOverlay(proposal));
                 }
             }
-            TopologyEvent::Applied(commit) => context.record_overlay(&commit),
+            TopologyEvent::Applied(commit) => overlay.record_overlay(&commit),
             TopologyEvent::SpreadAfter(delay_ms) => {
                 let delay = Duration::from_millis(delay_ms);
                 self.myself.send_after(delay, || TopologyMsg::Spread);
@@ -198,11 +188,11 @@ impl TopologyState {
         // A full control queue drops this frame (counted); the next
         // heartbeat or digest exchange makes up for it.
         let sent = self
-            .context
+            .shared
             .peers
             .try_send_control(peer, (TrafficClass::Control, bytes.into()));
         if sent.is_err() {
-            NodeMetrics::count(&self.context.metrics.counters.control_frames_unsent);
+            NodeMetrics::count(&self.shared.metrics.counters.control_frames_unsent);
         }
     }
 }

@@ -14,70 +14,56 @@
 //! actor's state: when the actor stops or is killed, every task ends and
 //! every connection closes.
 //!
-//! [`PeerTable`]: super::context::PeerTable
+//! [`PeerTable`]: crate::net::peers::PeerTable
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, SinkExt, StreamExt};
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use futures::{FutureExt, StreamExt};
 use quinn::{Connection, VarInt};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::clock::monotonic_micros;
 use crate::config::TransportConfig;
 use crate::metrics::NodeMetrics;
+use crate::net::peers::{LinkActivity, PeerLink};
+use crate::net::quic::{
+    dials, frame_codec, peer_left, quic_client_config, write_frames, CLOSE_LEAVING,
+    CLOSE_MALFORMED_FRAME, CLOSE_SHUTDOWN, CLOSE_WRONG_DIALER, CONTROL_SEND_QUEUE_MAX,
+};
+use crate::net::tls::{self, PinnedKeys};
 use crate::protocols::delivery::TokenBucket;
+use crate::protocols::mesh::ControlFrame;
+use crate::protocols::pbft::messages::Packet;
 use crate::protocols::supervision::Backoff;
 use crate::protocols::wire::codec::PbftAssembler;
 use crate::protocols::wire::transfer::Transfers;
 use crate::protocols::wire::{
     decode_frame, Envelope, Frame, RaftAssembler, StreamHeader, TrafficClass,
 };
-use crate::tls::{self, NodeCertificate, PinnedKeys};
 
-use super::context::{monotonic_micros, LinkActivity, NodeContext, OutboundFrame, PeerLink};
-use super::node::NodeMsg;
-use super::raft_replica::RaftMsg;
-use super::router::RouterMsg;
-use super::topology::{ControlFrame, TopologyMsg};
-
-/// Application close codes, so a peer's log says why it was dropped.
-pub const CLOSE_SHUTDOWN: u32 = 0;
-pub const CLOSE_MALFORMED_FRAME: u32 = 1;
-pub const CLOSE_WRONG_DIALER: u32 = 2;
-pub const CLOSE_REPLACED: u32 = 3;
-/// The node is shutting down for good: its peers may count it gone at
-/// once instead of waiting for the failure detector.
-pub const CLOSE_LEAVING: u32 = 4;
-
-/// Frames written between two flushes of a stream.
-const WRITE_BATCH_MAX: usize = 64;
-/// Heartbeat and membership frames one link holds waiting to be written:
-/// a few per heartbeat interval, so this much is a link that is stuck.
-const CONTROL_SEND_QUEUE_MAX: usize = 256;
-
-pub enum TransportMsg {
-    /// The overlay neighbours to hold connections to, and nodes to keep
-    /// dialing although they are thought dead (base-overlay neighbours, so
-    /// a node that comes back is heard from).
-    SetNeighbours {
-        neighbours: Vec<String>,
-        probes: Vec<String>,
-    },
-    PeerUp(String),
-    PeerDown(String),
-    ConnectedPeers(RpcReplyPort<Vec<String>>),
-}
+use super::messages::{NodeMsg, PbftMsg, RaftMsg, RouterMsg, TopologyMsg, TransportMsg};
+use super::overlay_state::OverlayState;
+use super::shared::NodeShared;
 
 pub struct Transport;
 
+/// What a transport's incarnation starts from: the node's shared core,
+/// and the overlay (its neighbours to dial, and the routing view readers
+/// pass transit envelopes on by).
+pub struct TransportArgs {
+    pub shared: Arc<NodeShared>,
+    pub overlay: Arc<OverlayState>,
+}
+
 pub struct TransportState {
-    context: Arc<NodeContext>,
+    shared: Arc<NodeShared>,
+    overlay: Arc<OverlayState>,
     token: CancellationToken,
     /// Cancels every task when the state is dropped, even on kill.
     _guard: DropGuard,
@@ -90,76 +76,31 @@ pub struct TransportState {
     connected: BTreeSet<String>,
 }
 
-/// The quinn transport parameters from the config.
-/// Ack-eliciting packets a peer may receive before it must ACK.
-const ACK_ELICITING_THRESHOLD: u32 = 16;
-/// Longest a peer may hold back an ACK.
-const ACK_DELAY_MAX: Duration = Duration::from_millis(50);
-
-pub fn quic_transport_config(config: &TransportConfig) -> Arc<quinn::TransportConfig> {
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_millis(config.keep_alive_ms)));
-    let idle = quinn::IdleTimeout::try_from(Duration::from_millis(config.idle_timeout_ms))
-        .expect("validated idle timeout fits a QUIC varint");
-    transport.max_idle_timeout(Some(idle));
-    // Each overlay link carries a few dozen small frames a second: acking
-    // every other packet at once would send nearly one bare ACK packet per
-    // frame. Asking the peer to wait lets ACKs ride on its own traffic.
-    let mut acks = quinn::AckFrequencyConfig::default();
-    acks.ack_eliciting_threshold(quinn::VarInt::from_u32(ACK_ELICITING_THRESHOLD))
-        .max_ack_delay(Some(ACK_DELAY_MAX));
-    transport.ack_frequency_config(Some(acks));
-    Arc::new(transport)
-}
-
-/// The server side of a node's endpoint.
-pub fn quic_server_config(
-    certificate: &NodeCertificate,
-    pinned: PinnedKeys,
-    config: &TransportConfig,
-) -> Result<quinn::ServerConfig, tls::TlsError> {
-    let crypto = QuicServerConfig::try_from(tls::server_config(certificate, pinned)?)
-        .map_err(|error| tls::TlsError::Config(error.to_string()))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(quic_transport_config(config));
-    Ok(server)
-}
-
-/// The client side for dialing one peer whose key must be `peer_key`.
-pub fn quic_client_config(
-    certificate: &NodeCertificate,
-    pinned: PinnedKeys,
-    config: &TransportConfig,
-) -> Result<quinn::ClientConfig, tls::TlsError> {
-    let crypto = QuicClientConfig::try_from(tls::client_config(certificate, pinned)?)
-        .map_err(|error| tls::TlsError::Config(error.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(quic_transport_config(config));
-    Ok(client)
-}
-
 impl Actor for Transport {
     type Msg = TransportMsg;
     type State = TransportState;
-    type Arguments = Arc<NodeContext>;
+    type Arguments = TransportArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<TransportMsg>,
-        context: Arc<NodeContext>,
+        args: TransportArgs,
     ) -> Result<TransportState, ActorProcessingErr> {
-        context.transport.set(Some(myself.clone()));
+        let TransportArgs { shared, overlay } = args;
+        shared.mailboxes.transport.set(Some(myself.clone()));
         let token = CancellationToken::new();
-        tokio::spawn(accept_loop(context.clone(), token.clone(), myself));
-        let neighbours = context
+        let accepting = accept_loop(shared.clone(), overlay.clone(), token.clone(), myself);
+        tokio::spawn(accepting);
+        let neighbours = overlay
             .neighbours
             .read()
             .expect("neighbours lock is never poisoned")
             .clone();
-        let replica_peers = replica_peers(&context);
+        let replica_peers = replica_peers(&shared);
         let mut state = TransportState {
             _guard: token.clone().drop_guard(),
-            context,
+            shared,
+            overlay,
             token,
             dialers: HashMap::new(),
             neighbours: BTreeSet::new(),
@@ -185,17 +126,17 @@ impl Actor for Transport {
             TransportMsg::PeerUp(peer) => {
                 state.connected.insert(peer.clone());
                 state.check_neighbours_up();
-                if let Some(topology) = state.context.topology.get() {
+                if let Some(topology) = state.shared.mailboxes.topology.get() {
                     let _ = topology.cast(TopologyMsg::LinkUp(peer));
                 }
             }
             TransportMsg::PeerDown(peer) => {
-                if !state.context.peers.is_connected(&peer) {
+                if !state.shared.peers.is_connected(&peer) {
                     state.connected.remove(&peer);
                 }
             }
             TransportMsg::ConnectedPeers(reply) => {
-                let _ = reply.send(state.context.peers.connected());
+                let _ = reply.send(state.shared.peers.connected());
             }
         }
         Ok(())
@@ -206,16 +147,16 @@ impl TransportState {
     fn check_neighbours_up(&self) {
         // No neighbours yet means the topology has not spoken, unless this
         // node is the whole cluster.
-        let alone = self.context.directory.roster.node_names.len() == 1;
+        let alone = self.shared.directory.roster.node_names.len() == 1;
         if (alone || !self.neighbours.is_empty()) && self.neighbours.is_subset(&self.connected) {
-            if let Some(node) = self.context.node.get() {
+            if let Some(node) = self.shared.mailboxes.node.get() {
                 let _ = node.cast(NodeMsg::NeighboursUp);
             }
         }
     }
 
     fn set_neighbours(&mut self, neighbours: Vec<String>, probes: Vec<String>) {
-        let own = |peer: &String| *peer != self.context.node_id;
+        let own = |peer: &String| *peer != self.shared.node_id;
         self.neighbours = neighbours.into_iter().filter(own).collect();
         self.probes = probes.into_iter().filter(own).collect();
         self.dialers.retain(|peer, token| {
@@ -235,24 +176,25 @@ impl TransportState {
             .iter()
             .chain(&self.probes)
             .chain(&self.replica_peers)
-            .filter(|peer| dials(&self.context.node_id, peer) && !self.dialers.contains_key(*peer))
+            .filter(|peer| dials(&self.shared.node_id, peer) && !self.dialers.contains_key(*peer))
             .cloned()
             .collect();
         for peer in to_dial {
             let token = self.token.child_token();
             self.dialers.insert(peer.clone(), token.clone());
-            let transport = self.context.transport.get();
-            tokio::spawn(dial_loop(self.context.clone(), peer, token, transport));
+            let transport = self.shared.mailboxes.transport.get();
+            let parts = (self.shared.clone(), self.overlay.clone());
+            tokio::spawn(dial_loop(parts, peer, token, transport));
         }
     }
 }
 
 /// The replicas other than this node's, of the control plane (voting or
 /// standing by) and of the PBFT group, for each it runs a replica of.
-fn replica_peers(context: &NodeContext) -> BTreeSet<String> {
-    let me = &context.node_id;
-    let control = &context.config.control;
-    let pbft = &context.config.pbft;
+fn replica_peers(shared: &NodeShared) -> BTreeSet<String> {
+    let me = &shared.node_id;
+    let control = &shared.config.control;
+    let pbft = &shared.config.pbft;
     let mut peers = BTreeSet::new();
     if control.replica_id(me).is_some() {
         peers.extend(control.replica_nodes().cloned());
@@ -264,13 +206,9 @@ fn replica_peers(context: &NodeContext) -> BTreeSet<String> {
     peers
 }
 
-/// The deterministic rule that picks one dialer per pair: the lower id.
-pub fn dials(own_id: &str, peer_id: &str) -> bool {
-    own_id < peer_id
-}
-
 async fn accept_loop(
-    context: Arc<NodeContext>,
+    shared: Arc<NodeShared>,
+    overlay: Arc<OverlayState>,
     token: CancellationToken,
     transport: ActorRef<TransportMsg>,
 ) {
@@ -278,11 +216,11 @@ async fn accept_loop(
         let incoming = tokio::select! {
             biased;
             _ = token.cancelled() => return,
-            incoming = context.endpoint.accept() => incoming,
+            incoming = shared.endpoint.accept() => incoming,
         };
         let Some(incoming) = incoming else { return };
         tokio::spawn(accept_one(
-            context.clone(),
+            (shared.clone(), overlay.clone()),
             incoming,
             token.clone(),
             transport.clone(),
@@ -291,15 +229,15 @@ async fn accept_loop(
 }
 
 async fn accept_one(
-    context: Arc<NodeContext>,
+    (shared, overlay): (Arc<NodeShared>, Arc<OverlayState>),
     incoming: quinn::Incoming,
     token: CancellationToken,
     transport: ActorRef<TransportMsg>,
 ) {
     let remote = incoming.remote_address();
     let refused = |reason: String| {
-        NodeMetrics::count(&context.metrics.counters.handshakes_refused);
-        tracing::warn!(node = %context.node_id, %remote, %reason, "refused incoming connection");
+        NodeMetrics::count(&shared.metrics.counters.handshakes_refused);
+        tracing::warn!(node = %shared.node_id, %remote, %reason, "refused incoming connection");
     };
     let connection = match incoming.await {
         Ok(connection) => connection,
@@ -310,32 +248,33 @@ async fn accept_one(
             | quinn::ConnectionError::ConnectionClosed(_)
             | quinn::ConnectionError::LocallyClosed,
         ) => {
-            NodeMetrics::count(&context.metrics.counters.handshakes_abandoned);
-            tracing::debug!(node = %context.node_id, %remote, "handshake abandoned");
+            NodeMetrics::count(&shared.metrics.counters.handshakes_abandoned);
+            tracing::debug!(node = %shared.node_id, %remote, "handshake abandoned");
             return;
         }
         Err(error) => return refused(format!("handshake failed: {error}")),
     };
-    let peer = match identify(&context, &connection) {
+    let peer = match identify(&shared, &connection) {
         Ok(peer) => peer,
         Err(reason) => {
             connection.close(VarInt::from_u32(CLOSE_WRONG_DIALER), reason.as_bytes());
             return refused(reason);
         }
     };
-    if !dials(&peer, &context.node_id) {
+    if !dials(&peer, &shared.node_id) {
         let reason = format!(
             "node {peer} dialed, but the lower id ({}) dials",
-            context.node_id
+            shared.node_id
         );
         connection.close(VarInt::from_u32(CLOSE_WRONG_DIALER), reason.as_bytes());
         return refused(reason);
     }
-    run_connection(context, connection, peer, token, Some(transport)).await;
+    let parts = (shared, overlay);
+    run_connection(parts, connection, peer, token, Some(transport)).await;
 }
 
 /// The node id behind a connection's verified certificate.
-fn identify(context: &NodeContext, connection: &Connection) -> Result<String, String> {
+fn identify(shared: &NodeShared, connection: &Connection) -> Result<String, String> {
     let identity = connection
         .peer_identity()
         .ok_or("peer presented no certificate")?;
@@ -345,7 +284,7 @@ fn identify(context: &NodeContext, connection: &Connection) -> Result<String, St
     let first = chain
         .first()
         .ok_or("peer presented an empty certificate chain")?;
-    context
+    shared
         .directory
         .pinned
         .identify(first)
@@ -353,45 +292,45 @@ fn identify(context: &NodeContext, connection: &Connection) -> Result<String, St
 }
 
 async fn dial_loop(
-    context: Arc<NodeContext>,
+    (shared, overlay): (Arc<NodeShared>, Arc<OverlayState>),
     peer: String,
     token: CancellationToken,
     transport: Option<ActorRef<TransportMsg>>,
 ) {
-    let config = &context.config.transport;
-    let seed = context.config.seed
-        ^ crate::actors::node::stable_hash(&format!("{}->{peer}", context.node_id));
+    let config = &shared.config.transport;
+    let seed =
+        shared.config.seed ^ crate::protocols::stable_hash(&format!("{}->{peer}", shared.node_id));
     let mut backoff = Backoff::new(
         config.reconnect_backoff_min_ms,
         config.reconnect_backoff_max_ms,
         seed,
     );
     let client = match (
-        context.directory.roster.node_keys.get(&peer),
-        context.directory.node_addresses.get(&peer),
+        shared.directory.roster.node_keys.get(&peer),
+        shared.directory.node_addresses.get(&peer),
     ) {
         (Some(key), Some(_)) => {
             let pinned = PinnedKeys::new([(peer.clone(), *key)]);
-            quic_client_config(&context.certificate, pinned, config)
+            quic_client_config(&shared.certificate, pinned, config)
         }
         _ => {
-            tracing::error!(node = %context.node_id, %peer, "neighbour has no key or address in the config");
+            tracing::error!(node = %shared.node_id, %peer, "neighbour has no key or address in the config");
             return;
         }
     };
     let client = match client {
         Ok(client) => client,
         Err(error) => {
-            return tracing::error!(node = %context.node_id, %peer, %error, "cannot build client TLS")
+            return tracing::error!(node = %shared.node_id, %peer, %error, "cannot build client TLS")
         }
     };
-    let address = context.directory.node_addresses[&peer];
+    let address = shared.directory.node_addresses[&peer];
     while !token.is_cancelled() {
-        match connect(&context, &client, address, &token).await {
+        match connect(&shared, &client, address, &token).await {
             Ok(connection) => {
                 backoff.reset();
                 run_connection(
-                    context.clone(),
+                    (shared.clone(), overlay.clone()),
                     connection,
                     peer.clone(),
                     token.clone(),
@@ -399,7 +338,7 @@ async fn dial_loop(
                 )
                 .await;
             }
-            Err(reason) => tracing::debug!(node = %context.node_id, %peer, %reason, "dial failed"),
+            Err(reason) => tracing::debug!(node = %shared.node_id, %peer, %reason, "dial failed"),
         }
         let delay = Duration::from_millis(backoff.next_delay_ms());
         tokio::select! {
@@ -411,7 +350,7 @@ async fn dial_loop(
 }
 
 async fn connect(
-    context: &NodeContext,
+    shared: &NodeShared,
     client: &quinn::ClientConfig,
     address: std::net::SocketAddr,
     token: &CancellationToken,
@@ -422,14 +361,14 @@ async fn connect(
     let _turn = tokio::select! {
         biased;
         _ = token.cancelled() => return Err("cancelled".into()),
-        turn = context.handshakes.acquire() => turn.map_err(|_| "no handshakes any more".to_string())?,
+        turn = shared.handshakes.acquire() => turn.map_err(|_| "no handshakes any more".to_string())?,
     };
     let started = Instant::now();
-    let connecting = context
+    let connecting = shared
         .endpoint
         .connect_with(client.clone(), address, tls::SERVER_NAME)
         .map_err(|error| error.to_string())?;
-    let timeout = Duration::from_millis(context.config.transport.connect_timeout_ms);
+    let timeout = Duration::from_millis(shared.config.transport.connect_timeout_ms);
     let connection = tokio::select! {
         biased;
         _ = token.cancelled() => return Err("cancelled".into()),
@@ -439,7 +378,7 @@ async fn connect(
             Err(_) => return Err(format!("no handshake within {} ms", timeout.as_millis())),
         },
     };
-    context
+    shared
         .metrics
         .record_connection_setup(started.elapsed().as_micros() as u64);
     Ok(connection)
@@ -451,31 +390,20 @@ enum Ending {
     Malformed(String),
 }
 
-/// Whether the peer closed the connection because it is leaving the
-/// cluster (the close is authenticated like every packet of the
-/// connection).
-fn peer_left(connection: &Connection) -> bool {
-    matches!(
-        connection.close_reason(),
-        Some(quinn::ConnectionError::ApplicationClosed(close))
-            if close.error_code == VarInt::from_u32(CLOSE_LEAVING)
-    )
-}
-
 /// Serves one established connection until it closes or is cancelled.
 async fn run_connection(
-    context: Arc<NodeContext>,
+    (shared, overlay): (Arc<NodeShared>, Arc<OverlayState>),
     connection: Connection,
     peer: String,
     token: CancellationToken,
     transport: Option<ActorRef<TransportMsg>>,
 ) {
-    let counters = &context.metrics.counters;
+    let counters = &shared.metrics.counters;
     let connection_id = connection.stable_id();
-    let (queue, outbound) = mpsc::channel(context.config.transport.peer_send_queue_max);
+    let (queue, outbound) = mpsc::channel(shared.config.transport.peer_send_queue_max);
     let (control, outbound_control) = mpsc::channel(CONTROL_SEND_QUEUE_MAX);
     let activity = Arc::new(LinkActivity::default());
-    context.peers.insert(
+    shared.peers.insert(
         &peer,
         PeerLink {
             connection_id,
@@ -486,14 +414,14 @@ async fn run_connection(
         },
     );
     NodeMetrics::count(&counters.connections_established);
-    tracing::info!(node = %context.node_id, %peer, remote = %connection.remote_address(), "connected");
+    tracing::info!(node = %shared.node_id, %peer, remote = %connection.remote_address(), "connected");
     if let Some(transport) = &transport {
         let _ = transport.cast(TransportMsg::PeerUp(peer.clone()));
     }
     let ending = tokio::select! {
         biased;
         _ = token.cancelled() => {
-            if context.leaving.load(std::sync::atomic::Ordering::Relaxed) {
+            if shared.leaving.load(std::sync::atomic::Ordering::Relaxed) {
                 connection.close(VarInt::from_u32(CLOSE_LEAVING), b"leaving");
             } else {
                 connection.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
@@ -501,96 +429,27 @@ async fn run_connection(
             Ending::Closed
         }
         reason = write_frames(&connection, outbound_control, outbound) => {
-            tracing::debug!(node = %context.node_id, %peer, %reason, "writer stopped");
+            tracing::debug!(node = %shared.node_id, %peer, %reason, "writer stopped");
             Ending::Closed
         }
-        ending = read_streams(&context, &connection, &peer, &activity) => ending,
+        ending = read_streams(&shared, &overlay, &connection, &peer, &activity) => ending,
     };
     if let Ending::Malformed(reason) = &ending {
         NodeMetrics::count(&counters.peers_closed_malformed);
-        tracing::warn!(node = %context.node_id, %peer, %reason, "peer sent a malformed frame; disconnecting");
+        tracing::warn!(node = %shared.node_id, %peer, %reason, "peer sent a malformed frame; disconnecting");
         connection.close(VarInt::from_u32(CLOSE_MALFORMED_FRAME), reason.as_bytes());
     }
-    context.peers.remove_if_current(&peer, connection_id);
+    shared.peers.remove_if_current(&peer, connection_id);
     NodeMetrics::count(&counters.connections_lost);
-    tracing::info!(node = %context.node_id, %peer, reason = ?connection.close_reason(), "disconnected");
+    tracing::info!(node = %shared.node_id, %peer, reason = ?connection.close_reason(), "disconnected");
     if peer_left(&connection) {
-        if let Some(topology) = context.topology.get() {
+        if let Some(topology) = shared.mailboxes.topology.get() {
             let _ = topology.cast(TopologyMsg::PeerLeft(peer.clone()));
         }
     }
     if let Some(transport) = &transport {
         let _ = transport.cast(TransportMsg::PeerDown(peer));
     }
-}
-
-fn frame_codec(frame_bytes_max: usize) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(frame_bytes_max)
-        .new_codec()
-}
-
-type StreamWriter = FramedWrite<quinn::SendStream, LengthDelimitedCodec>;
-
-/// Drains the peer's send queue into one stream per traffic class, flushing
-/// after each batch. Returns when the queue closes or the connection fails.
-async fn write_frames(
-    connection: &Connection,
-    mut control: mpsc::Receiver<OutboundFrame>,
-    mut outbound: mpsc::Receiver<OutboundFrame>,
-) -> &'static str {
-    let mut streams: [Option<StreamWriter>; 4] = Default::default();
-    let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
-    let mut control_batch = Vec::with_capacity(WRITE_BATCH_MAX);
-    loop {
-        // Control frames first: at most one batch of data is ahead of a
-        // heartbeat, however long the data queue (both are cancel safe).
-        let received = tokio::select! {
-            biased;
-            count = control.recv_many(&mut control_batch, WRITE_BATCH_MAX) => count,
-            count = outbound.recv_many(&mut batch, WRITE_BATCH_MAX) => count,
-        };
-        if received == 0 {
-            break;
-        }
-        let mut dirty = [false; 4];
-        for (class, bytes) in control_batch.drain(..).chain(batch.drain(..)) {
-            let Some(stream) = stream_for(connection, &mut streams, class).await else {
-                return "cannot open a stream";
-            };
-            if stream.feed(bytes).await.is_err() {
-                return "stream write failed";
-            }
-            dirty[class.index()] = true;
-        }
-        for (stream, dirty) in streams.iter_mut().zip(dirty) {
-            if let (Some(stream), true) = (stream, dirty) {
-                if SinkExt::<bytes::Bytes>::flush(stream).await.is_err() {
-                    return "stream flush failed";
-                }
-            }
-        }
-    }
-    "send queue closed"
-}
-
-async fn stream_for<'s>(
-    connection: &Connection,
-    streams: &'s mut [Option<StreamWriter>; 4],
-    class: TrafficClass,
-) -> Option<&'s mut StreamWriter> {
-    // Transfer streams are opened per snapshot, never queued as frames.
-    let slot = streams.get_mut(class.index())?;
-    if slot.is_none() {
-        let mut stream = connection.open_uni().await.ok()?;
-        stream
-            .write_all(&StreamHeader { class }.encode())
-            .await
-            .ok()?;
-        // The writer never sends more than the peer accepts.
-        *slot = Some(FramedWrite::new(stream, frame_codec(usize::MAX >> 1)));
-    }
-    slot.as_mut()
 }
 
 /// How many envelopes one peer connection may hand the router: one
@@ -614,7 +473,7 @@ impl InboundLimit {
 
     /// Keeps the envelopes of `batch` the peer has tokens for; counts the
     /// rest as dropped.
-    fn admit(&self, batch: &mut Vec<Envelope>, context: &NodeContext) {
+    fn admit(&self, batch: &mut Vec<Envelope>, shared: &NodeShared) {
         let Some(bucket) = &self.bucket else {
             return;
         };
@@ -624,7 +483,7 @@ impl InboundLimit {
         batch.retain(|_| bucket.try_take(now));
         let dropped = (before - batch.len()) as u64;
         if dropped > 0 {
-            context
+            shared
                 .metrics
                 .counters
                 .dropped_peer_rate_limited
@@ -635,20 +494,27 @@ impl InboundLimit {
 
 /// Accepts the peer's streams and reads each in its own task.
 async fn read_streams(
-    context: &Arc<NodeContext>,
+    shared: &Arc<NodeShared>,
+    overlay: &Arc<OverlayState>,
     connection: &Connection,
     peer: &str,
     activity: &Arc<LinkActivity>,
 ) -> Ending {
     let mut readers = JoinSet::new();
     let transfers: Arc<Mutex<Transfers>> = Arc::default();
-    let limit = Arc::new(InboundLimit::new(&context.config.transport));
+    let limit = Arc::new(InboundLimit::new(&shared.config.transport));
     loop {
         tokio::select! {
             stream = connection.accept_uni() => match stream {
                 Ok(stream) => {
-                    let link = ReadLink { peer: peer.to_string(), activity: activity.clone(), transfers: transfers.clone(), limit: limit.clone() };
-                    let reader = read_stream(context.clone(), stream, link);
+                    let link = ReadLink {
+                        peer: peer.to_string(),
+                        overlay: overlay.clone(),
+                        activity: activity.clone(),
+                        transfers: transfers.clone(),
+                        limit: limit.clone(),
+                    };
+                    let reader = read_stream(shared.clone(), stream, link);
                     readers.spawn(reader);
                 }
                 Err(_) => return Ending::Closed,
@@ -665,6 +531,7 @@ async fn read_streams(
 /// What a connection's stream readers share.
 struct ReadLink {
     peer: String,
+    overlay: Arc<OverlayState>,
     activity: Arc<LinkActivity>,
     transfers: Arc<Mutex<Transfers>>,
     limit: Arc<InboundLimit>,
@@ -673,17 +540,18 @@ struct ReadLink {
 /// Reads one stream's frames and hands them to the router in batches.
 /// Returns `Err` with a reason when the peer sent something malformed.
 async fn read_stream(
-    context: Arc<NodeContext>,
+    shared: Arc<NodeShared>,
     mut stream: quinn::RecvStream,
     link: ReadLink,
 ) -> Result<(), String> {
     let ReadLink {
         peer,
+        overlay,
         activity,
         transfers,
         limit,
     } = link;
-    let counters = &context.metrics.counters;
+    let counters = &shared.metrics.counters;
     let malformed = |reason: String| {
         NodeMetrics::count(&counters.frames_malformed);
         reason
@@ -695,17 +563,18 @@ async fn read_stream(
     let header = StreamHeader::decode(header).map_err(|error| malformed(error.to_string()))?;
     if header.class == TrafficClass::Transfer {
         activity.received_now();
-        return super::transfer::read_transfer(&context, stream, &peer, &transfers)
+        let whole = crate::net::transfer::read_transfer(stream, &transfers)
             .await
-            .map_err(malformed);
+            .map_err(malformed)?;
+        if let Some(message) = whole {
+            hand_to_replica(&shared, &peer, message);
+        }
+        return Ok(());
     }
-    let batch_max = context.config.transport.receive_batch_max;
+    let batch_max = shared.config.transport.receive_batch_max;
     let mut raft = RaftAssembler::default();
     let mut pbft = PbftAssembler::default();
-    let mut frames = FramedRead::new(
-        stream,
-        frame_codec(context.config.transport.frame_bytes_max),
-    );
+    let mut frames = FramedRead::new(stream, frame_codec(shared.config.transport.frame_bytes_max));
     loop {
         let mut batch = Vec::new();
         let mut ended = false;
@@ -735,20 +604,20 @@ async fn read_stream(
             match decode_frame(&bytes).map_err(|error| malformed(error.to_string()))? {
                 Frame::Envelope(envelope) => batch.push(envelope),
                 Frame::Heartbeat(heartbeat) => {
-                    hand_to_topology(&context, &peer, ControlFrame::Heartbeat(heartbeat))
+                    hand_to_topology(&shared, &peer, ControlFrame::Heartbeat(heartbeat))
                 }
                 Frame::Members(records) => {
-                    hand_to_topology(&context, &peer, ControlFrame::Members(records))
+                    hand_to_topology(&shared, &peer, ControlFrame::Members(records))
                 }
                 Frame::Overlay(overlay) => {
-                    hand_to_topology(&context, &peer, ControlFrame::Overlay(overlay))
+                    hand_to_topology(&shared, &peer, ControlFrame::Overlay(overlay))
                 }
                 Frame::Pbft(part) => {
                     let whole = pbft
                         .add(part)
                         .map_err(|error| malformed(error.to_string()))?;
                     if let Some(packet) = whole {
-                        super::pbft_replica::hand_to_pbft(&context, &peer, packet);
+                        hand_to_pbft(&shared, &peer, packet);
                     }
                 }
                 Frame::Raft(part) => {
@@ -756,7 +625,7 @@ async fn read_stream(
                         .add(part)
                         .map_err(|error| malformed(error.to_string()))?;
                     if let Some(message) = whole {
-                        hand_to_replica(&context, &peer, message);
+                        hand_to_replica(&shared, &peer, message);
                     }
                 }
             }
@@ -769,10 +638,10 @@ async fn read_stream(
                 None => break,
             }
         }
-        limit.admit(&mut batch, &context);
-        let batch = super::router::pass_on_transit(&context, batch);
+        limit.admit(&mut batch, &shared);
+        let batch = super::router::pass_on_transit(&shared, &overlay, batch);
         if !batch.is_empty() {
-            hand_to_router(&context, batch, &peer).await;
+            hand_to_router(&shared, batch, &peer).await;
         }
         if ended {
             return Ok(());
@@ -783,12 +652,12 @@ async fn read_stream(
 /// Hands a control frame to the topology actor if its queue has room;
 /// otherwise drops it and counts it (heartbeats are periodic, and membership
 /// views are reconciled by digest, so a dropped one is made good later).
-fn hand_to_topology(context: &NodeContext, peer: &str, frame: ControlFrame) {
-    let Ok(permit) = context.control_queue.clone().try_acquire_owned() else {
-        return NodeMetrics::count(&context.metrics.counters.dropped_control_queue_full);
+fn hand_to_topology(shared: &NodeShared, peer: &str, frame: ControlFrame) {
+    let Ok(permit) = shared.mailboxes.control_queue.clone().try_acquire_owned() else {
+        return NodeMetrics::count(&shared.metrics.counters.dropped_control_queue_full);
     };
-    let Some(topology) = context.topology.get() else {
-        return NodeMetrics::count(&context.metrics.counters.dropped_control_queue_full);
+    let Some(topology) = shared.mailboxes.topology.get() else {
+        return NodeMetrics::count(&shared.metrics.counters.dropped_control_queue_full);
     };
     let _ = topology.cast(TopologyMsg::Control {
         from: peer.to_string(),
@@ -801,19 +670,19 @@ fn hand_to_topology(context: &NodeContext, peer: &str, frame: ControlFrame) {
 /// replica at the other end of the connection, is addressed to this one,
 /// and the queue has room; otherwise drops it and counts it (Raft sends
 /// again what matters).
-pub(super) fn hand_to_replica(context: &NodeContext, peer: &str, message: raft::eraftpb::Message) {
-    let counters = &context.metrics.counters;
-    let control = &context.config.control;
+fn hand_to_replica(shared: &NodeShared, peer: &str, message: raft::eraftpb::Message) {
+    let counters = &shared.metrics.counters;
+    let control = &shared.config.control;
     let addressed = control.replica_id(peer) == Some(message.from)
-        && control.replica_id(&context.node_id) == Some(message.to);
+        && control.replica_id(&shared.node_id) == Some(message.to);
     if !addressed {
-        tracing::debug!(node = %context.node_id, %peer, from = message.from, to = message.to, "misaddressed raft message");
+        tracing::debug!(node = %shared.node_id, %peer, from = message.from, to = message.to, "misaddressed raft message");
         return NodeMetrics::count(&counters.raft_dropped_misaddressed);
     }
-    let Ok(permit) = context.raft_queue.clone().try_acquire_owned() else {
+    let Ok(permit) = shared.mailboxes.raft_queue.clone().try_acquire_owned() else {
         return NodeMetrics::count(&counters.raft_dropped_queue_full);
     };
-    let Some(replica) = context.replica.get() else {
+    let Some(replica) = shared.mailboxes.replica.get() else {
         return NodeMetrics::count(&counters.raft_dropped_queue_full);
     };
     let _ = replica.cast(RaftMsg::Peer {
@@ -822,19 +691,46 @@ pub(super) fn hand_to_replica(context: &NodeContext, peer: &str, message: raft::
     });
 }
 
+/// Hands a PBFT packet to this node's replica if it comes from a PBFT
+/// replica (a message only as the replica at the other end of the
+/// connection) and the queue has room; otherwise drops and counts it.
+fn hand_to_pbft(shared: &NodeShared, peer: &str, packet: Packet) {
+    let counters = &shared.metrics.counters;
+    let settings = &shared.config.pbft;
+    let sender = settings.replica_id(peer);
+    let addressed = settings.replica_id(&shared.node_id).is_some()
+        && match &packet {
+            Packet::Message(message) => sender == Some(message.from),
+            Packet::Request(_) => sender.is_some(),
+        };
+    if !addressed {
+        return NodeMetrics::count(&counters.pbft_dropped_misaddressed);
+    }
+    let Ok(permit) = shared.mailboxes.pbft_queue.clone().try_acquire_owned() else {
+        return NodeMetrics::count(&counters.pbft_dropped_queue_full);
+    };
+    let Some(replica) = shared.mailboxes.pbft.get() else {
+        return NodeMetrics::count(&counters.pbft_dropped_queue_full);
+    };
+    let _ = replica.cast(PbftMsg::Peer {
+        packet: Box::new(packet),
+        permit,
+    });
+}
+
 /// Waits for room in the router's queue (pushing back on the peer while it
 /// is full) and hands the batch over.
 async fn hand_to_router(
-    context: &NodeContext,
+    shared: &NodeShared,
     envelopes: Vec<crate::protocols::wire::Envelope>,
     peer: &str,
 ) {
-    let Ok(permit) = context.router_queue.clone().acquire_owned().await else {
+    let Ok(permit) = shared.mailboxes.router_queue.clone().acquire_owned().await else {
         return;
     };
     let mut message = RouterMsg::Inbound { envelopes, permit };
     loop {
-        if let Some(router) = context.router.get() {
+        if let Some(router) = shared.mailboxes.router.get() {
             match router.cast(message) {
                 Ok(()) => return,
                 Err(ractor::MessagingErr::SendErr(returned)) => message = returned,
@@ -842,7 +738,7 @@ async fn hand_to_router(
             }
         }
         // The router is restarting; its supervisor brings it back shortly.
-        tracing::trace!(node = %context.node_id, %peer, "router unavailable; waiting");
+        tracing::trace!(node = %shared.node_id, %peer, "router unavailable; waiting");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

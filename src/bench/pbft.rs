@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::report::{ReportHeader, Tally, Window};
 use super::resources;
-use crate::actors::context::NodeContext;
+use crate::actors::node::NodeParts;
 use crate::clients::pbft::PbftClient;
 use crate::cluster::LocalCluster;
 use crate::config::pbft::PBFT_REPLICAS_MAX;
@@ -203,11 +203,11 @@ pub async fn pbft(options: PbftOptions) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot create {}", options.out.display()))?;
     let config = cluster_config(&options, behaviour)?;
     let cluster = LocalCluster::start(config.clone()).await?;
-    let contexts: Vec<Arc<NodeContext>> = config
+    let contexts: Vec<Arc<NodeParts>> = config
         .pbft
         .replicas
         .iter()
-        .map(|id| Arc::clone(&cluster.node(id).expect("started").context))
+        .map(|id| Arc::clone(&cluster.node(id).expect("started").parts))
         .collect();
     eprintln!(
         "pbft: {} replicas, {} {}, {} clients, batch {}",
@@ -238,7 +238,7 @@ struct Load {
 }
 
 /// Clients write for the warmup, then the measured window.
-async fn load(options: &PbftOptions, contexts: &[Arc<NodeContext>]) -> anyhow::Result<Load> {
+async fn load(options: &PbftOptions, contexts: &[Arc<NodeParts>]) -> anyhow::Result<Load> {
     let measured = Window::new(options.warmup, options.duration);
     let retry_after = Duration::from_millis(options.request_timeout_ms * 2);
     let mut tasks = Vec::new();
@@ -279,11 +279,11 @@ async fn load(options: &PbftOptions, contexts: &[Arc<NodeContext>]) -> anyhow::R
 
 /// Sequence numbers at which two correct replicas executed different
 /// batches.
-pub fn safety_violations(contexts: &[Arc<NodeContext>]) -> u64 {
+pub fn safety_violations(contexts: &[Arc<NodeParts>]) -> u64 {
     let mut agreed: std::collections::BTreeMap<u64, [u8; 32]> = Default::default();
     let mut violations = 0;
     for context in contexts {
-        let log = context.pbft_executed.lock().expect("never poisoned");
+        let log = context.pbft.executed.lock().expect("never poisoned");
         if !log.correct {
             continue;
         }
@@ -302,7 +302,7 @@ pub fn safety_violations(contexts: &[Arc<NodeContext>]) -> u64 {
 
 fn report(
     options: &PbftOptions,
-    contexts: &[Arc<NodeContext>],
+    contexts: &[Arc<NodeParts>],
     load: &Load,
     cpu_seconds: Option<f64>,
 ) -> PbftReport {
@@ -311,7 +311,7 @@ fn report(
     let mut executed_batches = 0u64;
     let mut executed_requests = 0u64;
     for context in contexts {
-        let log = context.pbft_executed.lock().expect("never poisoned");
+        let log = context.pbft.executed.lock().expect("never poisoned");
         if !log.correct {
             continue;
         }
@@ -320,7 +320,7 @@ fn report(
             first_changes.push(took.as_secs_f64() * 1_000.0);
         }
         executed_batches = executed_batches.max(log.executed.len() as u64);
-        let counters = context.metrics.counters.values();
+        let counters = context.shared.metrics.counters.values();
         executed_requests = executed_requests.max(counters.pbft_requests_executed);
     }
     first_changes.sort_by(f64::total_cmp);

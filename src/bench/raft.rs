@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use super::report::{ReportHeader, Tally, Window};
 use super::resources;
-use crate::actors::raft_replica::RaftMsg;
+use crate::actors::messages::RaftMsg;
 use crate::clients::control::ControlClient;
 use crate::cluster::LocalCluster;
 use crate::config::{ClusterConfig, REPLICAS_MAX};
@@ -273,7 +273,7 @@ fn linked(cluster: &LocalCluster, voters: &[String]) -> bool {
         cluster.node(voter).is_some_and(|node| {
             voters
                 .iter()
-                .all(|peer| peer == voter || node.context.peers.is_connected(peer))
+                .all(|peer| peer == voter || node.parts.shared.peers.is_connected(peer))
         })
     })
 }
@@ -351,7 +351,7 @@ async fn snapshot_transfer(
     // new replica needs the snapshot.
     caught_up(&cluster, &leader.voters).await?;
     for node in &cluster.nodes {
-        if let Some(replica) = node.context.replica.get() {
+        if let Some(replica) = node.parts.shared.mailboxes.replica.get() {
             replica
                 .call(RaftMsg::CompactNow, Some(WAIT_MAX))
                 .await
@@ -361,7 +361,8 @@ async fn snapshot_transfer(
     let counters = &cluster
         .node(FRESH)
         .expect("configured")
-        .context
+        .parts
+        .shared
         .metrics
         .counters;
     let mut client = ControlClient::from_config(&config)?.with_deadline(WAIT_MAX);

@@ -517,7 +517,8 @@ pub(super) fn agent_rows(cluster: &LocalCluster) -> Vec<AgentRow> {
         .nodes
         .iter()
         .flat_map(|node| {
-            node.context
+            node.parts
+                .data_path
                 .agent_stats
                 .iter()
                 .map(|entry| {

@@ -27,11 +27,11 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::workload::Running;
-use crate::actors::agent::AgentStats;
-use crate::actors::faulty_socket::FaultNet;
-use crate::actors::pbft_replica::PbftMsg;
+use crate::actors::data_path::AgentStats;
+use crate::actors::messages::PbftMsg;
 use crate::clients::pbft::ReplicaSet;
 use crate::cluster::{Departure, LocalCluster};
+use crate::net::faulty_socket::FaultNet;
 use crate::protocols::pbft::Behaviour;
 
 /// Events kept word for word in the report; the rest are only counted.
@@ -281,10 +281,11 @@ impl FaultDriver {
     /// Kills `kind` on `node`; names what was killed, or None if it was
     /// not running (between a kill and its restart).
     fn kill(&mut self, kind: ActorKind, node: &str) -> Option<String> {
-        let context = self.cluster.node(node)?.context.clone();
+        let context = self.cluster.node(node)?.parts.clone();
         let name = match kind {
             ActorKind::Agent => {
                 let agents: Vec<(String, ractor::ActorCell)> = context
+                    .data_path
                     .agents
                     .iter()
                     .map(|entry| (entry.key().clone(), entry.value().actor.get_cell()))
@@ -293,11 +294,11 @@ impl FaultDriver {
                 cell.kill();
                 name
             }
-            ActorKind::Router => kill_in(&context.router)?,
-            ActorKind::Topology => kill_in(&context.topology)?,
-            ActorKind::Transport => kill_in(&context.transport)?,
-            ActorKind::RaftReplica => kill_in(&context.replica)?,
-            ActorKind::PbftReplica => kill_in(&context.pbft)?,
+            ActorKind::Router => kill_in(&context.shared.mailboxes.router)?,
+            ActorKind::Topology => kill_in(&context.shared.mailboxes.topology)?,
+            ActorKind::Transport => kill_in(&context.shared.mailboxes.transport)?,
+            ActorKind::RaftReplica => kill_in(&context.shared.mailboxes.replica)?,
+            ActorKind::PbftReplica => kill_in(&context.shared.mailboxes.pbft)?,
         };
         Some(name)
     }
@@ -327,7 +328,7 @@ impl FaultDriver {
     /// Keeps what `node`'s sinks consumed in the incarnation now ending.
     fn retire(&mut self, node: &str) {
         if let Some(handle) = self.cluster.node(node) {
-            let stats = sink_stats(&handle.context, &self.sinks);
+            let stats = sink_stats(&handle.parts, &self.sinks);
             self.retired_sinks.push((node.to_string(), stats));
         }
     }
@@ -354,12 +355,7 @@ impl FaultDriver {
         }
         self.tally.node_restarts += 1;
         self.note(format!("start node {node} again"));
-        let context = self
-            .cluster
-            .node(node)
-            .expect("just started")
-            .context
-            .clone();
+        let context = self.cluster.node(node).expect("just started").parts.clone();
         self.running.set(node, &context);
         let replica = self.cluster.config.pbft.replica_id(node);
         if let (Some(replicas), Some(replica)) = (&self.replicas, replica) {
@@ -441,12 +437,8 @@ impl FaultDriver {
             return;
         };
         self.behaviour = Some(behaviour);
-        *handle
-            .context
-            .pbft_behaviour
-            .lock()
-            .expect("never poisoned") = Some(behaviour);
-        if let Some(replica) = handle.context.pbft.get() {
+        *handle.parts.pbft.behaviour.lock().expect("never poisoned") = Some(behaviour);
+        if let Some(replica) = handle.parts.shared.mailboxes.pbft.get() {
             let _ = replica.cast(PbftMsg::Behave(behaviour));
         }
         self.tally.behaviours.push(behaviour.name().to_string());
@@ -455,7 +447,7 @@ impl FaultDriver {
 }
 
 /// Kills the actor in `slot`, naming it.
-fn kill_in<M>(slot: &crate::actors::context::Slot<M>) -> Option<String> {
+fn kill_in<M>(slot: &crate::actors::shared::Slot<M>) -> Option<String> {
     let actor = slot.get()?;
     let name = actor
         .get_name()
@@ -466,10 +458,11 @@ fn kill_in<M>(slot: &crate::actors::context::Slot<M>) -> Option<String> {
 
 /// The statistics of the sinks among `sinks` that run on this node.
 pub fn sink_stats(
-    context: &crate::actors::context::NodeContext,
+    context: &crate::actors::node::NodeParts,
     sinks: &[String],
 ) -> Vec<Arc<AgentStats>> {
     context
+        .data_path
         .agent_stats
         .iter()
         .filter(|entry| sinks.contains(entry.key()))

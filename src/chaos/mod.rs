@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::actors::context::NodeContext;
-use crate::actors::pbft_replica::PbftStatus;
+use crate::actors::messages::PbftStatus;
+use crate::actors::node::NodeParts;
 use crate::bench::report::{write_report_files, PlotTitles, ReportHeader};
 use crate::clients::pbft::ReplicaSet;
 use crate::cluster::LocalCluster;
@@ -302,14 +302,14 @@ async fn start_workload(
     }
     let running = Arc::new(Running::default());
     for node in &cluster.nodes {
-        running.set(&node.id, &node.context);
+        running.set(&node.id, &node.parts);
     }
     let replicas = (!config.pbft.replicas.is_empty()).then(|| {
-        let contexts: Vec<Arc<NodeContext>> = config
+        let contexts: Vec<Arc<NodeParts>> = config
             .pbft
             .replicas
             .iter()
-            .map(|id| cluster.node(id).expect("started").context.clone())
+            .map(|id| cluster.node(id).expect("started").parts.clone())
             .collect();
         ReplicaSet::new(&contexts)
     });
@@ -517,13 +517,13 @@ fn storm_section(
     sinks: &[String],
     violations: &mut Vec<String>,
 ) -> StormSection {
-    let mut incarnations: Vec<Vec<Arc<crate::actors::agent::AgentStats>>> = driver
+    let mut incarnations: Vec<Vec<Arc<crate::actors::data_path::AgentStats>>> = driver
         .retired_sinks
         .iter()
         .map(|(_, stats)| stats.clone())
         .collect();
     for node in &driver.cluster.nodes {
-        incarnations.push(faults::sink_stats(&node.context, sinks));
+        incarnations.push(faults::sink_stats(&node.parts, sinks));
     }
     let mut unrecorded = 0;
     let consumed: Vec<Vec<u64>> = incarnations
@@ -608,20 +608,21 @@ async fn pbft_section(
     let mut check = checks::check_pbft(&writes, &finals, &decided);
     check.operations = record.operations.load(Ordering::Relaxed);
     check.answered = record.answered.load(Ordering::Relaxed);
-    let correct: Vec<Arc<NodeContext>> = driver
+    let correct: Vec<Arc<NodeParts>> = driver
         .cluster
         .nodes
         .iter()
         .filter(|node| driver.cluster.config.pbft.replica_id(&node.id).is_some())
         .filter(|node| driver.faulty_node.as_deref() != Some(node.id.as_str()))
-        .map(|node| node.context.clone())
+        .map(|node| node.parts.clone())
         .collect();
     let safety_violations = crate::bench::pbft::safety_violations(&correct);
     let view_changes = correct
         .iter()
         .map(|context| {
             context
-                .pbft_executed
+                .pbft
+                .executed
                 .lock()
                 .expect("never poisoned")
                 .views_entered
@@ -666,16 +667,17 @@ async fn replica_states(driver: &FaultDriver) -> String {
         if driver.cluster.config.pbft.replica_id(&node.id).is_none() {
             continue;
         }
-        let context = &node.context;
-        let status = PbftStatus::of(context, Duration::from_secs(2)).await;
-        let counters = context.metrics.counters.values();
-        let send_queues: Vec<(&String, Option<usize>)> = (context.config.pbft.replicas.iter())
-            .filter(|peer| **peer != node.id)
-            .map(|peer| (peer, context.peers.queue_room(peer)))
-            .collect();
+        let context = &node.parts;
+        let status = PbftStatus::of(&context.shared, Duration::from_secs(2)).await;
+        let counters = context.shared.metrics.counters.values();
+        let send_queues: Vec<(&String, Option<usize>)> =
+            (context.shared.config.pbft.replicas.iter())
+                .filter(|peer| **peer != node.id)
+                .map(|peer| (peer, context.shared.peers.queue_room(peer)))
+                .collect();
         let counts = format!(
             "room in send queues {send_queues:?}, in the router queue {}, {} packets sent and {} unsent, rejected {} invalid and {} badly signed, dropped {} queue full and {} misaddressed",
-            context.router_queue.available_permits(),
+            context.shared.mailboxes.router_queue.available_permits(),
             counters.pbft_packets_sent,
             counters.pbft_packets_unsent,
             counters.pbft_rejected_invalid,

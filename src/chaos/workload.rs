@@ -29,11 +29,12 @@ use super::history::{Function, History, Kind};
 /// The history's processes for the reads after the run.
 const FINAL_PROCESS_RAFT: &str = "raft-final";
 const FINAL_PROCESS_PBFT: &str = "pbft-final";
-use crate::actors::context::{NodeContext, SendError};
+use crate::actors::node::NodeParts;
 use crate::actors::router;
 use crate::clients::control::ControlClient;
 use crate::clients::pbft::{PbftClient, ReplicaSet};
 use crate::config::ClusterConfig;
+use crate::protocols::mesh::SendError;
 use crate::protocols::pbft::{Operation, OperationResult};
 use crate::protocols::stable_hash;
 use crate::protocols::wire::EnvelopeKind;
@@ -57,16 +58,16 @@ pub const DECISION_LOG: &str = "chaos";
 /// The nodes running now, by id, held weakly.
 #[derive(Debug, Default)]
 pub struct Running {
-    nodes: RwLock<BTreeMap<String, Weak<NodeContext>>>,
+    nodes: RwLock<BTreeMap<String, Weak<NodeParts>>>,
 }
 
 impl Running {
-    pub fn get(&self, node: &str) -> Option<Arc<NodeContext>> {
+    pub fn get(&self, node: &str) -> Option<Arc<NodeParts>> {
         let nodes = self.nodes.read().expect("never poisoned");
         nodes.get(node).and_then(Weak::upgrade)
     }
 
-    pub fn set(&self, node: &str, context: &Arc<NodeContext>) {
+    pub fn set(&self, node: &str, context: &Arc<NodeParts>) {
         let mut nodes = self.nodes.write().expect("never poisoned");
         nodes.insert(node.to_string(), Arc::downgrade(context));
     }
@@ -145,7 +146,7 @@ impl StormLedger {
 type Settled = (
     u64,
     Instant,
-    Result<router::Receipt, tokio::sync::oneshot::error::RecvError>,
+    Result<crate::actors::messages::Receipt, tokio::sync::oneshot::error::RecvError>,
 );
 
 pub fn latency_histogram() -> hdrhistogram::Histogram<u64> {
@@ -256,7 +257,14 @@ pub async fn storm_sender(
         let payload = storm_payload(id, settings.payload_bytes);
         let sent_at = Instant::now();
         let to = &settings.sinks[sink];
-        let sent = router::send_with_receipt(&context, &source, to, EnvelopeKind::Data, payload);
+        let sent = router::send_with_receipt(
+            &context.shared,
+            &context.data_path,
+            &source,
+            to,
+            EnvelopeKind::Data,
+            payload,
+        );
         drop(context);
         match sent {
             Ok(receipt) => {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use tokio::sync::mpsc;
 
-use crate::actors::context::NodeContext;
-use crate::actors::pbft_replica::{ClientEvent, PbftMsg};
+use crate::actors::messages::{ClientEvent, PbftMsg};
+use crate::actors::node::NodeParts;
 use crate::protocols::pbft::keys::Ed25519Keys;
 use crate::protocols::pbft::{ClientKey, Operation, OperationResult, ReplicaId, Request};
 
@@ -24,12 +24,12 @@ const EVENTS_MAX: usize = 1_024;
 /// and whoever restarts a node puts the new one in its place.
 #[derive(Debug)]
 pub struct ReplicaSet {
-    nodes: RwLock<Vec<Weak<NodeContext>>>,
+    nodes: RwLock<Vec<Weak<NodeParts>>>,
 }
 
 impl ReplicaSet {
     /// The replicas running on `nodes`, in replica order.
-    pub fn new(nodes: &[Arc<NodeContext>]) -> Arc<ReplicaSet> {
+    pub fn new(nodes: &[Arc<NodeParts>]) -> Arc<ReplicaSet> {
         Arc::new(ReplicaSet {
             nodes: RwLock::new(nodes.iter().map(Arc::downgrade).collect()),
         })
@@ -44,14 +44,14 @@ impl ReplicaSet {
     }
 
     /// Replica `replica` now runs on `node`.
-    pub fn replace(&self, replica: usize, node: &Arc<NodeContext>) {
+    pub fn replace(&self, replica: usize, node: &Arc<NodeParts>) {
         self.nodes.write().expect("never poisoned")[replica] = Arc::downgrade(node);
     }
 
     /// Hands `message` to replica `replica`, if its node and actor run.
     fn cast(&self, replica: usize, message: PbftMsg) {
         let node = self.nodes.read().expect("never poisoned")[replica].upgrade();
-        if let Some(actor) = node.and_then(|node| node.pbft.get()) {
+        if let Some(actor) = node.and_then(|node| node.shared.mailboxes.pbft.get()) {
             let _ = actor.cast(message);
         }
     }

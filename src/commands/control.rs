@@ -97,13 +97,14 @@ fn rebuild(config: &std::path::Path, node: &str, term_lost: Option<u64>) -> anyh
             config.source
         )
     })?;
-    let owner = crate::raft_identity::Owner {
+    let owner = crate::actors::raft_replica::identity::Owner {
         cluster: config.name.clone(),
         node: node.to_string(),
         raft_id,
     };
-    let rebuilt = crate::raft_log::rebuild(&data_dir.join(node), &owner, term_lost)
-        .map_err(|reason| anyhow::anyhow!("{node}: {reason}"))?;
+    let rebuilt =
+        crate::actors::raft_replica::log::rebuild(&data_dir.join(node), &owner, term_lost)
+            .map_err(|reason| anyhow::anyhow!("{node}: {reason}"))?;
     println!(
         "{node}: the replica folder as it was is kept in {}; it starts empty, votes {}. Start the node again.",
         rebuilt.kept.display(),

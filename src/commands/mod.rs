@@ -323,8 +323,7 @@ fn print_status(line: &str) {
 fn node_status(node: &crate::actors::node::NodeHandle, last: bool) -> String {
     let totals = Totals::of(std::iter::once(node));
     let agents: serde_json::Map<String, serde_json::Value> = node
-        .context
-        .agent_stats
+        .parts.data_path.agent_stats
         .iter()
         .map(|entry| {
             let stats = entry.value();
@@ -341,7 +340,7 @@ fn node_status(node: &crate::actors::node::NodeHandle, last: bool) -> String {
         "node": node.id,
         "final": last,
         "running": node.is_running(),
-        "connected": node.context.peers.connected(),
+        "connected": node.parts.shared.peers.connected(),
         "counters": totals.counters,
         "latency_ms": crate::metrics::LatencySummary::of(&totals.latency),
         "agents": agents,

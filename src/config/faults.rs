@@ -67,7 +67,7 @@ pub(super) struct RawDiskFault {
 }
 
 /// Syncs of one replica's raft log after the first `fail_syncs_after` fail
-/// with EIO, as a dying disk's would (see [`crate::raft_files`]).
+/// with EIO, as a dying disk's would (see [`crate::actors::raft_replica::files`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiskFault {
     pub fail_syncs_after: u64,

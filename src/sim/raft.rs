@@ -108,7 +108,7 @@ pub struct RaftSim {
     replicas: Vec<Option<Replica>>,
     durable: Vec<Durable>,
     /// Per replica, what its identity record allows (kept on its disk
-    /// beside the log, as `raft_identity` does).
+    /// beside the log, as `actors::raft_replica::identity` does).
     voting: Vec<Voting>,
     /// Per replica: writes in progress and when each completes.
     disks: Vec<VecDeque<(u64, Persist)>>,
@@ -337,7 +337,7 @@ impl RaftSim {
 
     /// Crashes replica `id` and loses everything its disk held (log, hard
     /// state, snapshot) but its identity record. With `withhold`, the
-    /// record says what was lost, as `raft_log` finds when a log is behind
+    /// record says what was lost, as `actors::raft_replica::log` finds when a log is behind
     /// its record, and the replica withholds its votes until it catches up
     /// with a later term; without, it starts as if new (how a replica
     /// behaved before it had a record: the unsafe way, kept to show that

@@ -29,9 +29,9 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft_engine::{Command, Config, LogBatch, MessageExt, ReadableSize, RecoveryMode};
 
+use super::files::{SyncWatch, WatchedFileSystem};
+use super::identity::{IdentityError, IdentityFile, IdentityRecord, Owner};
 use crate::protocols::raft::{Durable, LogPosition, Persist, Voting};
-use crate::raft_files::{SyncWatch, WatchedFileSystem};
-use crate::raft_identity::{IdentityError, IdentityFile, IdentityRecord, Owner};
 
 type Engine = raft_engine::Engine<WatchedFileSystem>;
 
@@ -179,7 +179,7 @@ impl RaftLog {
             notes.push(format!("votes {voting}: {reason}"));
         }
         let record = IdentityRecord {
-            format: crate::raft_identity::FORMAT_VERSION,
+            format: super::identity::FORMAT_VERSION,
             owner: owner.clone(),
             sequence: record.map_or(0, |record| record.sequence + 1),
             position,
@@ -665,7 +665,7 @@ pub fn rebuild(directory: &Path, owner: &Owner, term_lost: Option<u64>) -> Resul
         .map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
     let voting = Voting::Withheld { lost };
     let record = IdentityRecord {
-        format: crate::raft_identity::FORMAT_VERSION,
+        format: super::identity::FORMAT_VERSION,
         owner: owner.clone(),
         sequence: 0,
         position: LogPosition::default(),

@@ -1,6 +1,6 @@
 //! Snapshot transfers on the wire: the sending side opens a stream per
 //! chunk and writes it without copying; the receiving side reads each
-//! stream into place and hands the whole snapshot to the replica. The
+//! stream into place and returns the whole snapshot for the replica. The
 //! format and its checks are pure, in [`crate::protocols::wire::transfer`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,8 +14,6 @@ use crate::protocols::wire::transfer::{
     TransferHeader, Transfers, TRANSFER_HEAD_BYTES_MAX,
 };
 use crate::protocols::wire::{StreamHeader, TrafficClass};
-
-use super::context::NodeContext;
 
 /// Numbers this process's transfers, so a receiver tells them apart.
 static NEXT_TRANSFER: AtomicU64 = AtomicU64::new(1);
@@ -56,19 +54,17 @@ pub async fn send_snapshot(connection: Connection, message: Message) -> Result<(
 }
 
 /// Reads one transfer stream (its stream header already read) into the
-/// connection's `transfers`, and hands the snapshot to the replica when
-/// this stream brought its last chunk. Returns `Err` when the peer sent
+/// connection's `transfers`, and returns the snapshot when this stream
+/// brought its last chunk. Returns `Err` when the peer sent
 /// something malformed; a stream that merely breaks off abandons its
 /// transfer (the leader sends the snapshot again).
 pub async fn read_transfer(
-    context: &NodeContext,
     mut stream: quinn::RecvStream,
-    peer: &str,
     transfers: &Mutex<Transfers>,
-) -> Result<(), String> {
+) -> Result<Option<Message>, String> {
     let mut length = [0u8; 4];
     if stream.read_exact(&mut length).await.is_err() {
-        return Ok(());
+        return Ok(None);
     }
     let length = u32::from_be_bytes(length) as usize;
     if length > TRANSFER_HEAD_BYTES_MAX + 64 {
@@ -76,7 +72,7 @@ pub async fn read_transfer(
     }
     let mut header = vec![0u8; length];
     if stream.read_exact(&mut header).await.is_err() {
-        return Ok(());
+        return Ok(None);
     }
     let header = decode_transfer_header(&header).map_err(|error| error.to_string())?;
     let (transfer, index) = (header.transfer, header.index);
@@ -96,7 +92,7 @@ pub async fn read_transfer(
             }
             Ok(None) | Err(_) => {
                 lock(transfers).abandon(transfer);
-                return Ok(());
+                return Ok(None);
             }
         }
     }
@@ -106,16 +102,12 @@ pub async fn read_transfer(
         Ok(Some(_)) => return Err("a transfer stream ran past its chunk".into()),
         Err(_) => {
             lock(transfers).abandon(transfer);
-            return Ok(());
+            return Ok(None);
         }
     }
-    let whole = lock(transfers)
+    lock(transfers)
         .complete(transfer, index)
-        .map_err(|error| error.to_string())?;
-    if let Some(message) = whole {
-        super::transport::hand_to_replica(context, peer, message);
-    }
-    Ok(())
+        .map_err(|error| error.to_string())
 }
 
 fn lock(transfers: &Mutex<Transfers>) -> std::sync::MutexGuard<'_, Transfers> {

@@ -21,15 +21,14 @@
 //! which retries them with the same request id.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use raft::eraftpb::{EntryType, Message, MessageType, Snapshot};
-use tokio::sync::OwnedSemaphorePermit;
+use raft::eraftpb::{EntryType, Message, MessageType};
 
+use crate::clock::monotonic_ms;
 use crate::config::ControlConfig;
 use crate::metrics::NodeMetrics;
 use crate::protocols::cluster_state::{
@@ -38,19 +37,24 @@ use crate::protocols::cluster_state::{
 use crate::protocols::control::{
     ClientReply, ClientRequest, ControlError, Operation, ReplicaStatus,
 };
-use crate::protocols::raft::{MembershipChange, Outputs, Persist, Replica, ReplicaConfig, Voting};
+use crate::protocols::mesh::OverlayCommit;
+use crate::protocols::raft::{MembershipChange, Outputs, Replica, ReplicaConfig, Voting};
 use crate::protocols::wire::{encode_raft_message, TrafficClass};
-use crate::raft_identity::Owner;
-use crate::raft_log::{RaftLog, RaftLogError};
 
-use super::context::{monotonic_ms, NodeContext, OverlayCommit, Ticker};
-use super::topology::TopologyMsg;
+use super::messages::{RaftMsg, TopologyMsg};
+use super::overlay_state::OverlayState;
+use super::shared::{NodeShared, Ticker};
+
+pub mod disk;
+pub mod files;
+pub mod identity;
+pub mod log;
+
+use disk::{spawn_writer, Claimed, DiskJob, ReplicaDisk};
 
 /// Raft messages from peers waiting for the replica; more are dropped and
 /// counted (Raft sends them again).
 pub const RAFT_QUEUE_MAX: usize = 4_096;
-/// Disk jobs one write takes at most.
-const GROUP_COMMIT_MAX: usize = 1_024;
 /// Drives per wake: outputs beget outputs, but a wake must end.
 const DRIVES_PER_WAKE_MAX: usize = 64;
 /// Ticks between sweeps for client requests past their deadline.
@@ -65,256 +69,6 @@ const LEARNER_LAG_MAX: u64 = 64;
 /// Bytes of entries a leader holds uncommitted before it refuses more.
 const UNCOMMITTED_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
-pub enum RaftMsg {
-    Tick,
-    /// Take what the core has ready. Sent to itself behind the inputs
-    /// already queued, so that a burst of proposals and messages becomes
-    /// one Ready: one disk write and one append per follower.
-    Drive,
-    /// A message from another replica; the permit bounds the queue.
-    Peer {
-        message: Box<Message>,
-        permit: OwnedSemaphorePermit,
-    },
-    /// The writer made every job up to persist `number` durable.
-    Persisted {
-        generation: u64,
-        number: u64,
-    },
-    /// The writer could not write: the replica stops, and its supervisor
-    /// restarts it from what is durable.
-    DiskFailed(String),
-    Client {
-        request: ClientRequest,
-        reply: RpcReplyPort<ClientReply>,
-    },
-    /// Snapshot the state now (for benchmarks and operators); answers once
-    /// the snapshot is durable.
-    CompactNow(RpcReplyPort<()>),
-    /// The topology actor of this node proposes an overlay change; only a
-    /// leader takes it (the topology proposes again if it is lost).
-    ProposeOverlay(Proposal),
-}
-
-/// What the writer thread is asked to make durable, in order.
-enum DiskJob {
-    Persist(Persist),
-    /// The configuration after an applied membership change.
-    Membership(raft::eraftpb::ConfState),
-    /// A snapshot taken here by compaction.
-    Compacted(Snapshot),
-    /// Answer once every job before this one is durable.
-    Barrier(RpcReplyPort<()>),
-}
-
-/// A replica's log, shared by its incarnations. Only the incarnation that
-/// claimed it last may write.
-pub struct ReplicaDisk {
-    inner: Mutex<DiskInner>,
-}
-
-struct DiskInner {
-    generation: u64,
-    /// None once closed (the node stopped, or a write failed).
-    log: Option<RaftLog>,
-    /// Why a write failed, if one did.
-    failed: Option<String>,
-}
-
-/// What an incarnation starts from.
-struct Claimed {
-    generation: u64,
-    durable: crate::protocols::raft::Durable,
-    fsync: bool,
-    voting: Voting,
-    voting_reason: String,
-}
-
-impl ReplicaDisk {
-    /// Opens the log and says once what opening it found; its syncs
-    /// after the first `fail_syncs_after` fail (fault tests only).
-    pub fn open(
-        directory: &Path,
-        owner: &Owner,
-        fsync: bool,
-        fail_syncs_after: Option<u64>,
-    ) -> Result<ReplicaDisk, RaftLogError> {
-        let log = RaftLog::open_with(directory, owner, fsync, fail_syncs_after)?;
-        for note in &log.opened().notes {
-            tracing::warn!(node = %owner.node, "raft log: {note}");
-        }
-        Ok(ReplicaDisk {
-            inner: Mutex::new(DiskInner {
-                generation: 0,
-                log: Some(log),
-                failed: None,
-            }),
-        })
-    }
-
-    /// A writer that panicked with the lock held left nothing half done in
-    /// what the lock guards (a generation and the log's handle): the panic
-    /// is answered by closing the log (`fail`).
-    fn lock(&self) -> std::sync::MutexGuard<'_, DiskInner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Makes the caller the only writer and reads what is durable. An
-    /// older writer holds the lock while it writes, so nothing it writes
-    /// lands after this read.
-    fn claim(&self) -> Result<Claimed, String> {
-        let mut inner = self.lock();
-        inner.generation += 1;
-        let generation = inner.generation;
-        if let Some(reason) = &inner.failed {
-            return Err(format!(
-                "the replica's log failed and stays closed until the node restarts: {reason}"
-            ));
-        }
-        let log = inner.log.as_ref().ok_or("the replica's log is closed")?;
-        let durable = log.load().map_err(|error| error.to_string())?;
-        Ok(Claimed {
-            generation,
-            durable,
-            fsync: log.fsync(),
-            voting: log.voting(),
-            voting_reason: log.voting_reason(),
-        })
-    }
-
-    /// Closes the log after a write failed half way (raft-engine cannot
-    /// say what reached the disk): later claims are refused with `reason`.
-    /// The log is leaked, not dropped: dropping raft-engine syncs its
-    /// files once more, and after a failed sync that panics again, twice
-    /// (one per file queue), which aborts the process. Its files stay
-    /// open until the node stops; the replica does not reopen them.
-    fn fail(&self, reason: &str) {
-        let mut inner = self.lock();
-        inner.generation += 1;
-        std::mem::forget(inner.log.take());
-        inner.failed = Some(reason.to_string());
-    }
-
-    /// The first failed sync of the log's files, naming the file.
-    fn sync_failure(&self) -> Option<String> {
-        self.lock().log.as_ref()?.sync_failure()
-    }
-
-    /// Writes `jobs` for `generation`; None if a newer incarnation claimed
-    /// the disk (the jobs are then dropped unwritten, as a crash would).
-    fn write(&self, generation: u64, jobs: &[DiskJob]) -> Result<Option<u64>, RaftLogError> {
-        let inner = self.lock();
-        let Some(log) = inner
-            .log
-            .as_ref()
-            .filter(|_| inner.generation == generation)
-        else {
-            return Ok(None);
-        };
-        let mut persists = Vec::new();
-        let mut last = 0;
-        for job in jobs {
-            match job {
-                DiskJob::Persist(persist) => {
-                    last = persist.number;
-                    persists.push(persist.clone());
-                }
-                DiskJob::Compacted(snapshot) => {
-                    log.write(&std::mem::take(&mut persists))?;
-                    log.compacted(snapshot)?;
-                }
-                DiskJob::Membership(conf_state) => {
-                    log.write(&std::mem::take(&mut persists))?;
-                    log.keep_membership(conf_state)?;
-                }
-                DiskJob::Barrier(_) => log.write(&std::mem::take(&mut persists))?,
-            }
-        }
-        log.write(&persists)?;
-        Ok(Some(last))
-    }
-
-    /// Closes the log (releasing its directory's lock); writers stop.
-    pub fn close(&self) {
-        let mut inner = self.lock();
-        inner.generation += 1;
-        inner.log = None;
-    }
-}
-
-/// Starts the writer thread of one incarnation. Its queue needs no bound
-/// of its own: what reaches it is bounded by Raft's flow control (entries
-/// a leader holds uncommitted, appends in flight to a follower) and by the
-/// client requests a replica admits.
-fn spawn_writer(
-    disk: Arc<ReplicaDisk>,
-    generation: u64,
-    replica: ActorRef<RaftMsg>,
-    metrics: Arc<NodeMetrics>,
-    node: &str,
-) -> std::io::Result<mpsc::Sender<DiskJob>> {
-    let (sender, receiver) = mpsc::channel::<DiskJob>();
-    std::thread::Builder::new()
-        .name(format!("raft-log-{node}"))
-        .spawn(move || {
-            while let Ok(first) = receiver.recv() {
-                let mut jobs = vec![first];
-                while jobs.len() < GROUP_COMMIT_MAX {
-                    match receiver.try_recv() {
-                        Ok(job) => jobs.push(job),
-                        Err(_) => break,
-                    }
-                }
-                // A panic in the write path must not leave the replica
-                // waiting for an answer for ever. raft-engine panics when
-                // a sync fails; the failure is then reported as what it is.
-                let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    disk.write(generation, &jobs)
-                }))
-                .unwrap_or_else(|panic| {
-                    let reason = panic
-                        .downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or_else(|| panic.downcast_ref::<&str>().copied())
-                        .unwrap_or("the log writer panicked");
-                    let reason = disk
-                        .sync_failure()
-                        .unwrap_or_else(|| format!("the log writer panicked: {reason}"));
-                    disk.fail(&reason);
-                    Err(RaftLogError::Engine {
-                        path: "the replica's log".into(),
-                        reason,
-                    })
-                });
-                match written {
-                    Ok(Some(number)) => {
-                        for job in jobs {
-                            if let DiskJob::Barrier(reply) = job {
-                                let _ = reply.send(());
-                            }
-                        }
-                        NodeMetrics::count(&metrics.counters.raft_log_writes);
-                        if number > 0 {
-                            let _ = replica.cast(RaftMsg::Persisted { generation, number });
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(error) => {
-                        // What reached the disk is unknown: the log stays
-                        // closed until the node restarts and reads it anew.
-                        let reason = error.to_string();
-                        disk.fail(&reason);
-                        let _ = replica.cast(RaftMsg::DiskFailed(reason));
-                        return;
-                    }
-                }
-            }
-        })?;
-    Ok(sender)
-}
-
 /// A client request awaiting its answer.
 struct Waiting {
     reply: RpcReplyPort<ClientReply>,
@@ -323,8 +77,18 @@ struct Waiting {
 
 pub struct RaftReplica;
 
+/// What a replica's incarnation starts from: the node's shared core, the
+/// overlay it records commits and leadership in, and the disk its
+/// incarnations share.
+pub struct RaftReplicaArgs {
+    pub shared: Arc<NodeShared>,
+    pub overlay: Arc<OverlayState>,
+    pub disk: Arc<ReplicaDisk>,
+}
+
 pub struct RaftReplicaState {
-    context: Arc<NodeContext>,
+    shared: Arc<NodeShared>,
+    overlay: Arc<OverlayState>,
     replica: Replica,
     machine: ClusterState,
     generation: u64,
@@ -349,12 +113,10 @@ pub struct RaftReplicaState {
     voting_reason: String,
 }
 
-/// The core's settings for replica `id`: election timeouts differ per
-/// replica (spread by the cluster seed) so that they rarely stand together.
 /// Tells this node's topology actor the overlay `machine` committed. It is
 /// recorded first, so a topology actor starting meanwhile, which takes its
 /// slot before it reads the record, gets it one way or the other.
-fn tell_overlay(context: &NodeContext, machine: &ClusterState) {
+fn tell_overlay(shared: &NodeShared, overlay: &OverlayState, machine: &ClusterState) {
     if machine.overlay_epoch == 0 {
         return;
     }
@@ -362,12 +124,14 @@ fn tell_overlay(context: &NodeContext, machine: &ClusterState) {
         epoch: machine.overlay_epoch,
         down: machine.overlay_down.clone(),
     };
-    context.record_overlay(&Arc::new(commit.clone()));
-    if let Some(topology) = context.topology.get() {
+    overlay.record_overlay(&Arc::new(commit.clone()));
+    if let Some(topology) = shared.mailboxes.topology.get() {
         let _ = topology.cast(TopologyMsg::Committed(commit));
     }
 }
 
+/// The core's settings for replica `id`: election timeouts differ per
+/// replica (spread by the cluster seed) so that they rarely stand together.
 pub fn replica_config(control: &ControlConfig, id: u64, seed: u64) -> ReplicaConfig {
     let count = control.replica_nodes().count().max(1) as u64;
     let step = (control.election_ticks / 8).max(1);
@@ -389,21 +153,22 @@ pub fn replica_config(control: &ControlConfig, id: u64, seed: u64) -> ReplicaCon
 impl Actor for RaftReplica {
     type Msg = RaftMsg;
     type State = RaftReplicaState;
-    type Arguments = Arc<NodeContext>;
+    type Arguments = RaftReplicaArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<RaftMsg>,
-        context: Arc<NodeContext>,
+        args: RaftReplicaArgs,
     ) -> Result<RaftReplicaState, ActorProcessingErr> {
-        let control = &context.config.control;
+        let RaftReplicaArgs {
+            shared,
+            overlay,
+            disk,
+        } = args;
+        let control = &shared.config.control;
         let id = control
-            .replica_id(&context.node_id)
+            .replica_id(&shared.node_id)
             .ok_or("this node holds no control-plane replica")?;
-        let disk = context
-            .raft_disk
-            .clone()
-            .ok_or("the replica has no log directory")?;
         let Claimed {
             generation,
             durable,
@@ -416,7 +181,7 @@ impl Actor for RaftReplica {
             None => ClusterState::default(),
         };
         let snapshot_index = machine.applied;
-        let config = replica_config(control, id, context.config.seed);
+        let config = replica_config(control, id, shared.config.seed);
         let logger = crate::protocols::raft::tracing_logger();
         let mut replica = Replica::new(&config, &durable, &logger)?;
         replica.set_voting(voting);
@@ -424,16 +189,17 @@ impl Actor for RaftReplica {
             disk,
             generation,
             myself.clone(),
-            context.metrics.clone(),
-            &context.node_id,
+            shared.metrics.clone(),
+            &shared.node_id,
         )?;
         let tick = Duration::from_millis(control.tick_ms);
         let ticker = Ticker::new(myself.send_interval(tick, || RaftMsg::Tick));
-        tracing::info!(node = %context.node_id, id, applied = machine.applied, entries = durable.entries.len(), "raft replica started");
-        context.replica.set(Some(myself));
-        tell_overlay(&context, &machine);
+        tracing::info!(node = %shared.node_id, id, applied = machine.applied, entries = durable.entries.len(), "raft replica started");
+        shared.mailboxes.replica.set(Some(myself));
+        tell_overlay(&shared, &overlay, &machine);
         Ok(RaftReplicaState {
-            context,
+            shared,
+            overlay,
             replica,
             machine,
             generation,
@@ -475,10 +241,10 @@ impl Actor for RaftReplica {
             }
             RaftMsg::Peer { message, permit } => {
                 drop(permit);
-                NodeMetrics::count(&state.context.metrics.counters.raft_messages_received);
+                NodeMetrics::count(&state.shared.metrics.counters.raft_messages_received);
                 // A stale or unexpected message is refused, not fatal.
                 if let Err(error) = state.replica.step(*message) {
-                    tracing::debug!(node = %state.context.node_id, %error, "raft message refused");
+                    tracing::debug!(node = %state.shared.node_id, %error, "raft message refused");
                 }
             }
             RaftMsg::Persisted { generation, number } => {
@@ -514,8 +280,8 @@ impl Actor for RaftReplica {
         _myself: ActorRef<RaftMsg>,
         state: &mut RaftReplicaState,
     ) -> Result<(), ActorProcessingErr> {
-        state.context.replica.set(None);
-        let leading = &state.context.replica_leading;
+        state.shared.mailboxes.replica.set(None);
+        let leading = &state.overlay.replica_leading;
         leading.store(false, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
@@ -530,7 +296,7 @@ impl RaftReplicaState {
             }
             self.carry_out(outputs)?;
         }
-        let leading = &self.context.replica_leading;
+        let leading = &self.overlay.replica_leading;
         leading.store(
             self.replica.is_leader(),
             std::sync::atomic::Ordering::Relaxed,
@@ -551,7 +317,7 @@ impl RaftReplicaState {
                     .map_err(|error| error.to_string())
             });
         if let Err(error) = proposed {
-            tracing::debug!(node = %self.context.node_id, %error, "overlay proposal refused");
+            tracing::debug!(node = %self.shared.node_id, %error, "overlay proposal refused");
         }
     }
 
@@ -559,16 +325,16 @@ impl RaftReplicaState {
         self.send(outputs.messages);
         if let Some(snapshot) = &outputs.snapshot {
             self.machine = ClusterState::restore(snapshot.get_data())?;
-            tell_overlay(&self.context, &self.machine);
+            tell_overlay(&self.shared, &self.overlay, &self.machine);
             self.snapshot_index = self.machine.applied;
             self.applied_bytes = 0;
-            let counters = &self.context.metrics.counters;
+            let counters = &self.shared.metrics.counters;
             NodeMetrics::count(&counters.raft_snapshots_installed);
             counters.raft_snapshot_bytes_installed.fetch_add(
                 snapshot.get_data().len() as u64,
                 std::sync::atomic::Ordering::Relaxed,
             );
-            tracing::info!(node = %self.context.node_id, index = self.snapshot_index, bytes = snapshot.get_data().len(), "installed a snapshot from the leader");
+            tracing::info!(node = %self.shared.node_id, index = self.snapshot_index, bytes = snapshot.get_data().len(), "installed a snapshot from the leader");
         }
         for entry in outputs.committed {
             self.apply(&entry)?;
@@ -598,14 +364,14 @@ impl RaftReplicaState {
         let epoch = self.machine.overlay_epoch;
         let applied = self.machine.apply(entry.index, entry.get_data());
         if self.machine.overlay_epoch != epoch {
-            tell_overlay(&self.context, &self.machine);
+            tell_overlay(&self.shared, &self.overlay, &self.machine);
         }
         match applied {
             Ok(Some((request, outcome))) => {
                 let Some(waiting) = self.writes.remove(&request) else {
                     return Ok(());
                 };
-                NodeMetrics::count(&self.context.metrics.counters.control_writes_done);
+                NodeMetrics::count(&self.shared.metrics.counters.control_writes_done);
                 let reply = match outcome {
                     Outcome::Done | Outcome::Repeated | Outcome::Stale => ClientReply::Done,
                     Outcome::NotFound => ClientReply::NotFound,
@@ -615,7 +381,7 @@ impl RaftReplicaState {
             Ok(None) => {}
             // Every replica skips the same malformed entry.
             Err(error) => {
-                tracing::error!(node = %self.context.node_id, index = entry.index, %error, "skipped a log entry")
+                tracing::error!(node = %self.shared.node_id, index = entry.index, %error, "skipped a log entry")
             }
         }
         Ok(())
@@ -627,7 +393,7 @@ impl RaftReplicaState {
     fn apply_membership(&mut self, entry: &raft::eraftpb::Entry) -> Result<(), ActorProcessingErr> {
         self.machine.apply(entry.index, &[])?;
         let conf_state = self.replica.apply_membership(entry)?;
-        tracing::info!(node = %self.context.node_id, voters = ?conf_state.voters, learners = ?conf_state.learners, "membership changed");
+        tracing::info!(node = %self.shared.node_id, voters = ?conf_state.voters, learners = ?conf_state.learners, "membership changed");
         self.writer
             .send(DiskJob::Membership(conf_state))
             .map_err(|_| "the raft log writer stopped")?;
@@ -666,7 +432,7 @@ impl RaftReplicaState {
             let promoted =
                 self.replica
                     .propose_membership(Vec::new(), learner, MembershipChange::Promote);
-            tracing::info!(node = %self.context.node_id, learner, ok = promoted.is_ok(), "promoting a caught-up learner");
+            tracing::info!(node = %self.shared.node_id, learner, ok = promoted.is_ok(), "promoting a caught-up learner");
         }
     }
 
@@ -679,7 +445,7 @@ impl RaftReplicaState {
                 continue;
             }
             let (_, key, waiting) = self.reads_ready.swap_remove(index);
-            NodeMetrics::count(&self.context.metrics.counters.control_reads_done);
+            NodeMetrics::count(&self.shared.metrics.counters.control_reads_done);
             let reply = match self.machine.get(&key) {
                 Some(value) => ClientReply::Value(value.to_vec()),
                 None => ClientReply::NotFound,
@@ -691,7 +457,7 @@ impl RaftReplicaState {
     /// Snapshots the state every `compact_every` applied entries, or
     /// `compact_bytes` of them.
     fn maybe_compact(&mut self) -> Result<(), ActorProcessingErr> {
-        let control = &self.context.config.control;
+        let control = &self.shared.config.control;
         let applied = self.machine.applied;
         if applied < self.snapshot_index + control.compact_every
             && self.applied_bytes < control.compact_bytes
@@ -717,7 +483,7 @@ impl RaftReplicaState {
     /// told whether it went.
     fn send(&mut self, messages: Vec<Message>) {
         for message in messages {
-            let Some(peer) = self.context.config.control.replica_node(message.to) else {
+            let Some(peer) = self.shared.config.control.replica_node(message.to) else {
                 continue;
             };
             if message.get_msg_type() == MessageType::MsgSnapshot {
@@ -734,8 +500,8 @@ impl RaftReplicaState {
                 .into_iter()
                 .map(|part| (class, Bytes::from(part)))
                 .collect();
-            let sent = self.context.peers.try_send_all(peer, frames).is_ok();
-            let counters = &self.context.metrics.counters;
+            let sent = self.shared.peers.try_send_all(peer, frames).is_ok();
+            let counters = &self.shared.metrics.counters;
             NodeMetrics::count(if sent {
                 &counters.raft_messages_sent
             } else {
@@ -750,9 +516,9 @@ impl RaftReplicaState {
     /// leader. Reporting success on sending would let the leader send it
     /// again and again while the first copy is still on the way.
     fn send_snapshot(&mut self, peer: String, message: Message) {
-        let counters = &self.context.metrics.counters;
+        let counters = &self.shared.metrics.counters;
         let to = message.to;
-        let Some(connection) = self.context.peers.connection(&peer) else {
+        let Some(connection) = self.shared.peers.connection(&peer) else {
             NodeMetrics::count(&counters.raft_messages_unsent);
             self.replica.report_snapshot(to, false);
             return;
@@ -761,10 +527,10 @@ impl RaftReplicaState {
         let bytes = message.get_snapshot().get_data().len() as u64;
         let wait_ms = SNAPSHOT_WAIT_MS + bytes * 1_000 / SNAPSHOT_BYTES_PER_S_MIN;
         self.snapshots_sent.insert(to, monotonic_ms() + wait_ms);
-        let node = self.context.node_id.clone();
+        let node = self.shared.node_id.clone();
         tokio::spawn(async move {
             // A transfer cut off is sent again once its wait is over.
-            if let Err(error) = super::transfer::send_snapshot(connection, message).await {
+            if let Err(error) = crate::net::transfer::send_snapshot(connection, message).await {
                 tracing::debug!(%node, %peer, %error, "snapshot transfer cut off");
             }
         });
@@ -785,7 +551,7 @@ impl RaftReplicaState {
         }
         let waiting = Waiting {
             reply,
-            deadline_ms: monotonic_ms() + self.context.config.control.request_timeout_ms,
+            deadline_ms: monotonic_ms() + self.shared.config.control.request_timeout_ms,
         };
         let command = match request.operation {
             Operation::Put { key, value } => Command::Put { key, value },
@@ -843,16 +609,11 @@ impl RaftReplicaState {
         node: &str,
         add: bool,
     ) -> Result<(), ControlError> {
-        let id = self
-            .context
-            .config
-            .control
-            .replica_id(node)
-            .ok_or_else(|| {
-                ControlError::Invalid(format!(
-                    "node {node:?} runs no replica (control.replicas or control.standby)"
-                ))
-            })?;
+        let id = self.shared.config.control.replica_id(node).ok_or_else(|| {
+            ControlError::Invalid(format!(
+                "node {node:?} runs no replica (control.replicas or control.standby)"
+            ))
+        })?;
         let (voters, learners) = self.replica.members();
         let member = voters.contains(&id) || learners.contains(&id);
         if add && member {
@@ -889,8 +650,8 @@ impl RaftReplicaState {
     /// Refuses what cannot be served now: too many waiting, no leader, an
     /// oversized key.
     fn admit(&mut self, request: &ClientRequest) -> Result<(), ControlError> {
-        let counters = &self.context.metrics.counters;
-        let pending_max = self.context.config.control.pending_requests_max;
+        let counters = &self.shared.metrics.counters;
+        let pending_max = self.shared.config.control.pending_requests_max;
         if self.pending() >= pending_max {
             NodeMetrics::count(&counters.control_refused_busy);
             return Err(ControlError::Busy { pending_max });
@@ -912,15 +673,15 @@ impl RaftReplicaState {
     }
 
     fn no_leader(&self) -> ControlError {
-        let control = &self.context.config.control;
+        let control = &self.shared.config.control;
         let (voters, _) = self.replica.members();
         let reachable = voters
             .iter()
             .filter_map(|&id| control.replica_node(id))
-            .filter(|node| *node == self.context.node_id || self.context.peers.is_connected(node))
+            .filter(|node| *node == self.shared.node_id || self.shared.peers.is_connected(node))
             .count();
         ControlError::NoLeader {
-            replica: self.context.node_id.clone(),
+            replica: self.shared.node_id.clone(),
             term: self.replica.term(),
             reachable,
             replicas: voters.len(),
@@ -933,7 +694,7 @@ impl RaftReplicaState {
 
     /// Fails every request past its deadline.
     fn expire(&mut self, now_ms: u64) {
-        let ms = self.context.config.control.request_timeout_ms;
+        let ms = self.shared.config.control.request_timeout_ms;
         let mut late: Vec<Waiting> = Vec::new();
         let due: Vec<RequestId> = self
             .writes
@@ -958,7 +719,7 @@ impl RaftReplicaState {
         self.reads_ready = waiting;
         late.extend(expired.into_iter().map(|(_, _, waiting)| waiting));
         for waiting in late {
-            NodeMetrics::count(&self.context.metrics.counters.control_timeouts);
+            NodeMetrics::count(&self.shared.metrics.counters.control_timeouts);
             let _ = waiting
                 .reply
                 .send(ClientReply::Failed(ControlError::Timeout { ms }));
@@ -966,7 +727,7 @@ impl RaftReplicaState {
     }
 
     fn status(&self) -> ReplicaStatus {
-        let control = &self.context.config.control;
+        let control = &self.shared.config.control;
         let names = |ids: Vec<u64>| -> Vec<String> {
             ids.into_iter()
                 .filter_map(|id| control.replica_node(id).map(str::to_string))
@@ -974,7 +735,7 @@ impl RaftReplicaState {
         };
         let (voters, learners) = self.replica.members();
         ReplicaStatus {
-            node: self.context.node_id.clone(),
+            node: self.shared.node_id.clone(),
             id: self.replica.id(),
             role: self.replica.role().to_string(),
             leader: self

@@ -1,0 +1,173 @@
+//! What the data path keeps across the router's restarts, beside the
+//! router: the mesh core (what awaits acknowledgement and what was
+//! consumed must not be forgotten), the running agents' handles and
+//! counters (and what sinks recorded), their reports to the router, the admission gauge senders are
+//! refused by on their own task, and the agents' rate limits. The node
+//! supervisor holds it; the router and the agents use it.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use ractor::ActorRef;
+use tokio::sync::Semaphore;
+
+use crate::behaviours::Delivery;
+use crate::protocols::delivery::TokenBucket;
+use crate::protocols::mesh::MeshCore;
+
+use super::messages::{AgentMsg, ReceiptSender};
+
+/// A running agent as the router sees it.
+#[derive(Clone)]
+pub struct AgentHandle {
+    pub actor: ActorRef<AgentMsg>,
+    /// One permit per delivery waiting in the agent's mailbox.
+    pub inbox: Arc<Semaphore>,
+    /// Which start of the agent this is (1 for the first); deliveries
+    /// the mesh core meant for another are not handed to this one.
+    pub incarnation: u64,
+}
+
+/// What a local agent tells the router. Kept in order, so a consumption
+/// before an agent's restart is taken before the restart.
+#[derive(Debug)]
+pub enum AgentReport {
+    Started {
+        agent: String,
+        incarnation: u64,
+    },
+    Consumed {
+        agent: String,
+        origin: String,
+        sequence: u64,
+    },
+}
+
+/// Agents' reports, waiting for the router to take them (on each message
+/// it handles, every `delivery.tick_ms` at the latest). Bounded by what
+/// is handed over: one consumption per delivery, and deliveries waiting
+/// in inboxes are limited by `agent_inbox_max` per agent.
+#[derive(Default)]
+pub struct AgentReports(Mutex<Vec<AgentReport>>);
+
+impl AgentReports {
+    pub fn push(&self, report: AgentReport) {
+        self.0
+            .lock()
+            .expect("agent reports lock is never poisoned")
+            .push(report);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0
+            .lock()
+            .expect("agent reports lock is never poisoned")
+            .is_empty()
+    }
+
+    pub fn take(&self) -> Vec<AgentReport> {
+        std::mem::take(&mut *self.0.lock().expect("agent reports lock is never poisoned"))
+    }
+}
+
+/// The mesh core's admission as the router last left it, so a sender is
+/// refused on its own task without waiting for the router.
+pub struct AdmissionGauge {
+    pub inflight: AtomicUsize,
+    pub window: AtomicUsize,
+}
+
+impl AdmissionGauge {
+    /// Nothing in flight yet, with the core's first window.
+    pub fn new(window: usize) -> AdmissionGauge {
+        AdmissionGauge {
+            inflight: AtomicUsize::new(0),
+            window: AtomicUsize::new(window),
+        }
+    }
+}
+
+/// Deliveries a recording agent keeps (`behaviour = "sink"`); more are
+/// counted in `unrecorded`. A ten-minute chaos run records about a million
+/// per sink (some 150 bytes each).
+pub const RECORDED_MAX: usize = 4_000_000;
+
+/// (from agent, payload) of one recorded delivery.
+pub type RecordedDelivery = (String, Vec<u8>);
+
+/// An agent's counters; they outlive the agent's restarts.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    pub sent: AtomicU64,
+    pub refused: AtomicU64,
+    pub received_data: AtomicU64,
+    pub received_replies: AtomicU64,
+    /// Messages this agent sent that their destination acknowledged.
+    pub acknowledged: AtomicU64,
+    /// Sum over data received of the time from its signing to now, in
+    /// microseconds (with `received_data`, the agent's mean latency).
+    pub latency_micros_total: AtomicU64,
+    pub starts: AtomicU64,
+    /// (from agent, payload) of every delivery, for sinks.
+    pub recorded: Mutex<Vec<RecordedDelivery>>,
+    pub unrecorded: AtomicU64,
+}
+
+impl AgentStats {
+    /// Keeps what a sink received.
+    pub fn record(&self, delivery: &Delivery) {
+        let mut recorded = self.recorded.lock().expect("record lock is never poisoned");
+        if recorded.len() < RECORDED_MAX {
+            recorded.push((delivery.from_agent.clone(), delivery.payload.clone()));
+        } else {
+            self.unrecorded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Everything recorded so far.
+    pub fn recorded(&self) -> Vec<RecordedDelivery> {
+        self.recorded
+            .lock()
+            .expect("record lock is never poisoned")
+            .clone()
+    }
+}
+
+/// The data path's state on one node.
+pub struct DataPath {
+    /// Owned by the router (the only one to lock it, beside tests that
+    /// inspect it).
+    pub mesh: Mutex<MeshCore<ReceiptSender>>,
+    pub agent_reports: AgentReports,
+    pub admission: AdmissionGauge,
+    pub agents: DashMap<String, AgentHandle>,
+    pub agent_stats: DashMap<String, Arc<AgentStats>>,
+    /// Token buckets of this node's agents, when rate limits are on.
+    pub rate_limits: DashMap<String, TokenBucket>,
+}
+
+impl DataPath {
+    /// The data path around `mesh`, with no agent yet.
+    pub fn new(mesh: MeshCore<ReceiptSender>) -> DataPath {
+        DataPath {
+            admission: AdmissionGauge::new(mesh.window()),
+            mesh: Mutex::new(mesh),
+            agent_reports: AgentReports::default(),
+            agents: DashMap::new(),
+            agent_stats: DashMap::new(),
+            rate_limits: DashMap::new(),
+        }
+    }
+
+    pub fn mesh_core(&self) -> std::sync::MutexGuard<'_, MeshCore<ReceiptSender>> {
+        self.mesh.lock().expect("mesh core lock is never poisoned")
+    }
+
+    pub fn stats_of(&self, agent: &str) -> Arc<AgentStats> {
+        self.agent_stats
+            .entry(agent.to_string())
+            .or_default()
+            .clone()
+    }
+}
