@@ -2,7 +2,7 @@
 //! fault-injecting transport. Pure: the caller supplies the link and a
 //! seeded RNG, and gets back the datagram's fate — dropped (and why), or
 //! sent once or twice after some delay. The socket wrapper in
-//! `actors::faulty_socket` carries the fates out.
+//! `net::faulty_socket` carries the fates out.
 //!
 //! Faults are decided where a datagram is sent, so a link cut one way
 //! (`from` → `to`) stops only what `from` sends; cutting both ways stops
