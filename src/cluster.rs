@@ -2,6 +2,7 @@
 //! up`, tests, benchmarks) or one of them (`agentmesh node`), and reading
 //! their combined figures.
 
+use crate::agent_api::Registry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +39,9 @@ pub enum ClusterError {
     TemporaryFolder(std::io::Error),
     #[error(transparent)]
     Start(#[from] crate::actors::node::StartError),
+    /// An agent's behaviour is not registered, or its parameters are bad.
+    #[error(transparent)]
+    Behaviours(#[from] crate::config::ConfigError),
 }
 
 /// Where each replica of a cluster in this process keeps its log: below
@@ -155,6 +159,13 @@ async fn bind_again(
     }
 }
 
+/// What nodes started together know of each other: the directory, and
+/// the keys of those started here.
+struct Identities {
+    directory: Arc<Directory>,
+    keys: HashMap<String, SigningKey>,
+}
+
 /// Every node of a config, running in this process.
 pub struct LocalCluster {
     pub config: Arc<ClusterConfig>,
@@ -166,12 +177,25 @@ pub struct LocalCluster {
     /// The fault layer every node's socket sends through, when the config
     /// has `[faults]`.
     pub faults: Option<Arc<FaultNet>>,
+    /// The behaviours the agents are made from.
+    registry: Arc<Registry>,
 }
 
 impl LocalCluster {
     /// Binds every node's socket (learning the ports of `:0` addresses), then
-    /// starts every node.
+    /// starts every node, its agents made from the built-in behaviours.
     pub async fn start(config: ClusterConfig) -> Result<LocalCluster, ClusterError> {
+        LocalCluster::start_with(config, Registry::with_builtins()).await
+    }
+
+    /// Like [`LocalCluster::start`], the agents made from `registry`'s
+    /// behaviours (checked against the config first).
+    pub async fn start_with(
+        config: ClusterConfig,
+        registry: Registry,
+    ) -> Result<LocalCluster, ClusterError> {
+        registry.check(&config)?;
+        let registry = Arc::new(registry);
         let started = Instant::now();
         let keys = keys_for_all(&config)?;
         let mut sockets = Vec::with_capacity(config.nodes.len());
@@ -193,7 +217,8 @@ impl LocalCluster {
         let directory = Arc::new(Directory::new(&config, node_keys, addresses));
         let ids: Vec<String> = config.nodes.iter().map(|node| node.id.clone()).collect();
         let own = ids.into_iter().zip(sockets).collect();
-        let cluster = LocalCluster::start_nodes(config, directory, keys, own, started).await?;
+        let identities = Identities { directory, keys };
+        let cluster = LocalCluster::start_nodes(config, identities, own, started, registry).await?;
         cluster.start_agents_when_links_up().await;
         Ok(cluster)
     }
@@ -206,6 +231,8 @@ impl LocalCluster {
         config: ClusterConfig,
         own: &[String],
     ) -> Result<LocalCluster, ClusterError> {
+        let registry = Registry::with_builtins();
+        registry.check(&config)?;
         let started = Instant::now();
         let mut node_keys = HashMap::new();
         let mut keys = HashMap::new();
@@ -239,16 +266,19 @@ impl LocalCluster {
             .map(|node| (node.id.clone(), node.listen))
             .collect();
         let directory = Arc::new(Directory::new(&config, node_keys, addresses));
-        LocalCluster::start_nodes(config, directory, keys, sockets, started).await
+        let identities = Identities { directory, keys };
+        let registry = Arc::new(registry);
+        LocalCluster::start_nodes(config, identities, sockets, started, registry).await
     }
 
     async fn start_nodes(
         config: ClusterConfig,
-        directory: Arc<Directory>,
-        keys: HashMap<String, SigningKey>,
+        identities: Identities,
         own: Vec<(String, std::net::UdpSocket)>,
         started: Instant,
+        registry: Arc<Registry>,
     ) -> Result<LocalCluster, ClusterError> {
+        let Identities { directory, keys } = identities;
         let raft_directories = RaftDirectories::for_config(&config)?;
         let faults = fault_net(&config, &directory);
         let config = Arc::new(config);
@@ -260,6 +290,7 @@ impl LocalCluster {
             keys,
             raft_directories,
             faults,
+            registry,
         };
         let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_PROCESS_MAX));
         for (node_id, socket) in own {
@@ -287,6 +318,7 @@ impl LocalCluster {
             agents_start: AgentsStart::WhenTold,
             handshakes: Some(handshakes),
             faults: self.faults.clone(),
+            registry: self.registry.clone(),
         };
         Ok(start_node(spec).await?)
     }
@@ -663,6 +695,8 @@ pub async fn start_single(
     node_id: &str,
     key_file: Option<&std::path::Path>,
 ) -> Result<NodeHandle, ClusterError> {
+    let registry = Registry::with_builtins();
+    registry.check(&config)?;
     let SingleNodePlan {
         raft_directory,
         key,
@@ -691,6 +725,7 @@ pub async fn start_single(
         socket,
         agents_start: AgentsStart::WhenNeighboursUp,
         handshakes: None,
+        registry: Arc::new(registry),
     };
     Ok(start_node(spec).await?)
 }

@@ -3,7 +3,7 @@
 //! tree and data path.
 
 pub mod actors;
-pub mod behaviours;
+pub mod agent_api;
 pub mod bench;
 pub mod chaos;
 pub mod clients;

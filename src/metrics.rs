@@ -141,6 +141,18 @@ counters! {
     dropped_agent_inbox_full,
     /// Envelopes dropped: the destination agent was not running.
     dropped_agent_missing,
+    /// Deliveries an agent could not read as an agent frame (consumed, so
+    /// never handed over again).
+    agent_frames_malformed,
+    /// Responses that came after their request timed out, or answered no
+    /// request.
+    agent_responses_unmatched,
+    /// Requests refused at the send: the agent had `AGENT_REQUESTS_MAX`
+    /// awaiting responses.
+    agent_requests_refused,
+    /// Snapshots an agent's behaviour gave that exceed
+    /// `AGENT_SNAPSHOT_BYTES_MAX` (the previous one is kept).
+    agent_snapshots_refused,
     /// Frames that failed to decode.
     frames_malformed,
     /// Connections closed because the peer sent malformed frames.

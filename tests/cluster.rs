@@ -153,6 +153,7 @@ async fn two_nodes_and_a_test_peer_with(
             handshakes: None,
             raft_directory: None,
             faults: None,
+            registry: std::sync::Arc::new(agentmesh::agent_api::Registry::with_builtins()),
         };
         nodes.push(start_node(spec).await.unwrap());
     }

@@ -13,7 +13,6 @@ use std::sync::atomic::Ordering;
 use agentmesh::actors::router::send_with_receipt;
 use agentmesh::cluster::LocalCluster;
 use agentmesh::config::{self, ClusterConfig};
-use agentmesh::protocols::wire::EnvelopeKind;
 
 const NODES: usize = 4;
 
@@ -53,7 +52,6 @@ async fn send_everywhere(cluster: &LocalCluster, rounds: usize, tag: &str) {
                     &node.parts.data_path,
                     &format!("sink-{from}"),
                     &format!("sink-{to}"),
-                    EnvelopeKind::Data,
                     payload.clone().into_bytes(),
                 )
                 .unwrap();
@@ -158,7 +156,6 @@ async fn a_node_cut_off_at_run_time_gets_its_messages_once_healed() {
         &n2.parts.data_path,
         "sink-1",
         "sink-0",
-        EnvelopeKind::Data,
         b"cut:while-cut".to_vec(),
     )
     .unwrap();

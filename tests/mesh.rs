@@ -11,7 +11,6 @@ use agentmesh::actors::router::send_with_receipt;
 use agentmesh::cluster::{node_links_up, Departure, LocalCluster};
 use agentmesh::config::{self, ClusterConfig};
 use agentmesh::protocols::mesh::SendError;
-use agentmesh::protocols::wire::EnvelopeKind;
 use tokio::sync::oneshot;
 
 mod common;
@@ -57,7 +56,6 @@ fn send_all_pairs(
                 &node.parts.data_path,
                 &sink(from),
                 &sink(to),
-                EnvelopeKind::Data,
                 payload.clone().into_bytes(),
             )
             .expect("the router accepts the message");
@@ -214,7 +212,6 @@ async fn a_sender_past_its_rate_limit_is_refused_and_others_are_not() {
             &node.parts.data_path,
             from,
             "sink-3",
-            EnvelopeKind::Data,
             b"x".to_vec(),
         )
     };

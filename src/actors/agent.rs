@@ -1,40 +1,51 @@
-//! Agents and their supervisor.
-//!
-//! An [`Agent`] is a thin shell around a [`Behaviour`]: it feeds the
-//! behaviour deliveries, ticks and refusals, and carries its sends to the
-//! router. The [`AgentSupervisor`] starts this node's agents from the config,
-//! keeps the agent directory current, and restarts an agent that ends under
-//! its restart budget; a spent budget fails the agent supervisor, which
-//! escalates to the node supervisor.
+//! The agent actor: a thin shell around a [`Behaviour`] (see
+//! [`crate::agent_api`]). It reads each delivery's frame and hands the
+//! behaviour messages, responses, ticks, timers and refusals; carries what
+//! the behaviour sends to the router; times out its requests; and keeps
+//! its snapshots in the data path, where a restarted incarnation finds
+//! them.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::Semaphore;
 
-use crate::behaviours::{self, AgentContext, Behaviour, Delivery, Outbox};
-use crate::config::AgentConfig;
-use crate::protocols::wire::EnvelopeKind;
-
+use crate::agent_api::behaviour::TimerError;
+use crate::agent_api::frame::Frame;
+use crate::agent_api::{Behaviour, Context, Effects, Message, Registry, RequestError, RequestId};
 use crate::clock::unix_micros;
+use crate::config::AgentConfig;
+use crate::metrics::NodeMetrics;
 use crate::protocols::mesh::SendError;
+use crate::protocols::wire::{Envelope, EnvelopeKind};
 
 use super::data_path::{AgentHandle, AgentReport, AgentStats, DataPath};
-use super::messages::{AgentMsg, AgentSupervisorMsg, OutboundMessage};
+use super::messages::{AgentMsg, OutboundMessage};
 use super::router;
 use super::shared::{NodeShared, Ticker};
-use super::supervisor::Children;
+
+/// Requests one agent may have awaiting responses; more are refused at
+/// the send (`agent_requests_refused`).
+pub const AGENT_REQUESTS_MAX: usize = 65_536;
+/// Timers one agent may have set at once.
+pub const AGENT_TIMERS_MAX: usize = 4_096;
+/// Largest snapshot an agent's behaviour may keep; a larger one is
+/// refused and counted (`agent_snapshots_refused`), keeping the previous.
+pub const AGENT_SNAPSHOT_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// What an agent (and the agent supervisor) starts from: the node's
-/// shared core, and the data path its messages go through.
+/// shared core, the data path its messages go through, and the registry
+/// its behaviour is made from.
 #[derive(Clone)]
 pub struct AgentParts {
     pub shared: Arc<NodeShared>,
     pub data_path: Arc<DataPath>,
+    pub registry: Arc<Registry>,
 }
 
 pub struct Agent;
@@ -47,24 +58,54 @@ pub struct AgentState {
     stats: Arc<AgentStats>,
     /// Dropped (and stopped) on quiesce.
     ticker: Option<Ticker>,
-    /// A sink keeps what it receives in its stats.
+    /// A sink's node records what it consumed, for the exactly-once checks.
     records: bool,
+    myself: ActorRef<AgentMsg>,
+    /// Numbers this incarnation's requests.
+    next_request: u64,
+    /// Requests awaiting their responses: id → timeout in ms.
+    pending: HashMap<u64, u64>,
+    /// Timers set: tag → (which setting of the tag, its timer).
+    timers: HashMap<u64, (u64, Ticker)>,
+    timer_settings: u64,
 }
 
-/// Carries a behaviour's sends to the router and counts them.
-struct RouterOutbox<'a> {
+/// What a behaviour's context does, carried out by the agent actor.
+struct ActorEffects<'a> {
     parts: &'a AgentParts,
     source: &'a str,
     stats: &'a AgentStats,
+    myself: &'a ActorRef<AgentMsg>,
+    pending: &'a mut HashMap<u64, u64>,
+    timers: &'a mut HashMap<u64, (u64, Ticker)>,
+    timer_settings: &'a mut u64,
 }
 
-impl Outbox for RouterOutbox<'_> {
-    fn send(&mut self, to: &str, kind: EnvelopeKind, payload: Vec<u8>) -> Result<(), SendError> {
+impl Effects for ActorEffects<'_> {
+    fn send(
+        &mut self,
+        to: &str,
+        frame: Frame,
+        answer: bool,
+        timeout_ms: Option<u64>,
+    ) -> Result<(), SendError> {
+        let request = match (&frame, timeout_ms) {
+            (Frame::Request { id, .. }, Some(timeout_ms)) => Some((*id, timeout_ms)),
+            _ => None,
+        };
+        if request.is_some() && self.pending.len() >= AGENT_REQUESTS_MAX {
+            NodeMetrics::count(&self.parts.shared.metrics.counters.agent_requests_refused);
+            return Err(SendError::InFlightFull(self.source.to_string()));
+        }
         let message = OutboundMessage {
             source_agent: self.source.to_string(),
             destination_agent: to.to_string(),
-            kind,
-            payload,
+            kind: if answer {
+                EnvelopeKind::Reply
+            } else {
+                EnvelopeKind::Data
+            },
+            payload: frame.encode(),
             receipt: None,
         };
         let result = router::send(&self.parts.shared, &self.parts.data_path, message);
@@ -74,30 +115,176 @@ impl Outbox for RouterOutbox<'_> {
             &self.stats.refused
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if let (Ok(()), Some((id, timeout_ms))) = (&result, request) {
+            self.pending.insert(id, timeout_ms);
+            let after = Duration::from_millis(timeout_ms);
+            self.myself
+                .send_after(after, move || AgentMsg::RequestTimedOut(id));
+        }
         result
+    }
+
+    fn set_timer(&mut self, tag: u64, delay_ms: u64) -> Result<(), TimerError> {
+        if self.timers.len() >= AGENT_TIMERS_MAX && !self.timers.contains_key(&tag) {
+            return Err(TimerError {
+                max: AGENT_TIMERS_MAX,
+            });
+        }
+        *self.timer_settings += 1;
+        let setting = *self.timer_settings;
+        let after = Duration::from_millis(delay_ms);
+        let handle = self
+            .myself
+            .send_after(after, move || AgentMsg::Timer { tag, setting });
+        // Replacing a timer drops (and so aborts) the one it replaces.
+        self.timers.insert(tag, (setting, Ticker::new(handle)));
+        Ok(())
+    }
+
+    fn cancel_timer(&mut self, tag: u64) {
+        self.timers.remove(&tag);
     }
 }
 
 impl AgentState {
-    /// Runs `call` on the behaviour with a fresh context.
-    fn with_behaviour(&mut self, call: impl FnOnce(&mut dyn Behaviour, &mut AgentContext<'_>)) {
-        let mut outbox = RouterOutbox {
+    /// Runs `call` on the behaviour with a fresh context, then keeps the
+    /// snapshot it gives, if any.
+    fn with_behaviour(&mut self, call: impl FnOnce(&mut dyn Behaviour, &mut Context<'_>)) {
+        let mut effects = ActorEffects {
             parts: &self.parts,
             source: &self.name,
             stats: &self.stats,
+            myself: &self.myself,
+            pending: &mut self.pending,
+            timers: &mut self.timers,
+            timer_settings: &mut self.timer_settings,
         };
-        let mut agent_context = AgentContext {
-            name: &self.name,
-            now_micros: unix_micros(),
-            rng: &mut self.rng,
-            outbox: &mut outbox,
+        let node = &self.parts.shared.node_id;
+        let mut context = Context::new(
+            &self.name,
+            node,
+            unix_micros(),
+            &mut self.rng,
+            &mut effects,
+            &mut self.next_request,
+        );
+        call(self.behaviour.as_mut(), &mut context);
+        if let Some(snapshot) = self.behaviour.snapshot() {
+            self.keep_snapshot(snapshot);
+        }
+    }
+
+    fn keep_snapshot(&self, snapshot: Vec<u8>) {
+        if snapshot.len() > AGENT_SNAPSHOT_BYTES_MAX {
+            let counters = &self.parts.shared.metrics.counters;
+            NodeMetrics::count(&counters.agent_snapshots_refused);
+            tracing::warn!(agent = %self.name, bytes = snapshot.len(), max = AGENT_SNAPSHOT_BYTES_MAX, "snapshot too large; the previous one is kept");
+            return;
+        }
+        let snapshots = &self.parts.data_path.snapshots;
+        snapshots.insert(self.name.clone(), Arc::new(snapshot));
+    }
+
+    /// Reads one delivery and hands it to the behaviour; then reports it
+    /// consumed, whatever it held.
+    fn deliver(&mut self, envelope: Envelope) {
+        let signed = envelope.signed;
+        let counter = match signed.kind {
+            EnvelopeKind::Data => &self.stats.received_data,
+            EnvelopeKind::Reply => &self.stats.received_replies,
+            EnvelopeKind::Ack => return,
         };
-        call(self.behaviour.as_mut(), &mut agent_context);
+        counter.fetch_add(1, Ordering::Relaxed);
+        if signed.kind == EnvelopeKind::Data {
+            let latency = unix_micros().saturating_sub(signed.sent_at_micros);
+            let total = &self.stats.latency_micros_total;
+            total.fetch_add(latency, Ordering::Relaxed);
+        }
+        let (origin, sequence) = (signed.origin_node, signed.sequence);
+        match Frame::decode(&signed.payload) {
+            Ok(frame) => {
+                if self.records {
+                    self.stats.record(&signed.source_agent, frame.body());
+                }
+                let answer = signed.kind == EnvelopeKind::Reply;
+                self.hand_frame(frame, signed.source_agent, signed.sent_at_micros, answer);
+            }
+            Err(reason) => {
+                let counters = &self.parts.shared.metrics.counters;
+                NodeMetrics::count(&counters.agent_frames_malformed);
+                tracing::debug!(agent = %self.name, from = %signed.source_agent, %reason, "delivery dropped");
+            }
+        }
+        // Consumed: the router acknowledges it, and never hands it over again.
+        let report = AgentReport::Consumed {
+            agent: self.name.clone(),
+            origin,
+            sequence,
+        };
+        self.parts.data_path.agent_reports.push(report);
+    }
+
+    fn hand_frame(&mut self, frame: Frame, from: String, sent_at_micros: u64, answer: bool) {
+        let message = |body, request| Message {
+            from,
+            body,
+            request,
+            answer,
+            sent_at_micros,
+        };
+        match frame {
+            Frame::Tell(body) => {
+                let message = message(body, None);
+                self.with_behaviour(|behaviour, context| behaviour.message(context, message));
+            }
+            Frame::Request { id, body } => {
+                let message = message(body, Some(RequestId(id)));
+                self.with_behaviour(|behaviour, context| behaviour.message(context, message));
+            }
+            Frame::Response { id, body } => {
+                if self.pending.remove(&id).is_none() {
+                    let counters = &self.parts.shared.metrics.counters;
+                    return NodeMetrics::count(&counters.agent_responses_unmatched);
+                }
+                let outcome = Ok(message(body, None));
+                self.with_behaviour(|behaviour, context| {
+                    behaviour.response(context, RequestId(id), outcome)
+                });
+            }
+        }
     }
 }
 
-fn seed_of(cluster_seed: u64, name: &str) -> u64 {
+/// The seed of an agent's RNG: the cluster's seed and the agent's name.
+pub(super) fn seed_of(cluster_seed: u64, name: &str) -> u64 {
     cluster_seed ^ crate::protocols::stable_hash(name)
+}
+
+/// Makes the behaviour of `config` and gives it the latest snapshot an
+/// earlier incarnation left.
+fn make_behaviour(
+    parts: &AgentParts,
+    config: &AgentConfig,
+) -> Result<Box<dyn Behaviour>, ActorProcessingErr> {
+    let shared = &parts.shared;
+    let mut behaviour = parts
+        .registry
+        .make(config, &shared.config)
+        .map_err(|error| format!("agent {}: {error}", config.name))?;
+    let snapshot = parts
+        .data_path
+        .snapshots
+        .get(&config.name)
+        .map(|entry| entry.value().clone());
+    if let Some(snapshot) = snapshot {
+        behaviour.restore(&snapshot).map_err(|reason| {
+            format!(
+                "agent {}: cannot restore its snapshot: {reason}",
+                config.name
+            )
+        })?;
+    }
+    Ok(behaviour)
 }
 
 impl Actor for Agent {
@@ -110,10 +297,10 @@ impl Actor for Agent {
         myself: ActorRef<AgentMsg>,
         (parts, config): (AgentParts, AgentConfig),
     ) -> Result<AgentState, ActorProcessingErr> {
+        let behaviour = make_behaviour(&parts, &config)?;
         let (shared, data_path) = (&parts.shared, &parts.data_path);
-        let behaviour = behaviours::make(&config, &shared.config.agents);
         let stats = data_path.stats_of(&config.name);
-        let records = config.behaviour == crate::config::BehaviourConfig::Sink;
+        let records = config.behaviour == "sink";
         let incarnation = stats.starts.fetch_add(1, Ordering::Relaxed) + 1;
         let inbox = Arc::new(Semaphore::new(shared.config.limits.agent_inbox_max));
         // Reported before the handle is published: the router hands this
@@ -143,8 +330,13 @@ impl Actor for Agent {
             stats,
             ticker,
             records,
+            myself,
+            next_request: 0,
+            pending: HashMap::new(),
+            timers: HashMap::new(),
+            timer_settings: 0,
         };
-        state.with_behaviour(|behaviour, agent_context| behaviour.start(agent_context));
+        state.with_behaviour(|behaviour, context| behaviour.start(context));
         Ok(state)
     }
 
@@ -157,176 +349,30 @@ impl Actor for Agent {
         match message {
             AgentMsg::Deliver { envelope, permit } => {
                 drop(permit);
-                let signed = envelope.signed;
-                let counter = match signed.kind {
-                    EnvelopeKind::Data => &state.stats.received_data,
-                    EnvelopeKind::Reply => &state.stats.received_replies,
-                    EnvelopeKind::Ack => return Ok(()),
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                if signed.kind == EnvelopeKind::Data {
-                    let latency = unix_micros().saturating_sub(signed.sent_at_micros);
-                    let total = &state.stats.latency_micros_total;
-                    total.fetch_add(latency, Ordering::Relaxed);
-                }
-                let (origin, sequence) = (signed.origin_node, signed.sequence);
-                let delivery = Delivery {
-                    from_agent: signed.source_agent,
-                    kind: signed.kind,
-                    payload: signed.payload,
-                    sent_at_micros: signed.sent_at_micros,
-                };
-                if state.records {
-                    state.stats.record(&delivery);
-                }
-                state.with_behaviour(|behaviour, agent_context| {
-                    behaviour.message(agent_context, delivery)
-                });
-                // Consumed: the router acknowledges it, and never hands it
-                // over again.
-                state
-                    .parts
-                    .data_path
-                    .agent_reports
-                    .push(AgentReport::Consumed {
-                        agent: state.name.clone(),
-                        origin,
-                        sequence,
-                    });
+                state.deliver(envelope);
             }
-            AgentMsg::Tick => {
-                state.with_behaviour(|behaviour, agent_context| behaviour.tick(agent_context))
+            AgentMsg::Tick => state.with_behaviour(|behaviour, context| behaviour.tick(context)),
+            AgentMsg::Timer { tag, setting } => {
+                // A timer replaced or cancelled after it fired is not due.
+                if state.timers.get(&tag).map(|(current, _)| *current) == Some(setting) {
+                    state.timers.remove(&tag);
+                    state.with_behaviour(|behaviour, context| behaviour.timer(context, tag));
+                }
+            }
+            AgentMsg::RequestTimedOut(id) => {
+                if let Some(timeout_ms) = state.pending.remove(&id) {
+                    let outcome = Err(RequestError::TimedOut { timeout_ms });
+                    state.with_behaviour(|behaviour, context| {
+                        behaviour.response(context, RequestId(id), outcome)
+                    });
+                }
             }
             AgentMsg::SendFailed { destination, error } => {
-                state.with_behaviour(|behaviour, agent_context| {
-                    behaviour.send_failed(agent_context, &destination, &error)
+                state.with_behaviour(|behaviour, context| {
+                    behaviour.send_failed(context, &destination, &error)
                 })
             }
             AgentMsg::Quiesce => state.ticker = None,
-        }
-        Ok(())
-    }
-}
-
-pub struct AgentSupervisor;
-
-pub struct AgentSupervisorState {
-    parts: AgentParts,
-    children: Children<String>,
-    quiesced: bool,
-}
-
-impl AgentSupervisorState {
-    async fn spawn(
-        &mut self,
-        myself: &ActorRef<AgentSupervisorMsg>,
-        name: &str,
-    ) -> Result<(), ActorProcessingErr> {
-        let Some(config) = self
-            .parts
-            .shared
-            .config
-            .agents
-            .iter()
-            .find(|agent| agent.name == name)
-            .cloned()
-        else {
-            return Err(format!("agent {name} is not in the config").into());
-        };
-        let (agent, _) =
-            Actor::spawn_linked(None, Agent, (self.parts.clone(), config), myself.get_cell())
-                .await?;
-        if self.quiesced {
-            let _ = agent.cast(AgentMsg::Quiesce);
-        }
-        self.children.insert(agent.get_id(), name.to_string());
-        Ok(())
-    }
-}
-
-impl Actor for AgentSupervisor {
-    type Msg = AgentSupervisorMsg;
-    type State = AgentSupervisorState;
-    type Arguments = AgentParts;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<AgentSupervisorMsg>,
-        parts: AgentParts,
-    ) -> Result<AgentSupervisorState, ActorProcessingErr> {
-        let shared = &parts.shared;
-        let policy = shared.config.supervision.restart_policy();
-        let seed = seed_of(shared.config.seed, &format!("{}/agents", shared.node_id));
-        let children = Children::new(policy, seed, format!("{}/agent-supervisor", shared.node_id));
-        let mut state = AgentSupervisorState {
-            parts,
-            children,
-            quiesced: false,
-        };
-        let shared = &state.parts.shared;
-        let names: Vec<String> = shared
-            .config
-            .agents
-            .iter()
-            .filter(|agent| agent.node == shared.node_id)
-            .map(|agent| agent.name.clone())
-            .collect();
-        for name in names {
-            state.spawn(&myself, &name).await?;
-        }
-        Ok(state)
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<AgentSupervisorMsg>,
-        message: AgentSupervisorMsg,
-        state: &mut AgentSupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        match message {
-            AgentSupervisorMsg::Restart(name) => {
-                if !state.children.stopping && !state.children.contains(|child| *child == name) {
-                    state.spawn(&myself, &name).await?;
-                }
-            }
-            AgentSupervisorMsg::Quiesce => {
-                state.quiesced = true;
-                for entry in state.parts.data_path.agents.iter() {
-                    let _ = entry.actor.cast(AgentMsg::Quiesce);
-                }
-            }
-            AgentSupervisorMsg::StopAgents(reply) => {
-                state.children.stopping = true;
-                myself
-                    .stop_children_and_wait(None, Some(Duration::from_secs(5)))
-                    .await;
-                let _ = reply.send(());
-            }
-        }
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<AgentSupervisorMsg>,
-        event: SupervisionEvent,
-        state: &mut AgentSupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some(cell) = event.actor_cell() {
-            if !matches!(event, SupervisionEvent::ActorStarted(_)) {
-                let id = cell.get_id();
-                state
-                    .parts
-                    .data_path
-                    .agents
-                    .retain(|_, handle| handle.actor.get_id() != id);
-            }
-        }
-        if let Some((name, delay)) = state
-            .children
-            .on_event(&event, &state.parts.shared.metrics)?
-        {
-            myself.send_after(delay, move || AgentSupervisorMsg::Restart(name));
         }
         Ok(())
     }

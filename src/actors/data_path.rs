@@ -1,7 +1,7 @@
 //! What the data path keeps across the router's restarts, beside the
 //! router: the mesh core (what awaits acknowledgement and what was
 //! consumed must not be forgotten), the running agents' handles and
-//! counters (and what sinks recorded), their reports to the router, the admission gauge senders are
+//! counters (and what sinks recorded) and snapshots, their reports to the router, the admission gauge senders are
 //! refused by on their own task, and the agents' rate limits. The node
 //! supervisor holds it; the router and the agents use it.
 
@@ -12,7 +12,6 @@ use dashmap::DashMap;
 use ractor::ActorRef;
 use tokio::sync::Semaphore;
 
-use crate::behaviours::Delivery;
 use crate::protocols::delivery::TokenBucket;
 use crate::protocols::mesh::MeshCore;
 
@@ -116,10 +115,10 @@ pub struct AgentStats {
 
 impl AgentStats {
     /// Keeps what a sink received.
-    pub fn record(&self, delivery: &Delivery) {
+    pub fn record(&self, from_agent: &str, body: &[u8]) {
         let mut recorded = self.recorded.lock().expect("record lock is never poisoned");
         if recorded.len() < RECORDED_MAX {
-            recorded.push((delivery.from_agent.clone(), delivery.payload.clone()));
+            recorded.push((from_agent.to_string(), body.to_vec()));
         } else {
             self.unrecorded.fetch_add(1, Ordering::Relaxed);
         }
@@ -145,6 +144,9 @@ pub struct DataPath {
     pub agent_stats: DashMap<String, Arc<AgentStats>>,
     /// Token buckets of this node's agents, when rate limits are on.
     pub rate_limits: DashMap<String, TokenBucket>,
+    /// Each agent's latest snapshot (at most `AGENT_SNAPSHOT_BYTES_MAX`
+    /// bytes, one per agent of this node), for its next incarnation.
+    pub snapshots: DashMap<String, Arc<Vec<u8>>>,
 }
 
 impl DataPath {
@@ -157,6 +159,7 @@ impl DataPath {
             agents: DashMap::new(),
             agent_stats: DashMap::new(),
             rate_limits: DashMap::new(),
+            snapshots: DashMap::new(),
         }
     }
 

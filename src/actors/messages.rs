@@ -82,6 +82,13 @@ pub enum AgentMsg {
         permit: OwnedSemaphorePermit,
     },
     Tick,
+    /// The timer of `tag` set `setting` is due (unless set again since).
+    Timer {
+        tag: u64,
+        setting: u64,
+    },
+    /// The request `id` has waited its timeout.
+    RequestTimedOut(u64),
     /// The router refused a message this agent sent.
     SendFailed {
         destination: String,

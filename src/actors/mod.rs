@@ -27,6 +27,7 @@
 //! sibling's module to reach it.
 
 pub mod agent;
+pub mod agent_supervisor;
 pub mod client_api;
 pub mod data_path;
 pub mod directory;

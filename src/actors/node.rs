@@ -25,6 +25,7 @@ use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::Semaphore;
 
+use crate::agent_api::Registry;
 use crate::clock::unix_micros;
 use crate::config::ClusterConfig;
 use crate::metrics::NodeMetrics;
@@ -34,7 +35,8 @@ use crate::net::tls::NodeCertificate;
 use crate::protocols::delivery::SenderConfig;
 use crate::protocols::mesh::{MeshConfig, MeshCore, OverlayFrame, RoutingView};
 
-use super::agent::{AgentParts, AgentSupervisor};
+use super::agent::AgentParts;
+use super::agent_supervisor::AgentSupervisor;
 use super::data_path::DataPath;
 use super::directory::Directory;
 use super::messages::{AgentSupervisorMsg, ChildKind, NodeMsg, ReceiptSender};
@@ -73,6 +75,8 @@ pub struct NodeSpec {
     pub raft_directory: Option<std::path::PathBuf>,
     /// Injects faults into what the node's socket sends (None: no layer).
     pub faults: Option<Arc<crate::net::faulty_socket::FaultNet>>,
+    /// The behaviours the node's agents are made from.
+    pub registry: Arc<Registry>,
 }
 
 /// Dials one node keeps handshaking at once when it has the CPU to itself.
@@ -104,6 +108,8 @@ pub struct NodeParts {
     /// The control-plane replica's log, on nodes that hold one.
     pub raft_disk: Option<Arc<ReplicaDisk>>,
     pub agents_start: AgentsStart,
+    /// The behaviours the agents are made from.
+    pub registry: Arc<Registry>,
 }
 
 /// A running node.
@@ -211,6 +217,7 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
         pbft: Arc::default(),
         raft_disk,
         agents_start: spec.agents_start,
+        registry: spec.registry,
     });
     let (supervisor, join) = Actor::spawn(None, NodeSupervisor, parts.clone())
         .await
@@ -384,7 +391,12 @@ impl NodeState {
             }
             ChildKind::AgentSupervisor => {
                 let data_path = parts.data_path.clone();
-                let args = AgentParts { shared, data_path };
+                let registry = parts.registry.clone();
+                let args = AgentParts {
+                    shared,
+                    data_path,
+                    registry,
+                };
                 let (agents, _) =
                     Actor::spawn_linked(None, AgentSupervisor, args, supervisor).await?;
                 if self.quiesced {

@@ -59,21 +59,23 @@ pub fn send(
         .map_err(|_| SendError::RouterBusy)
 }
 
-/// Like [`send`], and returns where the outcome will be told.
+/// Sends `body` from `source_agent` as its behaviour's
+/// [`Context::send`](crate::agent_api::Context::send) would (a plain
+/// message), and returns where the outcome will be told: for code outside
+/// the agents (load generators, tests) that sends in an agent's name.
 pub fn send_with_receipt(
     shared: &NodeShared,
     data_path: &DataPath,
     source_agent: &str,
     destination_agent: &str,
-    kind: EnvelopeKind,
-    payload: Vec<u8>,
+    body: Vec<u8>,
 ) -> Result<oneshot::Receiver<Receipt>, SendError> {
     let (sender, receiver) = oneshot::channel();
     let message = OutboundMessage {
         source_agent: source_agent.to_string(),
         destination_agent: destination_agent.to_string(),
-        kind,
-        payload,
+        kind: EnvelopeKind::Data,
+        payload: crate::agent_api::frame::tell(body),
         receipt: Some(sender),
     };
     send(shared, data_path, message)?;

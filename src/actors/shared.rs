@@ -51,11 +51,11 @@ impl<M> Slot<M> {
 /// A periodic message to an actor (from `send_interval`), stopped when
 /// dropped — so it ends with the state of the actor that owns it, however
 /// the actor ends.
-pub struct Ticker(ractor::concurrency::JoinHandle<()>);
+pub struct Ticker(tokio::task::AbortHandle);
 
 impl Ticker {
-    pub fn new(handle: ractor::concurrency::JoinHandle<()>) -> Ticker {
-        Ticker(handle)
+    pub fn new<T>(handle: ractor::concurrency::JoinHandle<T>) -> Ticker {
+        Ticker(handle.abort_handle())
     }
 }
 

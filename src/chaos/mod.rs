@@ -33,7 +33,7 @@ use crate::actors::node::NodeParts;
 use crate::bench::report::{write_report_files, PlotTitles, ReportHeader};
 use crate::clients::pbft::ReplicaSet;
 use crate::cluster::LocalCluster;
-use crate::config::{BehaviourConfig, ClusterConfig, FaultsConfig};
+use crate::config::{ClusterConfig, FaultsConfig};
 use crate::metrics::LatencySummary;
 use faults::{FaultDriver, FaultSettings};
 use report::{ChaosReport, Datagrams, HistorySummary, PbftSection, StormSection};
@@ -169,7 +169,7 @@ fn sinks_of(config: &ClusterConfig) -> anyhow::Result<Vec<String>> {
     let sinks: Vec<String> = config
         .agents
         .iter()
-        .filter(|agent| agent.behaviour == BehaviourConfig::Sink)
+        .filter(|agent| agent.behaviour == "sink")
         .map(|agent| agent.name.clone())
         .collect();
     if sinks.is_empty() {

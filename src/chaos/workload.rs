@@ -37,7 +37,6 @@ use crate::config::ClusterConfig;
 use crate::protocols::mesh::SendError;
 use crate::protocols::pbft::{Operation, OperationResult};
 use crate::protocols::stable_hash;
-use crate::protocols::wire::EnvelopeKind;
 use crate::sim::raft::{Call, CallKind};
 
 /// Storm messages a node's sender awaits receipts for at once, per sink:
@@ -257,14 +256,8 @@ pub async fn storm_sender(
         let payload = storm_payload(id, settings.payload_bytes);
         let sent_at = Instant::now();
         let to = &settings.sinks[sink];
-        let sent = router::send_with_receipt(
-            &context.shared,
-            &context.data_path,
-            &source,
-            to,
-            EnvelopeKind::Data,
-            payload,
-        );
+        let sent =
+            router::send_with_receipt(&context.shared, &context.data_path, &source, to, payload);
         drop(context);
         match sent {
             Ok(receipt) => {

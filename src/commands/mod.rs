@@ -44,11 +44,20 @@ pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
         .map_err(|error| format!("{text:?}: {error} (try 10s, 500ms, 2m)"))
 }
 
+/// The config at `path` (or the embedded one), its agents' behaviours
+/// checked against the built-in ones.
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<ClusterConfig> {
     match path {
-        Some(path) => Ok(config::load(path)?),
+        Some(path) => Ok(load_builtin_checked(path)?),
         None => Ok(config::embedded_local()),
     }
+}
+
+/// The config at `path`, with the problems the built-in behaviours find
+/// reported beside the others.
+pub fn load_builtin_checked(path: &Path) -> Result<ClusterConfig, config::ConfigError> {
+    let registry = crate::agent_api::Registry::with_builtins();
+    config::load_checked(path, &|config| registry.problems(config))
 }
 
 pub struct UpOptions {
@@ -282,7 +291,7 @@ pub struct NodeOptions {
 /// Runs one node until Ctrl-C, SIGTERM or `duration`; prints a JSON status
 /// line to stdout every `status_interval` and once at the end.
 pub async fn node(options: NodeOptions) -> anyhow::Result<i32> {
-    let config = config::load(&options.config)?;
+    let config = load_builtin_checked(&options.config)?;
     let mut interrupts = Interrupts::new()?;
     let node = cluster::start_single(config, &options.id, options.key.as_deref()).await?;
     let deadline = options.duration.map(|duration| Instant::now() + duration);
@@ -457,7 +466,7 @@ pub enum CheckFor {
 /// Validates a config without starting anything, then what `target` would
 /// refuse: every problem is listed, and the exit code is 1 if any.
 pub fn check(path: &Path, target: Option<CheckFor>, id: Option<&str>) -> anyhow::Result<i32> {
-    let config = config::load(path)?;
+    let config = load_builtin_checked(path)?;
     let keys_listed = config.nodes.iter().any(|node| node.public_key.is_some());
     let target = target.unwrap_or(if keys_listed {
         CheckFor::Node

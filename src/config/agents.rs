@@ -1,5 +1,8 @@
-//! The `[[agents]]` entries: names, counts, placement, and each
-//! behaviour's settings.
+//! The `[[agents]]` entries: names, counts, placement, the behaviour each
+//! runs and its parameters. Which behaviours exist, and what parameters
+//! each takes, the node's registry says (`agent_api::Registry::check`).
+
+use serde::de::DeserializeOwned;
 
 use super::*;
 
@@ -8,44 +11,102 @@ pub struct AgentConfig {
     /// Cluster-unique name, after `{i}` expansion.
     pub name: String,
     pub node: String,
-    pub behaviour: BehaviourConfig,
+    /// The behaviour's name, as registered on the node (`echo`, `sink`
+    /// and `storm` are built in).
+    pub behaviour: String,
+    pub params: Params,
+    /// Which `[[agents]]` entry made this agent, for messages.
+    pub entry: usize,
 }
 
-/// A behaviour by name, with its parameters.
-#[derive(Clone, Debug, PartialEq)]
-pub enum BehaviourConfig {
-    /// Answers every data message with a reply carrying the same payload.
-    Echo,
-    Storm(StormConfig),
-    /// Records what it receives (up to a million deliveries) and answers
-    /// nothing: for tests and checks of exactly-once delivery.
-    Sink,
+/// An agent's parameters as the config gives them: its `[agents.params]`
+/// table (and, for the built-in storm, the keys of its own entry).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Params {
+    table: toml::Table,
+    /// Keys given on the agent's entry itself rather than under `params`,
+    /// so that problems name them where they were written.
+    on_entry: Vec<String>,
 }
 
-impl BehaviourConfig {
-    pub const NAMES: [&'static str; 3] = ["echo", "storm", "sink"];
+/// A problem with one parameter: its key (empty for the table as a whole)
+/// and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ParamError {
+    /// The key under `params`, or "" for the whole table.
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
 
-    pub fn name(&self) -> &'static str {
-        match self {
-            BehaviourConfig::Echo => "echo",
-            BehaviourConfig::Storm(_) => "storm",
-            BehaviourConfig::Sink => "sink",
+impl ParamError {
+    /// A problem with the key `key`.
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> ParamError {
+        ParamError {
+            key: key.into(),
+            reason: reason.into(),
         }
     }
 }
 
-/// Sends signed messages at a steady rate.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StormConfig {
-    /// Messages per second; 0 sends nothing.
-    pub rate: f64,
-    pub payload_bytes: usize,
-    /// Agents to send to, chosen at random for each message. Empty: every
-    /// other agent in the cluster.
-    pub targets: Vec<String>,
-    /// Stop after this many messages (None: until the run ends).
-    pub messages_max: Option<u64>,
-    pub tick_ms: u64,
+impl Params {
+    /// Parameters from a table, as written under `params`.
+    pub fn new(table: toml::Table) -> Params {
+        Params {
+            table,
+            on_entry: Vec::new(),
+        }
+    }
+
+    /// Parameters from `table`, whose keys `on_entry` were written on the
+    /// agent's entry itself.
+    pub(super) fn with_keys_on_entry(table: toml::Table, on_entry: Vec<String>) -> Params {
+        Params { table, on_entry }
+    }
+
+    /// The table itself.
+    pub fn table(&self) -> &toml::Table {
+        &self.table
+    }
+
+    /// True if no parameter is given.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// The parameters as `T` (a serde struct with the behaviour's keys and
+    /// defaults). A wrong type, a missing key or, with
+    /// `#[serde(deny_unknown_fields)]`, an unknown one is an error naming
+    /// the key.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ParamError> {
+        let value = toml::Value::Table(self.table.clone());
+        serde_path_to_error::deserialize(value).map_err(|error| {
+            let key = error.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            ParamError::new(key, error.into_inner().to_string())
+        })
+    }
+
+    /// Where `key` was written in the config, under agent entry `entry`.
+    pub fn key_path(&self, entry: usize, key: &str) -> String {
+        let top = key.split(['.', '[']).next().unwrap_or(key);
+        match key {
+            "" => format!("agents[{entry}].params"),
+            _ if self.on_entry.iter().any(|given| given == top) => {
+                format!("agents[{entry}].{key}")
+            }
+            _ => format!("agents[{entry}].params.{key}"),
+        }
+    }
+}
+
+/// True if `pattern` (an agent name, or a prefix ending in `*`) names `agent`.
+pub fn target_matches(pattern: &str, agent: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => agent.starts_with(prefix),
+        None => pattern == agent,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -60,11 +121,14 @@ pub(super) struct RawAgent {
     behaviour: String,
     node: Option<String>,
     placement: Option<String>,
-    rate: Option<f64>,
-    payload_bytes: Option<usize>,
-    targets: Option<Vec<String>>,
-    messages_max: Option<u64>,
-    tick_ms: Option<u64>,
+    #[serde(default)]
+    params: toml::Table,
+    // The storm's keys, also accepted on the entry itself.
+    rate: Option<toml::Value>,
+    payload_bytes: Option<toml::Value>,
+    targets: Option<toml::Value>,
+    messages_max: Option<toml::Value>,
+    tick_ms: Option<toml::Value>,
 }
 
 pub(super) fn one() -> usize {
@@ -77,7 +141,6 @@ pub(super) fn one() -> usize {
 pub(super) fn validate_agents(
     raw: &[RawAgent],
     nodes: &[NodeConfig],
-    limits: &LimitsConfig,
     checker: &mut Checker,
 ) -> Vec<AgentConfig> {
     let total: usize = raw.iter().map(|agent| agent.count).sum();
@@ -93,9 +156,10 @@ pub(super) fn validate_agents(
     let mut names = BTreeMap::new();
     for (index, agent) in raw.iter().enumerate() {
         let at = |key: &str| format!("agents[{index}].{key}");
-        let Some(behaviour) = validate_behaviour(agent, index, limits, checker) else {
+        let Some(params) = entry_params(agent, index, checker) else {
             continue;
         };
+        checker.name(&at("behaviour"), &agent.behaviour);
         if agent.count == 0 {
             checker.fail(at("count"), "count must be at least 1");
         }
@@ -142,109 +206,39 @@ pub(super) fn validate_agents(
             agents.push(AgentConfig {
                 name,
                 node,
-                behaviour: behaviour.clone(),
+                behaviour: agent.behaviour.clone(),
+                params: params.clone(),
+                entry: index,
             });
         }
     }
-    check_targets(raw, &agents, checker);
     agents
 }
 
-pub(super) fn validate_behaviour(
-    agent: &RawAgent,
-    index: usize,
-    limits: &LimitsConfig,
-    checker: &mut Checker,
-) -> Option<BehaviourConfig> {
-    let at = |key: &str| format!("agents[{index}].{key}");
-    match agent.behaviour.as_str() {
-        "echo" | "sink" => {
-            let storm_keys = [
-                ("rate", agent.rate.is_some()),
-                ("payload_bytes", agent.payload_bytes.is_some()),
-                ("targets", agent.targets.is_some()),
-                ("messages_max", agent.messages_max.is_some()),
-                ("tick_ms", agent.tick_ms.is_some()),
-            ];
-            for (key, given) in storm_keys {
-                if given {
-                    let reason = format!("not used by behaviour {:?}", agent.behaviour);
-                    checker.fail(at(key), reason);
-                }
-            }
-            if agent.behaviour == "sink" {
-                return Some(BehaviourConfig::Sink);
-            }
-            Some(BehaviourConfig::Echo)
-        }
-        "storm" => {
-            let storm = StormConfig {
-                rate: agent.rate.unwrap_or(100.0),
-                payload_bytes: agent.payload_bytes.unwrap_or(64),
-                targets: agent.targets.clone().unwrap_or_default(),
-                messages_max: agent.messages_max,
-                tick_ms: agent.tick_ms.unwrap_or(10),
-            };
-            if storm.rate == 0.0 {
-                // A storm of rate 0 would start, say nothing and send nothing.
-                checker.fail(
-                    at("rate"),
-                    "0 would send nothing: give messages/s above 0, up to 1000000 (to send as fast as the nodes accept, give 1000000, which is what `bench storm --rate 0` does)".to_string(),
-                );
-            } else if !storm.rate.is_finite() || storm.rate < 0.0 || storm.rate > 1_000_000.0 {
-                checker.fail(
-                    at("rate"),
-                    format!(
-                        "{} is not a rate above 0 and up to 1000000 messages/s",
-                        storm.rate
-                    ),
-                );
-            }
-            if storm.payload_bytes > limits.payload_bytes_max {
-                checker.fail(
-                    at("payload_bytes"),
-                    format!(
-                        "{} exceeds limits.payload_bytes_max ({})",
-                        storm.payload_bytes, limits.payload_bytes_max
-                    ),
-                );
-            }
-            checker.range(&at("tick_ms"), storm.tick_ms, 1, 1_000);
-            Some(BehaviourConfig::Storm(storm))
-        }
-        other => {
+/// The entry's parameters: its `params` table, with the storm's keys
+/// given on the entry itself folded in (giving one both ways is an error).
+fn entry_params(agent: &RawAgent, index: usize, checker: &mut Checker) -> Option<Params> {
+    let mut table = agent.params.clone();
+    let mut on_entry = Vec::new();
+    let given = [
+        ("rate", &agent.rate),
+        ("payload_bytes", &agent.payload_bytes),
+        ("targets", &agent.targets),
+        ("messages_max", &agent.messages_max),
+        ("tick_ms", &agent.tick_ms),
+    ];
+    let mut good = true;
+    for (key, value) in given {
+        let Some(value) = value else { continue };
+        if table.contains_key(key) {
             checker.fail(
-                at("behaviour"),
-                format!(
-                    "unknown behaviour {other:?}; available: {}",
-                    BehaviourConfig::NAMES.join(", ")
-                ),
+                format!("agents[{index}].{key}"),
+                format!("also given as params.{key}: give it once"),
             );
-            None
+            good = false;
         }
+        table.insert(key.to_string(), value.clone());
+        on_entry.push(key.to_string());
     }
-}
-
-/// True if `pattern` (an agent name, or a prefix ending in `*`) names `agent`.
-pub fn target_matches(pattern: &str, agent: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => agent.starts_with(prefix),
-        None => pattern == agent,
-    }
-}
-
-pub(super) fn check_targets(raw: &[RawAgent], agents: &[AgentConfig], checker: &mut Checker) {
-    for (index, agent) in raw.iter().enumerate() {
-        for (position, pattern) in agent.targets.iter().flatten().enumerate() {
-            if !agents
-                .iter()
-                .any(|candidate| target_matches(pattern, &candidate.name))
-            {
-                checker.fail(
-                    format!("agents[{index}].targets[{position}]"),
-                    format!("{pattern:?} names no agent (use a name, or a prefix ending in '*')"),
-                );
-            }
-        }
-    }
+    good.then(|| Params::with_keys_on_entry(table, on_entry))
 }

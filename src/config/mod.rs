@@ -162,7 +162,28 @@ struct RawCluster {
     seed: u64,
 }
 
-/// Reads and validates the config file at `path`.
+/// Finds what is wrong with the agents' behaviours of a config otherwise
+/// read: an unknown name, a bad parameter (`agent_api::Registry::problems`
+/// is one; the config itself knows no behaviour).
+pub type BehaviourCheck<'a> = &'a dyn Fn(&ClusterConfig) -> Vec<ConfigProblem>;
+
+/// Reads and validates the config file at `path`, its behaviours checked
+/// by `check`, every problem reported at once.
+pub fn load_checked(path: &Path, check: BehaviourCheck<'_>) -> Result<ClusterConfig, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+        file: file.clone(),
+        problems: vec![ConfigProblem {
+            key_path: "(file)".into(),
+            reason: error.to_string(),
+        }],
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse_checked(&text, &file, &base, check)
+}
+
+/// Reads and validates the config file at `path` (the behaviours are
+/// checked when a cluster starts, against its registry).
 pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
@@ -191,6 +212,16 @@ pub fn embedded_chaos() -> ClusterConfig {
 /// Parses and validates config text. `file` names it in messages; relative
 /// key files are resolved against `base`.
 pub fn parse(text: &str, file: &str, base: &Path) -> Result<ClusterConfig, ConfigError> {
+    parse_checked(text, file, base, &|_| Vec::new())
+}
+
+/// Like [`parse`], with the behaviours checked by `check`.
+pub fn parse_checked(
+    text: &str,
+    file: &str,
+    base: &Path,
+    check: BehaviourCheck<'_>,
+) -> Result<ClusterConfig, ConfigError> {
     let deserializer = toml::Deserializer::new(text);
     let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();
@@ -217,6 +248,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<ClusterConfig, Confi
     })?;
     let mut checker = Checker::default();
     let config = validate(raw, file, base, &mut checker);
+    checker.problems.extend(check(&config));
     if checker.problems.is_empty() {
         Ok(config)
     } else {
@@ -311,7 +343,7 @@ fn validate(raw: RawConfig, file: &str, base: &Path, checker: &mut Checker) -> C
     validate_supervision(&raw.supervision, checker);
     validate_membership(&raw.membership, checker);
     validate_delivery(&raw.delivery, checker);
-    let agents = validate_agents(&raw.agents, &nodes, &raw.limits, checker);
+    let agents = validate_agents(&raw.agents, &nodes, checker);
     let control = validate_control(raw.control, &nodes, base, checker);
     let pbft = pbft::validate_pbft(raw.pbft, &nodes, checker);
     let faults = faults::validate_faults(raw.faults, raw.cluster.seed, &nodes, checker);
@@ -352,14 +384,11 @@ mod tests {
     fn embedded_local_config_is_valid() {
         let config = parse(EMBEDDED_LOCAL, EMBEDDED_LOCAL_NAME, Path::new(".")).unwrap();
         assert!(config.nodes.len() >= 3);
-        assert!(config
-            .agents
-            .iter()
-            .any(|agent| agent.behaviour.name() == "storm"));
-        assert!(config
-            .agents
-            .iter()
-            .any(|agent| agent.behaviour.name() == "echo"));
+        assert!(config.agents.iter().any(|agent| agent.behaviour == "storm"));
+        assert!(config.agents.iter().any(|agent| agent.behaviour == "echo"));
+        crate::agent_api::Registry::with_builtins()
+            .check(&config)
+            .expect("the built-ins take the embedded config's parameters");
     }
 
     #[test]

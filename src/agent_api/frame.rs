@@ -1,0 +1,103 @@
+//! What an agent's message carries inside its envelope: the body, and
+//! whether it is a plain message, a request awaiting a response, or the
+//! response to one. The mesh carries these bytes as it carries any
+//! payload; only agents read them.
+
+use bincode::{Decode, Encode};
+
+/// One agent-to-agent message as it travels in an envelope's payload.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Frame {
+    /// A message that expects no answer.
+    Tell(Vec<u8>),
+    /// A request; the sender waits for a [`Frame::Response`] with the same
+    /// id until its timeout.
+    Request {
+        /// Unique among the sender's requests.
+        id: u64,
+        /// What the request carries.
+        body: Vec<u8>,
+    },
+    /// The answer to the sender's request `id`.
+    Response {
+        /// The request's id.
+        id: u64,
+        /// What the response carries.
+        body: Vec<u8>,
+    },
+}
+
+impl Frame {
+    /// The message's body, whatever its kind.
+    pub fn body(&self) -> &[u8] {
+        match self {
+            Frame::Tell(body) | Frame::Request { body, .. } | Frame::Response { body, .. } => body,
+        }
+    }
+
+    /// The payload bytes for an envelope.
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::encode_to_vec(self, bincode::config::standard())
+            .expect("encoding a frame into a Vec cannot fail")
+    }
+
+    /// Reads a payload; `Err` says why it is not a frame (all of it must be
+    /// one frame).
+    pub fn decode(payload: &[u8]) -> Result<Frame, String> {
+        let config = bincode::config::standard().with_limit::<{ FRAME_DECODE_BYTES_MAX }>();
+        let (frame, read) = bincode::decode_from_slice(payload, config)
+            .map_err(|error| format!("not an agent frame: {error}"))?;
+        if read != payload.len() {
+            return Err(format!(
+                "not an agent frame: {} bytes after the frame",
+                payload.len() - read
+            ));
+        }
+        Ok(frame)
+    }
+}
+
+/// Most bytes a frame may decode to: more than any payload the mesh
+/// carries (`PAYLOAD_BYTES_MAX`), so only a lying length is refused.
+const FRAME_DECODE_BYTES_MAX: usize = 1 << 20;
+
+/// The payload of a plain message carrying `body`: what code outside an
+/// agent (tests, load generators) sends with `router::send_with_receipt`.
+pub fn tell(body: Vec<u8>) -> Vec<u8> {
+    Frame::Tell(body).encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_read_back_as_written() {
+        for frame in [
+            Frame::Tell(vec![1, 2, 3]),
+            Frame::Request {
+                id: 7,
+                body: vec![],
+            },
+            Frame::Response {
+                id: u64::MAX,
+                body: vec![9; 300],
+            },
+        ] {
+            assert_eq!(Frame::decode(&frame.encode()), Ok(frame));
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_one_frame_are_refused() {
+        assert!(Frame::decode(&[]).is_err());
+        assert!(Frame::decode(&[9, 1, 2]).is_err(), "no such variant");
+        let mut trailing = tell(vec![1]);
+        trailing.push(0);
+        let error = Frame::decode(&trailing).unwrap_err();
+        assert!(error.contains("1 bytes after"), "{error}");
+        // A Tell claiming a body longer than the limit.
+        let lying = [0u8, 253, 0, 0, 0, 0, 0, 0, 0, 1];
+        assert!(Frame::decode(&lying).is_err());
+    }
+}
