@@ -1021,7 +1021,7 @@ impl UpSummary {
             c.refused_no_route
         );
         text += &format!(
-            "  rate       {:.0} signed messages/s delivered\n",
+            "  rate       {:.0} messages/s delivered\n",
             self.delivered_per_s
         );
         let hops: Vec<String> = self

@@ -153,6 +153,9 @@ counters! {
     /// Snapshots an agent's behaviour gave that exceed
     /// `AGENT_SNAPSHOT_BYTES_MAX` (the previous one is kept).
     agent_snapshots_refused,
+    /// Lines a process agent wrote that are not Maelstrom messages from it
+    /// (not JSON, no body type, another source, too long): skipped.
+    process_lines_malformed,
     /// Frames that failed to decode.
     frames_malformed,
     /// Connections closed because the peer sent malformed frames.

@@ -224,7 +224,7 @@ async fn unknown_behaviours_and_bad_parameters_are_refused_naming_the_entry_and_
         panic!("an unknown behaviour must be refused");
     };
     let text = error.to_string();
-    assert!(text.contains("agents[0].behaviour: unknown behaviour \"dance\"; available: asker, counter, echo, sink, storm"), "{text}");
+    assert!(text.contains("agents[0].behaviour: unknown behaviour \"dance\"; available: asker, counter, echo, process, sink, storm"), "{text}");
     let zero = AGENTS.replace("step = 10", "step = 0");
     let Err(ClusterError::Behaviours(error)) =
         LocalCluster::start_with(config(&zero), registry(&answers)).await

@@ -303,7 +303,9 @@ fn in_vault(node: &NodeHandle, payload: &[u8]) -> usize {
 }
 
 /// A data envelope from the test peer a0 to the vault on c2, signed by a0.
-fn envelope_to_vault(key: &SigningKey, sequence: u64, payload: &[u8]) -> Envelope {
+/// A signed envelope from a0's probe to the vault, carrying `body` as a
+/// plain agent message.
+fn envelope_to_vault(key: &SigningKey, sequence: u64, body: &[u8]) -> Envelope {
     let signed = SignedFields {
         version: agentmesh::protocols::wire::limits::ENVELOPE_VERSION,
         kind: EnvelopeKind::Data,
@@ -313,7 +315,7 @@ fn envelope_to_vault(key: &SigningKey, sequence: u64, payload: &[u8]) -> Envelop
         sequence,
         ttl: 8,
         sent_at_micros: 1_700_000_000_000_000 + sequence,
-        payload: payload.to_vec(),
+        payload: agentmesh::agent_api::frame::tell(body.to_vec()),
     };
     let mut envelope = Envelope::sign(signed, key);
     // a0, then c2, in the sorted node list; c2 holds it after one hop.

@@ -373,6 +373,10 @@ impl Actor for Agent {
                 })
             }
             AgentMsg::Quiesce => state.ticker = None,
+            // Only a process agent's process writes lines.
+            AgentMsg::ProcessOutput { .. }
+            | AgentMsg::ProcessExited(_)
+            | AgentMsg::ProcessInitTimedOut => {}
         }
         Ok(())
     }

@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use crate::agent_api::registry::PROCESS;
+
 use super::agent::{seed_of, Agent, AgentParts};
 use super::messages::{AgentMsg, AgentSupervisorMsg};
+use super::process_agent::ProcessAgent;
 use super::supervisor::Children;
 
 pub struct AgentSupervisor;
@@ -36,9 +39,13 @@ impl AgentSupervisorState {
         else {
             return Err(format!("agent {name} is not in the config").into());
         };
-        let (agent, _) =
-            Actor::spawn_linked(None, Agent, (self.parts.clone(), config), myself.get_cell())
-                .await?;
+        let arguments = (self.parts.clone(), config);
+        let supervisor = myself.get_cell();
+        let (agent, _) = if arguments.1.behaviour == PROCESS {
+            Actor::spawn_linked(None, ProcessAgent, arguments, supervisor).await?
+        } else {
+            Actor::spawn_linked(None, Agent, arguments, supervisor).await?
+        };
         if self.quiesced {
             let _ = agent.cast(AgentMsg::Quiesce);
         }

@@ -96,6 +96,16 @@ pub enum AgentMsg {
     },
     /// Stop ticking (the run is draining); still answer deliveries.
     Quiesce,
+    /// A line a process agent's process wrote (or why it could not be
+    /// read); the permit bounds the lines waiting.
+    ProcessOutput {
+        line: Result<String, String>,
+        permit: OwnedSemaphorePermit,
+    },
+    /// A process agent's process ended, or closed its output.
+    ProcessExited(String),
+    /// A process agent's process has had its time to answer `init`.
+    ProcessInitTimedOut,
 }
 
 /// What the agent supervisor is told.

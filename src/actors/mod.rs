@@ -35,6 +35,7 @@ pub mod messages;
 pub mod node;
 pub mod overlay_state;
 pub mod pbft_replica;
+pub mod process_agent;
 pub mod raft_replica;
 pub mod router;
 pub mod shared;

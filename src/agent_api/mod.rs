@@ -36,6 +36,7 @@
 pub mod behaviour;
 pub mod builtins;
 pub mod frame;
+pub mod maelstrom;
 pub mod registry;
 
 pub use crate::config::{ParamError, Params};

@@ -44,6 +44,11 @@ pub enum MakeError {
     Params(#[from] ParamError),
 }
 
+/// The behaviour name of agents that are processes speaking Maelstrom's
+/// protocol (`agent_api::maelstrom`): the node runs those itself, so no
+/// factory makes them, and every registry knows the name.
+pub const PROCESS: &str = "process";
+
 /// Behaviours by name.
 #[derive(Clone, Default)]
 pub struct Registry {
@@ -64,17 +69,29 @@ impl Registry {
     }
 
     /// Registers `factory` under `name`, replacing one of the same name.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is `process`, which names the agents the node runs as
+    /// processes.
     pub fn register<F>(&mut self, name: &str, factory: F) -> &mut Registry
     where
         F: Fn(&AgentSpec<'_>) -> Result<Box<dyn Behaviour>, ParamError> + Send + Sync + 'static,
     {
+        assert_ne!(
+            name, PROCESS,
+            "\"process\" names agents the node runs as processes"
+        );
         self.factories.insert(name.to_string(), Arc::new(factory));
         self
     }
 
-    /// The registered names, in order.
+    /// The registered names and `process`, in order.
     pub fn names(&self) -> Vec<&str> {
-        self.factories.keys().map(String::as_str).collect()
+        let mut names: Vec<&str> = self.factories.keys().map(String::as_str).collect();
+        names.push(PROCESS);
+        names.sort();
+        names
     }
 
     /// Makes the behaviour of `agent`.
@@ -122,8 +139,12 @@ impl Registry {
             if !entries_seen.insert(agent.entry) {
                 continue;
             }
-            let problem = match self.make(agent, config) {
-                Ok(_) => continue,
+            let made = match agent.behaviour == PROCESS {
+                true => process_params(agent, config),
+                false => self.make(agent, config).map(drop),
+            };
+            let problem = match made {
+                Ok(()) => continue,
                 Err(error @ MakeError::Unknown { .. }) => ConfigProblem {
                     key_path: format!("agents[{}].behaviour", agent.entry),
                     reason: error.to_string(),
@@ -137,6 +158,18 @@ impl Registry {
         }
         problems
     }
+}
+
+/// Checks the parameters of a process agent.
+fn process_params(agent: &AgentConfig, config: &ClusterConfig) -> Result<(), MakeError> {
+    let spec = AgentSpec {
+        name: &agent.name,
+        node: &agent.node,
+        params: &agent.params,
+        config,
+    };
+    super::maelstrom::ProcessParams::from_spec(&spec)?;
+    Ok(())
 }
 
 impl std::fmt::Debug for Registry {

@@ -1,0 +1,245 @@
+//! Agents as processes in any language, speaking Maelstrom's protocol
+//! (jepsen-io/maelstrom, `doc/protocol.md`): one JSON message a line,
+//! `{"src", "dest", "body": {"type", "msg_id", "in_reply_to", ...}}`, on the
+//! process's stdin and stdout; logs on stderr. The node writes an `init`
+//! first (`node_id` the agent's name, `node_ids` its group) and waits for
+//! `init_ok`. This module is the protocol's pure half: reading and writing
+//! lines, and the parameters of `behaviour = "process"`; the actor that
+//! runs the process is `actors::process_agent`.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::config::{target_matches, ParamError};
+use crate::protocols::mesh::SendError;
+
+use super::registry::AgentSpec;
+
+/// Maelstrom's error codes (`doc/protocol.md`, "Errors").
+pub mod codes {
+    /// The request timed out.
+    pub const TIMEOUT: u64 = 0;
+    /// The destination does not exist.
+    pub const NODE_NOT_FOUND: u64 = 1;
+    /// The request is not supported.
+    pub const NOT_SUPPORTED: u64 = 10;
+    /// Not now; try again.
+    pub const TEMPORARILY_UNAVAILABLE: u64 = 11;
+    /// The request was malformed.
+    pub const MALFORMED_REQUEST: u64 = 12;
+    /// The operation failed, and may or may not have taken effect.
+    pub const CRASH: u64 = 13;
+}
+
+/// Where a process agent's init comes from.
+pub const INIT_SOURCE: &str = "agentmesh";
+
+/// One message as a line carries it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Line {
+    /// The sending agent.
+    pub src: String,
+    /// The agent it is for.
+    pub dest: String,
+    /// The body: an object with a string `type`.
+    pub body: Map<String, Value>,
+}
+
+impl Line {
+    /// Reads one line a process wrote; `Err` says what is wrong with it.
+    pub fn parse(text: &str) -> Result<Line, String> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|error| format!("not JSON: {error}"))?;
+        let Value::Object(mut object) = value else {
+            return Err("not a JSON object".into());
+        };
+        let mut field = |name: &str| match object.remove(name) {
+            Some(Value::String(text)) => Ok(text),
+            Some(_) => Err(format!("\"{name}\" is not a string")),
+            None => Err(format!("no \"{name}\"")),
+        };
+        let (src, dest) = (field("src")?, field("dest")?);
+        let body = match object.remove("body") {
+            Some(Value::Object(body)) => body,
+            Some(_) => return Err("\"body\" is not an object".into()),
+            None => return Err("no \"body\"".into()),
+        };
+        if !matches!(body.get("type"), Some(Value::String(_))) {
+            return Err("the body has no string \"type\"".into());
+        }
+        Ok(Line { src, dest, body })
+    }
+
+    /// The line, without its newline.
+    pub fn encode(&self) -> String {
+        let line = serde_json::json!({"src": self.src, "dest": self.dest, "body": self.body});
+        line.to_string()
+    }
+
+    /// The body's type.
+    pub fn kind(&self) -> &str {
+        self.body.get("type").and_then(Value::as_str).unwrap_or("")
+    }
+
+    /// The body's `msg_id`, if it has a whole number one.
+    pub fn msg_id(&self) -> Option<u64> {
+        self.body.get("msg_id").and_then(Value::as_u64)
+    }
+
+    /// The body's `in_reply_to`, if it has a whole number one.
+    pub fn in_reply_to(&self) -> Option<u64> {
+        self.body.get("in_reply_to").and_then(Value::as_u64)
+    }
+}
+
+/// The body of the `init` a process agent is sent first.
+pub fn init_body(node_id: &str, node_ids: &[String]) -> Map<String, Value> {
+    let body = serde_json::json!({
+        "type": "init", "msg_id": 1, "node_id": node_id, "node_ids": node_ids,
+    });
+    body.as_object().expect("an object literal").clone()
+}
+
+/// An error body answering `in_reply_to`.
+pub fn error_body(in_reply_to: u64, code: u64, text: &str) -> Map<String, Value> {
+    let body = serde_json::json!({
+        "type": "error", "in_reply_to": in_reply_to, "code": code, "text": text,
+    });
+    body.as_object().expect("an object literal").clone()
+}
+
+/// The Maelstrom code for a send the node refused.
+pub fn code_of(error: &SendError) -> u64 {
+    match error {
+        SendError::NoRoute(_) | SendError::PeerDown(_) => codes::NODE_NOT_FOUND,
+        SendError::PayloadTooLarge { .. } => codes::MALFORMED_REQUEST,
+        _ => codes::TEMPORARILY_UNAVAILABLE,
+    }
+}
+
+/// The parameters of `behaviour = "process"`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessParams {
+    /// The program and its arguments, e.g. `["python3", "agents/echo.py"]`.
+    pub command: Vec<String>,
+    /// Variables added to the process's environment.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The working directory (default: the node's).
+    #[serde(default)]
+    pub dir: Option<std::path::PathBuf>,
+    /// The agents the process is told of in `init`'s `node_ids` (names, or
+    /// prefixes ending in `*`). Default: the agents of its own
+    /// `[[agents]]` entry.
+    #[serde(default)]
+    pub group: Vec<String>,
+}
+
+impl ProcessParams {
+    /// The parameters of `spec`, checked.
+    pub fn from_spec(spec: &AgentSpec<'_>) -> Result<ProcessParams, ParamError> {
+        let params: ProcessParams = spec.params.parse()?;
+        match params.command.first() {
+            None => return Err(ParamError::new("command", "give the program to run")),
+            Some(program) if program.is_empty() => {
+                return Err(ParamError::new("command[0]", "the program is empty"))
+            }
+            Some(_) => {}
+        }
+        for (position, pattern) in params.group.iter().enumerate() {
+            if !spec
+                .config
+                .agents
+                .iter()
+                .any(|agent| target_matches(pattern, &agent.name))
+            {
+                return Err(ParamError::new(
+                    format!("group[{position}]"),
+                    format!("{pattern:?} names no agent (use a name, or a prefix ending in '*')"),
+                ));
+            }
+        }
+        Ok(params)
+    }
+
+    /// The names `init` gives as `node_ids` for agent `name` of entry
+    /// `entry`.
+    pub fn group_of(
+        &self,
+        name: &str,
+        entry: usize,
+        agents: &[crate::config::AgentConfig],
+    ) -> Vec<String> {
+        let member = |agent: &&crate::config::AgentConfig| match self.group.is_empty() {
+            true => agent.entry == entry,
+            false => self
+                .group
+                .iter()
+                .any(|pattern| target_matches(pattern, &agent.name)),
+        };
+        let mut names: Vec<String> = agents
+            .iter()
+            .filter(member)
+            .map(|agent| agent.name.clone())
+            .collect();
+        if !names.iter().any(|member| member == name) {
+            names.push(name.to_string());
+        }
+        names.sort();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_reads_back_as_written() {
+        let text = r#"{"src":"a","dest":"b","body":{"type":"echo","msg_id":3,"echo":"hi"}}"#;
+        let line = Line::parse(text).unwrap();
+        assert_eq!(
+            (line.src.as_str(), line.dest.as_str(), line.kind()),
+            ("a", "b", "echo")
+        );
+        assert_eq!((line.msg_id(), line.in_reply_to()), (Some(3), None));
+        assert_eq!(Line::parse(&line.encode()).unwrap(), line);
+    }
+
+    #[test]
+    fn lines_that_are_not_messages_say_why() {
+        for (text, reason) in [
+            ("garbage", "not JSON"),
+            ("[1]", "not a JSON object"),
+            (r#"{"dest":"b","body":{"type":"x"}}"#, "no \"src\""),
+            (
+                r#"{"src":1,"dest":"b","body":{"type":"x"}}"#,
+                "\"src\" is not a string",
+            ),
+            (
+                r#"{"src":"a","dest":"b","body":[]}"#,
+                "\"body\" is not an object",
+            ),
+            (
+                r#"{"src":"a","dest":"b","body":{"msg_id":1}}"#,
+                "no string \"type\"",
+            ),
+        ] {
+            let error = Line::parse(text).unwrap_err();
+            assert!(error.contains(reason), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn init_and_error_bodies_are_maelstroms() {
+        let init = init_body("a", &["a".into(), "b".into()]);
+        assert_eq!(init["type"], "init");
+        assert_eq!(init["node_ids"], serde_json::json!(["a", "b"]));
+        let error = error_body(7, codes::NODE_NOT_FOUND, "no agent x");
+        assert_eq!(
+            (error["in_reply_to"].as_u64(), error["code"].as_u64()),
+            (Some(7), Some(1))
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! Agents that are Python processes speaking Maelstrom's protocol
+//! (`behaviour = "process"`), beside Rust agents, across two nodes; and the
+//! Python helper's own tests.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use agentmesh::agent_api::{Behaviour, Context, Message, Registry, RequestError, RequestId};
+use agentmesh::cluster::LocalCluster;
+use agentmesh::config::{self, ClusterConfig};
+
+mod common;
+use common::wait_until;
+
+/// The answers the asker got, as JSON bodies (or why none came).
+type Answers = Arc<Mutex<Vec<Result<serde_json::Value, RequestError>>>>;
+
+fn config(agents: &str) -> ClusterConfig {
+    let mut text = String::from("[cluster]\nname = \"processes\"\nseed = 5\n");
+    for id in ["n1", "n2"] {
+        text += &format!("[[nodes]]\nid = \"{id}\"\nlisten = \"127.0.0.1:0\"\n");
+    }
+    text += "[delivery]\nretransmit_timeout_ms = 100\n";
+    text += "[supervision]\nrestart_backoff_min_ms = 10\nrestart_backoff_max_ms = 50\n";
+    text += agents;
+    config::parse(&text, "processes.toml", std::path::Path::new(".")).unwrap()
+}
+
+/// Asks `target` to echo "hi" (JSON, Maelstrom's echo) when told "ask".
+struct Asker {
+    target: String,
+    answers: Answers,
+}
+
+impl Behaviour for Asker {
+    fn message(&mut self, context: &mut Context<'_>, message: Message) {
+        if message.body == b"ask" {
+            let body = serde_json::json!({"type": "echo", "echo": "hi"}).to_string();
+            let _ = context.request(&self.target, body.into_bytes(), 2_000);
+        }
+    }
+
+    fn response(
+        &mut self,
+        _context: &mut Context<'_>,
+        _request: RequestId,
+        outcome: Result<Message, RequestError>,
+    ) {
+        let answer = outcome.map(|message| serde_json::from_slice(&message.body).unwrap());
+        self.answers.lock().unwrap().push(answer);
+    }
+}
+
+fn registry(target: &str, answers: &Answers) -> Registry {
+    let mut registry = Registry::with_builtins();
+    let (target, answers) = (target.to_string(), answers.clone());
+    registry.register("asker", move |_spec| {
+        Ok(Box::new(Asker {
+            target: target.clone(),
+            answers: answers.clone(),
+        }))
+    });
+    registry
+}
+
+fn agents(script: &str) -> String {
+    format!(
+        "[[agents]]\nname = \"py\"\nbehaviour = \"process\"\nnode = \"n2\"\n[agents.params]\ncommand = [\"python3\", \"python/examples/{script}\"]\n\
+         [[agents]]\nname = \"asker\"\nbehaviour = \"asker\"\nnode = \"n1\"\n\
+         [[agents]]\nname = \"poker\"\nbehaviour = \"sink\"\nnode = \"n2\"\n"
+    )
+}
+
+/// Tells the asker (from the poker, on n2) to ask once.
+async fn ask(cluster: &LocalCluster) {
+    let n2 = &cluster.node("n2").unwrap().parts;
+    let send = agentmesh::actors::router::send_with_receipt;
+    let receipt = send(&n2.shared, &n2.data_path, "poker", "asker", b"ask".to_vec()).unwrap();
+    assert_eq!(receipt.await, Ok(Ok(())));
+}
+
+async fn answered(answers: &Answers, count: usize) {
+    wait_until("the process answers", || {
+        answers.lock().unwrap().len() >= count
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_agent_answers_a_rust_agent_on_another_node() {
+    let answers = Answers::default();
+    let cluster = LocalCluster::start_with(config(&agents("echo.py")), registry("py", &answers))
+        .await
+        .unwrap();
+    let n2 = cluster.node("n2").unwrap().parts.data_path.clone();
+    wait_until("the process answered init", || n2.agents.contains_key("py")).await;
+    ask(&cluster).await;
+    answered(&answers, 1).await;
+    let answer = answers.lock().unwrap()[0]
+        .clone()
+        .expect("an answer, not a timeout");
+    assert_eq!(answer["type"], "echo_ok");
+    assert_eq!(answer["echo"], "hi");
+    assert!(answer["in_reply_to"].is_u64(), "{answer}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_writes_garbage_and_exits_is_restarted_and_the_node_serves_on() {
+    let answers = Answers::default();
+    let cluster = LocalCluster::start_with(config(&agents("flaky.py")), registry("py", &answers))
+        .await
+        .unwrap();
+    let n2 = cluster.node("n2").unwrap().parts.clone();
+    let stats = n2.data_path.stats_of("py");
+    for round in 1..=2 {
+        wait_until("the process is up", || {
+            stats.starts.load(Ordering::Relaxed) >= round && n2.data_path.agents.contains_key("py")
+        })
+        .await;
+        ask(&cluster).await;
+        answered(&answers, round as usize).await;
+    }
+    let malformed = n2.shared.metrics.counters.values().process_lines_malformed;
+    assert!(
+        malformed >= 2,
+        "garbage and a line in another's name: {malformed}"
+    );
+    assert!(
+        answers.lock().unwrap().iter().all(Result::is_ok),
+        "each incarnation answered before it exited"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_process_agent_without_a_command_is_refused_naming_the_key() {
+    let answers = Answers::default();
+    let bad = agents("echo.py").replace(
+        "command = [\"python3\", \"python/examples/echo.py\"]",
+        "command = []",
+    );
+    let error = LocalCluster::start_with(config(&bad), registry("py", &answers))
+        .await
+        .err()
+        .expect("refused");
+    let text = error.to_string();
+    assert!(
+        text.contains("agents[0].params.command: give the program to run"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_python_helper_passes_its_own_tests() {
+    let output = std::process::Command::new("python3")
+        .args(["-m", "unittest", "discover", "-s", "python/tests"])
+        .output()
+        .expect("python3 runs (it is needed for process agents)");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("OK"), "{text}");
+}
