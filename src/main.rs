@@ -139,6 +139,9 @@ enum BenchCommand {
     /// The PBFT group: ops/s, operation latency, view changes, safety,
     /// with up to f (or, forced, more) replicas misbehaving.
     Pbft(agentmesh::bench::PbftOptions),
+    /// Request/reply between agents on two nodes: round trips/s and their
+    /// latency, to a Rust responder and to a Python process agent.
+    Agents(agentmesh::bench::AgentsOptions),
     /// Every report.json below a folder in one Markdown table.
     Summary {
         #[arg(default_value = "bench-results")]
@@ -261,6 +264,9 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Storm(options)) => agentmesh::bench::storm(options).await,
             Command::Bench(BenchCommand::Raft(options)) => agentmesh::bench::raft(options).await,
             Command::Bench(BenchCommand::Pbft(options)) => agentmesh::bench::pbft(options).await,
+            Command::Bench(BenchCommand::Agents(options)) => {
+                agentmesh::bench::agents(options).await
+            }
             Command::Bench(BenchCommand::Worker { config, nodes }) => {
                 agentmesh::bench::workers::serve(&config, &nodes).await
             }

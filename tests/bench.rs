@@ -319,3 +319,46 @@ fn a_tiny_pbft_bench_with_a_silent_primary_writes_a_complete_report() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
 }
+
+#[test]
+fn a_short_agents_bench_measures_both_responders() {
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .args([
+            "bench",
+            "agents",
+            "--rate",
+            "200",
+            "--duration",
+            "500ms",
+            "--warmup",
+            "0s",
+        ])
+        .arg("--out")
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "no request timed out");
+    let text = std::fs::read_to_string(out.path().join("report.json")).unwrap();
+    let report: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(report["scenario"], "agents");
+    let responders = report["responders"].as_array().unwrap();
+    let names: Vec<&str> = responders
+        .iter()
+        .map(|r| r["responder"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["rust", "python"]);
+    for responder in responders {
+        assert!(responder["completed"].as_u64().unwrap() > 0, "{responder}");
+        assert_eq!(responder["timeouts"], 0, "{responder}");
+        for field in ["p50", "p95", "p99", "mean"] {
+            assert!(
+                responder["round_trip_ms"][field].is_f64(),
+                "{field}: {responder}"
+            );
+        }
+        assert!(responder["cpu_us_per_request"].is_f64(), "{responder}");
+    }
+    let markdown = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(markdown.contains("competitor"), "{markdown}");
+}

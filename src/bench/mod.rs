@@ -2,6 +2,7 @@
 //! DIR/report.json (docs/ARCHITECTURE.md section 8 names its fields),
 //! DIR/report.md and SVG plots.
 
+pub mod agents;
 pub mod crypto;
 pub mod pbft;
 mod plots;
@@ -12,6 +13,7 @@ pub mod storm;
 mod summary;
 pub mod workers;
 
+pub use agents::{agents, AgentsOptions};
 pub use pbft::{pbft, PbftOptions};
 pub use raft::{raft, RaftOptions};
 pub use storm::{storm, StormOptions};
