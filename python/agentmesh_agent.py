@@ -81,6 +81,9 @@ class Node:
             self.node_ids = list(body["node_ids"])
             self.reply(message, {"type": "init_ok"})
             return
+        if kind == "agentmesh_ping":
+            self.reply(message, {"type": "agentmesh_pong"})
+            return
         callback = self._callbacks.pop(body.get("in_reply_to"), None)
         if callback is not None:
             callback(message)

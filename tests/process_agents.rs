@@ -161,3 +161,28 @@ fn the_python_helper_passes_its_own_tests() {
     assert!(output.status.success(), "{text}");
     assert!(text.contains("OK"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_process_is_found_by_its_pings_and_restarted() {
+    let answers = Answers::default();
+    let hung = agents("hung.py").replace(
+        "hung.py\"]\n",
+        "hung.py\"]\nping_every_ms = 100\nping_timeout_ms = 300\n",
+    );
+    let cluster = LocalCluster::start_with(config(&hung), registry("py", &answers))
+        .await
+        .unwrap();
+    let n2 = cluster.node("n2").unwrap().parts.clone();
+    let stats = n2.data_path.stats_of("py");
+    wait_until(
+        "the hung process is restarted and answers init again",
+        || stats.starts.load(Ordering::Relaxed) >= 2,
+    )
+    .await;
+    let restarts = n2.shared.metrics.counters.values().actor_restarts;
+    assert!(
+        restarts >= 1,
+        "the agent supervisor restarted it: {restarts}"
+    );
+    cluster.shutdown().await;
+}

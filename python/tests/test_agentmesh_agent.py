@@ -48,6 +48,12 @@ class NodeTest(unittest.TestCase):
         self.assertEqual(written[2]["body"]["code"], 10)
         self.assertEqual(written[2]["body"]["in_reply_to"], 6)
 
+    def test_pings_are_answered_by_the_helper(self):
+        node = Node(output=io.StringIO())
+        node.node_id = "a"
+        written = self.run_node(node, [line("agentmesh", "a", {"type": "agentmesh_ping", "msg_id": 4})])
+        self.assertEqual(written, [{"src": "a", "dest": "agentmesh", "body": {"type": "agentmesh_pong", "in_reply_to": 4}}])
+
     def test_an_rpc_answer_goes_to_its_callback(self):
         node = Node(output=io.StringIO())
         node.node_id = "a"

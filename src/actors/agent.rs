@@ -376,7 +376,8 @@ impl Actor for Agent {
             // Only a process agent's process writes lines.
             AgentMsg::ProcessOutput { .. }
             | AgentMsg::ProcessExited(_)
-            | AgentMsg::ProcessInitTimedOut => {}
+            | AgentMsg::ProcessInitTimedOut
+            | AgentMsg::ProcessPing => {}
         }
         Ok(())
     }

@@ -106,6 +106,8 @@ pub enum AgentMsg {
     ProcessExited(String),
     /// A process agent's process has had its time to answer `init`.
     ProcessInitTimedOut,
+    /// Time to ping a process agent's process (and to judge the last ping).
+    ProcessPing,
 }
 
 /// What the agent supervisor is told.

@@ -74,6 +74,17 @@ pub struct ProcessAgentState {
     /// Requests from Rust agents written to the process: (sender, the
     /// body's msg_id) → the sender's request id.
     answers: HashMap<(String, u64), u64>,
+    /// Liveness pings, when the params ask for them.
+    pings: Option<Pings>,
+}
+
+/// A process agent's liveness pings.
+struct Pings {
+    timeout: Duration,
+    _ticker: Ticker,
+    sent: u64,
+    /// When the ping not yet answered went, if one is out.
+    unanswered_since: Option<std::time::Instant>,
 }
 
 /// Starts the process of `params`, its three pipes taken.
@@ -282,10 +293,19 @@ impl ProcessAgentState {
                 return Ok(());
             }
         };
-        if !self.initialized {
-            if line.dest == INIT_SOURCE && line.kind() == "init_ok" {
-                self.publish();
+        if line.dest == INIT_SOURCE {
+            match line.kind() {
+                "init_ok" if !self.initialized => self.publish(),
+                maelstrom::PONG => {
+                    if let Some(pings) = &mut self.pings {
+                        pings.unanswered_since = None;
+                    }
+                }
+                _ => {}
             }
+            return Ok(());
+        }
+        if !self.initialized {
             return Ok(());
         }
         self.send(line).await
@@ -332,6 +352,35 @@ impl ProcessAgentState {
     }
 }
 
+impl ProcessAgentState {
+    /// Judges the last ping and sends the next; `Err` when the process
+    /// left one unanswered too long (it is then restarted).
+    async fn ping(&mut self) -> Result<(), ActorProcessingErr> {
+        let Some(pings) = &mut self.pings else {
+            return Ok(());
+        };
+        if let Some(since) = pings.unanswered_since {
+            if since.elapsed() > pings.timeout {
+                let (name, ms) = (&self.config.name, pings.timeout.as_millis());
+                return Err(format!(
+                    "agent {name}: the process answered no ping in {ms} ms; it counts as hung"
+                )
+                .into());
+            }
+            return Ok(());
+        }
+        pings.sent += 1;
+        pings.unanswered_since = Some(std::time::Instant::now());
+        let body = serde_json::json!({"type": maelstrom::PING, "msg_id": pings.sent});
+        let ping = Line {
+            src: INIT_SOURCE.into(),
+            dest: self.config.name.clone(),
+            body: body.as_object().expect("an object literal").clone(),
+        };
+        self.write(&ping).await
+    }
+}
+
 impl Actor for ProcessAgent {
     type Msg = AgentMsg;
     type State = ProcessAgentState;
@@ -360,6 +409,14 @@ impl Actor for ProcessAgent {
         myself.send_after(INIT_TIMEOUT, || AgentMsg::ProcessInitTimedOut);
         let group = params.group_of(&config.name, config.entry, &shared_config.agents);
         let stats = parts.data_path.stats_of(&config.name);
+        let pings = params.ping_every_ms.map(|every| Pings {
+            timeout: Duration::from_millis(params.ping_timeout_ms),
+            _ticker: Ticker::new(
+                myself.send_interval(Duration::from_millis(every), || AgentMsg::ProcessPing),
+            ),
+            sent: 0,
+            unanswered_since: None,
+        });
         let mut state = ProcessAgentState {
             parts,
             config,
@@ -370,6 +427,7 @@ impl Actor for ProcessAgent {
             _readers: readers,
             initialized: false,
             answers: HashMap::new(),
+            pings,
         };
         let init = Line {
             src: INIT_SOURCE.into(),
@@ -410,6 +468,7 @@ impl Actor for ProcessAgent {
                 )
                 .into());
             }
+            AgentMsg::ProcessPing if state.initialized => state.ping().await?,
             AgentMsg::SendFailed { destination, error } => {
                 tracing::debug!(agent = %state.config.name, %destination, %error, "a message of the process failed");
             }

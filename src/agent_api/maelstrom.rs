@@ -31,8 +31,12 @@ pub mod codes {
     pub const CRASH: u64 = 13;
 }
 
-/// Where a process agent's init comes from.
+/// Where a process agent's init and pings come from.
 pub const INIT_SOURCE: &str = "agentmesh";
+/// The body type of a liveness ping, answered with [`PONG`].
+pub const PING: &str = "agentmesh_ping";
+/// The body type of the answer to a [`PING`].
+pub const PONG: &str = "agentmesh_pong";
 
 /// One message as a line carries it.
 #[derive(Clone, Debug, PartialEq)]
@@ -134,9 +138,21 @@ pub struct ProcessParams {
     /// `[[agents]]` entry.
     #[serde(default)]
     pub group: Vec<String>,
+    /// Send the process an `agentmesh_ping` this often (None: never); a
+    /// process that leaves one unanswered for `ping_timeout_ms` counts as
+    /// hung and is restarted. The Python helper answers pings itself.
+    #[serde(default)]
+    pub ping_every_ms: Option<u64>,
+    /// How long a ping may go unanswered.
+    #[serde(default = "ProcessParams::default_ping_timeout_ms")]
+    pub ping_timeout_ms: u64,
 }
 
 impl ProcessParams {
+    fn default_ping_timeout_ms() -> u64 {
+        5_000
+    }
+
     /// The parameters of `spec`, checked.
     pub fn from_spec(spec: &AgentSpec<'_>) -> Result<ProcessParams, ParamError> {
         let params: ProcessParams = spec.params.parse()?;
@@ -146,6 +162,15 @@ impl ProcessParams {
                 return Err(ParamError::new("command[0]", "the program is empty"))
             }
             Some(_) => {}
+        }
+        if params
+            .ping_every_ms
+            .is_some_and(|every| !(10..=3_600_000).contains(&every))
+        {
+            return Err(ParamError::new("ping_every_ms", "give 10 to 3600000 ms"));
+        }
+        if !(10..=3_600_000).contains(&params.ping_timeout_ms) {
+            return Err(ParamError::new("ping_timeout_ms", "give 10 to 3600000 ms"));
         }
         for (position, pattern) in params.group.iter().enumerate() {
             if !spec
