@@ -109,6 +109,9 @@ enum Command {
     /// Put, get or delete a key in the control plane's key-value space.
     #[command(subcommand)]
     Kv(commands::KvAction),
+    /// Send one request to any agent (through a node's client_listen) and
+    /// print its response.
+    Call(commands::CallOptions),
     /// Add a standby replica to the control plane, or remove a replica.
     #[command(subcommand)]
     Members(commands::MembersAction),
@@ -258,6 +261,7 @@ fn main() -> ExitCode {
             }
             Command::Topology(options) => commands::topology(&options),
             Command::Kv(action) => commands::kv(&action).await,
+            Command::Call(options) => commands::call(&options).await,
             Command::Members(action) => commands::members(&action).await,
             Command::Status { config, json } => commands::status(&config, json).await,
             Command::Chaos(options) => agentmesh::chaos::chaos(options).await,

@@ -186,3 +186,50 @@ async fn a_hung_process_is_found_by_its_pings_and_restarted() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agentmesh_call_asks_python_and_rust_agents_from_outside_the_cluster() {
+    let port = common::free_port();
+    let mut text = String::from("[cluster]\nname = \"calls\"\nseed = 5\n");
+    text += &format!(
+        "[[nodes]]\nid = \"n1\"\nlisten = \"127.0.0.1:0\"\nclient_listen = \"127.0.0.1:{port}\"\n"
+    );
+    text += "[[nodes]]\nid = \"n2\"\nlisten = \"127.0.0.1:0\"\n";
+    text += &agents("echo.py");
+    text += "[[agents]]\nname = \"echo\"\nbehaviour = \"echo\"\nnode = \"n2\"\n";
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("calls.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = config::load(&path).unwrap();
+    let answers = Answers::default();
+    let cluster = LocalCluster::start_with(config, registry("py", &answers))
+        .await
+        .unwrap();
+    let n1 = cluster.node("n1").unwrap().parts.data_path.clone();
+    let n2 = cluster.node("n2").unwrap().parts.data_path.clone();
+    wait_until("the desk and the process are up", || {
+        n1.agents.contains_key("call@n1") && n2.agents.contains_key("py")
+    })
+    .await;
+    let call = |agent: &str, body: &str| {
+        let arguments = ["call", agent, body, "--timeout", "3s"];
+        common::agentmesh(&arguments, &path)
+    };
+    let (code, out, err) =
+        tokio::task::block_in_place(|| call("py", r#"{"type":"echo","echo":"from outside"}"#));
+    assert_eq!(code, Some(0), "{err}");
+    let answer: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (answer["type"].as_str(), answer["echo"].as_str()),
+        (Some("echo_ok"), Some("from outside"))
+    );
+    let (code, out, err) = tokio::task::block_in_place(|| call("echo", "plain text"));
+    assert_eq!((code, out.trim()), (Some(0), "plain text"), "{err}");
+    let (code, _, err) = tokio::task::block_in_place(|| call("nobody", "{}"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no route to agent nobody"), "{err}");
+    let (code, _, err) = tokio::task::block_in_place(|| call("poker", "{}"));
+    assert_eq!(code, Some(2), "a sink never answers: {err}");
+    assert!(err.contains("no response within 3000 ms"), "{err}");
+    cluster.shutdown().await;
+}

@@ -21,6 +21,7 @@ use crate::agent_api::{Behaviour, Context, Effects, Message, Registry, RequestEr
 use crate::clock::unix_micros;
 use crate::config::AgentConfig;
 use crate::metrics::NodeMetrics;
+use crate::protocols::mesh::roster::desk_of;
 use crate::protocols::mesh::SendError;
 use crate::protocols::wire::{Envelope, EnvelopeKind};
 
@@ -68,7 +69,13 @@ pub struct AgentState {
     /// Timers set: tag → (which setting of the tag, its timer).
     timers: HashMap<u64, (u64, Ticker)>,
     timer_settings: u64,
+    /// Requests sent for clients outside the cluster (a call desk's):
+    /// id → where the response goes. Their timeouts are in `pending`.
+    calls: HashMap<u64, CallReply>,
 }
+
+/// Where a call's response body (or why there is none) goes.
+type CallReply = tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>;
 
 /// What a behaviour's context does, carried out by the agent actor.
 struct ActorEffects<'a> {
@@ -147,6 +154,34 @@ impl Effects for ActorEffects<'_> {
 }
 
 impl AgentState {
+    /// Sends a client's request to `to`; its response (or refusal, or
+    /// timeout) goes to `reply`.
+    fn call(&mut self, to: &str, body: Vec<u8>, timeout_ms: u64, reply: CallReply) {
+        if self.calls.len() >= AGENT_REQUESTS_MAX {
+            let _ = reply.send(Err(format!("{AGENT_REQUESTS_MAX} calls wait already")));
+            return;
+        }
+        self.next_request += 1;
+        let id = self.next_request;
+        let mut effects = ActorEffects {
+            parts: &self.parts,
+            source: &self.name,
+            stats: &self.stats,
+            myself: &self.myself,
+            pending: &mut self.pending,
+            timers: &mut self.timers,
+            timer_settings: &mut self.timer_settings,
+        };
+        match effects.send(to, Frame::Request { id, body }, false, Some(timeout_ms)) {
+            Ok(()) => {
+                self.calls.insert(id, reply);
+            }
+            Err(error) => {
+                let _ = reply.send(Err(error.to_string()));
+            }
+        }
+    }
+
     /// Runs `call` on the behaviour with a fresh context, then keeps the
     /// snapshot it gives, if any.
     fn with_behaviour(&mut self, call: impl FnOnce(&mut dyn Behaviour, &mut Context<'_>)) {
@@ -242,6 +277,11 @@ impl AgentState {
                 self.with_behaviour(|behaviour, context| behaviour.message(context, message));
             }
             Frame::Response { id, body } => {
+                if let Some(reply) = self.calls.remove(&id) {
+                    self.pending.remove(&id);
+                    let _ = reply.send(Ok(body));
+                    return;
+                }
                 if self.pending.remove(&id).is_none() {
                     let counters = &self.parts.shared.metrics.counters;
                     return NodeMetrics::count(&counters.agent_responses_unmatched);
@@ -267,6 +307,11 @@ fn make_behaviour(
     config: &AgentConfig,
 ) -> Result<Box<dyn Behaviour>, ActorProcessingErr> {
     let shared = &parts.shared;
+    if config.name == desk_of(&config.node) {
+        // A call desk only asks on clients' behalf; what it is told it
+        // takes, as a sink does.
+        return Ok(Box::new(crate::agent_api::builtins::Sink));
+    }
     let mut behaviour = parts
         .registry
         .make(config, &shared.config)
@@ -300,7 +345,7 @@ impl Actor for Agent {
         let behaviour = make_behaviour(&parts, &config)?;
         let (shared, data_path) = (&parts.shared, &parts.data_path);
         let stats = data_path.stats_of(&config.name);
-        let records = config.behaviour == "sink";
+        let records = config.behaviour == "sink" && config.name != desk_of(&config.node);
         let incarnation = stats.starts.fetch_add(1, Ordering::Relaxed) + 1;
         let inbox = Arc::new(Semaphore::new(shared.config.limits.agent_inbox_max));
         // Reported before the handle is published: the router hands this
@@ -335,6 +380,7 @@ impl Actor for Agent {
             pending: HashMap::new(),
             timers: HashMap::new(),
             timer_settings: 0,
+            calls: HashMap::new(),
         };
         state.with_behaviour(|behaviour, context| behaviour.start(context));
         Ok(state)
@@ -360,7 +406,10 @@ impl Actor for Agent {
                 }
             }
             AgentMsg::RequestTimedOut(id) => {
-                if let Some(timeout_ms) = state.pending.remove(&id) {
+                let timeout_ms = state.pending.remove(&id);
+                if let (Some(timeout_ms), Some(reply)) = (timeout_ms, state.calls.remove(&id)) {
+                    let _ = reply.send(Err(format!("no response within {timeout_ms} ms")));
+                } else if let Some(timeout_ms) = timeout_ms {
                     let outcome = Err(RequestError::TimedOut { timeout_ms });
                     state.with_behaviour(|behaviour, context| {
                         behaviour.response(context, RequestId(id), outcome)
@@ -378,6 +427,12 @@ impl Actor for Agent {
             | AgentMsg::ProcessExited(_)
             | AgentMsg::ProcessInitTimedOut
             | AgentMsg::ProcessPing => {}
+            AgentMsg::Call {
+                to,
+                body,
+                timeout_ms,
+                reply,
+            } => state.call(&to, body, timeout_ms, reply),
         }
         Ok(())
     }

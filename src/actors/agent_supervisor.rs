@@ -8,6 +8,8 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::agent_api::registry::PROCESS;
+use crate::config::AgentConfig;
+use crate::protocols::mesh::roster::desk_of;
 
 use super::agent::{seed_of, Agent, AgentParts};
 use super::messages::{AgentMsg, AgentSupervisorMsg};
@@ -23,20 +25,29 @@ pub struct AgentSupervisorState {
 }
 
 impl AgentSupervisorState {
+    /// The config of agent `name`: a configured agent, or this node's call
+    /// desk (on a node that serves clients).
+    fn config_of(&self, name: &str) -> Option<AgentConfig> {
+        let shared = &self.parts.shared;
+        if name == desk_of(&shared.node_id) {
+            return Some(AgentConfig {
+                name: name.to_string(),
+                node: shared.node_id.clone(),
+                behaviour: "sink".into(),
+                params: Default::default(),
+                entry: usize::MAX,
+            });
+        }
+        let agents = &shared.config.agents;
+        agents.iter().find(|agent| agent.name == name).cloned()
+    }
+
     async fn spawn(
         &mut self,
         myself: &ActorRef<AgentSupervisorMsg>,
         name: &str,
     ) -> Result<(), ActorProcessingErr> {
-        let Some(config) = self
-            .parts
-            .shared
-            .config
-            .agents
-            .iter()
-            .find(|agent| agent.name == name)
-            .cloned()
-        else {
+        let Some(config) = self.config_of(name) else {
             return Err(format!("agent {name} is not in the config").into());
         };
         let arguments = (self.parts.clone(), config);
@@ -74,13 +85,18 @@ impl Actor for AgentSupervisor {
             quiesced: false,
         };
         let shared = &state.parts.shared;
-        let names: Vec<String> = shared
+        let mut names: Vec<String> = shared
             .config
             .agents
             .iter()
             .filter(|agent| agent.node == shared.node_id)
             .map(|agent| agent.name.clone())
             .collect();
+        let serves_clients = (shared.config.nodes.iter())
+            .any(|node| node.id == shared.node_id && node.client_listen.is_some());
+        if serves_clients {
+            names.push(desk_of(&shared.node_id));
+        }
         for name in names {
             state.spawn(&myself, &name).await?;
         }

@@ -108,6 +108,15 @@ pub enum AgentMsg {
     ProcessInitTimedOut,
     /// Time to ping a process agent's process (and to judge the last ping).
     ProcessPing,
+    /// Ask agent `to` with `body` as a request for a client outside the
+    /// cluster (sent to a node's call desk); `reply` gets the response's
+    /// body, or why there is none.
+    Call {
+        to: String,
+        body: Vec<u8>,
+        timeout_ms: u64,
+        reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    },
 }
 
 /// What the agent supervisor is told.

@@ -225,7 +225,7 @@ pub async fn start_node(spec: NodeSpec) -> Result<NodeHandle, StartError> {
     let client_api = client_listener.map(|listener| {
         let token = tokio_util::sync::CancellationToken::new();
         tokio::spawn(super::client_api::serve(
-            shared.clone(),
+            (shared.clone(), parts.data_path.clone()),
             listener,
             token.clone(),
         ));

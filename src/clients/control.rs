@@ -83,6 +83,51 @@ impl ControlClient {
         })
     }
 
+    /// A client for calls to agents (`agentmesh call`), through any node
+    /// with a `client_listen` address.
+    pub fn for_calls(config: &ClusterConfig) -> Result<ControlClient, ClientError> {
+        let nodes: Vec<(String, SocketAddr)> = (config.nodes.iter())
+            .filter_map(|node| Some((node.id.clone(), node.client_listen?)))
+            .collect();
+        if nodes.is_empty() {
+            return Err(ClientError::NoClientAddress);
+        }
+        let mut client = ControlClient::from_nodes(nodes);
+        client.deadline = Duration::from_millis(config.control.request_timeout_ms * 2);
+        Ok(client)
+    }
+
+    fn from_nodes(replicas: Vec<(String, SocketAddr)>) -> ControlClient {
+        ControlClient {
+            replicas,
+            client: rand::random(),
+            sequence: 0,
+            deadline: Duration::from_secs(10),
+            current: None,
+            preferred: 0,
+        }
+    }
+
+    /// Asks `agent` with `body`, waiting up to `timeout_ms` for its
+    /// response's body.
+    pub async fn call_agent(
+        &mut self,
+        agent: &str,
+        body: Vec<u8>,
+        timeout_ms: u64,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.deadline = Duration::from_millis(timeout_ms) + Duration::from_secs(2);
+        let operation = Operation::CallAgent {
+            agent: agent.into(),
+            body,
+            timeout_ms,
+        };
+        match self.call(operation).await? {
+            ClientReply::Answer(body) => Ok(body),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Gives up a call after `deadline` (default: twice the request timeout).
     pub fn with_deadline(mut self, deadline: Duration) -> ControlClient {
         self.deadline = deadline;
@@ -182,7 +227,11 @@ impl ControlClient {
                     Ok(ClientReply::Failed(error)) => {
                         refused_everywhere = false;
                         match error {
-                            ControlError::Invalid(_) | ControlError::Busy { .. } => {
+                            // A failed call is not made again: it may have
+                            // reached its agent.
+                            ControlError::Invalid(_)
+                            | ControlError::Busy { .. }
+                            | ControlError::CallFailed(_) => {
                                 return Err(ClientError::Refused(error))
                             }
                             retry => retry.to_string(),

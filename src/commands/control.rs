@@ -120,6 +120,42 @@ pub struct ConfigFile {
     pub config: std::path::PathBuf,
 }
 
+/// What `agentmesh call` is told.
+#[derive(Clone, Debug, clap::Args)]
+pub struct CallOptions {
+    /// The cluster's config: a node with `client_listen` takes the call.
+    #[arg(long)]
+    pub config: std::path::PathBuf,
+    /// The agent to ask.
+    pub agent: String,
+    /// The request's body: a JSON body for a process agent (Maelstrom's
+    /// `{"type": ...}`), any text for a Rust agent.
+    pub body: String,
+    /// How long to wait for the agent's response.
+    #[arg(long, default_value = "5s", value_parser = crate::commands::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+/// Sends one request to an agent and prints its response's body (JSON on
+/// one line when it is JSON). Exit 0 answered, 2 no answer or refused.
+pub async fn call(options: &CallOptions) -> anyhow::Result<i32> {
+    let config = crate::config::load(&options.config)?;
+    let mut client = ControlClient::for_calls(&config).map_err(|_| {
+        anyhow::anyhow!(
+            "{} gives no node a client_listen address: agentmesh call asks through one",
+            config.source
+        )
+    })?;
+    let timeout_ms = options.timeout.as_millis().max(1) as u64;
+    let body = options.body.as_bytes().to_vec();
+    let answer = client.call_agent(&options.agent, body, timeout_ms).await?;
+    match serde_json::from_slice::<serde_json::Value>(&answer) {
+        Ok(json) => println!("{json}"),
+        Err(_) => println!("{}", String::from_utf8_lossy(&answer)),
+    }
+    Ok(0)
+}
+
 /// Runs one key-value operation. Exit codes: 0 done, 1 no such key,
 /// 2 any error (no quorum, no answer, bad input).
 pub async fn kv(action: &KvAction) -> anyhow::Result<i32> {

@@ -14,7 +14,7 @@ use crate::identity;
 
 mod control;
 mod topology;
-pub use control::{kv, members, status, KvAction, MembersAction};
+pub use control::{call, kv, members, status, CallOptions, KvAction, MembersAction};
 pub use topology::{topology, TopologyFormat, TopologyOptions};
 
 /// How long `up` waits for every link before starting the clock anyway.

@@ -42,6 +42,14 @@ pub enum Operation {
     RemoveReplica {
         node: String,
     },
+    /// Ask agent `agent` (anywhere in the cluster) with `body` as a
+    /// request, waiting up to `timeout_ms` for its response: served by the
+    /// node that takes the connection, not by a replica.
+    CallAgent {
+        agent: String,
+        body: Vec<u8>,
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -62,6 +70,8 @@ pub enum ClientReply {
     Value(Vec<u8>),
     Status(ReplicaStatus),
     Failed(ControlError),
+    /// An agent's response to [`Operation::CallAgent`].
+    Answer(Vec<u8>),
 }
 
 /// Why a request failed. Every one leaves the state as it was, except
@@ -98,6 +108,10 @@ pub enum ControlError {
     /// The node answering holds no replica (or it is restarting).
     #[error("node {0} has no running control-plane replica")]
     NoReplica(String),
+    /// A call to an agent got no response: refused on its way, or none
+    /// within its timeout.
+    #[error("the call failed: {0}")]
+    CallFailed(String),
 }
 
 /// What one replica knows of the group.

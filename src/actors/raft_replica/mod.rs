@@ -570,6 +570,12 @@ impl RaftReplicaState {
                 return;
             }
             Operation::Status => unreachable!("answered above"),
+            Operation::CallAgent { .. } => {
+                let error =
+                    ControlError::Invalid("a call is served by the node, not its replica".into());
+                let _ = waiting.reply.send(ClientReply::Failed(error));
+                return;
+            }
         };
         let proposal = Proposal {
             request: request.request,

@@ -297,10 +297,9 @@ impl<R> MeshCore<R> {
         let node = self
             .keys
             .roster
-            .agent_nodes
-            .get(&message.destination_agent)
+            .agent_node(&message.destination_agent)
             .filter(|node| paths.view.thinks_live(node))
-            .cloned();
+            .map(str::to_string);
         let Some(node) = node else {
             self.counters.refused_no_route += 1;
             let error = SendError::NoRoute(message.destination_agent.clone());

@@ -8,6 +8,16 @@ use ed25519_dalek::VerifyingKey;
 
 use crate::protocols::wire::Destination;
 
+/// What a node's call desk is named after: `call@<node>`. Configured
+/// names cannot hold `@`, so a desk's name is never an agent's.
+pub const DESK_PREFIX: &str = "call@";
+
+/// The name of `node`'s call desk: the agent that asks other agents on
+/// behalf of clients outside the cluster (`agentmesh call`).
+pub fn desk_of(node: &str) -> String {
+    format!("{DESK_PREFIX}{node}")
+}
+
 pub struct Roster {
     /// Every configured node id, sorted; a node's index here is how paths
     /// name it on the wire.
@@ -46,12 +56,39 @@ impl Roster {
         }
     }
 
+    /// The node hosting `agent`: a configured agent, or a node's call desk
+    /// (`call@<node>`, see [`desk_of`]).
+    pub fn agent_node<'r>(&'r self, agent: &'r str) -> Option<&'r str> {
+        if let Some(node) = self.agent_nodes.get(agent) {
+            return Some(node);
+        }
+        let node = agent.strip_prefix(DESK_PREFIX)?;
+        self.node_index.contains_key(node).then_some(node)
+    }
+
     /// The node an envelope is going to, if it names one this cluster has.
     pub fn node_of<'r>(&'r self, destination: &'r Destination) -> Option<&'r str> {
         match destination {
-            Destination::Agent(agent) => self.agent_nodes.get(agent).map(String::as_str),
+            Destination::Agent(agent) => self.agent_node(agent),
             Destination::Node(node) => self.node_index.contains_key(node).then_some(node.as_str()),
             Destination::Broadcast => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_and_call_desks_are_found_on_their_nodes() {
+        let nodes = ["n1".to_string(), "n2".to_string()];
+        let roster = Roster::new(nodes, HashMap::new(), [("a".into(), "n1".into())]);
+        assert_eq!(roster.agent_node("a"), Some("n1"));
+        assert_eq!(roster.agent_node(&desk_of("n2")), Some("n2"));
+        assert_eq!(roster.agent_node("call@n9"), None, "no such node");
+        assert_eq!(roster.agent_node("b"), None);
+        let desk = Destination::Agent(desk_of("n1"));
+        assert_eq!(roster.node_of(&desk), Some("n1"));
     }
 }
