@@ -70,8 +70,9 @@ pub struct AgentState {
     timers: HashMap<u64, (u64, Ticker)>,
     timer_settings: u64,
     /// Requests sent for clients outside the cluster (a call desk's):
-    /// id → where the response goes. Their timeouts are in `pending`.
-    calls: HashMap<u64, CallReply>,
+    /// id → (the agent asked, where the response goes). Their timeouts
+    /// are in `pending`.
+    calls: HashMap<u64, (String, CallReply)>,
 }
 
 /// Where a call's response body (or why there is none) goes.
@@ -174,9 +175,23 @@ impl AgentState {
         };
         match effects.send(to, Frame::Request { id, body }, false, Some(timeout_ms)) {
             Ok(()) => {
-                self.calls.insert(id, reply);
+                self.calls.insert(id, (to.to_string(), reply));
             }
             Err(error) => {
+                let _ = reply.send(Err(error.to_string()));
+            }
+        }
+    }
+
+    /// Answers every call waiting on `agent` with `error`.
+    fn fail_calls_to(&mut self, agent: &str, error: &SendError) {
+        let failed: Vec<u64> = (self.calls.iter())
+            .filter(|(_, (to, _))| to == agent)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in failed {
+            self.pending.remove(&id);
+            if let Some((_, reply)) = self.calls.remove(&id) {
                 let _ = reply.send(Err(error.to_string()));
             }
         }
@@ -277,7 +292,7 @@ impl AgentState {
                 self.with_behaviour(|behaviour, context| behaviour.message(context, message));
             }
             Frame::Response { id, body } => {
-                if let Some(reply) = self.calls.remove(&id) {
+                if let Some((_, reply)) = self.calls.remove(&id) {
                     self.pending.remove(&id);
                     let _ = reply.send(Ok(body));
                     return;
@@ -407,7 +422,8 @@ impl Actor for Agent {
             }
             AgentMsg::RequestTimedOut(id) => {
                 let timeout_ms = state.pending.remove(&id);
-                if let (Some(timeout_ms), Some(reply)) = (timeout_ms, state.calls.remove(&id)) {
+                if let (Some(timeout_ms), Some((_, reply))) = (timeout_ms, state.calls.remove(&id))
+                {
                     let _ = reply.send(Err(format!("no response within {timeout_ms} ms")));
                 } else if let Some(timeout_ms) = timeout_ms {
                     let outcome = Err(RequestError::TimedOut { timeout_ms });
@@ -417,6 +433,10 @@ impl Actor for Agent {
                 }
             }
             AgentMsg::SendFailed { destination, error } => {
+                if let SendError::NoRoute(_) = error {
+                    // Refused before it left: every call to that agent is.
+                    state.fail_calls_to(&destination, &error);
+                }
                 state.with_behaviour(|behaviour, context| {
                     behaviour.send_failed(context, &destination, &error)
                 })

@@ -142,9 +142,6 @@ pub(super) fn validate_control(
             continue;
         };
         let at = format!("nodes[{index}].client_listen");
-        if !raw.replicas.contains(&node.id) && !raw.standby.contains(&node.id) {
-            checker.fail(&at, format!("node {:?} holds no control replica (control.replicas or control.standby), so it has no client API to offer", node.id));
-        }
         if !client.ip().is_loopback() {
             checker.fail(&at, format!("{client} is not a loopback address: the client API does not authenticate its callers, so it listens on this host only (127.0.0.1 or [::1])"));
         }
