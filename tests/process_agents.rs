@@ -233,3 +233,69 @@ async fn agentmesh_call_asks_python_and_rust_agents_from_outside_the_cluster() {
     assert!(err.contains("no response within 3000 ms"), "{err}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maelstrom_broadcast_program_converges_on_every_node_driven_by_agentmesh_call() {
+    const NODES: usize = 5;
+    let port = common::free_port();
+    let mut text = String::from("[cluster]\nname = \"gossip\"\nseed = 8\n");
+    for index in 0..NODES {
+        let client = match index {
+            0 => format!("client_listen = \"127.0.0.1:{port}\"\n"),
+            _ => String::new(),
+        };
+        text += &format!("[[nodes]]\nid = \"n{index}\"\nlisten = \"127.0.0.1:0\"\n{client}");
+    }
+    text += "[topology]\nkind = \"partial-mesh\"\nk = 2\n";
+    text += &format!(
+        "[[agents]]\nname = \"b-{{i}}\"\ncount = {NODES}\nbehaviour = \"process\"\nplacement = \"spread\"\n[agents.params]\ncommand = [\"python3\", \"python/examples/broadcast.py\"]\n"
+    );
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("gossip.toml");
+    std::fs::write(&path, &text).unwrap();
+    let cluster = LocalCluster::start(config::load(&path).unwrap())
+        .await
+        .unwrap();
+    wait_until("every broadcast agent answered init", || {
+        (0..NODES).all(|index| {
+            let node = cluster.node(&format!("n{index}")).unwrap();
+            node.parts
+                .data_path
+                .agents
+                .contains_key(&format!("b-{index}"))
+        })
+    })
+    .await;
+    let call = |agent: String, body: String| {
+        let arguments = ["call", &agent, &body, "--timeout", "5s"];
+        tokio::task::block_in_place(|| common::agentmesh(&arguments, &path))
+    };
+    for value in 0..10 {
+        let agent = format!("b-{}", value % NODES);
+        let (code, out, err) = call(
+            agent,
+            format!(r#"{{"type":"broadcast","message":{value}}}"#),
+        );
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("broadcast_ok"), "{out}");
+    }
+    let everything: Vec<u64> = (0..10).collect();
+    for index in 0..NODES {
+        let deadline = std::time::Instant::now() + common::WAIT_MAX;
+        loop {
+            let (code, out, err) = call(format!("b-{index}"), r#"{"type":"read"}"#.into());
+            assert_eq!(code, Some(0), "{err}");
+            let answer: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+            let messages: Vec<u64> = serde_json::from_value(answer["messages"].clone()).unwrap();
+            if messages == everything {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "b-{index} has {messages:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    cluster.shutdown().await;
+}
