@@ -304,8 +304,20 @@ async fn a_standby_replica_joins_as_a_learner_is_promoted_and_a_voter_can_leave(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     client.change_membership("n1", false).await.unwrap();
-    let leader = settled_leader(&mut client).await;
-    assert_eq!(leader.voters, vec!["n2", "n3", "n4"], "{leader:?}");
+    // The answer comes once the removal is applied where it was asked; the
+    // leader may apply it a moment later.
+    let deadline = Instant::now() + common::WAIT_MAX;
+    loop {
+        let leader = settled_leader(&mut client).await;
+        if leader.voters == ["n2", "n3", "n4"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n1 was never removed: {leader:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     client.put("after", b"removal".to_vec()).await.unwrap();
     assert_eq!(client.get("before42").await.unwrap(), Some(vec![1; 64]));
     let n4 = statuses(&mut client)
