@@ -13,7 +13,6 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::Semaphore;
 
 use crate::agent_api::behaviour::TimerError;
 use crate::agent_api::frame::Frame;
@@ -25,7 +24,7 @@ use crate::protocols::mesh::roster::desk_of;
 use crate::protocols::mesh::SendError;
 use crate::protocols::wire::{Envelope, EnvelopeKind};
 
-use super::data_path::{AgentHandle, AgentReport, AgentStats, DataPath};
+use super::data_path::{AgentReport, AgentStats, DataPath};
 use super::messages::{AgentMsg, OutboundMessage};
 use super::router;
 use super::shared::{NodeShared, Ticker};
@@ -162,17 +161,9 @@ impl AgentState {
             let _ = reply.send(Err(format!("{AGENT_REQUESTS_MAX} calls wait already")));
             return;
         }
-        self.next_request += 1;
-        let id = self.next_request;
-        let mut effects = ActorEffects {
-            parts: &self.parts,
-            source: &self.name,
-            stats: &self.stats,
-            myself: &self.myself,
-            pending: &mut self.pending,
-            timers: &mut self.timers,
-            timer_settings: &mut self.timer_settings,
-        };
+        let (mut effects, _, next_request, _) = self.split();
+        *next_request += 1;
+        let id = *next_request;
         match effects.send(to, Frame::Request { id, body }, false, Some(timeout_ms)) {
             Ok(()) => {
                 self.calls.insert(id, (to.to_string(), reply));
@@ -197,10 +188,17 @@ impl AgentState {
         }
     }
 
-    /// Runs `call` on the behaviour with a fresh context, then keeps the
-    /// snapshot it gives, if any.
-    fn with_behaviour(&mut self, call: impl FnOnce(&mut dyn Behaviour, &mut Context<'_>)) {
-        let mut effects = ActorEffects {
+    /// The state's parts a behaviour's call needs, borrowed apart: its
+    /// effects, the RNG, the request counter and the behaviour.
+    fn split(
+        &mut self,
+    ) -> (
+        ActorEffects<'_>,
+        &mut ChaCha8Rng,
+        &mut u64,
+        &mut dyn Behaviour,
+    ) {
+        let effects = ActorEffects {
             parts: &self.parts,
             source: &self.name,
             stats: &self.stats,
@@ -209,16 +207,21 @@ impl AgentState {
             timers: &mut self.timers,
             timer_settings: &mut self.timer_settings,
         };
-        let node = &self.parts.shared.node_id;
-        let mut context = Context::new(
-            &self.name,
-            node,
-            unix_micros(),
+        (
+            effects,
             &mut self.rng,
-            &mut effects,
             &mut self.next_request,
-        );
-        call(self.behaviour.as_mut(), &mut context);
+            self.behaviour.as_mut(),
+        )
+    }
+
+    /// Runs `call` on the behaviour with a fresh context, then keeps the
+    /// snapshot it gives, if any.
+    fn with_behaviour(&mut self, call: impl FnOnce(&mut dyn Behaviour, &mut Context<'_>)) {
+        let (mut effects, rng, next_request, behaviour) = self.split();
+        let (name, node) = (effects.source, effects.parts.shared.node_id.as_str());
+        let mut context = Context::new(name, node, unix_micros(), rng, &mut effects, next_request);
+        call(behaviour, &mut context);
         if let Some(snapshot) = self.behaviour.snapshot() {
             self.keep_snapshot(snapshot);
         }
@@ -361,22 +364,8 @@ impl Actor for Agent {
         let (shared, data_path) = (&parts.shared, &parts.data_path);
         let stats = data_path.stats_of(&config.name);
         let records = config.behaviour == "sink" && config.name != desk_of(&config.node);
-        let incarnation = stats.starts.fetch_add(1, Ordering::Relaxed) + 1;
-        let inbox = Arc::new(Semaphore::new(shared.config.limits.agent_inbox_max));
-        // Reported before the handle is published: the router hands this
-        // incarnation only what the core meant for it.
-        data_path.agent_reports.push(AgentReport::Started {
-            agent: config.name.clone(),
-            incarnation,
-        });
-        data_path.agents.insert(
-            config.name.clone(),
-            AgentHandle {
-                actor: myself.clone(),
-                inbox,
-                incarnation,
-            },
-        );
+        let inbox_max = shared.config.limits.agent_inbox_max;
+        data_path.publish_agent(&config.name, myself.clone(), inbox_max);
         let ticker = behaviour
             .tick_interval_ms()
             .map(|every| myself.send_interval(Duration::from_millis(every), || AgentMsg::Tick))

@@ -167,6 +167,26 @@ impl DataPath {
         self.mesh.lock().expect("mesh core lock is never poisoned")
     }
 
+    /// Publishes a new incarnation of `agent` to the router, with an inbox
+    /// of `inbox_max` deliveries; returns which incarnation it is. The
+    /// start is reported before the handle is published: the router hands
+    /// this incarnation only what the core meant for it.
+    pub fn publish_agent(&self, agent: &str, actor: ActorRef<AgentMsg>, inbox_max: usize) -> u64 {
+        let stats = self.stats_of(agent);
+        let incarnation = stats.starts.fetch_add(1, Ordering::Relaxed) + 1;
+        self.agent_reports.push(AgentReport::Started {
+            agent: agent.to_string(),
+            incarnation,
+        });
+        let handle = AgentHandle {
+            actor,
+            inbox: Arc::new(Semaphore::new(inbox_max)),
+            incarnation,
+        };
+        self.agents.insert(agent.to_string(), handle);
+        incarnation
+    }
+
     pub fn stats_of(&self, agent: &str) -> Arc<AgentStats> {
         self.agent_stats
             .entry(agent.to_string())

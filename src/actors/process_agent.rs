@@ -39,7 +39,7 @@ use crate::metrics::NodeMetrics;
 use crate::protocols::wire::{Envelope, EnvelopeKind};
 
 use super::agent::AgentParts;
-use super::data_path::{AgentHandle, AgentReport, AgentStats};
+use super::data_path::{AgentReport, AgentStats};
 use super::messages::{AgentMsg, OutboundMessage};
 use super::router;
 use super::shared::Ticker;
@@ -193,21 +193,9 @@ impl ProcessAgentState {
     /// Publishes the agent to the router, now that the process answered
     /// `init`.
     fn publish(&mut self) {
+        let inbox_max = self.parts.shared.config.limits.agent_inbox_max;
         let data_path = &self.parts.data_path;
-        let incarnation = self.stats.starts.fetch_add(1, Ordering::Relaxed) + 1;
-        let limits = &self.parts.shared.config.limits;
-        data_path.agent_reports.push(AgentReport::Started {
-            agent: self.config.name.clone(),
-            incarnation,
-        });
-        data_path.agents.insert(
-            self.config.name.clone(),
-            AgentHandle {
-                actor: self.myself.clone(),
-                inbox: Arc::new(Semaphore::new(limits.agent_inbox_max)),
-                incarnation,
-            },
-        );
+        data_path.publish_agent(&self.config.name, self.myself.clone(), inbox_max);
         self.initialized = true;
         tracing::info!(agent = %self.config.name, "process agent ready");
     }
