@@ -24,7 +24,7 @@ use crate::protocols::mesh::roster::desk_of;
 use crate::protocols::mesh::SendError;
 use crate::protocols::wire::{Envelope, EnvelopeKind};
 
-use super::data_path::{AgentReport, AgentStats, DataPath};
+use super::data_path::{AgentStats, DataPath};
 use super::messages::{AgentMsg, OutboundMessage};
 use super::router;
 use super::shared::{NodeShared, Ticker};
@@ -242,16 +242,8 @@ impl AgentState {
     /// consumed, whatever it held.
     fn deliver(&mut self, envelope: Envelope) {
         let signed = envelope.signed;
-        let counter = match signed.kind {
-            EnvelopeKind::Data => &self.stats.received_data,
-            EnvelopeKind::Reply => &self.stats.received_replies,
-            EnvelopeKind::Ack => return,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        if signed.kind == EnvelopeKind::Data {
-            let latency = unix_micros().saturating_sub(signed.sent_at_micros);
-            let total = &self.stats.latency_micros_total;
-            total.fetch_add(latency, Ordering::Relaxed);
+        if !self.stats.count_delivery(&signed, unix_micros()) {
+            return;
         }
         let (origin, sequence) = (signed.origin_node, signed.sequence);
         match Frame::decode(&signed.payload) {
@@ -268,13 +260,7 @@ impl AgentState {
                 tracing::debug!(agent = %self.name, from = %signed.source_agent, %reason, "delivery dropped");
             }
         }
-        // Consumed: the router acknowledges it, and never hands it over again.
-        let report = AgentReport::Consumed {
-            agent: self.name.clone(),
-            origin,
-            sequence,
-        };
-        self.parts.data_path.agent_reports.push(report);
+        self.parts.data_path.consumed(&self.name, origin, sequence);
     }
 
     fn hand_frame(&mut self, frame: Frame, from: String, sent_at_micros: u64, answer: bool) {

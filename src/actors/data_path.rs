@@ -5,6 +5,7 @@
 //! refused by on their own task, and the agents' rate limits. The node
 //! supervisor holds it; the router and the agents use it.
 
+use crate::protocols::wire::{EnvelopeKind, SignedFields};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -124,6 +125,25 @@ impl AgentStats {
         }
     }
 
+    /// Counts a delivery handed to the agent: a message or an answer, and
+    /// for a message its latency. False for an acknowledgement, which no
+    /// agent is handed.
+    pub fn count_delivery(&self, signed: &SignedFields, now_micros: u64) -> bool {
+        match signed.kind {
+            EnvelopeKind::Data => {
+                self.received_data.fetch_add(1, Ordering::Relaxed);
+                let latency = now_micros.saturating_sub(signed.sent_at_micros);
+                self.latency_micros_total
+                    .fetch_add(latency, Ordering::Relaxed);
+            }
+            EnvelopeKind::Reply => {
+                self.received_replies.fetch_add(1, Ordering::Relaxed);
+            }
+            EnvelopeKind::Ack => return false,
+        }
+        true
+    }
+
     /// Everything recorded so far.
     pub fn recorded(&self) -> Vec<RecordedDelivery> {
         self.recorded
@@ -185,6 +205,16 @@ impl DataPath {
         };
         self.agents.insert(agent.to_string(), handle);
         incarnation
+    }
+
+    /// Reports that `agent` consumed `sequence` of `origin`: the router
+    /// acknowledges it, and never hands it over again.
+    pub fn consumed(&self, agent: &str, origin: String, sequence: u64) {
+        self.agent_reports.push(AgentReport::Consumed {
+            agent: agent.to_string(),
+            origin,
+            sequence,
+        });
     }
 
     pub fn stats_of(&self, agent: &str) -> Arc<AgentStats> {

@@ -39,7 +39,7 @@ use crate::metrics::NodeMetrics;
 use crate::protocols::wire::{Envelope, EnvelopeKind};
 
 use super::agent::AgentParts;
-use super::data_path::{AgentReport, AgentStats};
+use super::data_path::AgentStats;
 use super::messages::{AgentMsg, OutboundMessage};
 use super::router;
 use super::shared::Ticker;
@@ -204,12 +204,12 @@ impl ProcessAgentState {
     /// consumed (a body that is not a JSON object is counted instead).
     async fn deliver(&mut self, envelope: Envelope) -> Result<(), ActorProcessingErr> {
         let signed = envelope.signed;
-        let counter = match signed.kind {
-            EnvelopeKind::Data => &self.stats.received_data,
-            EnvelopeKind::Reply => &self.stats.received_replies,
-            EnvelopeKind::Ack => return Ok(()),
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if !self
+            .stats
+            .count_delivery(&signed, crate::clock::unix_micros())
+        {
+            return Ok(());
+        }
         let (origin, sequence) = (signed.origin_node.clone(), signed.sequence);
         let from = signed.source_agent.clone();
         let body = match Frame::decode(&signed.payload) {
@@ -231,12 +231,9 @@ impl ProcessAgentState {
                 tracing::debug!(agent = %self.config.name, %from, %reason, "delivery not written to the process");
             }
         }
-        let report = AgentReport::Consumed {
-            agent: self.config.name.clone(),
-            origin,
-            sequence,
-        };
-        self.parts.data_path.agent_reports.push(report);
+        self.parts
+            .data_path
+            .consumed(&self.config.name, origin, sequence);
         Ok(())
     }
 
