@@ -9,7 +9,7 @@ use agentmesh::actors::router::send_with_receipt;
 use agentmesh::agent_api::{
     Behaviour, Context, Message, ParamError, Registry, RequestError, RequestId,
 };
-use agentmesh::cluster::{ClusterError, LocalCluster};
+use agentmesh::cluster::{ClusterError, Departure, LocalCluster};
 use agentmesh::config::{self, ClusterConfig};
 use serde::Deserialize;
 
@@ -247,4 +247,150 @@ async fn unknown_behaviours_and_bad_parameters_are_refused_naming_the_entry_and_
         text.contains("agents[0].params.step: invalid type: string \"ten\""),
         "{text}"
     );
+}
+
+/// What the publisher did: how many it published, and each (subscriber,
+/// message number) that was refused or failed on its way.
+#[derive(Default)]
+struct Published {
+    count: std::sync::atomic::AtomicU64,
+    failed: Mutex<Vec<(String, u64)>>,
+}
+
+/// Publishes `m0`, `m1`, ... on topic `news`, one per tick, `total` in
+/// all, noting what did not reach a subscriber.
+struct Publisher {
+    total: u64,
+    published: Arc<Published>,
+    /// How many it has published.
+    last_sent: u64,
+}
+
+impl Behaviour for Publisher {
+    fn tick_interval_ms(&self) -> Option<u64> {
+        Some(15)
+    }
+
+    fn message(&mut self, _context: &mut Context<'_>, _message: Message) {}
+
+    fn tick(&mut self, context: &mut Context<'_>) {
+        if self.last_sent == self.total {
+            return;
+        }
+        let number = self.last_sent;
+        self.last_sent += 1;
+        let body = format!("m{number}").into_bytes();
+        if let Err(error) = context.publish("news", body) {
+            let mut failed = self.published.failed.lock().unwrap();
+            failed.extend(error.refused.into_iter().map(|(agent, _)| (agent, number)));
+        }
+        self.published.count.store(self.last_sent, Ordering::Relaxed);
+    }
+
+    fn send_failed(
+        &mut self,
+        _context: &mut Context<'_>,
+        destination: &str,
+        _error: &agentmesh::agent_api::SendError,
+    ) {
+        // Which message failed is not told; u64::MAX marks "some message".
+        let mut failed = self.published.failed.lock().unwrap();
+        failed.push((destination.to_string(), u64::MAX));
+    }
+}
+
+/// How often each subscriber recorded each message, on the nodes running.
+fn deliveries(cluster: &LocalCluster) -> std::collections::BTreeMap<(String, String), usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for node in &cluster.nodes {
+        for entry in node.parts.data_path.agent_stats.iter() {
+            for (from, body) in entry.value().recorded() {
+                assert_eq!(from, "publisher");
+                let key = (entry.key().clone(), String::from_utf8(body).unwrap());
+                *seen.entry(key).or_insert(0) += 1;
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_reaches_each_subscriber_once_across_a_node_crash() {
+    const TOTAL: u64 = 60;
+    let mut text = String::from("[cluster]\nname = \"topics\"\nseed = 4\n");
+    for id in ["n1", "n2", "n3", "n4", "n5"] {
+        text += &format!("[[nodes]]\nid = \"{id}\"\nlisten = \"127.0.0.1:0\"\n");
+    }
+    text += "[delivery]\nretransmit_timeout_ms = 100\nretries_max = 30\n\
+        [[agents]]\nname = \"publisher\"\nbehaviour = \"publisher\"\nnode = \"n1\"\n\
+        [[agents]]\nname = \"reader-{i}\"\ncount = 5\nbehaviour = \"sink\"\nplacement = \"spread\"\nsubscribe = [\"news\"]\n\
+        [[agents]]\nname = \"bystander\"\nbehaviour = \"sink\"\nnode = \"n2\"\n";
+    let config = config::parse(&text, "topics.toml", std::path::Path::new(".")).unwrap();
+    let mut registry = Registry::with_builtins();
+    let published = Arc::new(Published::default());
+    let shared = published.clone();
+    registry.register("publisher", move |_spec| {
+        Ok(Box::new(Publisher {
+            total: TOTAL,
+            published: shared.clone(),
+            last_sent: 0,
+        }))
+    });
+    let mut cluster = LocalCluster::start_with(config, registry).await.unwrap();
+    let count = || published.count.load(Ordering::Relaxed);
+    wait_until("a third is published", || count() >= TOTAL / 3).await;
+    // reader-2 lives on n3, which crashes and comes back.
+    assert!(cluster.stop_node("n3", Departure::Crash).await);
+    wait_until("two thirds are published", || count() >= 2 * TOTAL / 3).await;
+    cluster.restart_node("n3").await.unwrap();
+    let restarted_at = count();
+    wait_until("everything is published", || count() == TOTAL).await;
+    let failed = published.failed.lock().unwrap().clone();
+    let expected = |reader: &str, number: u64| {
+        !failed
+            .iter()
+            .any(|(agent, failed)| agent == reader && (*failed == number || *failed == u64::MAX))
+    };
+    wait_until("every subscriber has what reached it", || {
+        let seen = deliveries(&cluster);
+        (0..5).all(|reader| {
+            let reader = format!("reader-{reader}");
+            let from = if reader == "reader-2" { restarted_at } else { 0 };
+            (from..TOTAL).all(|number| {
+                !expected(&reader, number)
+                    || seen.contains_key(&(reader.clone(), format!("m{number}")))
+            })
+        })
+    })
+    .await;
+    let seen = deliveries(&cluster);
+    let reader_2 = seen.keys().filter(|(agent, _)| agent == "reader-2").count();
+    eprintln!(
+        "{} deliveries; n3 came back after m{restarted_at}; reader-2's new incarnation took {reader_2}; failures {failed:?}",
+        seen.len()
+    );
+    assert!(
+        seen.values().all(|&times| times == 1),
+        "each subscriber took each message at most once: {seen:?}"
+    );
+    assert!(
+        !seen.keys().any(|(agent, _)| agent == "bystander"),
+        "an agent that did not subscribe gets nothing"
+    );
+    for reader in ["reader-0", "reader-1", "reader-3", "reader-4"] {
+        for number in 0..TOTAL {
+            let key = (reader.to_string(), format!("m{number}"));
+            assert_eq!(seen.get(&key), Some(&1), "{reader} took m{number} once");
+        }
+    }
+    let after_restart = (restarted_at..TOTAL).filter(|&number| expected("reader-2", number));
+    for number in after_restart {
+        let key = ("reader-2".to_string(), format!("m{number}"));
+        assert_eq!(seen.get(&key), Some(&1), "reader-2 took m{number} once");
+    }
+    assert!(
+        failed.iter().all(|(agent, _)| agent == "reader-2"),
+        "only the crashed node's subscriber may have missed any: {failed:?}"
+    );
+    cluster.shutdown().await;
 }

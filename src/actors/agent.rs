@@ -151,6 +151,15 @@ impl Effects for ActorEffects<'_> {
     fn cancel_timer(&mut self, tag: u64) {
         self.timers.remove(&tag);
     }
+
+    fn subscribers(&self, topic: &str) -> Vec<String> {
+        let roster = &self.parts.shared.directory.roster;
+        roster.subscribers(topic).to_vec()
+    }
+
+    fn agents_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.parts.shared.directory.roster.agents_with_prefix(prefix)
+    }
 }
 
 impl AgentState {
@@ -270,8 +279,16 @@ impl AgentState {
             request,
             answer,
             sent_at_micros,
+            topic: None,
         };
         match frame {
+            Frame::Publish { topic, body } => {
+                let message = Message {
+                    topic: Some(topic),
+                    ..message(body, None)
+                };
+                self.with_behaviour(|behaviour, context| behaviour.message(context, message));
+            }
             Frame::Tell(body) => {
                 let message = message(body, None);
                 self.with_behaviour(|behaviour, context| behaviour.message(context, message));

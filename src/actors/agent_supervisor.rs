@@ -36,6 +36,7 @@ impl AgentSupervisorState {
                 behaviour: "sink".into(),
                 params: Default::default(),
                 entry: usize::MAX,
+                subscribe: Vec::new(),
             });
         }
         let agents = &shared.config.agents;

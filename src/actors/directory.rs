@@ -41,7 +41,10 @@ impl Directory {
                 .agents
                 .iter()
                 .map(|agent| (agent.name.clone(), agent.node.clone())),
-        );
+        )
+        .with_subscriptions(config.agents.iter().flat_map(|agent| {
+            (agent.subscribe.iter()).map(|topic| (topic.clone(), agent.name.clone()))
+        }));
         let shape = config.topology.shape(roster.node_names.len());
         let topology = Topology::new(shape, &roster.node_names, config.seed);
         Directory {

@@ -36,6 +36,7 @@ use crate::agent_api::maelstrom::{self, Line, ProcessParams, INIT_SOURCE};
 use crate::agent_api::AgentSpec;
 use crate::config::AgentConfig;
 use crate::metrics::NodeMetrics;
+use crate::protocols::mesh::SendError;
 use crate::protocols::wire::{Envelope, EnvelopeKind};
 
 use super::agent::AgentParts;
@@ -244,13 +245,17 @@ impl ProcessAgentState {
         from: &str,
         frame: Frame,
     ) -> Result<serde_json::Map<String, Value>, String> {
-        let (request, bytes) = match frame {
-            Frame::Tell(body) | Frame::Response { body, .. } => (None, body),
-            Frame::Request { id, body } => (Some(id), body),
+        let (request, topic, bytes) = match frame {
+            Frame::Tell(body) | Frame::Response { body, .. } => (None, None, body),
+            Frame::Request { id, body } => (Some(id), None, body),
+            Frame::Publish { topic, body } => (None, Some(topic), body),
         };
         let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&bytes) else {
             return Err("the body is not a JSON object".into());
         };
+        if let Some(topic) = topic {
+            body.insert(maelstrom::TOPIC_FIELD.into(), topic.into());
+        }
         if let Some(id) = request {
             let msg_id = body.get("msg_id").and_then(Value::as_u64).unwrap_or(id);
             body.insert("msg_id".into(), msg_id.into());
@@ -296,19 +301,39 @@ impl ProcessAgentState {
         self.send(line).await
     }
 
-    /// Sends what the process wrote to its destination agent; a refusal
-    /// is answered to the process as a Maelstrom error.
+    /// Sends what the process wrote to its destination agent (or, for a
+    /// `topic:` destination, to the topic's subscribers); a refusal is
+    /// answered to the process as a Maelstrom error.
     async fn send(&mut self, line: Line) -> Result<(), ActorProcessingErr> {
         let answer = line.in_reply_to();
         let body = serde_json::to_vec(&Value::Object(line.body.clone())).expect("JSON encodes");
+        if let Some(topic) = line.dest.strip_prefix(maelstrom::TOPIC_DEST_PREFIX) {
+            let roster = &self.parts.shared.directory.roster;
+            let frame = Frame::Publish {
+                topic: topic.to_string(),
+                body,
+            };
+            let mut first_error = None;
+            for subscriber in roster.subscribers(topic).to_vec() {
+                let result = self.send_frame(&subscriber, &frame, false);
+                first_error = first_error.or(result.err());
+            }
+            return self.answer_refusal(&line, first_error).await;
+        }
         let frame = match answer.and_then(|id| self.answers.remove(&(line.dest.clone(), id))) {
             Some(request) => Frame::Response { id: request, body },
             None => Frame::Tell(body),
         };
+        let result = self.send_frame(&line.dest, &frame, answer.is_some());
+        self.answer_refusal(&line, result.err()).await
+    }
+
+    /// Sends `frame` to `to` through the router, counting the outcome.
+    fn send_frame(&self, to: &str, frame: &Frame, answer: bool) -> Result<(), SendError> {
         let message = OutboundMessage {
             source_agent: self.config.name.clone(),
-            destination_agent: line.dest.clone(),
-            kind: if answer.is_some() {
+            destination_agent: to.to_string(),
+            kind: if answer {
                 EnvelopeKind::Reply
             } else {
                 EnvelopeKind::Data
@@ -323,17 +348,26 @@ impl ProcessAgentState {
             Err(_) => &self.stats.refused,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if let (Err(error), Some(msg_id)) = (result, line.msg_id()) {
-            let body =
-                maelstrom::error_body(msg_id, maelstrom::code_of(&error), &error.to_string());
-            let refusal = Line {
-                src: line.dest,
-                dest: self.config.name.clone(),
-                body,
-            };
-            self.write(&refusal).await?;
-        }
-        Ok(())
+        result
+    }
+
+    /// Tells the process its message `line` was refused, when it was and
+    /// the message has a msg_id to answer.
+    async fn answer_refusal(
+        &mut self,
+        line: &Line,
+        error: Option<SendError>,
+    ) -> Result<(), ActorProcessingErr> {
+        let (Some(error), Some(msg_id)) = (error, line.msg_id()) else {
+            return Ok(());
+        };
+        let body = maelstrom::error_body(msg_id, maelstrom::code_of(&error), &error.to_string());
+        let refusal = Line {
+            src: line.dest.clone(),
+            dest: self.config.name.clone(),
+            body,
+        };
+        self.write(&refusal).await
     }
 }
 

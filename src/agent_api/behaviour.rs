@@ -35,6 +35,17 @@ pub struct TimerError {
     pub max: usize,
 }
 
+/// Why a message meant for several agents (a topic's subscribers, or the
+/// agents of a prefix) did not go to all of them. Those not named took it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{} of {} refused it; the first, {}: {}", refused.len(), accepted + refused.len(), refused[0].0, refused[0].1)]
+pub struct FanOutError {
+    /// How many took it.
+    pub accepted: usize,
+    /// Each agent that did not, and why (never empty).
+    pub refused: Vec<(String, SendError)>,
+}
+
 /// A message handed to an agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
@@ -51,6 +62,9 @@ pub struct Message {
     /// The sender's wall clock when it was sent, in microseconds since the
     /// Unix epoch.
     pub sent_at_micros: u64,
+    /// The topic it was published on, when it came through one
+    /// ([`Context::publish`]).
+    pub topic: Option<String>,
 }
 
 /// What a behaviour's context does on its behalf. The agent actor
@@ -73,6 +87,15 @@ pub trait Effects {
     fn set_timer(&mut self, tag: u64, delay_ms: u64) -> Result<(), TimerError>;
     /// Forgets the timer of `tag`, if one is set.
     fn cancel_timer(&mut self, tag: u64);
+    /// The subscribers of `topic`, sorted (the default knows none).
+    fn subscribers(&self, _topic: &str) -> Vec<String> {
+        Vec::new()
+    }
+    /// The agents whose names start with `prefix`, sorted (the default
+    /// knows none).
+    fn agents_with_prefix(&self, _prefix: &str) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What a behaviour may see and do during one call.
@@ -159,6 +182,59 @@ impl<'a> Context<'a> {
             None => Frame::Tell(body),
         };
         self.effects.send(&message.from, frame, true, None)
+    }
+
+    /// Publishes `body` on `topic`: each of the topic's subscribers (as
+    /// the config's `subscribe` lists them, the same on every node) gets
+    /// it once, as reliably as a message sent to it with
+    /// [`Context::send`], with [`Message::topic`] set. Returns how many
+    /// subscribers took it (0 for a topic nobody subscribes to).
+    pub fn publish(&mut self, topic: &str, body: Vec<u8>) -> Result<usize, FanOutError> {
+        let subscribers = self.effects.subscribers(topic);
+        self.fan_out(subscribers, |body| Frame::Publish {
+            topic: topic.to_string(),
+            body,
+        }, body)
+    }
+
+    /// Sends `body` to every agent whose name starts with `prefix` (a
+    /// group such as `worker-`), other than this one. Returns how many
+    /// took it.
+    pub fn send_to_prefix(&mut self, prefix: &str, body: Vec<u8>) -> Result<usize, FanOutError> {
+        let mut agents = self.effects.agents_with_prefix(prefix);
+        agents.retain(|agent| agent != self.name);
+        self.fan_out(agents, Frame::Tell, body)
+    }
+
+    /// The subscribers of `topic`, sorted.
+    pub fn subscribers(&self, topic: &str) -> Vec<String> {
+        self.effects.subscribers(topic)
+    }
+
+    /// The agents whose names start with `prefix`, sorted (this one too,
+    /// if its name does).
+    pub fn agents_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.effects.agents_with_prefix(prefix)
+    }
+
+    fn fan_out(
+        &mut self,
+        agents: Vec<String>,
+        frame: impl Fn(Vec<u8>) -> Frame,
+        body: Vec<u8>,
+    ) -> Result<usize, FanOutError> {
+        let mut accepted = 0;
+        let mut refused = Vec::new();
+        for agent in agents {
+            match self.effects.send(&agent, frame(body.clone()), false, None) {
+                Ok(()) => accepted += 1,
+                Err(error) => refused.push((agent, error)),
+            }
+        }
+        match refused.is_empty() {
+            true => Ok(accepted),
+            false => Err(FanOutError { accepted, refused }),
+        }
     }
 
     /// Calls [`Behaviour::timer`] with `tag` after `delay_ms` (replacing a

@@ -350,6 +350,7 @@ mod tests {
             request,
             answer,
             sent_at_micros: 0,
+            topic: None,
         };
         call(&mut recorder, 0, |context| {
             Echo.message(context, message(None, false));

@@ -25,13 +25,24 @@ pub enum Frame {
         /// What the response carries.
         body: Vec<u8>,
     },
+    /// A message published on `topic`: one copy travels to each of the
+    /// topic's subscribers, as a message of its own.
+    Publish {
+        /// The topic it was published on.
+        topic: String,
+        /// What it carries.
+        body: Vec<u8>,
+    },
 }
 
 impl Frame {
     /// The message's body, whatever its kind.
     pub fn body(&self) -> &[u8] {
         match self {
-            Frame::Tell(body) | Frame::Request { body, .. } | Frame::Response { body, .. } => body,
+            Frame::Tell(body)
+            | Frame::Request { body, .. }
+            | Frame::Response { body, .. }
+            | Frame::Publish { body, .. } => body,
         }
     }
 
@@ -82,6 +93,10 @@ mod tests {
             Frame::Response {
                 id: u64::MAX,
                 body: vec![9; 300],
+            },
+            Frame::Publish {
+                topic: "prices".into(),
+                body: vec![4, 2],
             },
         ] {
             assert_eq!(Frame::decode(&frame.encode()), Ok(frame));

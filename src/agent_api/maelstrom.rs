@@ -38,6 +38,12 @@ pub const PING: &str = "agentmesh_ping";
 /// The body type of the answer to a [`PING`].
 pub const PONG: &str = "agentmesh_pong";
 
+/// The body field naming the topic a delivered message was published on.
+pub const TOPIC_FIELD: &str = "agentmesh_topic";
+/// A line whose `dest` is `topic:<name>` publishes its body on topic
+/// `<name>` (agents' names cannot hold `:`).
+pub const TOPIC_DEST_PREFIX: &str = "topic:";
+
 /// One message as a line carries it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Line {

@@ -41,5 +41,7 @@ pub mod registry;
 
 pub use crate::config::{ParamError, Params};
 pub use crate::protocols::mesh::SendError;
-pub use behaviour::{Behaviour, Context, Effects, Message, RequestError, RequestId, TimerError};
+pub use behaviour::{
+    Behaviour, Context, Effects, FanOutError, Message, RequestError, RequestId, TimerError,
+};
 pub use registry::{AgentSpec, Factory, MakeError, Registry};

@@ -17,7 +17,18 @@ pub struct AgentConfig {
     pub params: Params,
     /// Which `[[agents]]` entry made this agent, for messages.
     pub entry: usize,
+    /// The topics the agent subscribes to (`subscribe = [...]`): every
+    /// node reads them from the same file, so every publisher knows each
+    /// topic's subscribers.
+    pub subscribe: Vec<String>,
 }
+
+/// Topics one agent may subscribe to.
+pub const SUBSCRIPTIONS_PER_AGENT_MAX: usize = 64;
+
+/// Names every node serves as agents of its own (Maelstrom's key-value
+/// services), which no configured agent may take.
+pub const SERVICE_NAMES: [&str; 3] = ["lin-kv", "seq-kv", "lww-kv"];
 
 /// An agent's parameters as the config gives them: its `[agents.params]`
 /// table (and, for the built-in storm, the keys of its own entry).
@@ -123,6 +134,8 @@ pub(super) struct RawAgent {
     placement: Option<String>,
     #[serde(default)]
     params: toml::Table,
+    #[serde(default)]
+    subscribe: Vec<String>,
     // The storm's keys, also accepted on the entry itself.
     rate: Option<toml::Value>,
     payload_bytes: Option<toml::Value>,
@@ -160,6 +173,7 @@ pub(super) fn validate_agents(
             continue;
         };
         checker.name(&at("behaviour"), &agent.behaviour);
+        check_subscriptions(&agent.subscribe, &at("subscribe"), checker);
         if agent.count == 0 {
             checker.fail(at("count"), "count must be at least 1");
         }
@@ -192,6 +206,12 @@ pub(super) fn validate_agents(
         for instance in 0..agent.count {
             let name = agent.name.replace("{i}", &instance.to_string());
             checker.name(&at("name"), &name);
+            if SERVICE_NAMES.contains(&name.as_str()) {
+                checker.fail(
+                    at("name"),
+                    format!("{name:?} is a service every node serves; name the agent otherwise"),
+                );
+            }
             if let Some(first) = names.insert(name.clone(), index) {
                 checker.fail(
                     at("name"),
@@ -209,10 +229,31 @@ pub(super) fn validate_agents(
                 behaviour: agent.behaviour.clone(),
                 params: params.clone(),
                 entry: index,
+                subscribe: agent.subscribe.clone(),
             });
         }
     }
     agents
+}
+
+/// Checks an entry's topics: valid names, each once, within the limit.
+fn check_subscriptions(topics: &[String], key_path: &str, checker: &mut Checker) {
+    if topics.len() > SUBSCRIPTIONS_PER_AGENT_MAX {
+        checker.fail(
+            key_path,
+            format!(
+                "{} topics; an agent subscribes to at most {SUBSCRIPTIONS_PER_AGENT_MAX}",
+                topics.len()
+            ),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for topic in topics {
+        checker.name(key_path, topic);
+        if !seen.insert(topic) {
+            checker.fail(key_path, format!("topic {topic:?} is given twice"));
+        }
+    }
 }
 
 /// The entry's parameters: its `params` table, with the storm's keys

@@ -27,6 +27,8 @@ pub struct Roster {
     pub node_keys: HashMap<String, VerifyingKey>,
     /// Which node hosts each agent.
     pub agent_nodes: HashMap<String, String>,
+    /// Each topic's subscribers, sorted.
+    pub topics: HashMap<String, Vec<String>>,
 }
 
 impl Roster {
@@ -53,7 +55,39 @@ impl Roster {
             node_index,
             node_keys,
             agent_nodes: agent_nodes.into_iter().collect(),
+            topics: HashMap::new(),
         }
+    }
+
+    /// The roster with the subscriptions `(topic, agent)` added.
+    pub fn with_subscriptions(
+        mut self,
+        subscriptions: impl IntoIterator<Item = (String, String)>,
+    ) -> Roster {
+        for (topic, agent) in subscriptions {
+            self.topics.entry(topic).or_default().push(agent);
+        }
+        for subscribers in self.topics.values_mut() {
+            subscribers.sort();
+            subscribers.dedup();
+        }
+        self
+    }
+
+    /// The subscribers of `topic`, sorted (none for a topic nobody
+    /// subscribes to).
+    pub fn subscribers(&self, topic: &str) -> &[String] {
+        self.topics.get(topic).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every agent whose name starts with `prefix`, sorted.
+    pub fn agents_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut agents: Vec<String> = (self.agent_nodes.keys())
+            .filter(|agent| agent.starts_with(prefix))
+            .cloned()
+            .collect();
+        agents.sort();
+        agents
     }
 
     /// The node hosting `agent`: a configured agent, or a node's call desk
@@ -90,5 +124,20 @@ mod tests {
         assert_eq!(roster.agent_node("b"), None);
         let desk = Destination::Agent(desk_of("n1"));
         assert_eq!(roster.node_of(&desk), Some("n1"));
+    }
+
+    #[test]
+    fn topics_list_their_subscribers_once_each_in_order() {
+        let nodes = ["n1".to_string()];
+        let agents = ["b", "a", "c"].map(|agent| (agent.to_string(), "n1".to_string()));
+        let roster = Roster::new(nodes, HashMap::new(), agents).with_subscriptions(
+            [("t", "c"), ("t", "a"), ("t", "c"), ("u", "b")]
+                .map(|(topic, agent)| (topic.to_string(), agent.to_string())),
+        );
+        assert_eq!(roster.subscribers("t"), ["a", "c"]);
+        assert_eq!(roster.subscribers("u"), ["b"]);
+        assert!(roster.subscribers("v").is_empty());
+        assert_eq!(roster.agents_with_prefix("a"), ["a"]);
+        assert_eq!(roster.agents_with_prefix(""), ["a", "b", "c"]);
     }
 }
