@@ -16,12 +16,27 @@ handler registered for each body type::
 
     node.run()
 
+Messages published on a topic the agent subscribes to arrive like any
+other, with ``topic_of(message)`` naming the topic; ``node.publish(topic,
+body)`` publishes.
+
 Logs go to stderr (``node.log``), which the node passes to its own log.
 """
 
 import json
 import sys
 import threading
+
+
+# A message to ``topic:<name>`` is published on topic ``<name>``.
+TOPIC_DEST_PREFIX = "topic:"
+# The body field naming the topic a delivered message came through.
+TOPIC_FIELD = "agentmesh_topic"
+
+
+def topic_of(message):
+    """The topic ``message`` was published on, or None."""
+    return message["body"].get(TOPIC_FIELD)
 
 
 class Node:
@@ -55,6 +70,11 @@ class Node:
         with self._lock:
             self._output.write(line + "\n")
             self._output.flush()
+
+    def publish(self, topic, body):
+        """Publishes ``body`` on ``topic``: each of the topic's subscribers
+        (``subscribe = [...]`` in the config) gets it once."""
+        self.send(TOPIC_DEST_PREFIX + topic, body)
 
     def reply(self, request, body):
         """Answers ``request`` (a received message) with ``body``."""

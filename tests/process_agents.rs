@@ -299,3 +299,51 @@ async fn a_maelstrom_broadcast_program_converges_on_every_node_driven_by_agentme
     }
     cluster.shutdown().await;
 }
+
+/// Publishes 20 stories on topic `news` when told "ask".
+struct Announcer;
+
+impl Behaviour for Announcer {
+    fn message(&mut self, context: &mut Context<'_>, message: Message) {
+        if message.body != b"ask" {
+            return;
+        }
+        for number in 0..20 {
+            let story = serde_json::json!({"type": "story", "n": number}).to_string();
+            assert_eq!(context.publish("news", story.into_bytes()), Ok(1));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_agent_takes_a_rust_agents_topic_and_publishes_on_its_own() {
+    let agents = "[[agents]]\nname = \"py\"\nbehaviour = \"process\"\nnode = \"n2\"\nsubscribe = [\"news\"]\n[agents.params]\ncommand = [\"python3\", \"python/examples/republish.py\", \"echoes\"]\n\
+         [[agents]]\nname = \"asker\"\nbehaviour = \"announcer\"\nnode = \"n1\"\n\
+         [[agents]]\nname = \"listener\"\nbehaviour = \"sink\"\nnode = \"n1\"\nsubscribe = [\"echoes\"]\n\
+         [[agents]]\nname = \"poker\"\nbehaviour = \"sink\"\nnode = \"n2\"\n";
+    let mut registry = Registry::with_builtins();
+    registry.register("announcer", |_spec| Ok(Box::new(Announcer)));
+    let cluster = LocalCluster::start_with(config(agents), registry)
+        .await
+        .unwrap();
+    let n2 = cluster.node("n2").unwrap().parts.data_path.clone();
+    wait_until("the process answered init", || n2.agents.contains_key("py")).await;
+    ask(&cluster).await;
+    let n1 = cluster.node("n1").unwrap().parts.data_path.clone();
+    let listener = n1.stats_of("listener");
+    wait_until("the listener has every story back", || {
+        listener.recorded().len() >= 20
+    })
+    .await;
+    let mut numbers = Vec::new();
+    for (from, body) in listener.recorded() {
+        assert_eq!(from, "py");
+        let story: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(story["relayed_by"], "py", "{story}");
+        assert!(story.get("agentmesh_topic").is_none(), "{story}");
+        numbers.push(story["n"].as_u64().unwrap());
+    }
+    numbers.sort();
+    assert_eq!(numbers, (0..20).collect::<Vec<_>>(), "each story once");
+    cluster.shutdown().await;
+}

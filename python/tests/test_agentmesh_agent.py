@@ -8,7 +8,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from agentmesh_agent import Node  # noqa: E402
+from agentmesh_agent import Node, topic_of  # noqa: E402
 
 
 def line(src, dest, body):
@@ -65,6 +65,16 @@ class NodeTest(unittest.TestCase):
         self.assertEqual(len(answers), 1)
         node.handle({"src": "b", "dest": "a", "body": {"type": "read_ok", "in_reply_to": 1}})
         self.assertEqual(len(answers), 1, "an answer is taken once")
+
+    def test_publishing_writes_to_the_topic_and_deliveries_name_theirs(self):
+        node = Node(output=io.StringIO())
+        node.node_id = "a"
+        node.publish("news", {"type": "story", "n": 1})
+        sent = json.loads(node._output.getvalue())
+        self.assertEqual(sent, {"src": "a", "dest": "topic:news", "body": {"type": "story", "n": 1}})
+        published = {"src": "b", "dest": "a", "body": {"type": "story", "agentmesh_topic": "news"}}
+        self.assertEqual(topic_of(published), "news")
+        self.assertIsNone(topic_of({"src": "b", "dest": "a", "body": {"type": "story"}}))
 
 
 if __name__ == "__main__":
