@@ -145,6 +145,9 @@ enum BenchCommand {
     /// Request/reply between agents on two nodes: round trips/s and their
     /// latency, to a Rust responder and to a Python process agent.
     Agents(agentmesh::bench::AgentsOptions),
+    /// Publish/subscribe fan-out: one publisher, one subscriber on each
+    /// node; copies delivered/s, their latency, exactly once.
+    Fanout(agentmesh::bench::FanoutOptions),
     /// Every report.json below a folder in one Markdown table.
     Summary {
         #[arg(default_value = "bench-results")]
@@ -270,6 +273,9 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Pbft(options)) => agentmesh::bench::pbft(options).await,
             Command::Bench(BenchCommand::Agents(options)) => {
                 agentmesh::bench::agents(options).await
+            }
+            Command::Bench(BenchCommand::Fanout(options)) => {
+                agentmesh::bench::fanout(options).await
             }
             Command::Bench(BenchCommand::Worker { config, nodes }) => {
                 agentmesh::bench::workers::serve(&config, &nodes).await

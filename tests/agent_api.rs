@@ -284,7 +284,9 @@ impl Behaviour for Publisher {
             let mut failed = self.published.failed.lock().unwrap();
             failed.extend(error.refused.into_iter().map(|(agent, _)| (agent, number)));
         }
-        self.published.count.store(self.last_sent, Ordering::Relaxed);
+        self.published
+            .count
+            .store(self.last_sent, Ordering::Relaxed);
     }
 
     fn send_failed(
@@ -355,7 +357,11 @@ async fn a_topic_reaches_each_subscriber_once_across_a_node_crash() {
         let seen = deliveries(&cluster);
         (0..5).all(|reader| {
             let reader = format!("reader-{reader}");
-            let from = if reader == "reader-2" { restarted_at } else { 0 };
+            let from = if reader == "reader-2" {
+                restarted_at
+            } else {
+                0
+            };
             (from..TOTAL).all(|number| {
                 !expected(&reader, number)
                     || seen.contains_key(&(reader.clone(), format!("m{number}")))

@@ -362,3 +362,49 @@ fn a_short_agents_bench_measures_both_responders() {
     let markdown = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(markdown.contains("competitor"), "{markdown}");
 }
+
+#[test]
+fn a_short_fanout_bench_delivers_every_copy_once() {
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .args([
+            "bench", "fanout", "--nodes", "5", "--k", "2", "--rate", "50",
+        ])
+        .args(["--duration", "500ms", "--warmup", "0s", "--out"])
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "every measured copy arrived once");
+    let text = std::fs::read_to_string(out.path().join("report.json")).unwrap();
+    let report: Value = serde_json::from_str(&text).unwrap();
+    let field = |name: &str| report[name].as_u64().unwrap();
+    assert!(field("published_measured") > 0, "{report}");
+    assert_eq!(
+        field("copies_expected"),
+        field("published_measured") * 5 - field("refused_measured")
+    );
+    assert_eq!(field("copies_delivered"), field("copies_expected"));
+    assert_eq!(field("duplicates"), 0);
+    assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    let markdown = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(markdown.contains("5 subscribers on 5 nodes"), "{markdown}");
+}
+
+#[test]
+fn impossible_fanout_arguments_are_refused_with_the_flag_named() {
+    for (arguments, reason) in [
+        (&["--nodes", "1"][..], "--nodes 1"),
+        (&["--nodes", "4", "--k", "4"][..], "--k 4"),
+        (&["--rate", "0"][..], "--rate 0"),
+        (&["--payload", "4"][..], "--payload 4"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+            .args(["bench", "fanout", "--out", "/nonexistent/never-written"])
+            .args(arguments)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_ne!(output.status.code(), Some(0), "{arguments:?}");
+        assert!(stderr.contains(reason), "{arguments:?}: {stderr}");
+    }
+}

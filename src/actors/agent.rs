@@ -158,7 +158,11 @@ impl Effects for ActorEffects<'_> {
     }
 
     fn agents_with_prefix(&self, prefix: &str) -> Vec<String> {
-        self.parts.shared.directory.roster.agents_with_prefix(prefix)
+        self.parts
+            .shared
+            .directory
+            .roster
+            .agents_with_prefix(prefix)
     }
 }
 

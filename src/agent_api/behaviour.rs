@@ -191,10 +191,14 @@ impl<'a> Context<'a> {
     /// subscribers took it (0 for a topic nobody subscribes to).
     pub fn publish(&mut self, topic: &str, body: Vec<u8>) -> Result<usize, FanOutError> {
         let subscribers = self.effects.subscribers(topic);
-        self.fan_out(subscribers, |body| Frame::Publish {
-            topic: topic.to_string(),
+        self.fan_out(
+            subscribers,
+            |body| Frame::Publish {
+                topic: topic.to_string(),
+                body,
+            },
             body,
-        }, body)
+        )
     }
 
     /// Sends `body` to every agent whose name starts with `prefix` (a

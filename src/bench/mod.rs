@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod crypto;
+pub mod fanout;
 pub mod pbft;
 mod plots;
 pub mod raft;
@@ -14,6 +15,7 @@ mod summary;
 pub mod workers;
 
 pub use agents::{agents, AgentsOptions};
+pub use fanout::{fanout, FanoutOptions};
 pub use pbft::{pbft, PbftOptions};
 pub use raft::{raft, RaftOptions};
 pub use storm::{storm, StormOptions};
