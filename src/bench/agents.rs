@@ -20,6 +20,7 @@ use anyhow::bail;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::pace::Pace;
 use super::report::{write_report_texts, ReportHeader};
 use super::resources;
 use crate::agent_api::{Behaviour, Context, Message, Registry, RequestError, RequestId};
@@ -107,11 +108,9 @@ impl Default for Outcomes {
 /// Sends requests at a steady rate to one responder while told to.
 struct Caller {
     target: String,
-    rate: f64,
+    pace: Pace,
     body: Vec<u8>,
     probe: Arc<Probe>,
-    credit: f64,
-    last_tick_micros: Option<u64>,
     /// When each request went, and whether it was measured.
     sent: HashMap<RequestId, (Instant, bool)>,
 }
@@ -124,16 +123,10 @@ impl Behaviour for Caller {
     fn message(&mut self, _context: &mut Context<'_>, _message: Message) {}
 
     fn tick(&mut self, context: &mut Context<'_>) {
-        let now = context.now_micros();
-        let elapsed = now.saturating_sub(self.last_tick_micros.replace(now).unwrap_or(now));
-        if !self.probe.sending.load(Ordering::Relaxed) {
-            self.credit = 0.0;
-            return;
-        }
-        self.credit = (self.credit + self.rate * elapsed as f64 / 1e6).min(self.rate.max(1.0));
+        let sending = self.probe.sending.load(Ordering::Relaxed);
+        let due = self.pace.due(context.now_micros(), sending);
         let measured = self.probe.measuring.load(Ordering::Relaxed);
-        while self.credit >= 1.0 {
-            self.credit -= 1.0;
+        for _ in 0..due {
             let sent = Instant::now();
             match context.request(&self.target, self.body.clone(), REQUEST_TIMEOUT_MS) {
                 Ok(request) => {
@@ -232,11 +225,9 @@ fn registry(options: &AgentsOptions, probes: &HashMap<&'static str, Arc<Probe>>)
         };
         Ok(Box::new(Caller {
             target: params.target,
-            rate,
+            pace: Pace::new(rate),
             body: body.clone(),
             probe: probes[kind].clone(),
-            credit: 0.0,
-            last_tick_micros: None,
             sent: HashMap::new(),
         }))
     });

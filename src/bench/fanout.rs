@@ -17,6 +17,7 @@ use anyhow::bail;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::pace::Pace;
 use super::report::{write_report_texts, ReportHeader};
 use super::resources;
 use crate::agent_api::{Behaviour, Context, Message, Registry};
@@ -121,10 +122,8 @@ impl Default for Probe {
 /// message's number.
 struct Publisher {
     probe: Arc<Probe>,
-    rate: f64,
+    pace: Pace,
     payload: usize,
-    credit: f64,
-    last_tick_micros: Option<u64>,
 }
 
 impl Behaviour for Publisher {
@@ -135,15 +134,8 @@ impl Behaviour for Publisher {
     fn message(&mut self, _context: &mut Context<'_>, _message: Message) {}
 
     fn tick(&mut self, context: &mut Context<'_>) {
-        let now = context.now_micros();
-        let elapsed = now.saturating_sub(self.last_tick_micros.replace(now).unwrap_or(now));
-        if !self.probe.sending.load(Ordering::Relaxed) {
-            self.credit = 0.0;
-            return;
-        }
-        self.credit = (self.credit + self.rate * elapsed as f64 / 1e6).min(self.rate.max(1.0));
-        while self.credit >= 1.0 {
-            self.credit -= 1.0;
+        let sending = self.probe.sending.load(Ordering::Relaxed);
+        for _ in 0..self.pace.due(context.now_micros(), sending) {
             let number = self.probe.published.fetch_add(1, Ordering::Relaxed);
             let mut body = number.to_be_bytes().to_vec();
             body.resize(self.payload, b'x');
@@ -242,10 +234,8 @@ fn registry(options: &FanoutOptions, probe: &Arc<Probe>) -> Registry {
     registry.register("publisher", move |_spec| {
         Ok(Box::new(Publisher {
             probe: publisher_probe.clone(),
-            rate,
+            pace: Pace::new(rate),
             payload,
-            credit: 0.0,
-            last_tick_micros: None,
         }))
     });
     let probe = probe.clone();

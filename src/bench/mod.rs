@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod crypto;
 pub mod fanout;
+mod pace;
 pub mod pbft;
 mod plots;
 pub mod raft;
