@@ -144,6 +144,18 @@ fn run_storm(out: &std::path::Path, extra: &[&str]) -> Value {
     report
 }
 
+/// Runs `bench <bench> ARGUMENTS` and checks it fails saying `reason`.
+fn assert_refused(bench: &str, arguments: &[&str], reason: &str) {
+    let output = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .args(["bench", bench, "--out", "/nonexistent/never-written"])
+        .args(arguments)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{arguments:?}");
+    assert!(stderr.contains(reason), "{arguments:?}: {stderr}");
+}
+
 #[test]
 fn impossible_arguments_are_refused_with_the_flag_named() {
     for (arguments, reason) in [
@@ -154,14 +166,7 @@ fn impossible_arguments_are_refused_with_the_flag_named() {
         (&["--processes", "0"][..], "--processes 0"),
         (&["--nodes", "3", "--processes", "4"][..], "--processes 4"),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
-            .args(["bench", "storm", "--out", "/nonexistent/never-written"])
-            .args(arguments)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_ne!(output.status.code(), Some(0), "{arguments:?}");
-        assert!(stderr.contains(reason), "{arguments:?}: {stderr}");
+        assert_refused("storm", arguments, reason);
     }
 }
 
@@ -398,13 +403,6 @@ fn impossible_fanout_arguments_are_refused_with_the_flag_named() {
         (&["--rate", "0"][..], "--rate 0"),
         (&["--payload", "4"][..], "--payload 4"),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_agentmesh"))
-            .args(["bench", "fanout", "--out", "/nonexistent/never-written"])
-            .args(arguments)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_ne!(output.status.code(), Some(0), "{arguments:?}");
-        assert!(stderr.contains(reason), "{arguments:?}: {stderr}");
+        assert_refused("fanout", arguments, reason);
     }
 }
