@@ -50,6 +50,14 @@ pub enum Command {
     Delete {
         key: String,
     },
+    /// Writes `to` under `key` if it holds `from` now; a missing key is
+    /// written only when `create_if_missing` (Maelstrom's `cas`).
+    CompareAndSet {
+        key: String,
+        from: Vec<u8>,
+        to: Vec<u8>,
+        create_if_missing: bool,
+    },
     AssignAgent {
         agent: String,
         node: String,
@@ -70,14 +78,16 @@ pub struct Proposal {
     pub command: Command,
 }
 
-/// What applying a command did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What applying a command did. A retried request (applied before) is
+/// answered with the outcome it had the first time and changes nothing
+/// again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Outcome {
     Done,
-    /// A delete of a key that was not there.
+    /// A delete or compare-and-set of a key that was not there.
     NotFound,
-    /// The request was applied before (a retry); nothing changed again.
-    Repeated,
+    /// A compare-and-set whose key held something other than `from`.
+    Mismatch,
     /// An overlay change proposed from an epoch that is no longer current.
     Stale,
 }
@@ -95,12 +105,16 @@ pub enum StateError {
 impl Proposal {
     /// Checks limits and encodes, for `Replica::propose`.
     pub fn encode(&self) -> Result<Vec<u8>, StateError> {
-        if let Command::Put { key, .. } | Command::Delete { key } = &self.command {
+        if let Command::Put { key, .. }
+        | Command::Delete { key }
+        | Command::CompareAndSet { key, .. } = &self.command
+        {
             if key.len() > KEY_BYTES_MAX {
                 return Err(StateError::KeyTooLong(key.len()));
             }
         }
-        if let Command::Put { value, .. } = &self.command {
+        if let Command::Put { value, .. } | Command::CompareAndSet { to: value, .. } = &self.command
+        {
             if value.len() > VALUE_BYTES_MAX {
                 return Err(StateError::ValueTooLarge(value.len()));
             }
@@ -129,8 +143,9 @@ pub struct ClusterState {
     pub overlay_epoch: u64,
     /// The nodes the committed overlay leaves out.
     pub overlay_down: BTreeSet<String>,
-    /// Per client, the sequences of its latest applied requests.
-    seen: BTreeMap<u64, std::collections::BTreeSet<u64>>,
+    /// Per client, the sequences of its latest applied requests and what
+    /// each did.
+    seen: BTreeMap<u64, BTreeMap<u64, Outcome>>,
 }
 
 impl ClusterState {
@@ -153,14 +168,20 @@ impl ClusterState {
         let proposal = Proposal::decode(data)?;
         let request = proposal.request;
         let seen = self.seen.entry(request.client).or_default();
-        if seen.contains(&request.sequence) {
-            return Ok(Some((request, Outcome::Repeated)));
+        if let Some(&outcome) = seen.get(&request.sequence) {
+            return Ok(Some((request, outcome)));
         }
-        seen.insert(request.sequence);
+        let outcome = self.execute(proposal.command);
+        let seen = self.seen.entry(request.client).or_default();
+        seen.insert(request.sequence, outcome);
         if seen.len() > REQUESTS_REMEMBERED_MAX {
             seen.pop_first();
         }
-        let outcome = match proposal.command {
+        Ok(Some((request, outcome)))
+    }
+
+    fn execute(&mut self, command: Command) -> Outcome {
+        match command {
             Command::Put { key, value } => {
                 self.kv.insert(key, value);
                 Outcome::Done
@@ -169,20 +190,36 @@ impl ClusterState {
                 Some(_) => Outcome::Done,
                 None => Outcome::NotFound,
             },
+            Command::CompareAndSet {
+                key,
+                from,
+                to,
+                create_if_missing,
+            } => match self.kv.get_mut(&key) {
+                Some(current) if *current == from => {
+                    *current = to;
+                    Outcome::Done
+                }
+                Some(_) => Outcome::Mismatch,
+                None if create_if_missing => {
+                    self.kv.insert(key, to);
+                    Outcome::Done
+                }
+                None => Outcome::NotFound,
+            },
             Command::AssignAgent { agent, node } => {
                 self.agents.insert(agent, node);
                 Outcome::Done
             }
             Command::Overlay { after_epoch, down } => {
                 if after_epoch != self.overlay_epoch {
-                    return Ok(Some((request, Outcome::Stale)));
+                    return Outcome::Stale;
                 }
                 self.overlay_epoch += 1;
                 self.overlay_down = down;
                 Outcome::Done
             }
-        };
-        Ok(Some((request, outcome)))
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<&[u8]> {
@@ -239,7 +276,7 @@ mod tests {
             Outcome::Done
         );
         let retry = state.apply(3, &proposal(1, put("k", b"other"))).unwrap();
-        assert_eq!(outcome(retry), Outcome::Repeated);
+        assert_eq!(outcome(retry), Outcome::Done, "answered as the first time");
         assert_eq!(state.get("k"), Some(&b"v"[..]));
         let missing = Command::Delete { key: "gone".into() };
         assert_eq!(
@@ -274,6 +311,32 @@ mod tests {
             "cut short"
         );
         assert!(ClusterState::restore(b"not zstd at all").is_err());
+    }
+
+    fn compare_and_set(key: &str, from: &[u8], to: &[u8], create_if_missing: bool) -> Command {
+        Command::CompareAndSet {
+            key: key.into(),
+            from: from.to_vec(),
+            to: to.to_vec(),
+            create_if_missing,
+        }
+    }
+
+    #[test]
+    fn compare_and_set_writes_only_over_the_expected_value_and_a_retry_answers_alike() {
+        let mut state = ClusterState::default();
+        let mut apply = |index: u64, sequence: u64, command: Command| {
+            state.apply(index, &proposal(sequence, command)).unwrap().unwrap().1
+        };
+        let missing = compare_and_set("k", b"0", b"1", false);
+        assert_eq!(apply(1, 1, missing), Outcome::NotFound);
+        assert_eq!(apply(2, 2, compare_and_set("k", b"0", b"1", true)), Outcome::Done);
+        assert_eq!(apply(3, 3, compare_and_set("k", b"0", b"2", false)), Outcome::Mismatch);
+        assert_eq!(apply(4, 4, compare_and_set("k", b"1", b"2", false)), Outcome::Done);
+        // The mismatch retried after its key changed to what it expected:
+        // still the mismatch it was, and the value stays.
+        assert_eq!(apply(5, 3, compare_and_set("k", b"2", b"9", false)), Outcome::Mismatch);
+        assert_eq!(state.get("k"), Some(&b"2"[..]));
     }
 
     #[test]

@@ -32,6 +32,14 @@ pub enum Operation {
     Delete {
         key: String,
     },
+    /// Writes `to` under `key` if it holds `from` now (or, with
+    /// `create_if_missing`, if it is not there).
+    CompareAndSet {
+        key: String,
+        from: Vec<u8>,
+        to: Vec<u8>,
+        create_if_missing: bool,
+    },
     Status,
     /// Add the standby replica of `node` as a learner; the leader promotes
     /// it to voter once it has caught up.
@@ -65,8 +73,12 @@ pub struct ClientRequest {
 pub enum ClientReply {
     /// The write is committed and applied.
     Done,
-    /// The key is not in the key-value space (get, delete).
+    /// The key is not in the key-value space (get, delete,
+    /// compare-and-set).
     NotFound,
+    /// A compare-and-set found its key holding something other than
+    /// `from`; nothing changed.
+    Mismatch,
     Value(Vec<u8>),
     Status(ReplicaStatus),
     Failed(ControlError),

@@ -373,8 +373,9 @@ impl RaftReplicaState {
                 };
                 NodeMetrics::count(&self.shared.metrics.counters.control_writes_done);
                 let reply = match outcome {
-                    Outcome::Done | Outcome::Repeated | Outcome::Stale => ClientReply::Done,
+                    Outcome::Done | Outcome::Stale => ClientReply::Done,
                     Outcome::NotFound => ClientReply::NotFound,
+                    Outcome::Mismatch => ClientReply::Mismatch,
                 };
                 let _ = waiting.reply.send(reply);
             }
@@ -556,6 +557,17 @@ impl RaftReplicaState {
         let command = match request.operation {
             Operation::Put { key, value } => Command::Put { key, value },
             Operation::Delete { key } => Command::Delete { key },
+            Operation::CompareAndSet {
+                key,
+                from,
+                to,
+                create_if_missing,
+            } => Command::CompareAndSet {
+                key,
+                from,
+                to,
+                create_if_missing,
+            },
             Operation::AddReplica { node } => {
                 return self.change_membership(request.request, &node, true, waiting)
             }
