@@ -28,6 +28,10 @@ pub const SNAPSHOT_STATE_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
 const SNAPSHOT_ZSTD_LEVEL: i32 = 1;
 /// Client requests remembered for de-duplication, per client.
 const REQUESTS_REMEMBERED_MAX: usize = 1_024;
+/// Clients remembered for de-duplication: past it, the client whose last
+/// request applied longest ago is forgotten (clients are short-lived: a
+/// CLI run, an agent incarnation), so a retry from it would apply again.
+const CLIENTS_REMEMBERED_MAX: usize = 4_096;
 
 /// Overlay proposals carry the client id `OVERLAY_CLIENT_BASE - i` from
 /// the node at index `i` of the sorted node list, so each node's sequence
@@ -145,7 +149,15 @@ pub struct ClusterState {
     pub overlay_down: BTreeSet<String>,
     /// Per client, the sequences of its latest applied requests and what
     /// each did.
-    seen: BTreeMap<u64, BTreeMap<u64, Outcome>>,
+    seen: BTreeMap<u64, ClientRequests>,
+}
+
+/// What one client's latest requests did, for answering its retries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+struct ClientRequests {
+    /// The log index of the client's latest applied request.
+    applied_last: u64,
+    outcomes: BTreeMap<u64, Outcome>,
 }
 
 impl ClusterState {
@@ -167,17 +179,35 @@ impl ClusterState {
         }
         let proposal = Proposal::decode(data)?;
         let request = proposal.request;
-        let seen = self.seen.entry(request.client).or_default();
-        if let Some(&outcome) = seen.get(&request.sequence) {
+        if let Some(&outcome) = self
+            .seen
+            .get(&request.client)
+            .and_then(|client| client.outcomes.get(&request.sequence))
+        {
             return Ok(Some((request, outcome)));
         }
         let outcome = self.execute(proposal.command);
-        let seen = self.seen.entry(request.client).or_default();
-        seen.insert(request.sequence, outcome);
-        if seen.len() > REQUESTS_REMEMBERED_MAX {
-            seen.pop_first();
-        }
+        self.remember(index, request, outcome);
         Ok(Some((request, outcome)))
+    }
+
+    fn remember(&mut self, index: u64, request: RequestId, outcome: Outcome) {
+        if !self.seen.contains_key(&request.client) && self.seen.len() >= CLIENTS_REMEMBERED_MAX {
+            let oldest = self
+                .seen
+                .iter()
+                .min_by_key(|(_, client)| client.applied_last)
+                .map(|(&id, _)| id)
+                .expect("the map is full, so not empty");
+            self.seen.remove(&oldest);
+        }
+        let client = self.seen.entry(request.client).or_default();
+        client.applied_last = index;
+        client.outcomes.insert(request.sequence, outcome);
+        if client.outcomes.len() > REQUESTS_REMEMBERED_MAX {
+            client.outcomes.pop_first();
+        }
+        assert!(self.seen.len() <= CLIENTS_REMEMBERED_MAX);
     }
 
     fn execute(&mut self, command: Command) -> Outcome {
@@ -326,17 +356,74 @@ mod tests {
     fn compare_and_set_writes_only_over_the_expected_value_and_a_retry_answers_alike() {
         let mut state = ClusterState::default();
         let mut apply = |index: u64, sequence: u64, command: Command| {
-            state.apply(index, &proposal(sequence, command)).unwrap().unwrap().1
+            state
+                .apply(index, &proposal(sequence, command))
+                .unwrap()
+                .unwrap()
+                .1
         };
         let missing = compare_and_set("k", b"0", b"1", false);
         assert_eq!(apply(1, 1, missing), Outcome::NotFound);
-        assert_eq!(apply(2, 2, compare_and_set("k", b"0", b"1", true)), Outcome::Done);
-        assert_eq!(apply(3, 3, compare_and_set("k", b"0", b"2", false)), Outcome::Mismatch);
-        assert_eq!(apply(4, 4, compare_and_set("k", b"1", b"2", false)), Outcome::Done);
+        assert_eq!(
+            apply(2, 2, compare_and_set("k", b"0", b"1", true)),
+            Outcome::Done
+        );
+        assert_eq!(
+            apply(3, 3, compare_and_set("k", b"0", b"2", false)),
+            Outcome::Mismatch
+        );
+        assert_eq!(
+            apply(4, 4, compare_and_set("k", b"1", b"2", false)),
+            Outcome::Done
+        );
         // The mismatch retried after its key changed to what it expected:
         // still the mismatch it was, and the value stays.
-        assert_eq!(apply(5, 3, compare_and_set("k", b"2", b"9", false)), Outcome::Mismatch);
+        assert_eq!(
+            apply(5, 3, compare_and_set("k", b"2", b"9", false)),
+            Outcome::Mismatch
+        );
         assert_eq!(state.get("k"), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn the_client_idle_longest_is_forgotten_past_the_client_limit() {
+        let mut state = ClusterState::default();
+        let apply = |state: &mut ClusterState, index: u64, client: u64, command: Command| {
+            let request = RequestId {
+                client,
+                sequence: 1,
+            };
+            let proposal = Proposal { request, command }.encode().unwrap();
+            state.apply(index, &proposal).unwrap().unwrap().1
+        };
+        let increment = || compare_and_set("k", b"0", b"1", true);
+        assert_eq!(apply(&mut state, 1, 0, increment()), Outcome::Done);
+        for client in 1..=CLIENTS_REMEMBERED_MAX as u64 {
+            apply(
+                &mut state,
+                1 + client,
+                client,
+                put(&format!("key {client}"), b""),
+            );
+        }
+        let index = 2 + CLIENTS_REMEMBERED_MAX as u64;
+        assert_eq!(
+            apply(
+                &mut state,
+                index,
+                CLIENTS_REMEMBERED_MAX as u64,
+                put("k", b"0")
+            ),
+            Outcome::Done,
+            "the newest client's retry is still answered from memory"
+        );
+        assert_eq!(state.get("k"), Some(&b"1"[..]));
+        assert_eq!(
+            apply(&mut state, index + 1, 0, increment()),
+            Outcome::Mismatch,
+            "the first client was forgotten, so its retry executes again"
+        );
+        assert_eq!(state.seen.len(), CLIENTS_REMEMBERED_MAX);
     }
 
     #[test]
