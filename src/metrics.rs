@@ -150,6 +150,9 @@ counters! {
     /// Requests refused at the send: the agent had `AGENT_REQUESTS_MAX`
     /// awaiting responses.
     agent_requests_refused,
+    /// Control-plane asks refused at once: the agent had
+    /// `CONTROL_ASKS_MAX` waiting, or a desk served `DESK_ASKS_MAX`.
+    agent_control_asks_refused,
     /// Snapshots an agent's behaviour gave that exceed
     /// `AGENT_SNAPSHOT_BYTES_MAX` (the previous one is kept).
     agent_snapshots_refused,

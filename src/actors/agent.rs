@@ -16,7 +16,10 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::agent_api::behaviour::TimerError;
 use crate::agent_api::frame::Frame;
-use crate::agent_api::{Behaviour, Context, Effects, Message, Registry, RequestError, RequestId};
+use crate::agent_api::{
+    Behaviour, Context, ControlAsk, ControlError, ControlOutcome, ControlTicket, Effects, Message,
+    Registry, RequestError, RequestId,
+};
 use crate::clock::unix_micros;
 use crate::config::AgentConfig;
 use crate::metrics::NodeMetrics;
@@ -24,6 +27,7 @@ use crate::protocols::mesh::roster::desk_of;
 use crate::protocols::mesh::SendError;
 use crate::protocols::wire::{Envelope, EnvelopeKind};
 
+use super::control_ask::{self, ControlAsks};
 use super::data_path::{AgentStats, DataPath};
 use super::messages::{AgentMsg, OutboundMessage};
 use super::router;
@@ -72,6 +76,10 @@ pub struct AgentState {
     /// id → (the agent asked, where the response goes). Their timeouts
     /// are in `pending`.
     calls: HashMap<u64, (String, CallReply)>,
+    /// This incarnation's asks of the control plane under way.
+    asks: ControlAsks,
+    /// Asks of agents elsewhere this agent (a desk) serves now.
+    serving: usize,
 }
 
 /// Where a call's response body (or why there is none) goes.
@@ -86,6 +94,7 @@ struct ActorEffects<'a> {
     pending: &'a mut HashMap<u64, u64>,
     timers: &'a mut HashMap<u64, (u64, Ticker)>,
     timer_settings: &'a mut u64,
+    asks: &'a mut ControlAsks,
 }
 
 impl Effects for ActorEffects<'_> {
@@ -164,6 +173,11 @@ impl Effects for ActorEffects<'_> {
             .roster
             .agents_with_prefix(prefix)
     }
+
+    fn control(&mut self, ask: ControlAsk) -> Result<u64, ControlError> {
+        let node = (self.parts.shared.as_ref(), self.parts.data_path.as_ref());
+        self.asks.ask(node, self.source, self.myself, ask)
+    }
 }
 
 impl AgentState {
@@ -219,6 +233,7 @@ impl AgentState {
             pending: &mut self.pending,
             timers: &mut self.timers,
             timer_settings: &mut self.timer_settings,
+            asks: &mut self.asks,
         };
         (
             effects,
@@ -277,6 +292,19 @@ impl AgentState {
     }
 
     fn hand_frame(&mut self, frame: Frame, from: String, sent_at_micros: u64, answer: bool) {
+        let frame = match frame {
+            Frame::Control {
+                client,
+                sequence,
+                ask,
+            } => return self.serve(from, client, sequence, ask),
+            Frame::ControlAnswer {
+                client,
+                sequence,
+                outcome,
+            } => return self.control_answered(client, sequence, outcome),
+            frame => frame,
+        };
         let message = |body, request| Message {
             from,
             body,
@@ -301,6 +329,9 @@ impl AgentState {
                 let message = message(body, Some(RequestId(id)));
                 self.with_behaviour(|behaviour, context| behaviour.message(context, message));
             }
+            Frame::Control { .. } | Frame::ControlAnswer { .. } => {
+                unreachable!("handed over above")
+            }
             Frame::Response { id, body } => {
                 if let Some((_, reply)) = self.calls.remove(&id) {
                     self.pending.remove(&id);
@@ -317,6 +348,37 @@ impl AgentState {
                 });
             }
         }
+    }
+}
+
+impl AgentState {
+    /// Serves, as a desk, an ask of agent `from` on another node; an agent
+    /// that is not a desk takes no asks.
+    fn serve(&mut self, from: String, client: u64, sequence: u64, ask: ControlAsk) {
+        let counters = &self.parts.shared.metrics.counters;
+        if self.name != desk_of(&self.parts.shared.node_id) {
+            return NodeMetrics::count(&counters.agent_frames_malformed);
+        }
+        let node = (self.parts.shared.as_ref(), self.parts.data_path.as_ref());
+        let ask = (from, client, sequence, ask);
+        if control_ask::serve(node, &self.name, &self.myself, self.serving, ask) {
+            self.serving += 1;
+        }
+    }
+
+    /// Hands the behaviour the answer to one of its asks, if it waits.
+    fn control_answered(&mut self, client: u64, sequence: u64, outcome: ControlOutcome) {
+        let Some((ticket, outcome)) = self.asks.answered(client, sequence, outcome) else {
+            let counters = &self.parts.shared.metrics.counters;
+            return NodeMetrics::count(&counters.agent_responses_unmatched);
+        };
+        self.hand_control_answer(ticket, outcome);
+    }
+
+    fn hand_control_answer(&mut self, ticket: ControlTicket, outcome: ControlOutcome) {
+        self.with_behaviour(|behaviour, context| {
+            behaviour.control_answer(context, ticket, outcome)
+        });
     }
 }
 
@@ -378,9 +440,10 @@ impl Actor for Agent {
             .map(|every| myself.send_interval(Duration::from_millis(every), || AgentMsg::Tick))
             .map(Ticker::new);
         let rng = ChaCha8Rng::seed_from_u64(seed_of(shared.config.seed, &config.name));
+        let name = config.name;
         let mut state = AgentState {
             parts,
-            name: config.name,
+            name: name.clone(),
             behaviour,
             rng,
             stats,
@@ -392,6 +455,8 @@ impl Actor for Agent {
             timers: HashMap::new(),
             timer_settings: 0,
             calls: HashMap::new(),
+            asks: ControlAsks::new(&name),
+            serving: 0,
         };
         state.with_behaviour(|behaviour, context| behaviour.start(context));
         Ok(state)
@@ -449,6 +514,27 @@ impl Actor for Agent {
                 timeout_ms,
                 reply,
             } => state.call(&to, body, timeout_ms, reply),
+            AgentMsg::ControlAnswered {
+                client,
+                sequence,
+                outcome,
+            } => state.control_answered(client, sequence, outcome),
+            AgentMsg::ControlTimedOut(sequence) => {
+                let timeout_ms = state.parts.shared.config.control.request_timeout_ms;
+                if let Some((ticket, outcome)) = state.asks.timed_out(sequence, timeout_ms) {
+                    state.hand_control_answer(ticket, outcome);
+                }
+            }
+            AgentMsg::ControlServed {
+                to,
+                client,
+                sequence,
+                outcome,
+            } => {
+                state.serving -= 1;
+                let node = (state.parts.shared.as_ref(), state.parts.data_path.as_ref());
+                control_ask::answer(node, &state.name, &to, (client, sequence, outcome));
+            }
         }
         Ok(())
     }

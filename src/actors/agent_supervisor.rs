@@ -93,9 +93,12 @@ impl Actor for AgentSupervisor {
             .filter(|agent| agent.node == shared.node_id)
             .map(|agent| agent.name.clone())
             .collect();
+        // A desk serves the calls of clients, and the control-plane asks
+        // of agents on nodes without a replica.
         let serves_clients = (shared.config.nodes.iter())
             .any(|node| node.id == shared.node_id && node.client_listen.is_some());
-        if serves_clients {
+        let holds_replica = shared.config.control.replicas.contains(&shared.node_id);
+        if serves_clients || holds_replica {
             names.push(desk_of(&shared.node_id));
         }
         for name in names {

@@ -117,6 +117,23 @@ pub enum AgentMsg {
         timeout_ms: u64,
         reply: oneshot::Sender<Result<Vec<u8>, String>>,
     },
+    /// The node's replica answered the agent's control ask
+    /// `(client, sequence)` (see [`super::control_ask`]).
+    ControlAnswered {
+        client: u64,
+        sequence: u64,
+        outcome: crate::agent_api::ControlOutcome,
+    },
+    /// The agent's control ask `sequence` has waited as long as it may.
+    ControlTimedOut(u64),
+    /// A desk's replica answered the control ask of agent `to`, on
+    /// another node: the desk sends the answer back.
+    ControlServed {
+        to: String,
+        client: u64,
+        sequence: u64,
+        outcome: crate::agent_api::ControlOutcome,
+    },
 }
 
 /// What the agent supervisor is told.

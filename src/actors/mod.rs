@@ -29,6 +29,7 @@
 pub mod agent;
 pub mod agent_supervisor;
 pub mod client_api;
+pub mod control_ask;
 pub mod data_path;
 pub mod directory;
 pub mod messages;

@@ -32,14 +32,15 @@ use tokio::sync::Semaphore;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use crate::agent_api::frame::Frame;
-use crate::agent_api::maelstrom::{self, Line, ProcessParams, INIT_SOURCE};
-use crate::agent_api::AgentSpec;
+use crate::agent_api::maelstrom::{self, KvReplyTo, Line, ProcessParams, INIT_SOURCE};
+use crate::agent_api::{AgentSpec, ControlOutcome, ControlTicket};
 use crate::config::AgentConfig;
 use crate::metrics::NodeMetrics;
 use crate::protocols::mesh::SendError;
 use crate::protocols::wire::{Envelope, EnvelopeKind};
 
 use super::agent::AgentParts;
+use super::control_ask::ControlAsks;
 use super::data_path::AgentStats;
 use super::messages::{AgentMsg, OutboundMessage};
 use super::router;
@@ -77,6 +78,10 @@ pub struct ProcessAgentState {
     answers: HashMap<(String, u64), u64>,
     /// Liveness pings, when the params ask for them.
     pings: Option<Pings>,
+    /// The process's requests to the key-value services, as asks of the
+    /// control plane; and whom each ask's answer goes to.
+    asks: ControlAsks,
+    kv_waiting: HashMap<u64, KvReplyTo>,
 }
 
 /// A process agent's liveness pings.
@@ -214,6 +219,16 @@ impl ProcessAgentState {
         let (origin, sequence) = (signed.origin_node.clone(), signed.sequence);
         let from = signed.source_agent.clone();
         let body = match Frame::decode(&signed.payload) {
+            Ok(Frame::ControlAnswer {
+                client,
+                sequence: ask,
+                outcome,
+            }) => {
+                // An answer for the node, not a message for the process.
+                let data_path = &self.parts.data_path;
+                data_path.consumed(&self.config.name, origin, sequence);
+                return self.kv_answered(client, ask, outcome).await;
+            }
             Ok(frame) => self.body_for_process(&from, frame),
             Err(reason) => Err(reason),
         };
@@ -249,6 +264,10 @@ impl ProcessAgentState {
             Frame::Tell(body) | Frame::Response { body, .. } => (None, None, body),
             Frame::Request { id, body } => (Some(id), None, body),
             Frame::Publish { topic, body } => (None, Some(topic), body),
+            // A process is no desk; its asks' answers are taken above.
+            Frame::Control { .. } | Frame::ControlAnswer { .. } => {
+                return Err("a control-plane frame for an agent that did not ask".into())
+            }
         };
         let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&bytes) else {
             return Err("the body is not a JSON object".into());
@@ -305,6 +324,9 @@ impl ProcessAgentState {
     /// `topic:` destination, to the topic's subscribers); a refusal is
     /// answered to the process as a Maelstrom error.
     async fn send(&mut self, line: Line) -> Result<(), ActorProcessingErr> {
+        if maelstrom::KV_SERVICES.contains(&line.dest.as_str()) {
+            return self.ask_kv(&line).await;
+        }
         let answer = line.in_reply_to();
         let body = serde_json::to_vec(&Value::Object(line.body.clone())).expect("JSON encodes");
         if let Some(topic) = line.dest.strip_prefix(maelstrom::TOPIC_DEST_PREFIX) {
@@ -326,6 +348,68 @@ impl ProcessAgentState {
         };
         let result = self.send_frame(&line.dest, &frame, answer.is_some());
         self.answer_refusal(&line, result.err()).await
+    }
+
+    /// Asks the control plane what the process asked a key-value service
+    /// (`line` is for one); a request refused at once is answered at once.
+    async fn ask_kv(&mut self, line: &Line) -> Result<(), ActorProcessingErr> {
+        let error_body = match maelstrom::kv_request(line) {
+            None => return Ok(()),
+            Some(Ok((ask, reply_to))) => {
+                let node = (self.parts.shared.as_ref(), self.parts.data_path.as_ref());
+                match self.asks.ask(node, &self.config.name, &self.myself, ask) {
+                    Ok(sequence) => {
+                        self.kv_waiting.insert(sequence, reply_to);
+                        return Ok(());
+                    }
+                    Err(error) => maelstrom::kv_reply(&reply_to, &Err(error)),
+                }
+            }
+            Some(Err(Some(error_body))) => error_body,
+            Some(Err(None)) => {
+                NodeMetrics::count(&self.counters().process_lines_malformed);
+                let service = &line.dest;
+                tracing::warn!(agent = %self.config.name, %service, "a request without msg_id skipped");
+                return Ok(());
+            }
+        };
+        let answer = Line {
+            src: line.dest.clone(),
+            dest: self.config.name.clone(),
+            body: error_body,
+        };
+        self.write(&answer).await
+    }
+
+    /// Writes the answer to one of the process's key-value requests, if it
+    /// still waits.
+    async fn kv_answered(
+        &mut self,
+        client: u64,
+        sequence: u64,
+        outcome: ControlOutcome,
+    ) -> Result<(), ActorProcessingErr> {
+        match self.asks.answered(client, sequence, outcome) {
+            Some(answered) => self.write_kv_answer(answered).await,
+            None => {
+                NodeMetrics::count(&self.counters().agent_responses_unmatched);
+                Ok(())
+            }
+        }
+    }
+
+    async fn write_kv_answer(
+        &mut self,
+        (ticket, outcome): (ControlTicket, ControlOutcome),
+    ) -> Result<(), ActorProcessingErr> {
+        let reply_to = (self.kv_waiting.remove(&ticket.0))
+            .expect("every ask of a process agent is a key-value request");
+        let answer = Line {
+            src: reply_to.service.clone(),
+            dest: self.config.name.clone(),
+            body: maelstrom::kv_reply(&reply_to, &outcome),
+        };
+        self.write(&answer).await
     }
 
     /// Sends `frame` to `to` through the router, counting the outcome.
@@ -436,6 +520,7 @@ impl Actor for ProcessAgent {
             sent: 0,
             unanswered_since: None,
         });
+        let name = config.name.clone();
         let mut state = ProcessAgentState {
             parts,
             config,
@@ -447,6 +532,8 @@ impl Actor for ProcessAgent {
             initialized: false,
             answers: HashMap::new(),
             pings,
+            asks: ControlAsks::new(&name),
+            kv_waiting: HashMap::new(),
         };
         let init = Line {
             src: INIT_SOURCE.into(),
@@ -490,6 +577,17 @@ impl Actor for ProcessAgent {
             AgentMsg::ProcessPing if state.initialized => state.ping().await?,
             AgentMsg::SendFailed { destination, error } => {
                 tracing::debug!(agent = %state.config.name, %destination, %error, "a message of the process failed");
+            }
+            AgentMsg::ControlAnswered {
+                client,
+                sequence,
+                outcome,
+            } => state.kv_answered(client, sequence, outcome).await?,
+            AgentMsg::ControlTimedOut(sequence) => {
+                let timeout_ms = state.parts.shared.config.control.request_timeout_ms;
+                if let Some(answered) = state.asks.timed_out(sequence, timeout_ms) {
+                    state.write_kv_answer(answered).await?;
+                }
             }
             _ => {}
         }

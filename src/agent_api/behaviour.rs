@@ -1,13 +1,15 @@
 //! The behaviour trait a user implements, and the [`Context`] each of its
 //! calls is given: who the agent is, the time, a seeded RNG, and what it
-//! may do (send, request, reply, set timers). A behaviour is plain logic:
-//! it never touches a clock, a socket or an actor itself, so it can be
-//! driven by the agent actor on a node or by a test directly.
+//! may do (send, request, reply, set timers, ask the control plane). A
+//! behaviour is plain logic: it never touches a clock, a socket or an
+//! actor itself, so it can be driven by the agent actor on a node or by a
+//! test directly.
 
 use rand_chacha::ChaCha8Rng;
 
 use crate::protocols::mesh::SendError;
 
+use super::control::{ControlAsk, ControlError, ControlOutcome, ControlTicket};
 use super::frame::Frame;
 
 /// Identifies one request an agent sent, in its [`Behaviour::response`].
@@ -95,6 +97,14 @@ pub trait Effects {
     /// knows none).
     fn agents_with_prefix(&self, _prefix: &str) -> Vec<String> {
         Vec::new()
+    }
+    /// Carries `ask` to the control plane; [`Behaviour::control_answer`]
+    /// is then called once with the ticket's number and its outcome. The
+    /// default reaches no control plane.
+    fn control(&mut self, _ask: ControlAsk) -> Result<u64, ControlError> {
+        Err(ControlError::Unavailable(
+            "this context reaches no control plane".into(),
+        ))
     }
 }
 
@@ -241,6 +251,15 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// Asks the control plane (the Raft group's key-value space, the one
+    /// `agentmesh kv` uses) without waiting: [`Behaviour::control_answer`]
+    /// is called once with the returned ticket and the answer, or why
+    /// there is none. Refused at once, changing nothing, when the ask is
+    /// invalid or the agent has too many asks waiting.
+    pub fn control(&mut self, ask: ControlAsk) -> Result<ControlTicket, ControlError> {
+        self.effects.control(ask).map(ControlTicket)
+    }
+
     /// Calls [`Behaviour::timer`] with `tag` after `delay_ms` (replacing a
     /// timer already set with that tag). Refused when the agent has too
     /// many timers set.
@@ -279,6 +298,16 @@ pub trait Behaviour: Send + 'static {
         _context: &mut Context<'_>,
         _request: RequestId,
         _outcome: Result<Message, RequestError>,
+    ) {
+    }
+
+    /// The outcome of an ask of the control plane
+    /// ([`Context::control`]), exactly once per ask.
+    fn control_answer(
+        &mut self,
+        _context: &mut Context<'_>,
+        _ticket: ControlTicket,
+        _outcome: ControlOutcome,
     ) {
     }
 

@@ -5,6 +5,8 @@
 
 use bincode::{Decode, Encode};
 
+use super::control::{ControlAsk, ControlOutcome};
+
 /// One agent-to-agent message as it travels in an envelope's payload.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Frame {
@@ -33,16 +35,39 @@ pub enum Frame {
         /// What it carries.
         body: Vec<u8>,
     },
+    /// An agent's ask of the control plane, sent to the call desk of a
+    /// node holding a replica (`call@<node>`) by an agent on a node
+    /// without one.
+    Control {
+        /// The asking incarnation, random: an answer meant for an earlier
+        /// incarnation is told apart.
+        client: u64,
+        /// Unique among the incarnation's asks.
+        sequence: u64,
+        /// The question.
+        ask: ControlAsk,
+    },
+    /// The desk's answer to the ask `(client, sequence)`.
+    ControlAnswer {
+        /// The asking incarnation.
+        client: u64,
+        /// The ask's sequence.
+        sequence: u64,
+        /// The answer, or why there is none.
+        outcome: ControlOutcome,
+    },
 }
 
 impl Frame {
-    /// The message's body, whatever its kind.
+    /// The message's body, whatever its kind (empty for the control
+    /// plane's asks and answers, which carry no agent's body).
     pub fn body(&self) -> &[u8] {
         match self {
             Frame::Tell(body)
             | Frame::Request { body, .. }
             | Frame::Response { body, .. }
             | Frame::Publish { body, .. } => body,
+            Frame::Control { .. } | Frame::ControlAnswer { .. } => &[],
         }
     }
 
@@ -81,6 +106,7 @@ pub fn tell(body: Vec<u8>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent_api::control::{ControlAnswer, ControlError};
 
     #[test]
     fn frames_read_back_as_written() {
@@ -97,6 +123,26 @@ mod tests {
             Frame::Publish {
                 topic: "prices".into(),
                 body: vec![4, 2],
+            },
+            Frame::Control {
+                client: 9,
+                sequence: 1,
+                ask: ControlAsk::CompareAndSet {
+                    key: "k".into(),
+                    from: vec![1],
+                    to: vec![2],
+                    create_if_missing: true,
+                },
+            },
+            Frame::ControlAnswer {
+                client: 9,
+                sequence: 1,
+                outcome: Err(ControlError::Indeterminate("lost".into())),
+            },
+            Frame::ControlAnswer {
+                client: 9,
+                sequence: 2,
+                outcome: Ok(ControlAnswer::Value(vec![3])),
             },
         ] {
             assert_eq!(Frame::decode(&frame.encode()), Ok(frame));

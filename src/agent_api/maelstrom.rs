@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use crate::config::{target_matches, ParamError};
 use crate::protocols::mesh::SendError;
 
+use super::control::{ControlAnswer, ControlAsk, ControlError, ControlOutcome};
 use super::registry::AgentSpec;
 
 /// Maelstrom's error codes (`doc/protocol.md`, "Errors").
@@ -29,6 +30,10 @@ pub mod codes {
     pub const MALFORMED_REQUEST: u64 = 12;
     /// The operation failed, and may or may not have taken effect.
     pub const CRASH: u64 = 13;
+    /// A key-value service's key is not there.
+    pub const KEY_DOES_NOT_EXIST: u64 = 20;
+    /// A compare-and-set found its key holding something else.
+    pub const PRECONDITION_FAILED: u64 = 22;
 }
 
 /// Where a process agent's init and pings come from.
@@ -124,6 +129,127 @@ pub fn code_of(error: &SendError) -> u64 {
         SendError::NoRoute(_) | SendError::PeerDown(_) => codes::NODE_NOT_FOUND,
         SendError::PayloadTooLarge { .. } => codes::MALFORMED_REQUEST,
         _ => codes::TEMPORARILY_UNAVAILABLE,
+    }
+}
+
+/// The key-value services a process may write to by name, as Maelstrom's
+/// workloads use them. All three are served by the control plane's
+/// linearizable key-value space, each in keys of its own
+/// (`maelstrom/<service>/<the key as JSON>`): `seq-kv` and `lww-kv` get
+/// more than they promise.
+pub const KV_SERVICES: [&str; 3] = ["lin-kv", "seq-kv", "lww-kv"];
+
+/// The kinds of a key-value service's requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvKind {
+    /// `read` → `read_ok {value}`.
+    Read,
+    /// `write` → `write_ok`.
+    Write,
+    /// `cas` → `cas_ok`.
+    Cas,
+}
+
+/// Whom a key-value request's answer goes to, and as what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvReplyTo {
+    /// The service asked (the answer's `src`).
+    pub service: String,
+    /// The request's `msg_id` (the answer's `in_reply_to`).
+    pub msg_id: u64,
+    /// What was asked.
+    pub kind: KvKind,
+}
+
+/// Reads a line written to a key-value service: None when its `dest` is
+/// not one; otherwise the ask and whom to answer, or the error body to
+/// answer at once (None when the line has no `msg_id` to answer).
+#[allow(clippy::type_complexity)]
+pub fn kv_request(
+    line: &Line,
+) -> Option<Result<(ControlAsk, KvReplyTo), Option<Map<String, Value>>>> {
+    let service = KV_SERVICES.iter().find(|service| **service == line.dest)?;
+    let Some(msg_id) = line.msg_id() else {
+        return Some(Err(None));
+    };
+    let malformed = |text: String| Some(error_body(msg_id, codes::MALFORMED_REQUEST, &text));
+    let field = |name: &str| {
+        line.body
+            .get(name)
+            .ok_or_else(|| malformed(format!("a {} without \"{name}\"", line.kind())))
+    };
+    let json = |value: &Value| serde_json::to_vec(value).expect("JSON encodes");
+    let parsed = (|| {
+        let key = format!("maelstrom/{service}/{}", field("key")?);
+        let (kind, ask) = match line.kind() {
+            "read" => (KvKind::Read, ControlAsk::Read { key }),
+            "write" => {
+                let value = json(field("value")?);
+                (KvKind::Write, ControlAsk::Write { key, value })
+            }
+            "cas" => {
+                let (from, to) = (json(field("from")?), json(field("to")?));
+                let create_if_missing = (line.body.get("create_if_not_exists"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let ask = ControlAsk::CompareAndSet {
+                    key,
+                    from,
+                    to,
+                    create_if_missing,
+                };
+                (KvKind::Cas, ask)
+            }
+            other => {
+                let text = format!("{service} serves read, write and cas, not {other:?}");
+                return Err(Some(error_body(msg_id, codes::NOT_SUPPORTED, &text)));
+            }
+        };
+        let service = service.to_string();
+        let reply_to = KvReplyTo {
+            service,
+            msg_id,
+            kind,
+        };
+        Ok((ask, reply_to))
+    })();
+    Some(parsed)
+}
+
+/// The body answering a key-value request with its outcome.
+pub fn kv_reply(reply_to: &KvReplyTo, outcome: &ControlOutcome) -> Map<String, Value> {
+    let msg_id = reply_to.msg_id;
+    let ok = |kind: &str, value: Option<Value>| {
+        let mut body = serde_json::json!({"type": kind, "in_reply_to": msg_id});
+        if let Some(value) = value {
+            body["value"] = value;
+        }
+        body.as_object().expect("an object literal").clone()
+    };
+    match (reply_to.kind, outcome) {
+        (KvKind::Read, Ok(ControlAnswer::Value(bytes))) => match serde_json::from_slice(bytes) {
+            Ok(value) => ok("read_ok", Some(value)),
+            Err(_) => error_body(msg_id, codes::CRASH, "the value stored is not JSON"),
+        },
+        (KvKind::Write, Ok(ControlAnswer::Written)) => ok("write_ok", None),
+        (KvKind::Cas, Ok(ControlAnswer::Written)) => ok("cas_ok", None),
+        (_, Ok(ControlAnswer::NotFound)) => {
+            error_body(msg_id, codes::KEY_DOES_NOT_EXIST, "key does not exist")
+        }
+        (_, Ok(ControlAnswer::Mismatch)) => error_body(
+            msg_id,
+            codes::PRECONDITION_FAILED,
+            "the key holds another value",
+        ),
+        (_, Ok(answer)) => error_body(msg_id, codes::CRASH, &format!("unexpected {answer:?}")),
+        (_, Err(error)) => {
+            let code = match error {
+                ControlError::Unavailable(_) => codes::TEMPORARILY_UNAVAILABLE,
+                ControlError::Indeterminate(_) => codes::TIMEOUT,
+                ControlError::Invalid(_) => codes::MALFORMED_REQUEST,
+            };
+            error_body(msg_id, code, &error.to_string())
+        }
     }
 }
 
@@ -259,6 +385,88 @@ mod tests {
         ] {
             let error = Line::parse(text).unwrap_err();
             assert!(error.contains(reason), "{text}: {error}");
+        }
+    }
+
+    fn kv_line(body: Value) -> Line {
+        let body = body.as_object().unwrap().clone();
+        Line {
+            src: "n1".into(),
+            dest: "lin-kv".into(),
+            body,
+        }
+    }
+
+    #[test]
+    fn kv_requests_become_asks_of_the_service_own_keys() {
+        let cas = kv_line(serde_json::json!({
+            "type": "cas", "msg_id": 4, "key": 0, "from": 1, "to": {"b": 2, "a": [3]},
+            "create_if_not_exists": true,
+        }));
+        let (ask, reply_to) = kv_request(&cas).unwrap().unwrap();
+        assert_eq!(
+            ask,
+            ControlAsk::CompareAndSet {
+                key: "maelstrom/lin-kv/0".into(),
+                from: b"1".to_vec(),
+                to: br#"{"a":[3],"b":2}"#.to_vec(),
+                create_if_missing: true,
+            }
+        );
+        assert_eq!((reply_to.msg_id, reply_to.kind), (4, KvKind::Cas));
+        let mut read = kv_line(serde_json::json!({"type": "read", "msg_id": 5, "key": "x"}));
+        read.dest = "seq-kv".into();
+        let (ask, _) = kv_request(&read).unwrap().unwrap();
+        assert_eq!(ask.key(), "maelstrom/seq-kv/\"x\"");
+        let mut elsewhere = read.clone();
+        elsewhere.dest = "n2".into();
+        assert!(kv_request(&elsewhere).is_none(), "not a service");
+    }
+
+    #[test]
+    fn malformed_kv_requests_are_answered_with_the_code_that_fits() {
+        let code = |body: Value| match kv_request(&kv_line(body)) {
+            Some(Err(Some(error))) => error["code"].as_u64(),
+            other => panic!("{other:?}"),
+        };
+        let no_value = serde_json::json!({"type": "write", "msg_id": 1, "key": 1});
+        assert_eq!(code(no_value), Some(codes::MALFORMED_REQUEST));
+        let unknown = serde_json::json!({"type": "delete", "msg_id": 1, "key": 1});
+        assert_eq!(code(unknown), Some(codes::NOT_SUPPORTED));
+        let no_msg_id = kv_line(serde_json::json!({"type": "read", "key": 1}));
+        assert_eq!(kv_request(&no_msg_id), Some(Err(None)));
+    }
+
+    #[test]
+    fn kv_outcomes_are_answered_as_maelstrom_expects() {
+        let reply_to = |kind| KvReplyTo {
+            service: "lin-kv".into(),
+            msg_id: 9,
+            kind,
+        };
+        let read = kv_reply(
+            &reply_to(KvKind::Read),
+            &Ok(ControlAnswer::Value(b"[1]".to_vec())),
+        );
+        assert_eq!(read["type"], "read_ok");
+        assert_eq!(read["value"], serde_json::json!([1]));
+        assert_eq!(read["in_reply_to"], 9);
+        let cas = kv_reply(&reply_to(KvKind::Cas), &Ok(ControlAnswer::Written));
+        assert_eq!(cas["type"], "cas_ok");
+        for (outcome, code) in [
+            (Ok(ControlAnswer::NotFound), codes::KEY_DOES_NOT_EXIST),
+            (Ok(ControlAnswer::Mismatch), codes::PRECONDITION_FAILED),
+            (
+                Err(ControlError::Unavailable("x".into())),
+                codes::TEMPORARILY_UNAVAILABLE,
+            ),
+            (Err(ControlError::Indeterminate("x".into())), codes::TIMEOUT),
+        ] {
+            let body = kv_reply(&reply_to(KvKind::Cas), &outcome);
+            assert_eq!(
+                (body["type"].as_str(), body["code"].as_u64()),
+                (Some("error"), Some(code))
+            );
         }
     }
 

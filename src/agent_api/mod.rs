@@ -5,7 +5,9 @@
 //! [`Message`] for the agent, with its ticks and timers, with the outcome
 //! of each request it sent, and asks it for a snapshot of its state after
 //! every call. Each call gets a [`Context`] to send, request, reply and set
-//! timers. A [`Registry`] maps behaviour names to factories; the config
+//! timers, and to ask the control plane's key-value space
+//! ([`Context::control`], answered in [`Behaviour::control_answer`]). A
+//! [`Registry`] maps behaviour names to factories; the config
 //! picks one per agent (`behaviour = "..."`) and gives it parameters
 //! (`[agents.params]`, read with [`Params::parse`]).
 //!
@@ -35,6 +37,7 @@
 
 pub mod behaviour;
 pub mod builtins;
+pub mod control;
 pub mod frame;
 pub mod maelstrom;
 pub mod registry;
@@ -44,4 +47,5 @@ pub use crate::protocols::mesh::SendError;
 pub use behaviour::{
     Behaviour, Context, Effects, FanOutError, Message, RequestError, RequestId, TimerError,
 };
+pub use control::{ControlAnswer, ControlAsk, ControlError, ControlOutcome, ControlTicket};
 pub use registry::{AgentSpec, Factory, MakeError, Registry};
