@@ -1,16 +1,20 @@
 //! Agents written against `agent_api` by a user: behaviours registered
 //! from here, picked by the config with typed parameters, asking each other
-//! with timeouts, and keeping their state across a kill.
+//! with timeouts, keeping their state across a kill, and counting in the
+//! control plane with compare-and-set across a leader's crash.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use agentmesh::actors::router::send_with_receipt;
 use agentmesh::agent_api::{
-    Behaviour, Context, Message, ParamError, Registry, RequestError, RequestId,
+    Behaviour, Context, ControlAnswer, ControlAsk, ControlError, ControlOutcome, ControlTicket,
+    Message, ParamError, Registry, RequestError, RequestId,
 };
 use agentmesh::cluster::{ClusterError, Departure, LocalCluster};
 use agentmesh::config::{self, ClusterConfig};
+use agentmesh::sim::linearizability;
+use agentmesh::sim::raft::{Call, CallKind};
 use serde::Deserialize;
 
 mod common;
@@ -397,6 +401,250 @@ async fn a_topic_reaches_each_subscriber_once_across_a_node_crash() {
     assert!(
         failed.iter().all(|(agent, _)| agent == "reader-2"),
         "only the crashed node's subscriber may have missed any: {failed:?}"
+    );
+    cluster.shutdown().await;
+}
+
+/// Every read and compare-and-set the incrementers asked, as the
+/// linearizability check reads them, and each agent's increments.
+#[derive(Default)]
+struct Ledger {
+    calls: Mutex<Vec<Call>>,
+    written: Mutex<std::collections::BTreeMap<String, u64>>,
+    indeterminate: std::sync::atomic::AtomicU64,
+}
+
+impl Ledger {
+    fn written_by(&self, agent: &str) -> u64 {
+        self.written
+            .lock()
+            .unwrap()
+            .get(agent)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn written(&self) -> u64 {
+        self.written.lock().unwrap().values().sum()
+    }
+}
+
+const COUNTER_KEY: &str = "test/counter";
+
+/// Adds one to a counter in the control plane, by reading it and
+/// compare-and-setting it, until it has added `goal`.
+struct Incrementer {
+    ledger: Arc<Ledger>,
+    goal: u64,
+    /// The ask under way: its ticket and its call in the ledger.
+    asked: Option<(ControlTicket, usize)>,
+}
+
+impl Incrementer {
+    fn ask(&mut self, context: &mut Context<'_>, ask: ControlAsk, kind: CallKind) {
+        let call = Call {
+            client: agentmesh::protocols::stable_hash(context.name()),
+            key: COUNTER_KEY.into(),
+            called_ms: context.now_micros(),
+            answered_ms: None,
+            kind,
+        };
+        match context.control(ask) {
+            Ok(ticket) => {
+                let mut calls = self.ledger.calls.lock().unwrap();
+                calls.push(call);
+                self.asked = Some((ticket, calls.len() - 1));
+            }
+            Err(_) => {
+                let _ = context.set_timer(0, 20);
+            }
+        }
+    }
+
+    fn read(&mut self, context: &mut Context<'_>) {
+        if self.ledger.written_by(context.name()) >= self.goal {
+            return;
+        }
+        let ask = ControlAsk::Read {
+            key: COUNTER_KEY.into(),
+        };
+        self.ask(context, ask, CallKind::Get(None));
+    }
+
+    fn increment(&mut self, context: &mut Context<'_>, from: Option<Vec<u8>>) {
+        let count: u64 = (from.as_ref())
+            .map(|bytes| String::from_utf8_lossy(bytes).parse().unwrap())
+            .unwrap_or(0);
+        let (from, create_if_missing) = match from {
+            Some(from) => (from, false),
+            None => (b"absent".to_vec(), true),
+        };
+        let to = (count + 1).to_string().into_bytes();
+        let kind = CallKind::CompareAndSet {
+            from: from.clone(),
+            to: to.clone(),
+            create_if_missing,
+            written: None,
+        };
+        let ask = ControlAsk::CompareAndSet {
+            key: COUNTER_KEY.into(),
+            from,
+            to,
+            create_if_missing,
+        };
+        self.ask(context, ask, kind);
+    }
+}
+
+impl Behaviour for Incrementer {
+    fn start(&mut self, context: &mut Context<'_>) {
+        self.read(context);
+    }
+
+    fn message(&mut self, _context: &mut Context<'_>, _message: Message) {}
+
+    fn timer(&mut self, context: &mut Context<'_>, _tag: u64) {
+        self.read(context);
+    }
+
+    fn control_answer(
+        &mut self,
+        context: &mut Context<'_>,
+        ticket: ControlTicket,
+        outcome: ControlOutcome,
+    ) {
+        let Some((asked, index)) = self.asked.take() else {
+            panic!("an answer to {ticket:?}, which was not asked");
+        };
+        assert_eq!(asked, ticket, "one ask at a time");
+        let mut calls = self.ledger.calls.lock().unwrap();
+        let call = &mut calls[index];
+        let read = match (&mut call.kind, outcome) {
+            (CallKind::Get(seen), Ok(ControlAnswer::Value(value))) => {
+                *seen = Some(Some(value.clone()));
+                Some(Some(value))
+            }
+            (CallKind::Get(seen), Ok(ControlAnswer::NotFound)) => {
+                *seen = Some(None);
+                Some(None)
+            }
+            (CallKind::CompareAndSet { written, .. }, Ok(answer)) => {
+                *written = Some(answer == ControlAnswer::Written);
+                if answer == ControlAnswer::Written {
+                    let mut counts = self.ledger.written.lock().unwrap();
+                    *counts.entry(context.name().to_string()).or_default() += 1;
+                }
+                None
+            }
+            (_, Ok(answer)) => panic!("{answer:?} answers no read"),
+            (_, Err(ControlError::Indeterminate(_))) => {
+                self.ledger.indeterminate.fetch_add(1, Ordering::Relaxed);
+                // Left unanswered: it may have taken effect, or not.
+                drop(calls);
+                return self.read(context);
+            }
+            (_, Err(error)) => {
+                // Refused: it changed nothing, so the check leaves it out
+                // (an unanswered read never counts).
+                call.kind = CallKind::Get(None);
+                assert!(matches!(error, ControlError::Unavailable(_)), "{error}");
+                drop(calls);
+                let _ = context.set_timer(0, 20);
+                return;
+            }
+        };
+        call.answered_ms = Some(context.now_micros());
+        drop(calls);
+        match read {
+            Some(value) => self.increment(context, value),
+            None => self.read(context),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_set_from_agents_stays_linearizable_across_a_leader_crash() {
+    const GOAL: u64 = 8;
+    let data = tempfile::tempdir().unwrap();
+    let mut text = String::from("[cluster]\nname = \"counting\"\nseed = 6\n");
+    for id in ["n1", "n2", "n3", "n4"] {
+        text += &format!("[[nodes]]\nid = \"{id}\"\nlisten = \"127.0.0.1:0\"\n");
+    }
+    text += "[delivery]\nretransmit_timeout_ms = 100\nretries_max = 30\n";
+    text += &format!(
+        "[control]\nreplicas = [\"n1\", \"n2\", \"n3\"]\ndata_dir = {:?}\nrequest_timeout_ms = 1000\n",
+        data.path().display()
+    );
+    // One incrementer a node; n4's holds no replica and asks through the
+    // replicas' desks.
+    for id in ["n1", "n2", "n3", "n4"] {
+        text += &format!(
+            "[[agents]]\nname = \"inc-{id}\"\nbehaviour = \"incrementer\"\nnode = \"{id}\"\n"
+        );
+    }
+    let config = config::parse(&text, "counting.toml", std::path::Path::new(".")).unwrap();
+    let ledger = Arc::new(Ledger::default());
+    let mut registry = Registry::with_builtins();
+    let shared = ledger.clone();
+    registry.register("incrementer", move |_spec| {
+        Ok(Box::new(Incrementer {
+            ledger: shared.clone(),
+            goal: GOAL,
+            asked: None,
+        }))
+    });
+    let mut cluster = LocalCluster::start_with(config, registry).await.unwrap();
+    wait_until("a quarter is counted", || ledger.written() >= GOAL).await;
+    let leader = cluster
+        .control_status()
+        .await
+        .and_then(|status| status.leader);
+    let leader = leader.expect("a leader, since increments were committed");
+    assert!(cluster.stop_node(&leader, Departure::Crash).await);
+    wait_until("half is counted", || ledger.written() >= 2 * GOAL).await;
+    cluster.restart_node(&leader).await.unwrap();
+    wait_until("every agent counted its share", || {
+        ["n1", "n2", "n3", "n4"]
+            .iter()
+            .all(|id| ledger.written_by(&format!("inc-{id}")) >= GOAL)
+    })
+    .await;
+    let written = ledger.written();
+    let calls = ledger.calls.lock().unwrap().clone();
+    // Answered indeterminate, or lost with the crashed node's agent.
+    let unknown = (calls.iter())
+        .filter(|call| call.answered_ms.is_none())
+        .filter(|call| matches!(call.kind, CallKind::CompareAndSet { .. }))
+        .count() as u64;
+    let indeterminate = ledger.indeterminate.load(Ordering::Relaxed);
+    eprintln!(
+        "{} calls, {written} increments, {unknown} compare-and-sets without an answer ({indeterminate} answered indeterminate); {leader} crashed",
+        calls.len()
+    );
+    linearizability::check(&calls).unwrap_or_else(|error| panic!("{error}: {calls:?}"));
+    let request = agentmesh::protocols::control::ClientRequest {
+        request: agentmesh::protocols::cluster_state::RequestId {
+            client: 1,
+            sequence: 1,
+        },
+        operation: agentmesh::protocols::control::Operation::Get {
+            key: COUNTER_KEY.into(),
+        },
+    };
+    let survivor = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let reply = cluster
+        .ask_replica(survivor, request, std::time::Duration::from_secs(5))
+        .await;
+    let Some(agentmesh::protocols::control::ClientReply::Value(value)) = reply else {
+        panic!("the counter cannot be read: {reply:?}");
+    };
+    let count: u64 = String::from_utf8(value).unwrap().parse().unwrap();
+    assert!(
+        (written..=written + unknown).contains(&count),
+        "the counter holds {count}: {written} increments and {unknown} that may have happened"
     );
     cluster.shutdown().await;
 }

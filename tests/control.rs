@@ -353,6 +353,22 @@ async fn the_kv_and_status_commands_work_and_say_when_a_quorum_is_missing() {
         stdout.contains("leader") && stdout.contains("n1,n2,n3"),
         "{stdout}"
     );
+    let (code, _, stderr) = path_for(&["kv", "cas", "colour", "red", "green"])
+        .await
+        .unwrap();
+    assert_eq!(code, Some(3), "it holds blue: {stderr}");
+    let (code, _, stderr) = path_for(&["kv", "cas", "colour", "blue", "green"])
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, _) = path_for(&["kv", "cas", "shape", "x", "round"])
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1), "absent");
+    let (code, _, _) = path_for(&["kv", "cas", "shape", "x", "round", "--create"])
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "created");
     let (code, _, _) = path_for(&["kv", "delete", "colour"]).await.unwrap();
     assert_eq!(code, Some(0));
     let (code, _, _) = path_for(&["kv", "delete", "colour"]).await.unwrap();

@@ -347,3 +347,94 @@ async fn a_python_agent_takes_a_rust_agents_topic_and_publishes_on_its_own() {
     assert_eq!(numbers, (0..20).collect::<Vec<_>>(), "each story once");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_agents_share_a_counter_in_lin_kv_on_nodes_with_and_without_a_replica() {
+    let port = common::free_port();
+    let data = tempfile::tempdir().unwrap();
+    let mut text = String::from("[cluster]\nname = \"counting\"\nseed = 5\n");
+    text += &format!(
+        "[[nodes]]\nid = \"n1\"\nlisten = \"127.0.0.1:0\"\nclient_listen = \"127.0.0.1:{port}\"\n"
+    );
+    text += "[[nodes]]\nid = \"n2\"\nlisten = \"127.0.0.1:0\"\n";
+    text += &format!(
+        "[control]\nreplicas = [\"n1\"]\ndata_dir = {:?}\n",
+        data.path().display()
+    );
+    // counter-0 asks n1's replica; counter-1, on n2, asks through n1's desk.
+    text += "[[agents]]\nname = \"counter-{i}\"\ncount = 2\nbehaviour = \"process\"\nplacement = \"spread\"\n[agents.params]\ncommand = [\"python3\", \"python/examples/kv_counter.py\"]\n";
+    let path = data.path().join("counting.toml");
+    std::fs::write(&path, &text).unwrap();
+    let cluster = LocalCluster::start(config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let call = |agent: &str, body: &str| {
+        let arguments = ["call", agent, body, "--timeout", "5s"];
+        tokio::task::block_in_place(|| common::agentmesh(&arguments, &path))
+    };
+    wait_until("both counters answered init", || {
+        (cluster.nodes.iter()).all(|node| {
+            let agents = &node.parts.data_path.agents;
+            agents.contains_key("counter-0") || agents.contains_key("counter-1")
+        })
+    })
+    .await;
+    let mut total = 0;
+    for delta in 1..=6 {
+        let agent = format!("counter-{}", delta % 2);
+        let (code, out, err) = call(&agent, &format!(r#"{{"type":"add","delta":{delta}}}"#));
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("add_ok"), "{agent}: {out}");
+        total += delta;
+    }
+    for agent in ["counter-0", "counter-1"] {
+        let (code, out, err) = call(agent, r#"{"type":"read"}"#);
+        assert_eq!(code, Some(0), "{err}");
+        let answer: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(answer["value"], total, "{agent} reads every add: {out}");
+    }
+    // The store itself holds the sum, under the service's own key.
+    let (code, out, err) = common::agentmesh(&["kv", "get", "maelstrom/lin-kv/\"counter\""], &path);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), total.to_string().as_str()),
+        "{err}"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_floods_and_stops_reading_is_cut_off_and_the_node_serves_on() {
+    let answers = Answers::default();
+    let mut agents = agents("flood.py");
+    agents += "[[agents]]\nname = \"steady\"\nbehaviour = \"process\"\nnode = \"n2\"\n[agents.params]\ncommand = [\"python3\", \"python/examples/echo.py\"]\n";
+    let cluster = LocalCluster::start_with(config(&agents), registry("steady", &answers))
+        .await
+        .unwrap();
+    let n2 = cluster.node("n2").unwrap().parts.clone();
+    let flooder = n2.data_path.stats_of("py");
+    wait_until("both processes answered init", || {
+        n2.data_path.agents.contains_key("py") && n2.data_path.agents.contains_key("steady")
+    })
+    .await;
+    // The flood is under way: the other process on the node still answers.
+    for round in 1..=3 {
+        ask(&cluster).await;
+        answered(&answers, round).await;
+    }
+    wait_until("the flooder is cut off and started again", || {
+        flooder.starts.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    let counters = n2.shared.metrics.counters.values();
+    assert!(counters.actor_restarts >= 1, "{}", counters.actor_restarts);
+    let refused = flooder.refused.load(Ordering::Relaxed);
+    assert!(refused >= 1, "its sends to nobody were refused: {refused}");
+    ask(&cluster).await;
+    answered(&answers, 4).await;
+    assert!(
+        answers.lock().unwrap().iter().all(Result::is_ok),
+        "every ask of the steady process was answered"
+    );
+    cluster.shutdown().await;
+}

@@ -107,7 +107,11 @@ impl ControlAsks {
                 sequence: request.sequence,
                 ask,
             };
-            send_frame(parts, source, &desk, frame, EnvelopeKind::Data).map_err(refusal)?;
+            let sent = send_frame(parts, source, &desk, frame, EnvelopeKind::Data);
+            if let Err(error) = sent {
+                self.turn = self.turn.wrapping_add(1);
+                return Err(refusal(error));
+            }
         }
         self.sequence = request.sequence;
         self.waiting.insert(request.sequence);

@@ -161,6 +161,30 @@ impl ControlClient {
         }
     }
 
+    /// Writes `to` under `key` if it holds `from` (or, with
+    /// `create_if_missing`, is absent). The reply says which: `Done`,
+    /// `NotFound` or `Mismatch`.
+    pub async fn compare_and_set(
+        &mut self,
+        key: &str,
+        from: Vec<u8>,
+        to: Vec<u8>,
+        create_if_missing: bool,
+    ) -> Result<ClientReply, ClientError> {
+        let operation = Operation::CompareAndSet {
+            key: key.into(),
+            from,
+            to,
+            create_if_missing,
+        };
+        match self.call(operation).await? {
+            reply @ (ClientReply::Done | ClientReply::NotFound | ClientReply::Mismatch) => {
+                Ok(reply)
+            }
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Deletes `key`; false when it was absent.
     pub async fn delete(&mut self, key: &str) -> Result<bool, ClientError> {
         match self.call(Operation::Delete { key: key.into() }).await? {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::clients::control::ControlClient;
-use crate::protocols::control::ReplicaStatus;
+use crate::protocols::control::{ClientReply, ReplicaStatus};
 
 /// What `agentmesh kv` does.
 #[derive(Clone, Debug, clap::Subcommand)]
@@ -27,6 +27,18 @@ pub enum KvAction {
         #[command(flatten)]
         cluster: ConfigFile,
         key: String,
+    },
+    /// Set KEY to TO if it holds FROM now; exit 1 if it is absent (unless
+    /// --create), 3 if it holds something else (nothing changes).
+    Cas {
+        #[command(flatten)]
+        cluster: ConfigFile,
+        key: String,
+        from: String,
+        to: String,
+        /// Also set it when KEY is absent.
+        #[arg(long)]
+        create: bool,
     },
 }
 
@@ -157,11 +169,13 @@ pub async fn call(options: &CallOptions) -> anyhow::Result<i32> {
 }
 
 /// Runs one key-value operation. Exit codes: 0 done, 1 no such key,
-/// 2 any error (no quorum, no answer, bad input).
+/// 2 any error (no quorum, no answer, bad input), 3 a compare-and-set
+/// found another value.
 pub async fn kv(action: &KvAction) -> anyhow::Result<i32> {
     let (KvAction::Put { cluster, .. }
     | KvAction::Get { cluster, .. }
-    | KvAction::Delete { cluster, .. }) = action;
+    | KvAction::Delete { cluster, .. }
+    | KvAction::Cas { cluster, .. }) = action;
     let config = crate::config::load(&cluster.config)?;
     let mut client = ControlClient::from_config(&config)?;
     match action {
@@ -179,6 +193,26 @@ pub async fn kv(action: &KvAction) -> anyhow::Result<i32> {
                 Ok(1)
             }
         },
+        KvAction::Cas {
+            key,
+            from,
+            to,
+            create,
+            ..
+        } => {
+            let (from, to) = (from.as_bytes().to_vec(), to.as_bytes().to_vec());
+            match client.compare_and_set(key, from, to, *create).await? {
+                ClientReply::Done => Ok(0),
+                ClientReply::NotFound => {
+                    eprintln!("no key {key:?} (--create sets it anyway)");
+                    Ok(1)
+                }
+                _ => {
+                    eprintln!("{key:?} holds another value; nothing changed");
+                    Ok(3)
+                }
+            }
+        }
         KvAction::Delete { key, .. } => {
             if client.delete(key).await? {
                 Ok(0)

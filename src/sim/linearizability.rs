@@ -59,6 +59,9 @@ fn matters(call: &Call, history: &[Call]) -> bool {
     match (&call.kind, call.answered_ms) {
         (_, Some(_)) => true,
         (CallKind::Get(_), None) => false,
+        // A compare-and-set lost on its way may still have enabled
+        // another one: it stays in the search.
+        (CallKind::CompareAndSet { .. }, None) => true,
         (CallKind::Put(written), None) => history.iter().any(|other| {
             other.key == call.key
                 && matches!(&other.kind, CallKind::Get(Some(Some(read))) if read == written)
@@ -118,6 +121,22 @@ impl<'h> Search<'h> {
                 CallKind::Get(None) => value.clone(),
                 CallKind::Get(Some(read)) if *read == value => value.clone(),
                 CallKind::Get(Some(_)) => continue,
+                CallKind::CompareAndSet {
+                    from,
+                    to,
+                    create_if_missing,
+                    written,
+                } => {
+                    let holds = match &value {
+                        Some(held) => held == from,
+                        None => *create_if_missing,
+                    };
+                    match (holds, written) {
+                        (true, Some(false)) | (false, Some(true)) => continue,
+                        (true, _) => Some(to.clone()),
+                        (false, _) => value.clone(),
+                    }
+                }
             };
             let mut next = placed.clone();
             next[index / 64] |= 1 << (index % 64);
@@ -185,6 +204,51 @@ mod tests {
         // But once a read saw the write, a later read cannot unsee it.
         let history = [put(0, Some(10), 1), get(3, 4, Some(1)), get(5, 6, None)];
         assert!(check(&history).is_err());
+    }
+
+    fn cas(called: u64, answered: Option<u64>, from: u8, to: u8, written: Option<bool>) -> Call {
+        let kind = CallKind::CompareAndSet {
+            from: vec![from],
+            to: vec![to],
+            create_if_missing: from == 0,
+            written,
+        };
+        call(called, answered, kind)
+    }
+
+    #[test]
+    fn compare_and_set_succeeds_only_on_the_value_it_expects() {
+        // 0 stands for "absent": those create the key.
+        let counted = [
+            cas(0, Some(1), 0, 1, Some(true)),
+            cas(2, Some(3), 1, 2, Some(true)),
+            cas(4, Some(5), 1, 3, Some(false)),
+            get(6, 7, Some(2)),
+        ];
+        assert_eq!(check(&counted), Ok(()));
+        let twice_from_one = [
+            cas(0, Some(1), 0, 1, Some(true)),
+            cas(2, Some(3), 1, 2, Some(true)),
+            cas(4, Some(5), 1, 3, Some(true)),
+        ];
+        assert!(check(&twice_from_one).is_err());
+        let failed_on_its_value = [put(0, Some(1), 1), cas(2, Some(3), 1, 2, Some(false))];
+        assert!(check(&failed_on_its_value).is_err());
+    }
+
+    #[test]
+    fn a_lost_compare_and_set_may_have_enabled_the_next() {
+        let history = [
+            cas(0, Some(1), 0, 1, Some(true)),
+            cas(2, None, 1, 2, None),
+            cas(10, Some(11), 2, 3, Some(true)),
+        ];
+        assert_eq!(check(&history), Ok(()));
+        let never_written = [
+            cas(0, Some(1), 0, 1, Some(true)),
+            cas(10, Some(11), 2, 3, Some(true)),
+        ];
+        assert!(check(&never_written).is_err());
     }
 
     #[test]

@@ -47,6 +47,14 @@ pub enum CallKind {
     Put(Vec<u8>),
     /// The value read, once answered (None inside: the key was absent).
     Get(Option<Option<Vec<u8>>>),
+    /// Writes `to` if the key holds `from` (or, with `create_if_missing`,
+    /// is absent); `written` says whether it did, once answered.
+    CompareAndSet {
+        from: Vec<u8>,
+        to: Vec<u8>,
+        create_if_missing: bool,
+        written: Option<bool>,
+    },
 }
 
 /// Milliseconds per Raft tick.
