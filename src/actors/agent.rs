@@ -375,6 +375,20 @@ impl AgentState {
         self.hand_control_answer(ticket, outcome);
     }
 
+    fn control_timed_out(&mut self, sequence: u64) {
+        let timeout_ms = self.parts.shared.config.control.request_timeout_ms;
+        if let Some((ticket, outcome)) = self.asks.timed_out(sequence, timeout_ms) {
+            self.hand_control_answer(ticket, outcome);
+        }
+    }
+
+    /// Sends, as a desk, the answer to an ask it served.
+    fn served(&mut self, to: &str, answer: (u64, u64, ControlOutcome)) {
+        self.serving -= 1;
+        let node = (self.parts.shared.as_ref(), self.parts.data_path.as_ref());
+        control_ask::answer(node, &self.name, to, answer);
+    }
+
     fn hand_control_answer(&mut self, ticket: ControlTicket, outcome: ControlOutcome) {
         self.with_behaviour(|behaviour, context| {
             behaviour.control_answer(context, ticket, outcome)
@@ -519,22 +533,13 @@ impl Actor for Agent {
                 sequence,
                 outcome,
             } => state.control_answered(client, sequence, outcome),
-            AgentMsg::ControlTimedOut(sequence) => {
-                let timeout_ms = state.parts.shared.config.control.request_timeout_ms;
-                if let Some((ticket, outcome)) = state.asks.timed_out(sequence, timeout_ms) {
-                    state.hand_control_answer(ticket, outcome);
-                }
-            }
+            AgentMsg::ControlTimedOut(sequence) => state.control_timed_out(sequence),
             AgentMsg::ControlServed {
                 to,
                 client,
                 sequence,
                 outcome,
-            } => {
-                state.serving -= 1;
-                let node = (state.parts.shared.as_ref(), state.parts.data_path.as_ref());
-                control_ask::answer(node, &state.name, &to, (client, sequence, outcome));
-            }
+            } => state.served(&to, (client, sequence, outcome)),
         }
         Ok(())
     }
