@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use agentmesh::agent_api::{Behaviour, Context, Message, Registry, RequestError, RequestId};
-use agentmesh::cluster::LocalCluster;
+use agentmesh::cluster::{Departure, LocalCluster};
 use agentmesh::config::{self, ClusterConfig};
 
 mod common;
@@ -349,55 +349,115 @@ async fn a_python_agent_takes_a_rust_agents_topic_and_publishes_on_its_own() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_agents_share_a_counter_in_lin_kv_on_nodes_with_and_without_a_replica() {
-    let port = common::free_port();
+async fn python_agents_count_in_lin_kv_across_the_leaders_crash_driven_by_agentmesh_call() {
+    const NODES: usize = 5;
     let data = tempfile::tempdir().unwrap();
     let mut text = String::from("[cluster]\nname = \"counting\"\nseed = 5\n");
+    for index in 1..=NODES {
+        // Calls and `agentmesh kv` go to any node that is up.
+        let client = format!("client_listen = \"127.0.0.1:{}\"\n", common::free_port());
+        text += &format!("[[nodes]]\nid = \"n{index}\"\nlisten = \"127.0.0.1:0\"\n{client}");
+    }
     text += &format!(
-        "[[nodes]]\nid = \"n1\"\nlisten = \"127.0.0.1:0\"\nclient_listen = \"127.0.0.1:{port}\"\n"
-    );
-    text += "[[nodes]]\nid = \"n2\"\nlisten = \"127.0.0.1:0\"\n";
-    text += &format!(
-        "[control]\nreplicas = [\"n1\"]\ndata_dir = {:?}\n",
+        "[control]\nreplicas = [\"n1\", \"n2\", \"n3\"]\ndata_dir = {:?}\nrequest_timeout_ms = 1000\n",
         data.path().display()
     );
-    // counter-0 asks n1's replica; counter-1, on n2, asks through n1's desk.
-    text += "[[agents]]\nname = \"counter-{i}\"\ncount = 2\nbehaviour = \"process\"\nplacement = \"spread\"\n[agents.params]\ncommand = [\"python3\", \"python/examples/kv_counter.py\"]\n";
+    // One counter a node: those on n1 to n3 ask their own replica, those on
+    // n4 and n5 ask through a replica's desk.
+    text += &format!("[[agents]]\nname = \"counter-{{i}}\"\ncount = {NODES}\nbehaviour = \"process\"\nplacement = \"spread\"\n[agents.params]\ncommand = [\"python3\", \"python/examples/kv_counter.py\"]\n");
     let path = data.path().join("counting.toml");
     std::fs::write(&path, &text).unwrap();
-    let cluster = LocalCluster::start(config::load(&path).unwrap())
+    let mut cluster = LocalCluster::start(config::load(&path).unwrap())
         .await
         .unwrap();
-    let call = |agent: &str, body: &str| {
-        let arguments = ["call", agent, body, "--timeout", "5s"];
-        tokio::task::block_in_place(|| common::agentmesh(&arguments, &path))
+    let homes: std::collections::BTreeMap<String, String> =
+        (cluster.nodes[0].parts.shared.config.agents.iter())
+            .map(|agent| (agent.name.clone(), agent.node.clone()))
+            .collect();
+    let up = |cluster: &LocalCluster, agent: &str| {
+        (cluster.nodes.iter()).any(|node| node.parts.data_path.agents.contains_key(agent))
     };
-    wait_until("both counters answered init", || {
-        (cluster.nodes.iter()).all(|node| {
-            let agents = &node.parts.data_path.agents;
-            agents.contains_key("counter-0") || agents.contains_key("counter-1")
-        })
+    wait_until("every counter answered init", || {
+        (0..NODES).all(|index| up(&cluster, &format!("counter-{index}")))
     })
     .await;
-    let mut total = 0;
-    for delta in 1..=6 {
-        let agent = format!("counter-{}", delta % 2);
-        let (code, out, err) = call(&agent, &format!(r#"{{"type":"add","delta":{delta}}}"#));
-        assert_eq!(code, Some(0), "{err}");
-        assert!(out.contains("add_ok"), "{agent}: {out}");
-        total += delta;
+    let call = |agent: &str, body: &str| {
+        let arguments = ["call", agent, body, "--timeout", "8s"];
+        let (code, out, err) = tokio::task::block_in_place(|| common::agentmesh(&arguments, &path));
+        assert_eq!(code, Some(0), "{agent}: {err}");
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
+    };
+    // Adds answered add_ok, and those answered "may have happened".
+    let (mut done, mut unknown) = (0u64, Vec::new());
+    let mut add = |agent: &str, delta: u64| {
+        let answer = call(agent, &format!(r#"{{"type":"add","delta":{delta}}}"#));
+        match (answer["type"].as_str(), answer["code"].as_u64()) {
+            (Some("add_ok"), _) => done += delta,
+            (Some("error"), Some(0)) => unknown.push(delta),
+            _ => panic!("{agent}: {answer}"),
+        }
+    };
+    for delta in 1..=NODES as u64 {
+        add(&format!("counter-{}", delta - 1), delta);
     }
-    for agent in ["counter-0", "counter-1"] {
-        let (code, out, err) = call(agent, r#"{"type":"read"}"#);
-        assert_eq!(code, Some(0), "{err}");
-        let answer: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-        assert_eq!(answer["value"], total, "{agent} reads every add: {out}");
+    let leader = cluster
+        .control_status()
+        .await
+        .and_then(|status| status.leader);
+    let leader = leader.expect("a leader, since adds were committed");
+    assert!(cluster.stop_node(&leader, Departure::Crash).await);
+    let survivors: Vec<String> = (0..NODES)
+        .map(|index| format!("counter-{index}"))
+        .filter(|agent| homes[agent] != leader)
+        .collect();
+    for delta in 6..=10 {
+        add(&survivors[delta as usize % survivors.len()], delta);
     }
-    // The store itself holds the sum, under the service's own key.
+    cluster.restart_node(&leader).await.unwrap();
+    wait_until("every counter is up again", || {
+        (0..NODES).all(|index| up(&cluster, &format!("counter-{index}")))
+    })
+    .await;
+    let subset_sums = (0..1u64 << unknown.len()).map(|mask| {
+        let picked = unknown
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| mask >> bit & 1 == 1);
+        done + picked.map(|(_, delta)| delta).sum::<u64>()
+    });
+    let possible: Vec<u64> = subset_sums.collect();
+    let mut values = Vec::new();
+    for index in 0..NODES {
+        let deadline = std::time::Instant::now() + common::WAIT_MAX;
+        loop {
+            // The restarted node's counter may ask before its replica
+            // knows the leader: it is told 11, and asked again.
+            let answer = call(&format!("counter-{index}"), r#"{"type":"read"}"#);
+            if answer["type"] == "read_ok" {
+                values.push(answer["value"].as_u64().unwrap());
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "counter-{index}: {answer}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    eprintln!("{leader} crashed; {done} added, {unknown:?} unknown; counters read {values:?}");
+    assert!(
+        values.windows(2).all(|pair| pair[0] == pair[1]),
+        "every counter reads the same: {values:?}"
+    );
+    assert!(
+        possible.contains(&values[0]),
+        "{} is no sum of {done} and some of {unknown:?}",
+        values[0]
+    );
     let (code, out, err) = common::agentmesh(&["kv", "get", "maelstrom/lin-kv/\"counter\""], &path);
     assert_eq!(
         (code, out.trim()),
-        (Some(0), total.to_string().as_str()),
+        (Some(0), values[0].to_string().as_str()),
         "{err}"
     );
     cluster.shutdown().await;
