@@ -65,7 +65,7 @@ pub struct AgentState {
     /// A sink's node records what it consumed, for the exactly-once checks.
     records: bool,
     myself: ActorRef<AgentMsg>,
-    /// Numbers this incarnation's requests.
+    /// Numbers this incarnation's requests (from a random start).
     next_request: u64,
     /// Requests awaiting their responses: id → timeout in ms.
     pending: HashMap<u64, u64>,
@@ -464,7 +464,10 @@ impl Actor for Agent {
             ticker,
             records,
             myself,
-            next_request: 0,
+            // Each incarnation numbers its requests from a random point,
+            // so a response meant for an earlier one matches nothing; below
+            // 2^53, since a process agent's msg_id may be a JSON double.
+            next_request: u64::from(rand::random::<u32>()) << 20,
             pending: HashMap::new(),
             timers: HashMap::new(),
             timer_settings: 0,
