@@ -22,5 +22,6 @@ pub mod faults;
 pub mod membership;
 pub mod mesh;
 pub mod pbft;
+pub mod placement;
 pub mod raft;
 pub mod routing;
