@@ -52,6 +52,13 @@ pub struct AgentParts {
     pub registry: Arc<Registry>,
 }
 
+impl AgentParts {
+    /// The node's core and data path, as a control-plane ask needs them.
+    pub fn node(&self) -> control_ask::NodeRefs<'_> {
+        (&self.shared, &self.data_path)
+    }
+}
+
 pub struct Agent;
 
 pub struct AgentState {
@@ -175,8 +182,8 @@ impl Effects for ActorEffects<'_> {
     }
 
     fn control(&mut self, ask: ControlAsk) -> Result<u64, ControlError> {
-        let node = (self.parts.shared.as_ref(), self.parts.data_path.as_ref());
-        self.asks.ask(node, self.source, self.myself, ask)
+        self.asks
+            .ask(self.parts.node(), self.source, self.myself, ask)
     }
 }
 
@@ -359,8 +366,8 @@ impl AgentState {
         if self.name != desk_of(&self.parts.shared.node_id) {
             return NodeMetrics::count(&counters.agent_frames_malformed);
         }
-        let node = (self.parts.shared.as_ref(), self.parts.data_path.as_ref());
         let ask = (from, client, sequence, ask);
+        let node = self.parts.node();
         if control_ask::serve(node, &self.name, &self.myself, self.serving, ask) {
             self.serving += 1;
         }
@@ -385,8 +392,7 @@ impl AgentState {
     /// Sends, as a desk, the answer to an ask it served.
     fn served(&mut self, to: &str, answer: (u64, u64, ControlOutcome)) {
         self.serving -= 1;
-        let node = (self.parts.shared.as_ref(), self.parts.data_path.as_ref());
-        control_ask::answer(node, &self.name, to, answer);
+        control_ask::answer(self.parts.node(), &self.name, to, answer);
     }
 
     fn hand_control_answer(&mut self, ticket: ControlTicket, outcome: ControlOutcome) {

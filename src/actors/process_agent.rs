@@ -324,8 +324,8 @@ impl ProcessAgentState {
     /// `topic:` destination, to the topic's subscribers); a refusal is
     /// answered to the process as a Maelstrom error.
     async fn send(&mut self, line: Line) -> Result<(), ActorProcessingErr> {
-        if maelstrom::KV_SERVICES.contains(&line.dest.as_str()) {
-            return self.ask_kv(&line).await;
+        if let Some(request) = maelstrom::kv_request(&line) {
+            return self.ask_kv(&line, request).await;
         }
         let answer = line.in_reply_to();
         let body = serde_json::to_vec(&Value::Object(line.body.clone())).expect("JSON encodes");
@@ -351,12 +351,16 @@ impl ProcessAgentState {
     }
 
     /// Asks the control plane what the process asked a key-value service
-    /// (`line` is for one); a request refused at once is answered at once.
-    async fn ask_kv(&mut self, line: &Line) -> Result<(), ActorProcessingErr> {
-        let error_body = match maelstrom::kv_request(line) {
-            None => return Ok(()),
-            Some(Ok((ask, reply_to))) => {
-                let node = (self.parts.shared.as_ref(), self.parts.data_path.as_ref());
+    /// in `line` (read as `request`); a request refused at once is
+    /// answered at once.
+    async fn ask_kv(
+        &mut self,
+        line: &Line,
+        request: maelstrom::KvRequest,
+    ) -> Result<(), ActorProcessingErr> {
+        let error_body = match request {
+            Ok((ask, reply_to)) => {
+                let node = self.parts.node();
                 match self.asks.ask(node, &self.config.name, &self.myself, ask) {
                     Ok(sequence) => {
                         self.kv_waiting.insert(sequence, reply_to);
@@ -365,8 +369,8 @@ impl ProcessAgentState {
                     Err(error) => maelstrom::kv_reply(&reply_to, &Err(error)),
                 }
             }
-            Some(Err(Some(error_body))) => error_body,
-            Some(Err(None)) => {
+            Err(Some(error_body)) => error_body,
+            Err(None) => {
                 NodeMetrics::count(&self.counters().process_lines_malformed);
                 let service = &line.dest;
                 tracing::warn!(agent = %self.config.name, %service, "a request without msg_id skipped");

@@ -161,13 +161,14 @@ pub struct KvReplyTo {
     pub kind: KvKind,
 }
 
-/// Reads a line written to a key-value service: None when its `dest` is
-/// not one; otherwise the ask and whom to answer, or the error body to
-/// answer at once (None when the line has no `msg_id` to answer).
-#[allow(clippy::type_complexity)]
-pub fn kv_request(
-    line: &Line,
-) -> Option<Result<(ControlAsk, KvReplyTo), Option<Map<String, Value>>>> {
+/// A line to a key-value service, read: the ask and whom to answer, or
+/// the error body to answer at once (None when the line has no `msg_id`
+/// to answer).
+pub type KvRequest = Result<(ControlAsk, KvReplyTo), Option<Map<String, Value>>>;
+
+/// Reads a line written to a key-value service (None when its `dest` is
+/// not one).
+pub fn kv_request(line: &Line) -> Option<KvRequest> {
     let service = KV_SERVICES.iter().find(|service| **service == line.dest)?;
     let Some(msg_id) = line.msg_id() else {
         return Some(Err(None));
