@@ -109,6 +109,10 @@ pub struct AgentStats {
     /// microseconds (with `received_data`, the agent's mean latency).
     pub latency_micros_total: AtomicU64,
     pub starts: AtomicU64,
+    /// Messages this agent handed the router that it has not yet taken:
+    /// while the node's admission window is full, an agent with none may
+    /// still queue one, so a flooding neighbour cannot shut it out.
+    pub queued: Arc<AtomicU64>,
     /// (from agent, payload) of every delivery, for sinks.
     pub recorded: Mutex<Vec<RecordedDelivery>>,
     pub unrecorded: AtomicU64,
@@ -218,6 +222,10 @@ impl DataPath {
     }
 
     pub fn stats_of(&self, agent: &str) -> Arc<AgentStats> {
+        // Looked up first: every send asks, and most agents exist.
+        if let Some(stats) = self.agent_stats.get(agent) {
+            return stats.clone();
+        }
         self.agent_stats
             .entry(agent.to_string())
             .or_default()

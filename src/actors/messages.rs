@@ -3,6 +3,9 @@
 //! so that an actor can reach a sibling (through its mailbox in
 //! [`super::shared::Mailboxes`]) without importing the sibling's module.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use ractor::RpcReplyPort;
 use raft::eraftpb::Message as RaftMessage;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
@@ -57,13 +60,39 @@ pub type Receipt = Result<(), SendError>;
 /// told when the destination acknowledges or the router gives up.
 pub type OutboundMessage = Message<ReceiptSender>;
 
+/// A local agent's message's place in the router's queue: the queue's
+/// permit and one of the sender's queued messages (its agent statistics'
+/// `queued`), both given back when the router has handled it (or when
+/// the message is dropped).
+pub struct QueuedPlace {
+    _permit: OwnedSemaphorePermit,
+    sender_queued: Arc<AtomicU64>,
+}
+
+impl QueuedPlace {
+    pub fn new(permit: OwnedSemaphorePermit, sender_queued: Arc<AtomicU64>) -> QueuedPlace {
+        sender_queued.fetch_add(1, Ordering::Relaxed);
+        QueuedPlace {
+            _permit: permit,
+            sender_queued,
+        }
+    }
+}
+
+impl Drop for QueuedPlace {
+    fn drop(&mut self) {
+        self.sender_queued.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What the router is told: agents' messages and peers' envelopes.
 pub enum RouterMsg {
-    /// From a local agent. The permit holds the message's place in the
-    /// router's bounded queue until it is handled.
+    /// From a local agent. The place holds the message's room in the
+    /// router's bounded queue, and counts it as its sender's, until it is
+    /// handled.
     Send {
         message: OutboundMessage,
-        permit: OwnedSemaphorePermit,
+        place: QueuedPlace,
     },
     /// Decoded envelopes for this node from one peer connection.
     Inbound {

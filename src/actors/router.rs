@@ -29,8 +29,8 @@ use crate::protocols::wire::{encode_frame, Envelope, EnvelopeKind, Frame, Traffi
 
 use crate::clock::{monotonic_ms, unix_micros};
 
-use super::data_path::{AgentReport, DataPath};
-use super::messages::{AgentMsg, OutboundMessage, Receipt, ReceiptSender, RouterMsg};
+use super::data_path::{AgentReport, AgentStats, DataPath};
+use super::messages::{AgentMsg, OutboundMessage, QueuedPlace, Receipt, ReceiptSender, RouterMsg};
 use super::overlay_state::OverlayState;
 use super::shared::{NodeShared, Ticker};
 use crate::protocols::mesh::SendError;
@@ -51,11 +51,12 @@ pub fn send(
         });
     }
     check_rate(shared, data_path, &message.source_agent)?;
-    check_inflight(shared, data_path)?;
-    let permit = shared.try_reserve_router()?;
+    let sender = data_path.stats_of(&message.source_agent);
+    check_inflight(shared, data_path, &sender)?;
+    let place = QueuedPlace::new(shared.try_reserve_router()?, sender.queued.clone());
     let router = shared.mailboxes.router.get().ok_or(SendError::RouterBusy)?;
     router
-        .cast(RouterMsg::Send { message, permit })
+        .cast(RouterMsg::Send { message, place })
         .map_err(|_| SendError::RouterBusy)
 }
 
@@ -88,13 +89,20 @@ pub fn send_with_receipt(
 /// (which follows what the paths take, within `delivery.inflight_max`):
 /// a sender pushing as fast as it can learns it at the cost of two atomic
 /// loads, and does not fill the router's queue with messages it would
-/// only refuse.
-fn check_inflight(shared: &NodeShared, data_path: &DataPath) -> Result<(), SendError> {
+/// only refuse. A sender with nothing queued may still queue one, so
+/// that others' queued messages (a flood to nowhere, say, that takes no
+/// place in the window) never shut it out: the core then admits or
+/// refuses it by the window itself.
+fn check_inflight(
+    shared: &NodeShared,
+    data_path: &DataPath,
+    sender: &AgentStats,
+) -> Result<(), SendError> {
     let room = shared.mailboxes.router_queue.available_permits();
     let queued = shared.config.limits.router_queue_max - room;
     let inflight = data_path.admission.inflight.load(Ordering::Relaxed);
     let window = data_path.admission.window.load(Ordering::Relaxed);
-    if inflight + queued < window {
+    if inflight + queued < window || sender.queued.load(Ordering::Relaxed) == 0 {
         return Ok(());
     }
     NodeMetrics::count(&shared.metrics.counters.refused_inflight_full);
@@ -226,9 +234,9 @@ impl Actor for Router {
         let mut core = data_path.mesh_core();
         take_reports(data_path, &mut core, now);
         match message {
-            RouterMsg::Send { message, permit } => {
+            RouterMsg::Send { message, place } => {
                 core.send(now, paths, message);
-                drop(permit);
+                drop(place);
             }
             RouterMsg::Inbound { envelopes, permit } => {
                 core.handle_envelopes(now, paths, envelopes);
