@@ -89,10 +89,10 @@ pub fn send_with_receipt(
 /// (which follows what the paths take, within `delivery.inflight_max`):
 /// a sender pushing as fast as it can learns it at the cost of two atomic
 /// loads, and does not fill the router's queue with messages it would
-/// only refuse. A sender with nothing queued may still queue one, so
-/// that others' queued messages (a flood to nowhere, say, that takes no
-/// place in the window) never shut it out: the core then admits or
-/// refuses it by the window itself.
+/// only refuse. While the window itself has room, a sender with nothing
+/// queued may still queue one, so that others' queued messages (a flood
+/// to nowhere, say, that will take no place in the window) never shut it
+/// out.
 fn check_inflight(
     shared: &NodeShared,
     data_path: &DataPath,
@@ -102,7 +102,8 @@ fn check_inflight(
     let queued = shared.config.limits.router_queue_max - room;
     let inflight = data_path.admission.inflight.load(Ordering::Relaxed);
     let window = data_path.admission.window.load(Ordering::Relaxed);
-    if inflight + queued < window || sender.queued.load(Ordering::Relaxed) == 0 {
+    let idle = sender.queued.load(Ordering::Relaxed) == 0;
+    if inflight + queued < window || (idle && inflight < window) {
         return Ok(());
     }
     NodeMetrics::count(&shared.metrics.counters.refused_inflight_full);
