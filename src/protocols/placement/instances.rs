@@ -123,6 +123,49 @@ fn fixed_point(line: usize, text: &str, decimals: u32) -> Result<u64, InstanceEr
     padded.parse().map_err(|_| fail("is too large"))
 }
 
+/// The class of an instance from its name (`u120_00` → `u120`, `t60_07`
+/// → `t60`): what comes before the last underscore.
+pub fn class_of(name: &str) -> &str {
+    name.rsplit_once('_').map_or(name, |(class, _)| class)
+}
+
+/// An instance like Falkenauer's uniform class, made from `seed`: `items`
+/// sizes uniform in 20..=100, bins of 150. Its best known is unknown (0).
+pub fn generate_uniform(seed: u64, items: usize, number: usize) -> Instance {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    Instance {
+        name: format!("gu{items}_{number:02}"),
+        capacity: 150,
+        sizes: (0..items).map(|_| rng.gen_range(20..=100)).collect(),
+        best_known: 0,
+    }
+}
+
+/// An instance like Falkenauer's triplet class, made from `seed`: each of
+/// `bins` bins of 1000 is filled exactly by three items of 250 to 500 (the
+/// first from 380 to 490, the second from 250 to half of what is left,
+/// the third the rest), then the items are shuffled; the optimum is
+/// `bins`.
+pub fn generate_triplets(seed: u64, bins: usize, number: usize) -> Instance {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut sizes = Vec::with_capacity(3 * bins);
+    for _ in 0..bins {
+        let first = rng.gen_range(380..=490u64);
+        let second = rng.gen_range(250..=(1000 - first) / 2);
+        sizes.extend([first, second, 1000 - first - second]);
+    }
+    sizes.shuffle(&mut rng);
+    Instance {
+        name: format!("gt{}_{number:02}", 3 * bins),
+        capacity: 1000,
+        sizes,
+        best_known: bins,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +187,22 @@ mod tests {
         );
         assert_eq!(instances[1].capacity, 1000);
         assert_eq!(instances[1].sizes, vec![333, 334, 333]);
+    }
+
+    #[test]
+    fn generated_triplets_fill_their_bins_exactly() {
+        let instance = generate_triplets(3, 20, 0);
+        assert_eq!(instance.sizes.len(), 60);
+        assert_eq!(instance.sizes.iter().sum::<u64>(), 20 * 1000);
+        assert!(instance
+            .sizes
+            .iter()
+            .all(|&size| (250..=500).contains(&size)));
+        assert_eq!(class_of(&instance.name), "gt60");
+        assert_eq!(class_of("u120_19"), "u120");
+        let uniform = generate_uniform(3, 120, 1);
+        assert!(uniform.sizes.iter().all(|&size| (20..=100).contains(&size)));
+        assert_eq!(uniform, generate_uniform(3, 120, 1), "the seed decides");
     }
 
     #[test]
