@@ -106,6 +106,10 @@ enum Command {
     },
     /// Build an overlay (from a config, or from --nodes/--k/--kind) and print it with its metrics.
     Topology(commands::TopologyOptions),
+    /// Print the plan a config's placement makes (each agent's node, each
+    /// node's use, the bound, latency and balance) without starting
+    /// anything; --down shows the rebalancing when nodes die.
+    Place(commands::PlaceOptions),
     /// Put, get or delete a key in the control plane's key-value space.
     #[command(subcommand)]
     Kv(commands::KvAction),
@@ -148,6 +152,10 @@ enum BenchCommand {
     /// Publish/subscribe fan-out: one publisher, one subscriber on each
     /// node; copies delivered/s, their latency, exactly once.
     Fanout(agentmesh::bench::FanoutOptions),
+    /// The placement planner: bin-packing quality against the best known
+    /// (on OR-Library files given with --instances, or generated ones),
+    /// plan and rebalancing speed, and geography.
+    Placement(agentmesh::bench::PlacementOptions),
     /// Every report.json below a folder in one Markdown table.
     Summary {
         #[arg(default_value = "bench-results")]
@@ -263,6 +271,7 @@ fn main() -> ExitCode {
                 commands::check(&config, target, id.as_deref())
             }
             Command::Topology(options) => commands::topology(&options),
+            Command::Place(options) => commands::place(&options),
             Command::Kv(action) => commands::kv(&action).await,
             Command::Call(options) => commands::call(&options).await,
             Command::Members(action) => commands::members(&action).await,
@@ -273,6 +282,9 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Pbft(options)) => agentmesh::bench::pbft(options).await,
             Command::Bench(BenchCommand::Agents(options)) => {
                 agentmesh::bench::agents(options).await
+            }
+            Command::Bench(BenchCommand::Placement(options)) => {
+                agentmesh::bench::placement(options)
             }
             Command::Bench(BenchCommand::Fanout(options)) => {
                 agentmesh::bench::fanout(options).await

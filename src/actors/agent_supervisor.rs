@@ -37,6 +37,7 @@ impl AgentSupervisorState {
                 params: Default::default(),
                 entry: usize::MAX,
                 subscribe: Vec::new(),
+                placement: Default::default(),
             });
         }
         let agents = &shared.config.agents;

@@ -13,8 +13,10 @@ use crate::config::{self, ClusterConfig};
 use crate::identity;
 
 mod control;
+mod place;
 mod topology;
 pub use control::{call, kv, members, status, CallOptions, KvAction, MembersAction};
+pub use place::{place, PlaceOptions};
 pub use topology::{topology, TopologyFormat, TopologyOptions};
 
 /// How long `up` waits for every link before starting the clock anyway.

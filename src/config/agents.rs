@@ -21,6 +21,8 @@ pub struct AgentConfig {
     /// node reads them from the same file, so every publisher knows each
     /// topic's subscribers.
     pub subscribe: Vec<String>,
+    /// Where it may go (`placement = "planned"` and its rules).
+    pub placement: AgentPlacement,
 }
 
 /// Topics one agent may subscribe to.
@@ -136,12 +138,36 @@ pub(super) struct RawAgent {
     params: toml::Table,
     #[serde(default)]
     subscribe: Vec<String>,
+    group: Option<String>,
+    #[serde(default)]
+    demand: BTreeMap<String, f64>,
+    #[serde(default)]
+    node_affinity: Vec<placement::RawNodeRule>,
+    #[serde(default)]
+    affinity: Vec<placement::RawAgentRule>,
+    #[serde(default)]
+    anti_affinity: Vec<placement::RawAgentRule>,
+    #[serde(default)]
+    spread: Vec<placement::RawSpread>,
     // The storm's keys, also accepted on the entry itself.
     rate: Option<toml::Value>,
     payload_bytes: Option<toml::Value>,
     targets: Option<toml::Value>,
     messages_max: Option<toml::Value>,
     tick_ms: Option<toml::Value>,
+}
+
+impl RawAgent {
+    fn raw_placement(&self) -> placement::RawAgentPlacement {
+        placement::RawAgentPlacement {
+            group: self.group.clone(),
+            demand: self.demand.clone(),
+            node_affinity: self.node_affinity.clone(),
+            affinity: self.affinity.clone(),
+            anti_affinity: self.anti_affinity.clone(),
+            spread: self.spread.clone(),
+        }
+    }
 }
 
 pub(super) fn one() -> usize {
@@ -196,13 +222,15 @@ pub(super) fn validate_agents(
             }
         }
         if let Some(placement) = &agent.placement {
-            if placement != "spread" {
+            if placement != "spread" && placement != "planned" {
                 checker.fail(
                     at("placement"),
-                    format!("unknown placement {placement:?}; available: spread"),
+                    format!("unknown placement {placement:?}; available: spread, planned"),
                 );
             }
         }
+        let planned = agent.placement.as_deref() == Some("planned");
+        let placement = validate_agent_placement(agent.raw_placement(), planned, &at, checker);
         for instance in 0..agent.count {
             let name = agent.name.replace("{i}", &instance.to_string());
             checker.name(&at("name"), &name);
@@ -230,6 +258,7 @@ pub(super) fn validate_agents(
                 params: params.clone(),
                 entry: index,
                 subscribe: agent.subscribe.clone(),
+                placement: placement.clone(),
             });
         }
     }

@@ -31,6 +31,7 @@ mod limits;
 mod membership;
 mod nodes;
 pub mod pbft;
+pub mod placement;
 mod supervision;
 mod topology;
 mod transport;
@@ -49,6 +50,8 @@ pub use membership::*;
 pub use nodes::*;
 use nodes::{validate_nodes, RawNode};
 pub use pbft::PbftSettings;
+use placement::validate_agent_placement;
+pub use placement::{AgentPlacement, PlacementConfig};
 use supervision::validate_supervision;
 pub use supervision::*;
 pub use topology::*;
@@ -123,6 +126,9 @@ pub struct ClusterConfig {
     /// Replicas whose disks are made to fail, by node id.
     pub disk_faults: BTreeMap<String, DiskFault>,
     pub agents: Vec<AgentConfig>,
+    /// Score weights, region latencies and agents' traffic, for planned
+    /// placement.
+    pub placement: PlacementConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +158,8 @@ struct RawConfig {
     disk_faults: Vec<faults::RawDiskFault>,
     #[serde(default)]
     agents: Vec<RawAgent>,
+    #[serde(default)]
+    placement: placement::RawPlacement,
 }
 
 #[derive(Debug, Deserialize)]
@@ -334,7 +342,11 @@ fn validate(raw: RawConfig, file: &str, base: &Path, checker: &mut Checker) -> C
     validate_supervision(&raw.supervision, checker);
     validate_membership(&raw.membership, checker);
     validate_delivery(&raw.delivery, checker);
-    let agents = validate_agents(&raw.agents, &nodes, checker);
+    let mut agents = validate_agents(&raw.agents, &nodes, checker);
+    let placement = placement::validate_placement(raw.placement, &agents, checker);
+    if checker.problems.is_empty() {
+        placement::place_planned(&nodes, &mut agents, &placement, checker);
+    }
     let control = validate_control(raw.control, &nodes, base, checker);
     let pbft = pbft::validate_pbft(raw.pbft, &nodes, checker);
     let faults = faults::validate_faults(raw.faults, raw.cluster.seed, &nodes, checker);
@@ -364,6 +376,7 @@ fn validate(raw: RawConfig, file: &str, base: &Path, checker: &mut Checker) -> C
         faults,
         disk_faults,
         agents,
+        placement,
     }
 }
 

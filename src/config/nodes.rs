@@ -13,6 +13,11 @@ pub struct NodeConfig {
     pub key_file: Option<PathBuf>,
     pub region: Option<String>,
     pub zone: Option<String>,
+    /// Capacity per named dimension (`cpu`, `memory_mb`, …), for planned
+    /// placement.
+    pub capacity: BTreeMap<String, f64>,
+    /// Free-form labels that placement rules test.
+    pub labels: BTreeMap<String, String>,
     /// Where this node answers `agentmesh kv` and `agentmesh status`
     /// (control-plane replicas only; loopback only).
     pub client_listen: Option<SocketAddr>,
@@ -28,6 +33,10 @@ pub(super) struct RawNode {
     region: Option<String>,
     zone: Option<String>,
     client_listen: Option<String>,
+    #[serde(default)]
+    capacity: BTreeMap<String, f64>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 pub(super) fn validate_nodes(
@@ -101,7 +110,10 @@ pub(super) fn validate_nodes(
             }
             parsed.ok()
         });
+        check_capacity_and_labels(node, &at, checker);
         nodes.push(NodeConfig {
+            capacity: node.capacity.clone(),
+            labels: node.labels.clone(),
             client_listen,
             id: node.id.clone(),
             listen,
@@ -119,4 +131,40 @@ pub(super) fn validate_nodes(
         );
     }
     nodes
+}
+
+/// Amounts must be amounts, and `region` and `zone` are given as keys of
+/// their own, not as labels.
+fn check_capacity_and_labels(node: &RawNode, at: &dyn Fn(&str) -> String, checker: &mut Checker) {
+    for (dimension, amount) in &node.capacity {
+        checker.name(&at("capacity"), dimension);
+        if !(amount.is_finite() && *amount >= 0.0) {
+            let reason = format!("{amount} is not a non-negative amount");
+            checker.fail(at(&format!("capacity.{dimension}")), reason);
+        }
+    }
+    for (key, value) in &node.labels {
+        checker.name(&at("labels"), key);
+        checker.name(&at(&format!("labels.{key}")), value);
+        if key == "region" || key == "zone" || key == "node" {
+            let reason =
+                format!("{key:?} is not a free-form label: give the node's {key} as its own key");
+            checker.fail(at(&format!("labels.{key}")), reason);
+        }
+    }
+}
+
+impl NodeConfig {
+    /// The labels placement reads: the free-form ones, with `region` and
+    /// `zone` where given.
+    pub fn all_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        if let Some(region) = &self.region {
+            labels.insert("region".into(), region.clone());
+        }
+        if let Some(zone) = &self.zone {
+            labels.insert("zone".into(), zone.clone());
+        }
+        labels
+    }
 }
