@@ -5,4 +5,4 @@
 # replica restarting. SIM_SEEDS (default 500) seeds per case.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SIM_SEEDS=${SIM_SEEDS:-500} cargo test --release --test pbft -- --nocapture
+SIM_SEEDS=${SIM_SEEDS:-500} cargo test --release --test suite pbft:: -- --nocapture

@@ -1,5 +1,5 @@
 //! What the fuzz targets in `fuzz/` run, and the property tests over
-//! arbitrary bytes in the normal suite (`tests/hostile.rs`) too: each entry
+//! arbitrary bytes in the normal suite (`tests/suite/hostile.rs`) too: each entry
 //! takes any bytes, must never panic, and checks that a decoder neither
 //! loses nor invents anything — whatever decodes encodes again to bytes that
 //! decode to the same value, no longer than the input.

@@ -1,7 +1,7 @@
 """Takes what is published on the topics it subscribes to and publishes
 each message again, marked with its own name, on the topic named by its
 first argument: a pub/sub relay between a Rust publisher and Rust
-subscribers (tests/process_agents.rs runs it)."""
+subscribers (tests/suite/process_agents.rs runs it)."""
 
 import os
 import sys

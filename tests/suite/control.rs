@@ -5,7 +5,7 @@
 //! `agentmesh kv` and `agentmesh status` commands.
 
 #[allow(dead_code)]
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

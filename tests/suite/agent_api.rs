@@ -17,7 +17,7 @@ use agentmesh::sim::linearizability;
 use agentmesh::sim::raft::{Call, CallKind};
 use serde::Deserialize;
 
-mod common;
+use crate::common;
 use common::wait_until;
 
 /// What the asker learnt: each request's counter and outcome.

@@ -4,7 +4,7 @@
 //! `[pbft]` sections are refused naming the key.
 
 #[allow(dead_code)]
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -20,7 +20,7 @@ use agentmesh::protocols::wire::{
 };
 use ed25519_dalek::SigningKey;
 
-mod common;
+use crate::common;
 use common::{wait_until, wait_until_async as wait_for, WAIT_MAX};
 
 fn nodes_toml(ids: &[&str]) -> String {

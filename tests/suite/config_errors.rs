@@ -360,7 +360,7 @@ fn a_missing_file_is_an_error() {
 
 #[test]
 fn the_embedded_default_and_shipped_examples_pass() {
-    let (code, output) = check(include_str!("../config/local.toml"));
+    let (code, output) = check(include_str!("../../config/local.toml"));
     assert_eq!(code, 0, "{output}");
 }
 

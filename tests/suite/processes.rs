@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 #[allow(dead_code)]
-mod common;
+use crate::common;
 use common::statuses::{connected, forward_statuses, keyed_nodes, wait_for, Latest, Nodes};
 const IDS: [&str; 3] = ["n1", "n2", "n3"];
 

@@ -9,7 +9,7 @@ use agentmesh::agent_api::{Behaviour, Context, Message, Registry, RequestError, 
 use agentmesh::cluster::{Departure, LocalCluster};
 use agentmesh::config::{self, ClusterConfig};
 
-mod common;
+use crate::common;
 use common::wait_until;
 
 /// The answers the asker got, as JSON bodies (or why none came).

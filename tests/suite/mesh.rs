@@ -13,7 +13,7 @@ use agentmesh::config::{self, ClusterConfig};
 use agentmesh::protocols::mesh::SendError;
 use tokio::sync::oneshot;
 
-mod common;
+use crate::common;
 use common::{wait_until, WAIT_MAX};
 const NODES: usize = 20;
 const STOPPED: &str = "n07";

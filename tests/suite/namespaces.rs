@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
 #[allow(dead_code)]
-mod common;
+use crate::common;
 use common::statuses::{connected, forward_statuses, keyed_nodes, wait_for, Latest, Nodes};
 const HOSTS: usize = 3;
 const PORT: u16 = 7400;
@@ -207,7 +207,7 @@ fn a_host_cut_off_by_its_link_going_down_rejoins_and_nothing_acknowledged_is_los
 
 /// The fenced block after `<!-- multi-host: NAME -->` in README.md.
 fn readme_block(name: &str) -> String {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let marker = format!("<!-- multi-host: {name} -->");
     let after = readme
         .split_once(&marker)

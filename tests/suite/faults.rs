@@ -5,7 +5,7 @@
 //! traffic again. And `[faults]` errors name their key.
 
 #[allow(dead_code)]
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

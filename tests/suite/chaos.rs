@@ -4,7 +4,7 @@
 //! lost, a linearizable history and no invariant broken.
 
 #[allow(dead_code)]
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
