@@ -5,4 +5,5 @@
 pub mod linearizability;
 pub mod mesh;
 pub mod pbft;
+pub mod placement;
 pub mod raft;

@@ -3,11 +3,11 @@
 //! once, which keeps the suite's build short; `cargo test --release
 //! --test suite MODULE::` runs one file's tests.
 
-mod common;
 mod agent_api;
 mod bench;
 mod chaos;
 mod cluster;
+mod common;
 mod config_errors;
 mod control;
 mod disk_faults;
@@ -18,6 +18,7 @@ mod mesh_sim;
 mod namespaces;
 mod pbft;
 mod pbft_cluster;
+mod placement_sim;
 mod process_agents;
 mod processes;
 mod protocols;

@@ -187,8 +187,13 @@ fn talkers_end_up_in_one_region() {
     }
     // Each pair within a region: 6 pairs × 10 × 1 ms, the least possible.
     assert_eq!(placed.latency_cost, 60.0);
-    let apart: Vec<usize> = (0..asked.agents.len()).map(|a| (a % 2) * 4 + (a / 2) % 4).collect();
-    assert_eq!(super::planner::latency_cost_of(&asked, &apart), 6.0 * 10.0 * 80.0);
+    let apart: Vec<usize> = (0..asked.agents.len())
+        .map(|a| (a % 2) * 4 + (a / 2) % 4)
+        .collect();
+    assert_eq!(
+        super::planner::latency_cost_of(&asked, &apart),
+        6.0 * 10.0 * 80.0
+    );
 }
 
 #[test]
