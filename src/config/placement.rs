@@ -304,43 +304,7 @@ pub(super) fn validate_placement(
     agents: &[AgentConfig],
     checker: &mut Checker,
 ) -> PlacementConfig {
-    let mut weights = model::ScoreWeights::default();
-    if let Some(given) = raw.weights {
-        for (key, value, slot) in [
-            (
-                "least_allocated",
-                given.least_allocated,
-                &mut weights.least_allocated,
-            ),
-            (
-                "most_allocated",
-                given.most_allocated,
-                &mut weights.most_allocated,
-            ),
-            ("balanced", given.balanced, &mut weights.balanced),
-            (
-                "node_affinity",
-                given.node_affinity,
-                &mut weights.node_affinity,
-            ),
-            (
-                "agent_affinity",
-                given.agent_affinity,
-                &mut weights.agent_affinity,
-            ),
-            ("spread", given.spread, &mut weights.spread),
-            ("latency", given.latency, &mut weights.latency),
-        ] {
-            let Some(value) = value else { continue };
-            if !(value.is_finite() && (0.0..=1000.0).contains(&value)) {
-                checker.fail(
-                    format!("placement.weights.{key}"),
-                    format!("{value} is outside 0 to 1000"),
-                );
-            }
-            *slot = value;
-        }
-    }
+    let weights = validate_weights(raw.weights, checker);
     let mut latency = Vec::new();
     for (index, entry) in raw.latency.into_iter().enumerate() {
         if !(entry.ms.is_finite() && entry.ms >= 0.0) {
@@ -377,6 +341,48 @@ pub(super) fn validate_placement(
         latency,
         traffic,
     }
+}
+
+/// The default weights, with those given in `placement.weights`.
+fn validate_weights(given: Option<RawWeights>, checker: &mut Checker) -> model::ScoreWeights {
+    let mut weights = model::ScoreWeights::default();
+    if let Some(given) = given {
+        for (key, value, slot) in [
+            (
+                "least_allocated",
+                given.least_allocated,
+                &mut weights.least_allocated,
+            ),
+            (
+                "most_allocated",
+                given.most_allocated,
+                &mut weights.most_allocated,
+            ),
+            ("balanced", given.balanced, &mut weights.balanced),
+            (
+                "node_affinity",
+                given.node_affinity,
+                &mut weights.node_affinity,
+            ),
+            (
+                "agent_affinity",
+                given.agent_affinity,
+                &mut weights.agent_affinity,
+            ),
+            ("spread", given.spread, &mut weights.spread),
+            ("latency", given.latency, &mut weights.latency),
+        ] {
+            let Some(value) = value else { continue };
+            if !(value.is_finite() && (0.0..=1000.0).contains(&value)) {
+                checker.fail(
+                    format!("placement.weights.{key}"),
+                    format!("{value} is outside 0 to 1000"),
+                );
+            }
+            *slot = value;
+        }
+    }
+    weights
 }
 
 /// The placement problem of a config: every node (up) and every agent,

@@ -12,7 +12,9 @@
 
 use std::collections::HashMap;
 
-use super::model::{AgentSelector, Problem, ScoreWeights, SpreadRule, Strength, Unsatisfiable};
+use super::model::{
+    AgentSelector, AgentSpec, Problem, ScoreWeights, SpreadRule, Strength, Unsatisfiable,
+};
 
 /// Why a node was filtered out for an agent.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -36,6 +38,32 @@ impl std::fmt::Display for Blocked {
             Blocked::Spread(what) => write!(formatter, "the spread of {what}"),
         }
     }
+}
+
+/// Why a filter refused an agent, by index (cheap to make and compare
+/// on every node tried); [`State::explain`] names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    Down,
+    Capacity(usize),
+    NodeAffinity,
+    /// The agent's own required rule, by its place in `agent_rules`.
+    AgentAffinity {
+        rule: usize,
+    },
+    AntiAffinity {
+        rule: usize,
+    },
+    /// A placed agent's anti-affinity selects it.
+    RefusedBy,
+    /// A placed agent whose affinity it alone could meet is elsewhere.
+    NeededNear {
+        holder: usize,
+    },
+    /// Its group's spread rule, by its place in the group's rules.
+    Spread {
+        rule: usize,
+    },
 }
 
 /// Agents placed so far and what they use, with the tallies the rules
@@ -105,67 +133,21 @@ impl<'p> State<'p> {
     pub fn new(problem: &'p Problem) -> State<'p> {
         let topology = Topology::of(problem);
         let (tallies, tallies_of) = make_tallies(problem, &topology);
-        let find = |selector: &AgentSelector, holders: bool| -> Vec<usize> {
-            (tallies_of.get(selector).into_iter().flatten().copied())
-                .filter(|&index| tallies[index].holders == holders)
-                .collect()
-        };
-        let mut counted_in = Vec::with_capacity(problem.agents.len());
-        let mut refused_by = Vec::with_capacity(problem.agents.len());
-        let (mut rule_tallies, mut spread_tallies): (Vec<Vec<usize>>, Vec<_>) =
-            (Vec::new(), Vec::new());
         let spread = group_spreads(problem);
-        for agent in &problem.agents {
-            let name = AgentSelector::Name(agent.name.clone());
-            let group = agent.group.clone().map(AgentSelector::Group);
-            let selecting: Vec<&AgentSelector> =
-                std::iter::once(&name).chain(group.as_ref()).collect();
-            let mut counted: Vec<usize> = selecting.iter().flat_map(|s| find(s, false)).collect();
-            for rule in agent
-                .agent_rules
-                .iter()
-                .filter(|r| r.anti && r.strength == Strength::Required)
-            {
-                let key = topology.key(&rule.topology_key);
-                counted.extend(
-                    find(&rule.selector, true)
-                        .into_iter()
-                        .filter(|&t| tallies[t].key == key),
-                );
-            }
-            counted.sort_unstable();
-            counted.dedup();
-            let tally_of = |selector: &AgentSelector, key: &str| {
-                let key = topology.key(key);
-                *find(selector, false)
-                    .iter()
-                    .find(|&&t| tallies[t].key == key)
-                    .expect("made above")
+        let mut index = AgentIndex::default();
+        for (agent, spec) in problem.agents.iter().enumerate() {
+            let lookup = Lookup {
+                topology: &topology,
+                tallies: &tallies,
+                tallies_of: &tallies_of,
             };
-            rule_tallies.push(
-                agent
-                    .agent_rules
-                    .iter()
-                    .map(|rule| tally_of(&rule.selector, &rule.topology_key))
-                    .collect(),
-            );
-            spread_tallies.push(
-                (spread[rule_tallies.len() - 1].iter())
-                    .map(|rule| {
-                        group
-                            .as_ref()
-                            .map(|group| tally_of(group, &rule.topology_key))
-                    })
-                    .collect(),
-            );
-            counted_in.push(counted);
-            refused_by.push(selecting.iter().flat_map(|s| find(s, true)).collect());
+            index.add(spec, &spread[agent], &lookup);
         }
         let mut affine_to: Vec<Vec<usize>> = vec![Vec::new(); tallies.len()];
         for (agent, spec) in problem.agents.iter().enumerate() {
-            for (rule, &index) in spec.agent_rules.iter().zip(&rule_tallies[agent]) {
+            for (rule, &tally) in spec.agent_rules.iter().zip(&index.rule_tallies[agent]) {
                 if !rule.anti && rule.strength == Strength::Required {
-                    affine_to[index].push(agent);
+                    affine_to[tally].push(agent);
                 }
             }
         }
@@ -176,10 +158,10 @@ impl<'p> State<'p> {
             used: vec![vec![0.0; problem.dimensions.len()]; problem.nodes.len()],
             topology,
             tallies,
-            counted_in,
-            refused_by,
-            rule_tallies,
-            spread_tallies,
+            counted_in: index.counted_in,
+            refused_by: index.refused_by,
+            rule_tallies: index.rule_tallies,
+            spread_tallies: index.spread_tallies,
             spread,
             peers: problem.peers(),
             region_of: (problem.nodes.iter())
@@ -227,7 +209,7 @@ impl<'p> State<'p> {
 
     /// The first filter that refuses `agent` (not placed) on `node`, if
     /// one does.
-    pub fn filter(&self, agent: usize, node: usize) -> Option<Blocked> {
+    pub fn filter(&self, agent: usize, node: usize) -> Option<Refusal> {
         assert!(
             self.node_of[agent].is_none(),
             "filters judge unplaced agents"
@@ -235,11 +217,11 @@ impl<'p> State<'p> {
         let (problem, spec) = (self.problem, &self.problem.agents[agent]);
         let node_spec = &problem.nodes[node];
         if !node_spec.up {
-            return Some(Blocked::Down);
+            return Some(Refusal::Down);
         }
         for (dimension, demand) in spec.demand.iter().enumerate() {
             if self.used[node][dimension] + demand > node_spec.capacity[dimension] + SLACK {
-                return Some(Blocked::Capacity(problem.dimensions[dimension].clone()));
+                return Some(Refusal::Capacity(dimension));
             }
         }
         let required = |strength: &Strength| *strength == Strength::Required;
@@ -248,10 +230,42 @@ impl<'p> State<'p> {
             .iter()
             .any(|rule| required(&rule.strength) && !node_spec.matches(rule))
         {
-            return Some(Blocked::NodeAffinity);
+            return Some(Refusal::NodeAffinity);
         }
         self.filter_agent_rules(agent, node)
             .or_else(|| self.filter_spread(agent, node))
+    }
+
+    /// What `refusal` (of `agent`) means, in names.
+    pub fn explain(&self, agent: usize, refusal: Refusal) -> Blocked {
+        let spec = &self.problem.agents[agent];
+        match refusal {
+            Refusal::Down => Blocked::Down,
+            Refusal::Capacity(dimension) => {
+                Blocked::Capacity(self.problem.dimensions[dimension].clone())
+            }
+            Refusal::NodeAffinity => Blocked::NodeAffinity,
+            Refusal::AgentAffinity { rule } => {
+                Blocked::AgentAffinity(describe(&spec.agent_rules[rule].selector))
+            }
+            Refusal::AntiAffinity { rule } => {
+                Blocked::AntiAffinity(describe(&spec.agent_rules[rule].selector))
+            }
+            Refusal::RefusedBy => {
+                Blocked::AntiAffinity(format!("agents that refuse {}", spec.name))
+            }
+            Refusal::NeededNear { holder } => Blocked::AgentAffinity(format!(
+                "{}, which needs it near",
+                self.problem.agents[holder].name
+            )),
+            Refusal::Spread { rule } => {
+                let group = spec.group.as_deref().unwrap_or("");
+                Blocked::Spread(format!(
+                    "group {group} over {}",
+                    self.spread[agent][rule].topology_key
+                ))
+            }
+        }
     }
 
     /// Placed agents in the node's domain that tally `index` counts.
@@ -263,25 +277,25 @@ impl<'p> State<'p> {
         }
     }
 
-    fn filter_agent_rules(&self, agent: usize, node: usize) -> Option<Blocked> {
+    fn filter_agent_rules(&self, agent: usize, node: usize) -> Option<Refusal> {
         let spec = &self.problem.agents[agent];
-        for (rule, &index) in spec.agent_rules.iter().zip(&self.rule_tallies[agent]) {
+        let rules = spec.agent_rules.iter().enumerate();
+        for ((at, rule), &index) in rules.zip(&self.rule_tallies[agent]) {
             if rule.strength != Strength::Required {
                 continue;
             }
             let near = self.near(node, index);
             if rule.anti && near > 0 {
-                return Some(Blocked::AntiAffinity(describe(&rule.selector)));
+                return Some(Refusal::AntiAffinity { rule: at });
             }
             if !rule.anti && near == 0 && self.placed_anywhere(index) {
-                return Some(Blocked::AgentAffinity(describe(&rule.selector)));
+                return Some(Refusal::AgentAffinity { rule: at });
             }
         }
         // Agents already placed whose anti-affinity selects this one.
         for &index in &self.refused_by[agent] {
             if self.near(node, index) > 0 {
-                let refusers = format!("agents that refuse {}", spec.name);
-                return Some(Blocked::AntiAffinity(refusers));
+                return Some(Refusal::RefusedBy);
             }
         }
         self.filter_lone_affinity(agent, node)
@@ -292,7 +306,7 @@ impl<'p> State<'p> {
     /// outside that domain: the rule holds there only while it stays
     /// alone. (Kubernetes checks affinity once, at scheduling; the plan's
     /// rules hold in the end state, which the validator checks.)
-    fn filter_lone_affinity(&self, agent: usize, node: usize) -> Option<Blocked> {
+    fn filter_lone_affinity(&self, agent: usize, node: usize) -> Option<Refusal> {
         for &index in &self.counted_in[agent] {
             let tally = &self.tallies[index];
             if tally.holders {
@@ -307,10 +321,7 @@ impl<'p> State<'p> {
                 if self.near(at, index) == itself
                     && domain != self.topology.of_node[tally.key][node]
                 {
-                    let name = &self.problem.agents[holder].name;
-                    return Some(Blocked::AgentAffinity(format!(
-                        "{name}, which needs it near"
-                    )));
+                    return Some(Refusal::NeededNear { holder });
                 }
             }
         }
@@ -339,21 +350,16 @@ impl<'p> State<'p> {
         Some(most.saturating_sub(fewest))
     }
 
-    fn filter_spread(&self, agent: usize, node: usize) -> Option<Blocked> {
-        let spec = &self.problem.agents[agent];
+    fn filter_spread(&self, agent: usize, node: usize) -> Option<Refusal> {
         for (index, rule) in self.spread[agent].iter().enumerate() {
             if rule.when_unsatisfiable != Unsatisfiable::Refuse {
                 continue;
             }
-            let group = spec.group.as_deref().unwrap_or("");
             let skew = self.skew_with(agent, node, index);
             // A node without the key is outside every domain: refused, as
             // Kubernetes does.
             if skew.is_none_or(|skew| skew > rule.max_skew) {
-                return Some(Blocked::Spread(format!(
-                    "group {group} over {}",
-                    rule.topology_key
-                )));
+                return Some(Refusal::Spread { rule: index });
             }
         }
         None
@@ -435,6 +441,11 @@ impl<'p> State<'p> {
         100.0 / (1.0 + skews / rules as f64)
     }
 
+    /// Who `agent` talks to, and how much (once per traffic entry).
+    pub fn peers_of(&self, agent: usize) -> &[(usize, f64)] {
+        &self.peers[agent]
+    }
+
     /// Traffic-weighted latency from `agent` on `node` to its placed
     /// peers.
     pub fn latency_cost(&self, agent: usize, node: usize) -> f64 {
@@ -454,6 +465,75 @@ impl<'p> State<'p> {
             (Some(a), Some(b)) => self.problem.latency.milliseconds[a * regions + b],
             _ => 0.0,
         }
+    }
+}
+
+/// The tallies, to look one up by selector, holders and key.
+struct Lookup<'a> {
+    topology: &'a Topology,
+    tallies: &'a [Tally],
+    tallies_of: &'a HashMap<AgentSelector, Vec<usize>>,
+}
+
+impl Lookup<'_> {
+    /// The selector's tallies of holders or not.
+    fn of(&self, selector: &AgentSelector, holders: bool) -> Vec<usize> {
+        (self.tallies_of.get(selector).into_iter().flatten().copied())
+            .filter(|&index| self.tallies[index].holders == holders)
+            .collect()
+    }
+
+    /// The selector's tally (not of holders) under `key`.
+    fn under(&self, selector: &AgentSelector, key: &str) -> usize {
+        let key = self.topology.key(key);
+        let found = self
+            .of(selector, false)
+            .into_iter()
+            .find(|&t| self.tallies[t].key == key);
+        found.expect("every rule's tally is made in make_tallies")
+    }
+}
+
+/// Per agent, the tallies its placing changes and its rules read (the
+/// `State` fields of the same names).
+#[derive(Default)]
+struct AgentIndex {
+    counted_in: Vec<Vec<usize>>,
+    refused_by: Vec<Vec<usize>>,
+    rule_tallies: Vec<Vec<usize>>,
+    spread_tallies: Vec<Vec<Option<usize>>>,
+}
+
+impl AgentIndex {
+    fn add(&mut self, agent: &AgentSpec, spread: &[SpreadRule], lookup: &Lookup) {
+        let name = AgentSelector::Name(agent.name.clone());
+        let group = agent.group.clone().map(AgentSelector::Group);
+        let selecting: Vec<&AgentSelector> = std::iter::once(&name).chain(group.as_ref()).collect();
+        let mut counted: Vec<usize> = selecting.iter().flat_map(|s| lookup.of(s, false)).collect();
+        let anti = agent
+            .agent_rules
+            .iter()
+            .filter(|r| r.anti && r.strength == Strength::Required);
+        for rule in anti {
+            let key = lookup.topology.key(&rule.topology_key);
+            let holders = lookup.of(&rule.selector, true).into_iter();
+            counted.extend(holders.filter(|&t| lookup.tallies[t].key == key));
+        }
+        counted.sort_unstable();
+        counted.dedup();
+        self.counted_in.push(counted);
+        self.refused_by
+            .push(selecting.iter().flat_map(|s| lookup.of(s, true)).collect());
+        let rules = agent.agent_rules.iter();
+        self.rule_tallies.push(
+            rules
+                .map(|rule| lookup.under(&rule.selector, &rule.topology_key))
+                .collect(),
+        );
+        let spreads = spread
+            .iter()
+            .map(|rule| group.as_ref().map(|g| lookup.under(g, &rule.topology_key)));
+        self.spread_tallies.push(spreads.collect());
     }
 }
 

@@ -8,7 +8,7 @@
 //! agent and what blocked it on each node.
 
 use super::model::Problem;
-use super::pipeline::{Blocked, State};
+use super::pipeline::{Blocked, Refusal, State};
 
 /// A complete placement and what it costs.
 #[derive(Clone, Debug, PartialEq)]
@@ -112,11 +112,11 @@ fn place_pinned(state: &mut State) -> Result<(), PlanError> {
     let problem = state.problem;
     for (agent, spec) in problem.agents.iter().enumerate() {
         let Some(node) = spec.pinned else { continue };
-        if let Some(blocked) = state.filter(agent, node) {
+        if let Some(refusal) = state.filter(agent, node) {
             return Err(PlanError::PinnedRefused {
                 agent: spec.name.clone(),
                 node: problem.nodes[node].name.clone(),
-                blocked,
+                blocked: state.explain(agent, refusal),
             });
         }
         state.place(agent, node);
@@ -150,13 +150,13 @@ fn largest_first(problem: &Problem, mut agents: Vec<usize>) -> Vec<usize> {
 /// The best node for `agent` (not placed), or what blocked it.
 fn choose(state: &State, agent: usize) -> Result<usize, PlanError> {
     let problem = state.problem;
-    let mut blocked: Vec<(Blocked, usize)> = Vec::new();
+    let mut refused: Vec<(Refusal, usize)> = Vec::new();
     let mut candidates: Vec<(usize, f64, f64)> = Vec::new();
     for node in 0..problem.nodes.len() {
         match state.filter(agent, node) {
-            Some(why) => match blocked.iter_mut().find(|(seen, _)| *seen == why) {
+            Some(why) => match refused.iter_mut().find(|(seen, _)| *seen == why) {
                 Some((_, count)) => *count += 1,
-                None => blocked.push((why, 1)),
+                None => refused.push((why, 1)),
             },
             None => {
                 let latency = state.latency_cost(agent, node);
@@ -165,6 +165,15 @@ fn choose(state: &State, agent: usize) -> Result<usize, PlanError> {
         }
     }
     if candidates.is_empty() {
+        // Named only now: the filters run on every node, the names once.
+        let mut blocked: Vec<(Blocked, usize)> = Vec::new();
+        for (why, count) in refused {
+            let why = state.explain(agent, why);
+            match blocked.iter_mut().find(|(seen, _)| *seen == why) {
+                Some((_, total)) => *total += count,
+                None => blocked.push((why, count)),
+            }
+        }
         blocked.sort();
         return Err(PlanError::Unplaceable {
             agent: problem.agents[agent].name.clone(),
@@ -200,12 +209,7 @@ fn search_latency(state: &mut State, limits: PlanLimits) -> usize {
     let regions = Regions::of(problem);
     let talkers: Vec<usize> = (0..problem.agents.len())
         .filter(|&a| problem.agents[a].pinned.is_none())
-        .filter(|&a| {
-            problem
-                .traffic
-                .iter()
-                .any(|t| t.first == a || t.second == a)
-        })
+        .filter(|&a| !state.peers_of(a).is_empty())
         .collect();
     let mut moves = 0;
     for _ in 0..limits.search_passes_max {
@@ -260,13 +264,9 @@ impl Regions {
 fn closer_node(state: &State, regions: &Regions, agent: usize, from: usize) -> Option<usize> {
     let problem = state.problem;
     let here = state.latency_cost(agent, from);
-    let peers: Vec<(usize, f64)> = (problem.traffic.iter())
-        .filter_map(|t| match (t.first == agent, t.second == agent) {
-            (true, false) => Some((t.second, t.weight)),
-            (false, true) => Some((t.first, t.weight)),
-            _ => None,
-        })
-        .filter_map(|(peer, weight)| {
+    let peers: Vec<(usize, f64)> = (state.peers_of(agent).iter())
+        .filter(|&&(peer, _)| peer != agent)
+        .filter_map(|&(peer, weight)| {
             state.node_of[peer].map(|node| (regions.of_node[node], weight))
         })
         .collect();
