@@ -18,6 +18,7 @@ mod mesh_sim;
 mod namespaces;
 mod pbft;
 mod pbft_cluster;
+mod placement_cli;
 mod placement_sim;
 mod process_agents;
 mod processes;
