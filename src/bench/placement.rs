@@ -369,19 +369,26 @@ fn region_latencies(regions: usize, rng: &mut ChaCha8Rng) -> LatencyMatrix {
     }
 }
 
-/// The median of `repeats` timings of `work`, with the CPU time it took
-/// per repeat.
+/// Runs `work` at least `repeats` times and until `SPAN_MIN` has passed
+/// (so that the CPU clock, which ticks in milliseconds, sees it), at
+/// most `REPEATS_MAX` times; gives its last result, the median time and
+/// the CPU time per run.
 fn timed<T>(repeats: usize, mut work: impl FnMut() -> T) -> (T, Duration, Duration) {
-    let mut times = Vec::with_capacity(repeats);
+    const SPAN_MIN: Duration = Duration::from_millis(200);
+    const REPEATS_MAX: usize = 100_000;
+    let mut times = Vec::new();
+    let started = Instant::now();
     let cpu_before = resources::cpu_time();
     let mut last = None;
-    for _ in 0..repeats {
-        let started = Instant::now();
+    while times.len() < repeats.max(1)
+        || (started.elapsed() < SPAN_MIN && times.len() < REPEATS_MAX)
+    {
+        let one = Instant::now();
         last = Some(work());
-        times.push(started.elapsed());
+        times.push(one.elapsed());
     }
     let cpu = match (cpu_before, resources::cpu_time()) {
-        (Some(before), Some(after)) => (after - before) / repeats as u32,
+        (Some(before), Some(after)) => (after - before) / times.len() as u32,
         _ => Duration::ZERO,
     };
     times.sort();
@@ -394,13 +401,7 @@ fn timed<T>(repeats: usize, mut work: impl FnMut() -> T) -> (T, Duration, Durati
 
 fn speed(agents: usize, nodes: usize, options: &PlacementOptions) -> SpeedRow {
     let problem = cluster_problem(agents, nodes, options.seed);
-    // Enough repeats for the CPU clock to see (about 200 ms of work),
-    // and at least --repeats.
-    let once = Instant::now();
-    let _ = plan(&problem, PlanLimits::default());
-    let per_batch = once.elapsed().as_secs_f64().max(1e-7);
-    let repeats = ((0.2 / per_batch) as usize).clamp(options.repeats, 100_000);
-    let (planned, median, cpu) = timed(repeats, || plan(&problem, PlanLimits::default()));
+    let (planned, median, cpu) = timed(options.repeats, || plan(&problem, PlanLimits::default()));
     let planned = planned.expect("the generated problems have room for every agent");
     let placement: Vec<Option<usize>> = planned.node_of.iter().map(|&n| Some(n)).collect();
     SpeedRow {
