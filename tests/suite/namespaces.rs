@@ -6,7 +6,7 @@
 //! consumed exactly once. The namespaces are removed afterwards, also when
 //! the test fails (by a guard's Drop).
 //!
-//! A second test follows README.md's multi-host steps as written there.
+//! A second test follows docs/MULTI_HOST.md's steps as written there.
 //!
 //! Needs root and iproute2. Without them the test says so and passes,
 //! except under CI (`CI` set), where it fails.
@@ -205,13 +205,13 @@ fn a_host_cut_off_by_its_link_going_down_rejoins_and_nothing_acknowledged_is_los
     drop(network);
 }
 
-/// The fenced block after `<!-- multi-host: NAME -->` in README.md.
-fn readme_block(name: &str) -> String {
-    let readme = include_str!("../../README.md");
+/// The fenced block after `<!-- multi-host: NAME -->` in docs/MULTI_HOST.md.
+fn guide_block(name: &str) -> String {
+    let guide = include_str!("../../docs/MULTI_HOST.md");
     let marker = format!("<!-- multi-host: {name} -->");
-    let after = readme
+    let after = guide
         .split_once(&marker)
-        .unwrap_or_else(|| panic!("README.md has no {marker}"))
+        .unwrap_or_else(|| panic!("docs/MULTI_HOST.md has no {marker}"))
         .1;
     let fence_open = after.find("```").expect("a fenced block after the marker");
     let body = &after[fence_open..];
@@ -219,9 +219,9 @@ fn readme_block(name: &str) -> String {
     body[..body.find("```").expect("the block is closed")].to_string()
 }
 
-/// The commands of a README block: its lines, less comments and blanks.
-fn readme_commands(name: &str) -> Vec<String> {
-    readme_block(name)
+/// The commands of a guide block: its lines, less comments and blanks.
+fn guide_commands(name: &str) -> Vec<String> {
+    guide_block(name)
         .lines()
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
@@ -277,12 +277,12 @@ fn run_ok(mut command: Command, line: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// README.md's multi-host section, followed as written: keys made on each
-/// host, entries joined on the operator's machine with the README's
+/// docs/MULTI_HOST.md, followed as written: keys made on each
+/// host, entries joined on the operator's machine with the guide's
 /// `cluster-head.toml`, the config copied to each host, checked and run
 /// there, and the control plane used from a replica's host.
 #[test]
-fn the_readmes_multi_host_steps_work_as_written() {
+fn the_multi_host_guide_works_as_written() {
     let Some(network) = network_or_skip() else {
         return;
     };
@@ -302,7 +302,7 @@ fn the_readmes_multi_host_steps_work_as_written() {
         })
         .collect();
     for (index, (folder, variables)) in hosts.iter().enumerate() {
-        for line in readme_commands("on every host") {
+        for line in guide_commands("on every host") {
             run_ok(
                 shell(Some(&network.hosts[index]), folder, variables, &line),
                 &line,
@@ -313,17 +313,17 @@ fn the_readmes_multi_host_steps_work_as_written() {
     }
     std::fs::write(
         operator.join("cluster-head.toml"),
-        readme_block("cluster-head.toml"),
+        guide_block("cluster-head.toml"),
     )
     .unwrap();
-    for line in readme_commands("on the operator's machine") {
+    for line in guide_commands("on the operator's machine") {
         run_ok(shell(None, &operator, &[], &line), &line);
     }
     let (lines, statuses) = mpsc::channel::<serde_json::Value>();
     let mut nodes = Nodes(Vec::new());
     for (index, (folder, variables)) in hosts.iter().enumerate() {
         std::fs::copy(operator.join("cluster.toml"), folder.join("cluster.toml")).unwrap();
-        for line in readme_commands("on every host, with cluster.toml") {
+        for line in guide_commands("on every host, with cluster.toml") {
             if line.starts_with("agentmesh node ") {
                 // exec: the child is the node itself, so killing it on
                 // drop stops the node, not only the shell.
@@ -351,7 +351,7 @@ fn the_readmes_multi_host_steps_work_as_written() {
         (1..=HOSTS).all(|index| connected(latest, &format!("n{index}")) == HOSTS - 1)
     });
     let (first_host, first_variables) = &hosts[0];
-    for line in readme_commands("on a replica's host") {
+    for line in guide_commands("on a replica's host") {
         // Until a leader is elected, kv answers 2 ("no leader"): try again.
         let deadline = std::time::Instant::now() + common::WAIT_MAX;
         let output = loop {
