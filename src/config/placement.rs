@@ -474,6 +474,81 @@ fn latency_matrix(nodes: &[NodeConfig], given: &[(String, String, f64)]) -> mode
     }
 }
 
+/// Whether every rule names what exists: agents and groups that some
+/// agent has, topology keys some node has (or `node`), and regions some
+/// node is in. A misspelt name would otherwise hold vacuously.
+fn references_hold(
+    nodes: &[NodeConfig],
+    agents: &[AgentConfig],
+    settings: &PlacementConfig,
+    checker: &mut Checker,
+) -> bool {
+    let names: BTreeSet<&str> = agents.iter().map(|a| a.name.as_str()).collect();
+    let groups: BTreeSet<&str> = agents
+        .iter()
+        .filter_map(|a| a.placement.group.as_deref())
+        .collect();
+    let mut keys: BTreeSet<String> = nodes
+        .iter()
+        .flat_map(|n| n.all_labels().into_keys())
+        .collect();
+    keys.insert(model::NODE_TOPOLOGY.into());
+    let regions: BTreeSet<&str> = nodes.iter().filter_map(|n| n.region.as_deref()).collect();
+    let mut problems: BTreeSet<(String, String)> = BTreeSet::new();
+    for agent in agents {
+        let at = |key: &str| format!("agents[{}].{key}", agent.entry);
+        for rule in &agent.placement.agent_rules {
+            let key = if rule.anti {
+                "anti_affinity"
+            } else {
+                "affinity"
+            };
+            match &rule.selector {
+                model::AgentSelector::Name(name) if !names.contains(name.as_str()) => {
+                    problems.insert((at(key), format!("no agent is named {name:?}")));
+                }
+                model::AgentSelector::Group(group) if !groups.contains(group.as_str()) => {
+                    problems.insert((at(key), format!("no agent is in group {group:?}")));
+                }
+                _ => {}
+            }
+            if !keys.contains(&rule.topology_key) {
+                problems.insert((
+                    at(key),
+                    format!("no node has the topology key {:?}", rule.topology_key),
+                ));
+            }
+        }
+        for rule in agent
+            .placement
+            .spread
+            .iter()
+            .filter(|rule| !keys.contains(&rule.topology_key))
+        {
+            problems.insert((
+                at("spread"),
+                format!("no node has the topology key {:?}", rule.topology_key),
+            ));
+        }
+    }
+    for (index, (first, second, _)) in settings.latency.iter().enumerate() {
+        for region in [first, second]
+            .into_iter()
+            .filter(|r| !regions.contains(r.as_str()))
+        {
+            problems.insert((
+                format!("placement.latency[{index}].between"),
+                format!("no node is in region {region:?}"),
+            ));
+        }
+    }
+    let clean = problems.is_empty();
+    for (key_path, reason) in problems {
+        checker.fail(key_path, reason);
+    }
+    clean
+}
+
 /// Gives each planned agent its node from the plan; a plan that cannot
 /// be made is the config's problem, naming the agent's entry.
 pub(super) fn place_planned(
@@ -483,6 +558,9 @@ pub(super) fn place_planned(
     checker: &mut Checker,
 ) {
     if !agents.iter().any(|agent| agent.placement.planned) {
+        return;
+    }
+    if !references_hold(nodes, agents, settings, checker) {
         return;
     }
     let problem = problem_of(nodes, agents, settings);
@@ -496,6 +574,13 @@ pub(super) fn place_planned(
     }
     match plan(&problem, PlanLimits::default()) {
         Ok(planned) => {
+            let placement: Vec<Option<usize>> = planned.node_of.iter().map(|&n| Some(n)).collect();
+            // The planner's own check, independent of it: a plan that
+            // breaks a rule is refused rather than run.
+            for violation in crate::protocols::placement::validate::violations(&problem, &placement)
+            {
+                checker.fail("agents", format!("the plan breaks a rule: {violation}"));
+            }
             for (agent, node) in agents.iter_mut().zip(planned.node_of) {
                 agent.node = nodes[node].id.clone();
             }
@@ -592,6 +677,23 @@ mod tests {
             found.iter().any(|p| p.starts_with("agents[0].placement: no plan: agent \"db-3\" fits no node")),
             "{found:?}"
         );
+        let misspelt = EXAMPLE
+            .replace(
+                "anti_affinity = [{ group = \"db\", topology_key = \"zone\" }]",
+                "anti_affinity = [{ group = \"dbs\", topology_key = \"rack\" }]",
+            )
+            .replace(
+                "{ between = [\"eu\", \"us\"], ms = 80.0 }",
+                "{ between = [\"eu\", \"asia\"], ms = 80.0 }",
+            );
+        let found = problems(&misspelt);
+        for expected in [
+            "agents[0].anti_affinity: no agent is in group \"dbs\"",
+            "agents[0].anti_affinity: no node has the topology key \"rack\"",
+            "placement.latency[2].between: no node is in region \"asia\"",
+        ] {
+            assert!(found.iter().any(|p| p == expected), "{expected}: {found:?}");
+        }
         let unplanned = EXAMPLE.replace(
             "placement = \"planned\"\ngroup = \"load\"",
             "placement = \"spread\"\ngroup = \"load\"",

@@ -120,6 +120,8 @@ struct Tally {
     holders: bool,
     key: usize,
     counts: Vec<u32>,
+    /// All it counts, on nodes with the key or without.
+    placed: u32,
 }
 
 /// A tolerance for sums of decimal demands.
@@ -199,6 +201,11 @@ impl<'p> State<'p> {
         let touched = std::mem::take(&mut self.counted_in[agent]);
         for &index in &touched {
             let tally = &mut self.tallies[index];
+            tally.placed = if add {
+                tally.placed + 1
+            } else {
+                tally.placed - 1
+            };
             if let Some(domain) = self.topology.of_node[tally.key][node] {
                 let count = &mut tally.counts[domain];
                 *count = if add { *count + 1 } else { *count - 1 };
@@ -288,7 +295,10 @@ impl<'p> State<'p> {
             if rule.anti && near > 0 {
                 return Some(Refusal::AntiAffinity { rule: at });
             }
-            if !rule.anti && near == 0 && self.placed_anywhere(index) {
+            // A required affinity needs a domain: a node without the key
+            // is outside every one, as in Kubernetes.
+            let keyless = self.topology.of_node[self.tallies[index].key][node].is_none();
+            if !rule.anti && (keyless || near == 0 && self.placed_anywhere(index)) {
                 return Some(Refusal::AgentAffinity { rule: at });
             }
         }
@@ -319,7 +329,7 @@ impl<'p> State<'p> {
                 let itself = u32::from(self.counted_in[holder].binary_search(&index).is_ok());
                 let domain = self.topology.of_node[tally.key][at];
                 if self.near(at, index) == itself
-                    && domain != self.topology.of_node[tally.key][node]
+                    && (domain.is_none() || domain != self.topology.of_node[tally.key][node])
                 {
                     return Some(Refusal::NeededNear { holder });
                 }
@@ -331,7 +341,7 @@ impl<'p> State<'p> {
     /// Whether tally `index` counts an agent in some domain (the first
     /// of a group may go anywhere, as in Kubernetes).
     fn placed_anywhere(&self, index: usize) -> bool {
-        self.tallies[index].counts.iter().any(|&count| count > 0)
+        self.tallies[index].placed > 0
     }
 
     /// Skew of the agent's group over `key` if the agent were added on
@@ -555,6 +565,7 @@ fn make_tallies(problem: &Problem, topology: &Topology) -> Tallies {
                 holders,
                 key,
                 counts,
+                placed: 0,
             });
         }
     };

@@ -336,7 +336,8 @@ pub fn rebalance(
     // An agent moved twice migrates once, to where it ends; the attempts
     // are bounded too, since moves may undo each other.
     let mut attempts = 0;
-    while moves.len() - forced_moves < migrations_max && attempts < 4 * migrations_max {
+    while moves.len() - forced_moves < migrations_max && attempts < migrations_max.saturating_mul(4)
+    {
         attempts += 1;
         let Some((agent, from, to)) = balancing_move(&mut state) else {
             break;

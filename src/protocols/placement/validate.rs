@@ -153,11 +153,11 @@ fn agent_rule_violations(
 /// domains are the up nodes' values of the key.
 fn spread_violations(problem: &Problem, node_of: &[Option<usize>]) -> Vec<Violation> {
     let mut found = Vec::new();
-    let mut checked: Vec<(String, String)> = Vec::new();
+    let mut checked: Vec<(String, super::model::SpreadRule)> = Vec::new();
     for spec in &problem.agents {
         let Some(group) = &spec.group else { continue };
         for rule in &spec.spread {
-            let pair = (group.clone(), rule.topology_key.clone());
+            let pair = (group.clone(), rule.clone());
             if rule.when_unsatisfiable != Unsatisfiable::Refuse || checked.contains(&pair) {
                 continue;
             }
