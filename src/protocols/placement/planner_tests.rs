@@ -331,14 +331,21 @@ proptest! {
 fn a_required_affinity_never_lands_outside_every_domain() {
     // n1 has no zone: an agent that must share a zone cannot go there,
     // and its target cannot follow it onto another zone-less node.
-    let nodes = vec![node("n0", 4.0, &[("zone", "a")]), node("n1", 8.0, &[]), node("n2", 8.0, &[])];
+    let nodes = vec![
+        node("n0", 4.0, &[("zone", "a")]),
+        node("n1", 8.0, &[]),
+        node("n2", 8.0, &[]),
+    ];
     let follow = AgentRule {
         anti: false,
         selector: AgentSelector::Group("cache".into()),
         topology_key: "zone".into(),
         strength: Strength::Required,
     };
-    let web = AgentSpec { agent_rules: vec![follow], ..agent("web", "web", 2.0) };
+    let web = AgentSpec {
+        agent_rules: vec![follow],
+        ..agent("web", "web", 2.0)
+    };
     let asked = problem(nodes, vec![web, agent("cache", "cache", 1.0)]);
     let placed = plan(&asked, PlanLimits::default()).unwrap();
     assert_eq!(violations(&asked, &node_of(&placed)), vec![]);
