@@ -178,6 +178,15 @@ counters! {
     actor_restarts,
     /// Restart budgets spent, each escalated to the next supervisor up.
     supervisor_escalations,
+    /// Planned agents started here because a committed directory placed
+    /// them here, and stopped because one placed them elsewhere.
+    placed_agents_started,
+    placed_agents_stopped,
+    /// Directories the placement planner of this node proposed.
+    placement_proposals,
+    /// Re-plans the planner could not make (no plan meets the rules); the
+    /// directory stays as it was.
+    placement_refused,
     /// Raft messages handed to a replica peer's connection.
     raft_messages_sent,
     /// Raft messages not sent: no connection to that replica, or its send

@@ -1,8 +1,16 @@
-//! The agent supervisor: starts this node's agents from the config, keeps
-//! the agent directory current, and restarts an agent that ends under its
-//! restart budget; a spent budget fails the agent supervisor, which
-//! escalates to the node supervisor.
+//! The agent supervisor: starts this node's agents (those the config puts
+//! here, and the planned agents the committed directory places here),
+//! starts and stops planned agents as new directories move them, and
+//! restarts an agent that ends under its restart budget; a spent budget
+//! fails the agent supervisor, which escalates to the node supervisor.
+//!
+//! In a cluster with a control plane, planned agents wait for the first
+//! committed directory: a node that restarts after its agents moved must
+//! not start them again from the config's plan. Without one, they run
+//! where the config's plan puts them.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -13,18 +21,97 @@ use crate::protocols::mesh::roster::desk_of;
 
 use super::agent::{seed_of, Agent, AgentParts};
 use super::messages::{AgentMsg, AgentSupervisorMsg};
+use super::overlay_state::OverlayState;
 use super::process_agent::ProcessAgent;
 use super::supervisor::Children;
+use crate::metrics::NodeMetrics;
 
 pub struct AgentSupervisor;
 
+/// What the agent supervisor starts from: what its agents are given, and
+/// the overlay state that holds the committed directory.
+pub struct AgentSupervisorArgs {
+    pub parts: AgentParts,
+    pub overlay: Arc<OverlayState>,
+}
+
 pub struct AgentSupervisorState {
     parts: AgentParts,
+    overlay: Arc<OverlayState>,
     children: Children<String>,
     quiesced: bool,
 }
 
 impl AgentSupervisorState {
+    /// The agents this node should run now: configured ones placed here,
+    /// planned ones where the directory (or, without a control plane, the
+    /// config's plan) places them, and its call desk when it has one.
+    fn wanted(&self) -> BTreeSet<String> {
+        let shared = &self.parts.shared;
+        let config = &shared.config;
+        let committed = self.overlay.committed();
+        let replicated = !config.control.replicas.is_empty();
+        let here = |agent: &AgentConfig| match (agent.placement.planned, replicated) {
+            (true, true) => committed.placed.get(&agent.name) == Some(&shared.node_id),
+            _ => agent.node == shared.node_id,
+        };
+        let mut names: BTreeSet<String> = (config.agents.iter())
+            .filter(|agent| here(agent))
+            .map(|agent| agent.name.clone())
+            .collect();
+        // A desk serves the calls of clients, and the control-plane asks
+        // of agents on nodes without a replica.
+        let serves_clients = (config.nodes.iter())
+            .any(|node| node.id == shared.node_id && node.client_listen.is_some());
+        let holds_replica = config.control.replicas.contains(&shared.node_id);
+        if serves_clients || holds_replica {
+            names.insert(desk_of(&shared.node_id));
+        }
+        names
+    }
+
+    /// Stops the agents running here that are no longer wanted (a new
+    /// directory placed them elsewhere) and starts the wanted ones that
+    /// are not running.
+    async fn reconcile(
+        &mut self,
+        myself: &ActorRef<AgentSupervisorMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.children.stopping {
+            return Ok(());
+        }
+        let wanted = self.wanted();
+        let unwanted: Vec<String> = (self.children.running())
+            .filter(|name| !wanted.contains(*name))
+            .cloned()
+            .collect();
+        let counters = &self.parts.shared.metrics.counters;
+        for name in &unwanted {
+            self.children.forget(|child| child == name);
+            if let Some(handle) = self.parts.data_path.agents.get(name) {
+                handle.actor.stop(Some("placed on another node".into()));
+            }
+            NodeMetrics::count(&counters.placed_agents_stopped);
+            tracing::info!(node = %self.parts.shared.node_id, agent = %name, "agent placed elsewhere; stopped");
+        }
+        for name in wanted {
+            if !self.children.contains(|child| *child == name) {
+                self.spawn(myself, &name).await?;
+                if !self.is_configured_here(&name) {
+                    NodeMetrics::count(&self.parts.shared.metrics.counters.placed_agents_started);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the config itself (not a directory) puts `name` here.
+    fn is_configured_here(&self, name: &str) -> bool {
+        let shared = &self.parts.shared;
+        (shared.config.agents.iter())
+            .any(|agent| agent.name == name && agent.node == shared.node_id)
+    }
+
     /// The config of agent `name`: a configured agent, or this node's call
     /// desk (on a node that serves clients).
     fn config_of(&self, name: &str) -> Option<AgentConfig> {
@@ -70,41 +157,28 @@ impl AgentSupervisorState {
 impl Actor for AgentSupervisor {
     type Msg = AgentSupervisorMsg;
     type State = AgentSupervisorState;
-    type Arguments = AgentParts;
+    type Arguments = AgentSupervisorArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<AgentSupervisorMsg>,
-        parts: AgentParts,
+        args: AgentSupervisorArgs,
     ) -> Result<AgentSupervisorState, ActorProcessingErr> {
+        let AgentSupervisorArgs { parts, overlay } = args;
         let shared = &parts.shared;
         let policy = shared.config.supervision.restart_policy();
         let seed = seed_of(shared.config.seed, &format!("{}/agents", shared.node_id));
         let children = Children::new(policy, seed, format!("{}/agent-supervisor", shared.node_id));
+        // Taken before the first reconcile: a directory committed meanwhile
+        // is reconciled again.
+        shared.mailboxes.agents.set(Some(myself.clone()));
         let mut state = AgentSupervisorState {
             parts,
+            overlay,
             children,
             quiesced: false,
         };
-        let shared = &state.parts.shared;
-        let mut names: Vec<String> = shared
-            .config
-            .agents
-            .iter()
-            .filter(|agent| agent.node == shared.node_id)
-            .map(|agent| agent.name.clone())
-            .collect();
-        // A desk serves the calls of clients, and the control-plane asks
-        // of agents on nodes without a replica.
-        let serves_clients = (shared.config.nodes.iter())
-            .any(|node| node.id == shared.node_id && node.client_listen.is_some());
-        let holds_replica = shared.config.control.replicas.contains(&shared.node_id);
-        if serves_clients || holds_replica {
-            names.push(desk_of(&shared.node_id));
-        }
-        for name in names {
-            state.spawn(&myself, &name).await?;
-        }
+        state.reconcile(&myself).await?;
         Ok(state)
     }
 
@@ -115,11 +189,14 @@ impl Actor for AgentSupervisor {
         state: &mut AgentSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            // An agent a directory moved away meanwhile stays stopped.
             AgentSupervisorMsg::Restart(name) => {
-                if !state.children.stopping && !state.children.contains(|child| *child == name) {
+                let running = state.children.contains(|child| *child == name);
+                if !state.children.stopping && !running && state.wanted().contains(&name) {
                     state.spawn(&myself, &name).await?;
                 }
             }
+            AgentSupervisorMsg::Reconcile => state.reconcile(&myself).await?,
             AgentSupervisorMsg::Quiesce => {
                 state.quiesced = true;
                 for entry in state.parts.data_path.agents.iter() {

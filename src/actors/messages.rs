@@ -168,6 +168,9 @@ pub enum AgentMsg {
 /// What the agent supervisor is told.
 pub enum AgentSupervisorMsg {
     Restart(String),
+    /// The committed directory may have changed: start the planned agents
+    /// it places here and stop those it moved away.
+    Reconcile,
     /// Tell every agent to stop ticking.
     Quiesce,
     /// Stop every agent without restarting any; answers when done.
@@ -235,9 +238,10 @@ pub enum RaftMsg {
     /// Snapshot the state now (for benchmarks and operators); answers once
     /// the snapshot is durable.
     CompactNow(RpcReplyPort<()>),
-    /// The topology actor of this node proposes an overlay change; only a
-    /// leader takes it (the topology proposes again if it is lost).
-    ProposeOverlay(Proposal),
+    /// This node's topology actor proposes an overlay change, or its
+    /// placement planner a directory; only a leader takes it (the proposer
+    /// proposes again if it is lost).
+    Propose(Proposal),
 }
 
 /// What a replica tells a client.

@@ -36,7 +36,7 @@ use crate::protocols::delivery::SenderConfig;
 use crate::protocols::mesh::{MeshConfig, MeshCore, OverlayFrame, RoutingView};
 
 use super::agent::AgentParts;
-use super::agent_supervisor::AgentSupervisor;
+use super::agent_supervisor::{AgentSupervisor, AgentSupervisorArgs};
 use super::data_path::DataPath;
 use super::directory::Directory;
 use super::messages::{AgentSupervisorMsg, ChildKind, NodeMsg, ReceiptSender};
@@ -392,10 +392,13 @@ impl NodeState {
             ChildKind::AgentSupervisor => {
                 let data_path = parts.data_path.clone();
                 let registry = parts.registry.clone();
-                let args = AgentParts {
-                    shared,
-                    data_path,
-                    registry,
+                let args = AgentSupervisorArgs {
+                    parts: AgentParts {
+                        shared,
+                        data_path,
+                        registry,
+                    },
+                    overlay: parts.overlay.clone(),
                 };
                 let (agents, _) =
                     Actor::spawn_linked(None, AgentSupervisor, args, supervisor).await?;

@@ -32,15 +32,26 @@ impl OverlayState {
     }
 
     /// Records `commit` as the committed overlay if it is newer than the
-    /// one recorded.
-    pub fn record_overlay(&self, commit: &Arc<OverlayCommit>) {
+    /// one recorded; says whether it was.
+    pub fn record_overlay(&self, commit: &Arc<OverlayCommit>) -> bool {
         let mut recorded = self
             .committed_overlay
             .write()
             .expect("committed overlay lock is never poisoned");
-        if commit.epoch > recorded.epoch {
+        let newer = commit.epoch > recorded.epoch;
+        if newer {
             *recorded = commit.clone();
         }
+        newer
+    }
+
+    /// The committed overlay this node applies, with its directory of
+    /// planned agents.
+    pub fn committed(&self) -> Arc<OverlayCommit> {
+        self.committed_overlay
+            .read()
+            .expect("committed overlay lock is never poisoned")
+            .clone()
     }
 
     pub fn routing_view(&self) -> Arc<RoutingView> {

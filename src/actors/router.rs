@@ -227,10 +227,12 @@ impl Actor for Router {
             }
         }
         let view = overlay.routing_view();
+        let committed = overlay.committed();
         let link_up = |peer: &str| shared.peers.is_connected(peer);
         let paths = Paths {
             view: &view,
             link_up: &link_up,
+            placed: &committed.placed,
         };
         let mut core = data_path.mesh_core();
         take_reports(data_path, &mut core, now);

@@ -20,7 +20,9 @@ use crate::net::tls::NodeCertificate;
 use crate::protocols::mesh::SendError;
 
 use super::directory::Directory;
-use super::messages::{NodeMsg, PbftMsg, RaftMsg, RouterMsg, TopologyMsg, TransportMsg};
+use super::messages::{
+    AgentSupervisorMsg, NodeMsg, PbftMsg, RaftMsg, RouterMsg, TopologyMsg, TransportMsg,
+};
 
 /// A reference to the current incarnation of a sibling actor.
 pub struct Slot<M> {
@@ -78,6 +80,8 @@ pub struct Mailboxes {
     pub replica: Slot<RaftMsg>,
     /// The PBFT replica, on nodes that hold one.
     pub pbft: Slot<PbftMsg>,
+    /// The agent supervisor, once the node starts its agents.
+    pub agents: Slot<AgentSupervisorMsg>,
     /// Bounds the router's mailbox: one permit per queued message.
     pub router_queue: Arc<Semaphore>,
     /// Bounds the topology actor's mailbox of frames from peers.
@@ -103,6 +107,7 @@ impl Mailboxes {
             topology: Slot::default(),
             replica: Slot::default(),
             pbft: Slot::default(),
+            agents: Slot::default(),
             router_queue: Arc::new(Semaphore::new(router_queue_max)),
             control_queue: Arc::new(Semaphore::new(control_queue_max)),
             raft_queue: Arc::new(Semaphore::new(raft_queue_max)),

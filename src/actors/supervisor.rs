@@ -45,6 +45,17 @@ impl<K: Clone + Debug> Children<K> {
         self.by_id.values().any(child_matches)
     }
 
+    /// Every child running now.
+    pub fn running(&self) -> impl Iterator<Item = &K> {
+        self.by_id.values()
+    }
+
+    /// Forgets the children `child_matches` picks, so their end, when the
+    /// supervisor stops them on purpose, restarts nothing.
+    pub fn forget(&mut self, child_matches: impl Fn(&K) -> bool) {
+        self.by_id.retain(|_, child| !child_matches(child));
+    }
+
     /// Decides what a supervision event means. `Ok(Some((child, delay)))`:
     /// restart `child` after `delay`. `Ok(None)`: nothing to do. `Err`: the
     /// restart budget is spent; returning it fails this supervisor.

@@ -26,7 +26,7 @@ use crate::protocols::wire::{encode_frame, Frame, TrafficClass};
 use crate::clock::monotonic_micros;
 use crate::net::peers::PeerTable;
 
-use super::messages::{RaftMsg, TopologyMsg, TransportMsg};
+use super::messages::{AgentSupervisorMsg, RaftMsg, TopologyMsg, TransportMsg};
 use super::overlay_state::OverlayState;
 use super::shared::{NodeShared, Ticker};
 
@@ -172,10 +172,16 @@ impl TopologyState {
             // A proposal that cannot be handed over is made again later.
             TopologyEvent::Propose(proposal) => {
                 if let Some(replica) = shared.mailboxes.replica.get() {
-                    let _ = replica.cast(RaftMsg::ProposeOverlay(proposal));
+                    let _ = replica.cast(RaftMsg::Propose(proposal));
                 }
             }
-            TopologyEvent::Applied(commit) => overlay.record_overlay(&commit),
+            // The agents this node runs may change with the directory.
+            TopologyEvent::Applied(commit) => {
+                overlay.record_overlay(&commit);
+                if let Some(agents) = shared.mailboxes.agents.get() {
+                    let _ = agents.cast(AgentSupervisorMsg::Reconcile);
+                }
+            }
             TopologyEvent::SpreadAfter(delay_ms) => {
                 let delay = Duration::from_millis(delay_ms);
                 self.myself.send_after(delay, || TopologyMsg::Spread);

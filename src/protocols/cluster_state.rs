@@ -1,9 +1,10 @@
 //! The replicated state machine: what the Raft group agrees on. Commands
 //! are applied in log order and every replica that applies the same log
-//! holds the same state. It holds the user key-value space, the agent
-//! directory (agent → node) and the committed overlay: its epoch and the
-//! nodes it leaves out as down. Placement joins it as the control plane
-//! grows.
+//! holds the same state. It holds the user key-value space and the
+//! committed overlay: its epoch, the nodes it leaves out as down, and the
+//! directory of planned agents (agent → node) the placement planner
+//! committed. Overlay changes and directories share one epoch, so a plan
+//! is made against one overlay and is stale once another commits.
 //!
 //! Snapshots are the bincode encoding of the whole state, compressed with
 //! zstd.
@@ -32,6 +33,8 @@ const REQUESTS_REMEMBERED_MAX: usize = 1_024;
 /// request applied longest ago is forgotten (clients are short-lived: a
 /// CLI run, an agent incarnation), so a retry from it would apply again.
 const CLIENTS_REMEMBERED_MAX: usize = 4_096;
+
+pub use crate::protocols::wire::limits::PLACED_AGENTS_MAX;
 
 /// Overlay proposals carry the client id `OVERLAY_CLIENT_BASE - i` from
 /// the node at index `i` of the sorted node list, so each node's sequence
@@ -62,9 +65,13 @@ pub enum Command {
         to: Vec<u8>,
         create_if_missing: bool,
     },
-    AssignAgent {
-        agent: String,
-        node: String,
+    /// The planned agents' directory becomes `directory` (agent → node),
+    /// moving the overlay to the next epoch, if the state is still at
+    /// `after_epoch`: a plan made against an older overlay (other nodes
+    /// down, or another plan since) is stale and changes nothing.
+    Place {
+        after_epoch: u64,
+        directory: BTreeMap<String, String>,
     },
     /// The overlay moves to the next epoch, leaving out the nodes in
     /// `down`, if the state is still at `after_epoch`: a proposal made from
@@ -92,7 +99,8 @@ pub enum Outcome {
     NotFound,
     /// A compare-and-set whose key held something other than `from`.
     Mismatch,
-    /// An overlay change proposed from an epoch that is no longer current.
+    /// An overlay change or a directory proposed from an epoch that is no
+    /// longer current.
     Stale,
 }
 
@@ -102,6 +110,8 @@ pub enum StateError {
     KeyTooLong(usize),
     #[error("value of {0} bytes; values are at most {VALUE_BYTES_MAX} bytes")]
     ValueTooLarge(usize),
+    #[error("a directory of {0} agents; at most {PLACED_AGENTS_MAX}")]
+    DirectoryTooLarge(usize),
     #[error("malformed log entry or snapshot: {0}")]
     Malformed(String),
 }
@@ -123,6 +133,11 @@ impl Proposal {
                 return Err(StateError::ValueTooLarge(value.len()));
             }
         }
+        if let Command::Place { directory, .. } = &self.command {
+            if directory.len() > PLACED_AGENTS_MAX {
+                return Err(StateError::DirectoryTooLarge(directory.len()));
+            }
+        }
         Ok(bincode::encode_to_vec(self, bincode::config::standard()).expect("proposals encode"))
     }
 
@@ -142,8 +157,12 @@ pub struct ClusterState {
     /// The last log index applied.
     pub applied: u64,
     pub kv: BTreeMap<String, Vec<u8>>,
-    pub agents: BTreeMap<String, String>,
-    /// Bumped by every overlay change; 0 is the base overlay, all up.
+    /// The committed directory of planned agents (agent → node); empty
+    /// until the placement planner commits one.
+    pub placed: BTreeMap<String, String>,
+    /// Bumped by every overlay change and every committed directory; 0 is
+    /// the base overlay, all up, planned agents where the config plans
+    /// them.
     pub overlay_epoch: u64,
     /// The nodes the committed overlay leaves out.
     pub overlay_down: BTreeSet<String>,
@@ -237,8 +256,15 @@ impl ClusterState {
                 }
                 None => Outcome::NotFound,
             },
-            Command::AssignAgent { agent, node } => {
-                self.agents.insert(agent, node);
+            Command::Place {
+                after_epoch,
+                directory,
+            } => {
+                if after_epoch != self.overlay_epoch {
+                    return Outcome::Stale;
+                }
+                self.overlay_epoch += 1;
+                self.placed = directory;
                 Outcome::Done
             }
             Command::Overlay { after_epoch, down } => {
@@ -332,10 +358,26 @@ mod tests {
             "a change made from an older epoch"
         );
         assert_eq!((state.overlay_epoch, &state.overlay_down), (1, &down));
+        let directory: BTreeMap<String, String> = [("a".to_string(), "n1".to_string())].into();
+        let plan = |after_epoch| Command::Place {
+            after_epoch,
+            directory: directory.clone(),
+        };
+        assert_eq!(
+            outcome(state.apply(7, &proposal(5, plan(0))).unwrap()),
+            Outcome::Stale,
+            "a plan made against an older overlay"
+        );
+        assert!(state.placed.is_empty());
+        assert_eq!(
+            outcome(state.apply(8, &proposal(6, plan(1))).unwrap()),
+            Outcome::Done
+        );
+        assert_eq!((state.overlay_epoch, &state.placed), (2, &directory));
         let snapshot = state.snapshot();
         let restored = ClusterState::restore(&snapshot).unwrap();
         assert_eq!(restored, state);
-        assert_eq!(restored.applied, 6);
+        assert_eq!(restored.applied, 8);
         assert!(
             ClusterState::restore(&snapshot[..snapshot.len() / 2]).is_err(),
             "cut short"

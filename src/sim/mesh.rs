@@ -461,9 +461,11 @@ impl MeshSim {
         let Some(core) = self.nodes[index].core.as_mut() else {
             return Ok(());
         };
+        let placed = std::collections::BTreeMap::new();
         let paths = Paths {
             view: &view,
             link_up: &link_up,
+            placed: &placed,
         };
         input(core, now, paths);
         self.drain(index)

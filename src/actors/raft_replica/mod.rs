@@ -123,6 +123,7 @@ fn tell_overlay(shared: &NodeShared, overlay: &OverlayState, machine: &ClusterSt
     let commit = OverlayCommit {
         epoch: machine.overlay_epoch,
         down: machine.overlay_down.clone(),
+        placed: machine.placed.clone(),
     };
     overlay.record_overlay(&Arc::new(commit.clone()));
     if let Some(topology) = shared.mailboxes.topology.get() {
@@ -257,7 +258,7 @@ impl Actor for RaftReplica {
                 return Err(format!("raft log write failed: {reason}").into());
             }
             RaftMsg::Client { request, reply } => state.client(request, reply),
-            RaftMsg::ProposeOverlay(proposal) => state.propose_overlay(&proposal),
+            RaftMsg::Propose(proposal) => state.propose_own(&proposal),
             RaftMsg::CompactNow(reply) => {
                 if state.machine.applied > state.snapshot_index {
                     state.compact()?;
@@ -304,7 +305,10 @@ impl RaftReplicaState {
         Ok(())
     }
 
-    fn propose_overlay(&mut self, proposal: &Proposal) {
+    /// A proposal of this node's own actors (the topology's overlay
+    /// changes, the placement planner's directories): taken by a leader,
+    /// dropped otherwise (they propose again if it does not commit).
+    fn propose_own(&mut self, proposal: &Proposal) {
         if !self.replica.is_leader() {
             return;
         }
@@ -317,7 +321,7 @@ impl RaftReplicaState {
                     .map_err(|error| error.to_string())
             });
         if let Err(error) = proposed {
-            tracing::debug!(node = %self.shared.node_id, %error, "overlay proposal refused");
+            tracing::debug!(node = %self.shared.node_id, %error, "own proposal refused");
         }
     }
 

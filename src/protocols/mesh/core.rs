@@ -25,7 +25,7 @@
 //! Time comes in as [`Now`]; the routing view and which links are up come
 //! in as [`Paths`] with every call that may route.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -82,6 +82,9 @@ pub struct Now {
 pub struct Paths<'a> {
     pub view: &'a RoutingView,
     pub link_up: LinkUp<'a>,
+    /// The committed directory of planned agents (agent → node), which
+    /// overrides where the config has them.
+    pub placed: &'a BTreeMap<String, String>,
 }
 
 /// A message a local agent asks the mesh to carry. `receipt` is whatever
@@ -294,10 +297,12 @@ impl<R> MeshCore<R> {
     /// Numbers, authenticates and sends a local agent's message, or
     /// refuses it (an [`Event::Failed`] says why).
     pub fn send(&mut self, now: Now, paths: Paths<'_>, mut message: Message<R>) {
-        let node = self
-            .keys
-            .roster
-            .agent_node(&message.destination_agent)
+        let placed = paths.placed.get(&message.destination_agent);
+        let node = match placed {
+            Some(node) => Some(node.as_str()),
+            None => (self.keys.roster).configured_node(&message.destination_agent),
+        };
+        let node = node
             .filter(|node| paths.view.thinks_live(node))
             .map(str::to_string);
         let Some(node) = node else {
@@ -305,24 +310,27 @@ impl<R> MeshCore<R> {
             let error = SendError::NoRoute(message.destination_agent.clone());
             return self.refuse(message, error);
         };
+        let destination = match placed {
+            Some(_) => Destination::Placed {
+                agent: message.destination_agent.clone(),
+                node: node.clone(),
+            },
+            None => Destination::Agent(message.destination_agent.clone()),
+        };
         // Taken by the closure only if the sender takes the message.
         let mut payload = Some(std::mem::take(&mut message.payload));
         let mut receipt = message.receipt.take();
         let keys = &self.keys;
         let (ttl, sent_at_micros) = (self.config.ttl, now.unix_micros);
         let authentication = self.config.authentication;
-        let (kind, source, destination) = (
-            message.kind,
-            &message.source_agent,
-            &message.destination_agent,
-        );
+        let (kind, source) = (message.kind, &message.source_agent);
         let sent = self.sender.send(now.monotonic_ms, &node, |sequence| {
             let signed = SignedFields {
                 version: ENVELOPE_VERSION,
                 kind,
                 origin_node: keys.node.clone(),
                 source_agent: source.clone(),
-                destination: Destination::Agent(destination.clone()),
+                destination: destination.clone(),
                 sequence,
                 ttl,
                 sent_at_micros,
@@ -429,7 +437,7 @@ impl<R> MeshCore<R> {
     /// origin and sequence, and acknowledging what was consumed is true
     /// whoever asks.
     fn taken_already(&mut self, now: Now, envelope: &Envelope) -> bool {
-        let Destination::Agent(agent) = &envelope.signed.destination else {
+        let Some(agent) = envelope.signed.destination.agent() else {
             return false;
         };
         let (origin, sequence) = (&envelope.signed.origin_node, envelope.signed.sequence);
@@ -473,10 +481,11 @@ impl<R> MeshCore<R> {
 
     /// Hands a verified, fresh data envelope to its agent.
     fn hand_over(&mut self, view: &RoutingView, envelope: Envelope) {
-        let Destination::Agent(agent) = &envelope.signed.destination else {
+        let Some(agent) = envelope.signed.destination.agent() else {
             self.counters.dropped_misrouted += 1;
             return;
         };
+        let agent = agent.to_string();
         let key = (
             envelope.signed.origin_node.clone(),
             envelope.signed.sequence,
@@ -501,7 +510,7 @@ impl<R> MeshCore<R> {
             .and_then(|origin| view.frame.hops_from_me.get(origin))
             == Some(&(envelope.hop_count as usize));
         self.deliveries.push_back(Delivery {
-            agent: agent.clone(),
+            agent,
             incarnation,
             envelope,
             shortest_path,
@@ -637,7 +646,7 @@ impl<R> MeshCore<R> {
             }
             let signed = in_flight.envelope.signed;
             let destination_agent = match signed.destination {
-                Destination::Agent(agent) => agent,
+                Destination::Agent(agent) | Destination::Placed { agent, .. } => agent,
                 Destination::Node(node) => node,
                 Destination::Broadcast => String::new(),
             };

@@ -2,7 +2,7 @@
 //! wire index and key, and which node hosts each agent. Built once per
 //! process from the config and shared by its nodes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ed25519_dalek::VerifyingKey;
 
@@ -25,8 +25,14 @@ pub struct Roster {
     pub node_index: HashMap<String, u16>,
     /// Every node's key.
     pub node_keys: HashMap<String, VerifyingKey>,
-    /// Which node hosts each agent.
+    /// Which node hosts each agent, as the config places it (a committed
+    /// directory of planned agents overrides it; see
+    /// [`super::OverlayCommit`]).
     pub agent_nodes: HashMap<String, String>,
+    /// Every configured agent, sorted; an agent's index here is how a
+    /// committed directory names it on the wire.
+    pub agent_names: Vec<String>,
+    pub agent_index: HashMap<String, u32>,
     /// Each topic's subscribers, sorted.
     pub topics: HashMap<String, Vec<String>>,
 }
@@ -50,11 +56,22 @@ impl Roster {
                 (name.clone(), index)
             })
             .collect();
+        let agent_nodes: HashMap<String, String> = agent_nodes.into_iter().collect();
+        let mut agent_names: Vec<String> = agent_nodes.keys().cloned().collect();
+        agent_names.sort();
+        let agent_index = (agent_names.iter().enumerate())
+            .map(|(index, name)| {
+                let index = u32::try_from(index).expect("config limits agents to AGENTS_MAX");
+                (name.clone(), index)
+            })
+            .collect();
         Roster {
             node_names,
             node_index,
             node_keys,
-            agent_nodes: agent_nodes.into_iter().collect(),
+            agent_nodes,
+            agent_names,
+            agent_index,
             topics: HashMap::new(),
         }
     }
@@ -82,17 +99,29 @@ impl Roster {
 
     /// Every agent whose name starts with `prefix`, sorted.
     pub fn agents_with_prefix(&self, prefix: &str) -> Vec<String> {
-        let mut agents: Vec<String> = (self.agent_nodes.keys())
+        (self.agent_names.iter())
             .filter(|agent| agent.starts_with(prefix))
             .cloned()
-            .collect();
-        agents.sort();
-        agents
+            .collect()
     }
 
-    /// The node hosting `agent`: a configured agent, or a node's call desk
-    /// (`call@<node>`, see [`desk_of`]).
-    pub fn agent_node<'r>(&'r self, agent: &'r str) -> Option<&'r str> {
+    /// The node hosting `agent`: a planned agent where `placed` (a
+    /// committed directory) has it, else where [`Roster::configured_node`]
+    /// says.
+    pub fn agent_node<'r>(
+        &'r self,
+        placed: &'r BTreeMap<String, String>,
+        agent: &'r str,
+    ) -> Option<&'r str> {
+        match placed.get(agent) {
+            Some(node) => Some(node),
+            None => self.configured_node(agent),
+        }
+    }
+
+    /// The node hosting `agent` as the config has it: a configured agent,
+    /// or a node's call desk (`call@<node>`, see [`desk_of`]).
+    pub fn configured_node<'r>(&'r self, agent: &'r str) -> Option<&'r str> {
         if let Some(node) = self.agent_nodes.get(agent) {
             return Some(node);
         }
@@ -103,8 +132,10 @@ impl Roster {
     /// The node an envelope is going to, if it names one this cluster has.
     pub fn node_of<'r>(&'r self, destination: &'r Destination) -> Option<&'r str> {
         match destination {
-            Destination::Agent(agent) => self.agent_node(agent),
-            Destination::Node(node) => self.node_index.contains_key(node).then_some(node.as_str()),
+            Destination::Agent(agent) => self.configured_node(agent),
+            Destination::Node(node) | Destination::Placed { node, .. } => {
+                self.node_index.contains_key(node).then_some(node.as_str())
+            }
             Destination::Broadcast => None,
         }
     }
@@ -118,10 +149,18 @@ mod tests {
     fn agents_and_call_desks_are_found_on_their_nodes() {
         let nodes = ["n1".to_string(), "n2".to_string()];
         let roster = Roster::new(nodes, HashMap::new(), [("a".into(), "n1".into())]);
-        assert_eq!(roster.agent_node("a"), Some("n1"));
-        assert_eq!(roster.agent_node(&desk_of("n2")), Some("n2"));
-        assert_eq!(roster.agent_node("call@n9"), None, "no such node");
-        assert_eq!(roster.agent_node("b"), None);
+        let none = BTreeMap::new();
+        assert_eq!(roster.agent_node(&none, "a"), Some("n1"));
+        assert_eq!(roster.agent_node(&none, &desk_of("n2")), Some("n2"));
+        assert_eq!(roster.agent_node(&none, "call@n9"), None, "no such node");
+        assert_eq!(roster.agent_node(&none, "b"), None);
+        let placed = [("a".to_string(), "n2".to_string())].into();
+        assert_eq!(roster.agent_node(&placed, "a"), Some("n2"), "as placed");
+        let moved = Destination::Placed {
+            agent: "a".into(),
+            node: "n2".into(),
+        };
+        assert_eq!(roster.node_of(&moved), Some("n2"));
         let desk = Destination::Agent(desk_of("n1"));
         assert_eq!(roster.node_of(&desk), Some("n1"));
     }

@@ -79,11 +79,14 @@ const OVERLAY_PROPOSAL_WAIT_MS: u64 = 1_000;
 /// Weight of a link nobody has measured yet, in microseconds.
 pub const DEFAULT_LINK_WEIGHT_MICROS: u64 = 1_000;
 
-/// A committed overlay: its epoch and the nodes it leaves out.
+/// A committed overlay: its epoch, the nodes it leaves out, and the
+/// directory of planned agents (agent → node; empty until the placement
+/// planner commits one, and then planned agents run where it says).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OverlayCommit {
     pub epoch: u64,
     pub down: BTreeSet<String>,
+    pub placed: BTreeMap<String, String>,
 }
 
 /// A control frame from a neighbour.
@@ -658,20 +661,8 @@ impl TopologyCore {
         overlay: CommittedOverlay,
         links: &dyn Links,
     ) {
-        let names = &self.roster.node_names;
-        let down: Option<BTreeSet<String>> = overlay
-            .down
-            .iter()
-            .map(|&index| names.get(usize::from(index)).cloned())
-            .collect();
-        match down {
-            Some(down) if self.config.replicated => {
-                let commit = OverlayCommit {
-                    epoch: overlay.epoch,
-                    down,
-                };
-                self.adopt(now, commit, Some(from), links);
-            }
+        match decode_overlay(&self.roster, &overlay) {
+            Some(commit) if self.config.replicated => self.adopt(now, commit, Some(from), links),
             _ => self.counters.overlay_frames_refused += 1,
         }
     }
@@ -685,9 +676,14 @@ impl TopologyCore {
             .iter()
             .filter_map(|name| index.get(name).copied())
             .collect();
+        let agent_index = &self.roster.agent_index;
+        let placed = (self.committed.placed.iter())
+            .filter_map(|(agent, node)| Some((*agent_index.get(agent)?, *index.get(node)?)))
+            .collect();
         let overlay = CommittedOverlay {
             epoch: self.committed.epoch,
             down,
+            placed,
         };
         self.overlay_sent_micros.insert(peer.to_string(), now);
         self.transmits
@@ -703,6 +699,24 @@ impl TopologyCore {
             self.send_overlay(peer, now);
         }
     }
+}
+
+/// The committed overlay a neighbour's frame names by indices, if every
+/// index names a node or agent of the roster.
+fn decode_overlay(roster: &Roster, overlay: &CommittedOverlay) -> Option<OverlayCommit> {
+    let node = |index: u16| roster.node_names.get(usize::from(index)).cloned();
+    let down: Option<BTreeSet<String>> = overlay.down.iter().map(|&index| node(index)).collect();
+    let placed: Option<BTreeMap<String, String>> = (overlay.placed.iter())
+        .map(|&(agent, index)| {
+            let agent = roster.agent_names.get(usize::try_from(agent).ok()?)?;
+            Some((agent.clone(), node(index)?))
+        })
+        .collect();
+    Some(OverlayCommit {
+        epoch: overlay.epoch,
+        down: down?,
+        placed: placed?,
+    })
 }
 
 /// Whether `weights` (and the default weight) differ from those `published`

@@ -45,16 +45,24 @@ pub enum Frame {
     Pbft(RaftPart),
 }
 
-/// The committed overlay: its epoch and the nodes it leaves out, by index
-/// in the sorted node list.
+/// The committed overlay: its epoch, the nodes it leaves out (by index in
+/// the sorted node list), and the directory of planned agents (agent by
+/// index in the sorted agent list, node by index; empty until the planner
+/// commits one).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
 pub struct CommittedOverlay {
     pub epoch: u64,
     pub down: Vec<u16>,
+    pub placed: Vec<(u32, u16)>,
 }
 
 /// Most nodes one committed overlay may leave out.
 pub const OVERLAY_DOWN_MAX: usize = super::limits::NODES_MAX;
+/// Most planned agents one committed overlay may place.
+pub const OVERLAY_PLACED_MAX: usize = super::limits::PLACED_AGENTS_MAX;
+// At five bytes for an index up to u32 and three for a node's, and three
+// per node down, the largest committed overlay fits one frame.
+const _: () = assert!(OVERLAY_PLACED_MAX * 8 + OVERLAY_DOWN_MAX * 3 + 64 <= FRAME_BYTES_MAX);
 
 /// One part of a protobuf-encoded Raft message.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -270,6 +278,13 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
                 "overlay nodes down",
                 overlay.down.len(),
                 OVERLAY_DOWN_MAX,
+            ));
+        }
+        Frame::Overlay(overlay) if overlay.placed.len() > OVERLAY_PLACED_MAX => {
+            return Err(too_many(
+                "overlay agents placed",
+                overlay.placed.len(),
+                OVERLAY_PLACED_MAX,
             ));
         }
         Frame::Pbft(part) if part.bytes.len() > RAFT_PART_BYTES_MAX => {

@@ -59,6 +59,21 @@ pub enum Destination {
     Node(String),
     /// Every agent in the cluster.
     Broadcast,
+    /// A planned agent on the node the sender's directory placed it on:
+    /// every hop routes to that node whatever its own directory says, so
+    /// the envelope is numbered, delivered and acknowledged by one node
+    /// even while a new directory is still spreading.
+    Placed { agent: String, node: String },
+}
+
+impl Destination {
+    /// The agent an envelope is for, if it is for one.
+    pub fn agent(&self) -> Option<&str> {
+        match self {
+            Destination::Agent(agent) | Destination::Placed { agent, .. } => Some(agent),
+            Destination::Node(_) | Destination::Broadcast => None,
+        }
+    }
 }
 
 /// What an envelope means to its receiver.
@@ -166,6 +181,10 @@ impl SignedFields {
         match &self.destination {
             Destination::Agent(name) => check_name("destination agent", name)?,
             Destination::Node(name) => check_name("destination node", name)?,
+            Destination::Placed { agent, node } => {
+                check_name("destination agent", agent)?;
+                check_name("destination node", node)?;
+            }
             Destination::Broadcast => {}
         }
         if self.payload.len() > PAYLOAD_BYTES_MAX {

@@ -20,6 +20,10 @@ pub const NAME_BYTES_MAX: usize = 64;
 pub const NODES_MAX: usize = 10_000;
 const _: () = assert!(NODES_MAX <= u16::MAX as usize + 1);
 
+/// Most planned agents a committed directory may place: the directory
+/// travels from node to node in one control frame with the overlay.
+pub const PLACED_AGENTS_MAX: usize = 20_000;
+
 /// Most hops an envelope may be allowed to travel: enough for any shape
 /// with a diameter up to 64 (a ring of 128 nodes), at 2 bytes a hop.
 pub const TTL_MAX: u8 = 64;
@@ -28,7 +32,7 @@ pub const TTL_MAX: u8 = 64;
 pub const PATH_NODES_MAX: usize = TTL_MAX as usize + 1;
 
 /// The envelope format this build speaks.
-pub const ENVELOPE_VERSION: u8 = 2;
+pub const ENVELOPE_VERSION: u8 = 3;
 
 /// Bytes of framing and fixed fields around the payload, generously counted:
 /// three names, a destination tag, varint integers and the authenticator.
