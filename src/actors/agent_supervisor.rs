@@ -136,9 +136,12 @@ impl AgentSupervisorState {
         myself: &ActorRef<AgentSupervisorMsg>,
         name: &str,
     ) -> Result<(), ActorProcessingErr> {
-        let Some(config) = self.config_of(name) else {
+        let Some(mut config) = self.config_of(name) else {
             return Err(format!("agent {name} is not in the config").into());
         };
+        // A planned agent runs where the directory placed it, which may
+        // not be where the config's plan did.
+        config.node = self.parts.shared.node_id.clone();
         let arguments = (self.parts.clone(), config);
         let supervisor = myself.get_cell();
         let (agent, _) = if arguments.1.behaviour == PROCESS {

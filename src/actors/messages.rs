@@ -28,6 +28,8 @@ pub enum ChildKind {
     Router,
     RaftReplica,
     PbftReplica,
+    /// Beside the control-plane replica.
+    PlacementPlanner,
     AgentSupervisor,
 }
 
@@ -175,6 +177,14 @@ pub enum AgentSupervisorMsg {
     Quiesce,
     /// Stop every agent without restarting any; answers when done.
     StopAgents(RpcReplyPort<()>),
+}
+
+/// What the placement planner is told.
+pub enum PlannerMsg {
+    /// Look at the committed overlay again.
+    Tick,
+    /// A committed overlay was applied: look at it now.
+    Committed,
 }
 
 /// What the topology actor is told.

@@ -7,6 +7,7 @@
 //!                  ├─ Topology  ─ membership, the overlay, the routing view
 //!                  ├─ Router    ─ the shell of protocols::mesh::MeshCore
 //!                  ├─ RaftReplica ─ control-plane replica (nodes in [control] replicas)
+//!                  ├─ PlacementPlanner ─ beside it; acts while it leads
 //!                  ├─ PbftReplica ─ PBFT replica (nodes in [pbft] replicas)
 //!                  └─ AgentSupervisor ─ Agent × n (behaviour chosen by name)
 //!
@@ -36,6 +37,7 @@ pub mod messages;
 pub mod node;
 pub mod overlay_state;
 pub mod pbft_replica;
+pub mod placement_planner;
 pub mod process_agent;
 pub mod raft_replica;
 pub mod router;

@@ -42,6 +42,7 @@ use super::directory::Directory;
 use super::messages::{AgentSupervisorMsg, ChildKind, NodeMsg, ReceiptSender};
 use super::overlay_state::OverlayState;
 use super::pbft_replica::{PbftMemory, PbftReplica, PbftReplicaArgs};
+use super::placement_planner::{PlacementPlanner, PlannerArgs};
 use super::raft_replica::disk::ReplicaDisk;
 use super::raft_replica::{RaftReplica, RaftReplicaArgs};
 use super::router::{Router, RouterParts};
@@ -251,10 +252,11 @@ fn mesh_core(
     incarnation: u64,
 ) -> MeshCore<ReceiptSender> {
     let delivery = &config.delivery;
-    let agents_here = config
-        .agents
-        .iter()
-        .filter(|agent| agent.node == node_id)
+    // Any planned agent may come here when a directory moves it (every
+    // one of them when the other nodes are down).
+    let replicated = !config.control.replicas.is_empty();
+    let agents_here = (config.agents.iter())
+        .filter(|agent| agent.node == node_id || (replicated && agent.placement.planned))
         .count();
     let mesh = MeshConfig {
         node: node_id.to_string(),
@@ -389,6 +391,14 @@ impl NodeState {
                     .0
                     .get_id()
             }
+            ChildKind::PlacementPlanner => {
+                let overlay = parts.overlay.clone();
+                let args = PlannerArgs { shared, overlay };
+                Actor::spawn_linked(None, PlacementPlanner, args, supervisor)
+                    .await?
+                    .0
+                    .get_id()
+            }
             ChildKind::AgentSupervisor => {
                 let data_path = parts.data_path.clone();
                 let registry = parts.registry.clone();
@@ -505,6 +515,7 @@ impl Actor for NodeSupervisor {
         }
         if state.parts.raft_disk.is_some() {
             state.spawn(&myself, ChildKind::RaftReplica).await?;
+            state.spawn(&myself, ChildKind::PlacementPlanner).await?;
         }
         let shared = state.parts.shared.clone();
         if shared.config.pbft.replica_id(&shared.node_id).is_some() {

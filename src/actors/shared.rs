@@ -21,7 +21,7 @@ use crate::protocols::mesh::SendError;
 
 use super::directory::Directory;
 use super::messages::{
-    AgentSupervisorMsg, NodeMsg, PbftMsg, RaftMsg, RouterMsg, TopologyMsg, TransportMsg,
+    AgentSupervisorMsg, NodeMsg, PbftMsg, PlannerMsg, RaftMsg, RouterMsg, TopologyMsg, TransportMsg,
 };
 
 /// A reference to the current incarnation of a sibling actor.
@@ -80,6 +80,8 @@ pub struct Mailboxes {
     pub replica: Slot<RaftMsg>,
     /// The PBFT replica, on nodes that hold one.
     pub pbft: Slot<PbftMsg>,
+    /// The placement planner, on nodes that hold a control-plane replica.
+    pub planner: Slot<PlannerMsg>,
     /// The agent supervisor, once the node starts its agents.
     pub agents: Slot<AgentSupervisorMsg>,
     /// Bounds the router's mailbox: one permit per queued message.
@@ -107,6 +109,7 @@ impl Mailboxes {
             topology: Slot::default(),
             replica: Slot::default(),
             pbft: Slot::default(),
+            planner: Slot::default(),
             agents: Slot::default(),
             router_queue: Arc::new(Semaphore::new(router_queue_max)),
             control_queue: Arc::new(Semaphore::new(control_queue_max)),

@@ -26,7 +26,7 @@ use crate::protocols::wire::{encode_frame, Frame, TrafficClass};
 use crate::clock::monotonic_micros;
 use crate::net::peers::PeerTable;
 
-use super::messages::{AgentSupervisorMsg, RaftMsg, TopologyMsg, TransportMsg};
+use super::messages::{AgentSupervisorMsg, PlannerMsg, RaftMsg, TopologyMsg, TransportMsg};
 use super::overlay_state::OverlayState;
 use super::shared::{NodeShared, Ticker};
 
@@ -180,6 +180,9 @@ impl TopologyState {
                 overlay.record_overlay(&commit);
                 if let Some(agents) = shared.mailboxes.agents.get() {
                     let _ = agents.cast(AgentSupervisorMsg::Reconcile);
+                }
+                if let Some(planner) = shared.mailboxes.planner.get() {
+                    let _ = planner.cast(PlannerMsg::Committed);
                 }
             }
             TopologyEvent::SpreadAfter(delay_ms) => {

@@ -84,7 +84,7 @@ fn refuse() -> String {
 }
 
 /// The `[placement]` table.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPlacement {
     #[serde(default)]
@@ -93,7 +93,32 @@ pub(super) struct RawPlacement {
     latency: Vec<RawLatency>,
     #[serde(default)]
     traffic: Vec<RawTraffic>,
+    /// Moves a re-plan may spend on balance, beyond those it must make.
+    #[serde(default = "default_migrations_max")]
+    migrations_max: usize,
 }
+
+impl Default for RawPlacement {
+    fn default() -> RawPlacement {
+        RawPlacement {
+            weights: None,
+            latency: Vec::new(),
+            traffic: Vec::new(),
+            migrations_max: DEFAULT_MIGRATIONS_MAX,
+        }
+    }
+}
+
+fn default_migrations_max() -> usize {
+    DEFAULT_MIGRATIONS_MAX
+}
+
+/// Balance moves per re-plan when the config names none: enough to give a
+/// returning node some agents back, few enough that a return does not
+/// stop and start much of the cluster.
+pub const DEFAULT_MIGRATIONS_MAX: usize = 4;
+/// Most balance moves per re-plan a config may ask for.
+pub const MIGRATIONS_MAX: usize = 10_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,6 +161,9 @@ pub struct PlacementConfig {
     pub latency: Vec<(String, String, f64)>,
     /// (agent, agent, weight).
     pub traffic: Vec<(String, String, f64)>,
+    /// Moves a running cluster's re-plan may spend on balance, beyond the
+    /// moves off down nodes.
+    pub migrations_max: usize,
 }
 
 pub(super) fn validate_agent_placement(
@@ -336,10 +364,17 @@ pub(super) fn validate_placement(
         let [first, second] = entry.between;
         traffic.push((first, second, entry.weight));
     }
+    if raw.migrations_max > MIGRATIONS_MAX {
+        checker.fail(
+            "placement.migrations_max",
+            format!("{}; at most {MIGRATIONS_MAX}", raw.migrations_max),
+        );
+    }
     PlacementConfig {
         weights,
         latency,
         traffic,
+        migrations_max: raw.migrations_max.min(MIGRATIONS_MAX),
     }
 }
 

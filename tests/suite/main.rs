@@ -19,6 +19,7 @@ mod namespaces;
 mod pbft;
 mod pbft_cluster;
 mod placement_cli;
+mod placement_cluster;
 mod placement_sim;
 mod process_agents;
 mod processes;

@@ -8,10 +8,12 @@
 //!   labels, rules, weights, geography); [`pipeline`], the filter → score
 //!   pipeline; [`planner`], batch plans with a latency search, and
 //!   rebalancing with the fewest moves; [`validate`], the independent
-//!   check every plan passes;
+//!   check every plan passes; [`directory`], the running planner's
+//!   decisions on the committed directory of planned agents;
 //! - [`instances`]: a reader of the standard benchmark instances.
 
 pub mod bin_packing;
+pub mod directory;
 pub mod exact;
 pub mod improve;
 pub mod instances;
