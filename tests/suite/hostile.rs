@@ -155,8 +155,16 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         message.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
         message.write_to_bytes().unwrap()
     };
+    let overlay = encode_frame(&Frame::Overlay(
+        agentmesh::protocols::wire::codec::CommittedOverlay {
+            epoch: 3,
+            down: vec![1],
+            placed: vec![(0, 0), (1, 2)],
+        },
+    ));
     let mut seeds = vec![
         ("frame", "data".to_string(), data.clone()),
+        ("frame", "overlay-placed".to_string(), overlay),
         ("frame", "ack".to_string(), ack.clone()),
         ("frame", "data-sealed".to_string(), data_sealed),
         ("frame", "raft-part".to_string(), raft[0].clone()),

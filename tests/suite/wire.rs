@@ -28,7 +28,8 @@ fn destination() -> impl Strategy<Value = Destination> {
     prop_oneof![
         name().prop_map(Destination::Agent),
         name().prop_map(Destination::Node),
-        Just(Destination::Broadcast)
+        Just(Destination::Broadcast),
+        (name(), name()).prop_map(|(agent, node)| Destination::Placed { agent, node })
     ]
 }
 
