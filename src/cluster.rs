@@ -3,7 +3,7 @@
 //! their combined figures.
 
 use crate::agent_api::Registry;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -500,6 +500,42 @@ impl LocalCluster {
             first.get_or_insert(status);
         }
         first
+    }
+
+    /// The nodes here that run agent `name` now.
+    pub fn nodes_running(&self, name: &str) -> Vec<&str> {
+        (self.nodes.iter())
+            .filter(|node| node.parts.data_path.agents.contains_key(name))
+            .map(|node| node.id.as_str())
+            .collect()
+    }
+
+    /// The committed directory of planned agents, if every node here
+    /// applies the same one, it places every planned agent, and each runs
+    /// on the node it names and on no other; otherwise what differs.
+    pub fn placement_settled(&self) -> Result<BTreeMap<String, String>, String> {
+        let mut directories = BTreeSet::new();
+        for node in &self.nodes {
+            directories.insert(node.parts.overlay.committed().placed.clone());
+        }
+        let directory = directories.pop_first().unwrap_or_default();
+        if !directories.is_empty() {
+            return Err(format!(
+                "the nodes apply {} directories",
+                directories.len() + 1
+            ));
+        }
+        for agent in self.config.agents.iter().filter(|a| a.placement.planned) {
+            let running = self.nodes_running(&agent.name);
+            let placed = directory.get(&agent.name).map(String::as_str);
+            if placed.is_none() || running != placed.into_iter().collect::<Vec<_>>() {
+                return Err(format!(
+                    "{} runs on {running:?}, placed on {placed:?}",
+                    agent.name
+                ));
+            }
+        }
+        Ok(directory)
     }
 
     /// Takes node `id` out of the cluster without stopping it, so the

@@ -284,7 +284,7 @@ fn main() -> ExitCode {
                 agentmesh::bench::agents(options).await
             }
             Command::Bench(BenchCommand::Placement(options)) => {
-                agentmesh::bench::placement(options)
+                agentmesh::bench::placement(options).await
             }
             Command::Bench(BenchCommand::Fanout(options)) => {
                 agentmesh::bench::fanout(options).await

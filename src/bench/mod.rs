@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod crypto;
+pub mod failover;
 pub mod fanout;
 mod pace;
 pub mod pbft;

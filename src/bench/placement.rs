@@ -25,6 +25,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use super::failover::{summarise, FailoverRound, FailoverSummary};
 use super::report::{write_report_texts, ReportHeader};
 use super::resources;
 use crate::protocols::placement::bin_packing::{first_fit_decreasing, lower_bound_l2};
@@ -61,6 +62,10 @@ pub struct PlacementOptions {
     /// Repetitions of each timed plan (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
+    /// Node crashes in the failover measurement, half of them the leader's
+    /// node (0 skips it).
+    #[arg(long, default_value_t = 6)]
+    pub failover_rounds: usize,
 }
 
 #[derive(Serialize)]
@@ -137,10 +142,19 @@ struct PlacementReport {
     speed: Vec<SpeedRow>,
     rebalance: Vec<RebalanceRow>,
     geography: Vec<GeographyRow>,
+    failover: FailoverReport,
     cpu_percent_of_machine: f64,
 }
 
-pub fn placement(options: PlacementOptions) -> anyhow::Result<i32> {
+#[derive(Serialize)]
+struct FailoverReport {
+    nodes: usize,
+    rounds: Vec<FailoverRound>,
+    plain: FailoverSummary,
+    leader: FailoverSummary,
+}
+
+pub async fn placement(options: PlacementOptions) -> anyhow::Result<i32> {
     anyhow::ensure!(options.repeats > 0, "--repeats must be at least 1");
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("cannot make {}", options.out.display()))?;
@@ -167,6 +181,14 @@ pub fn placement(options: PlacementOptions) -> anyhow::Result<i32> {
     let geography = [3, 5, 10]
         .map(|regions| geography(regions, options.seed))
         .into();
+    // Measured before the machine share is taken: a cluster's CPU counts.
+    let rounds = super::failover::failover(options.failover_rounds).await?;
+    let failover = FailoverReport {
+        nodes: super::failover::FAILOVER_NODES,
+        plain: summarise(&rounds, "plain"),
+        leader: summarise(&rounds, "leader"),
+        rounds,
+    };
     let report = PlacementReport {
         header: ReportHeader::new("placement", options_json(&options)),
         cpu_percent_of_machine: machine_share(started),
@@ -175,6 +197,7 @@ pub fn placement(options: PlacementOptions) -> anyhow::Result<i32> {
         speed,
         rebalance,
         geography,
+        failover,
     };
     let markdown = to_markdown(&report);
     write_report_texts(&options.out, &report, &markdown)?;
@@ -189,6 +212,7 @@ fn options_json(options: &PlacementOptions) -> serde_json::Value {
     serde_json::json!({
         "instances": options.instances, "seed": options.seed,
         "rounds": options.rounds, "repeats": options.repeats,
+        "failover_rounds": options.failover_rounds,
     })
 }
 
@@ -544,12 +568,36 @@ fn to_markdown(report: &PlacementReport) -> String {
             row.round_robin_cost
         );
     }
+    failover_markdown(&mut text, &report.failover);
     let _ = writeln!(
         text,
         "\nCPU: {:.0} % of the machine over the run.",
         report.cpu_percent_of_machine
     );
     text
+}
+
+fn failover_markdown(text: &mut String, failover: &FailoverReport) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        text,
+        "\n## Failover ({} nodes; ms from a node's crash, medians)\n\n| victim | rounds | overlay without it | directory without it | its agents running elsewhere | slowest |\n|---|---|---|---|---|---|",
+        failover.nodes
+    );
+    for (victim, summary) in [
+        ("no replica", &failover.plain),
+        ("the leader's node", &failover.leader),
+    ] {
+        let _ = writeln!(
+            text,
+            "| {victim} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            summary.rounds,
+            summary.detected_ms_median,
+            summary.replanned_ms_median,
+            summary.running_ms_median,
+            summary.running_ms_max
+        );
+    }
 }
 
 /// Per class, the share of instances at the best known: ours beside first

@@ -75,12 +75,34 @@ fn a_short_placement_bench_writes_its_report_and_refuses_a_broken_file() {
         "1",
         "--rounds",
         "200",
+        "--failover-rounds",
+        "2",
     ];
     let (code, _, err) = run(&[&arguments[..], &["--out", out.to_str().unwrap()]].concat());
     assert_eq!(code, Some(0), "{err}");
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["scenario"], "placement");
+    let failover = &report["failover"];
+    assert_eq!(
+        failover["rounds"].as_array().unwrap().len(),
+        2,
+        "{failover}"
+    );
+    for (victim, summary) in [
+        ("plain", &failover["plain"]),
+        ("leader", &failover["leader"]),
+    ] {
+        assert_eq!(summary["rounds"], 1, "{victim}: {failover}");
+        let (detected, running) = (
+            summary["detected_ms_median"].as_f64().unwrap(),
+            summary["running_ms_median"].as_f64().unwrap(),
+        );
+        assert!(
+            detected > 0.0 && running >= detected,
+            "{victim}: {failover}"
+        );
+    }
     for row in report["instances"].as_array().unwrap() {
         for field in [
             "name",

@@ -3,7 +3,7 @@
 //! directory places on it, they move when their node dies and answer
 //! calls where they went, and the rules hold in every directory seen.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -56,44 +56,10 @@ async fn start(data: &Path) -> (LocalCluster, ClusterConfig) {
     panic!("no free client ports in five tries");
 }
 
-/// The directory every live node applies, if they all apply the same one
-/// and every planned agent runs on the node it names and nowhere else.
-fn settled(
-    cluster: &LocalCluster,
-    config: &ClusterConfig,
-) -> Result<BTreeMap<String, String>, String> {
-    let mut directories = BTreeSet::new();
-    for node in &cluster.nodes {
-        directories.insert(node.parts.overlay.committed().placed.clone());
-    }
-    if directories.len() != 1 {
-        return Err(format!("{} directories", directories.len()));
-    }
-    let directory = directories.pop_first().expect("one");
-    for agent in &config.agents {
-        let running: Vec<&str> = (cluster.nodes.iter())
-            .filter(|node| node.parts.data_path.agents.contains_key(&agent.name))
-            .map(|node| node.id.as_str())
-            .collect();
-        let placed = directory.get(&agent.name).map(String::as_str);
-        if placed.is_none() || running != placed.into_iter().collect::<Vec<_>>() {
-            return Err(format!(
-                "{} runs on {running:?}, placed on {placed:?}",
-                agent.name
-            ));
-        }
-    }
-    Ok(directory)
-}
-
-async fn wait_settled(
-    cluster: &LocalCluster,
-    config: &ClusterConfig,
-    down: &[&str],
-) -> BTreeMap<String, String> {
+async fn wait_settled(cluster: &LocalCluster, down: &[&str]) -> BTreeMap<String, String> {
     let deadline = Instant::now() + common::WAIT_MAX;
     loop {
-        match settled(cluster, config) {
+        match cluster.placement_settled() {
             Ok(directory)
                 if directory
                     .values()
@@ -160,7 +126,7 @@ async fn call(client: &mut ControlClient, agent: &str) -> Vec<u8> {
 async fn planned_agents_run_where_the_directory_says_and_move_when_their_node_dies() {
     let data = tempfile::tempdir().unwrap();
     let (mut cluster, config) = start(data.path()).await;
-    let first = wait_settled(&cluster, &config, &[]).await;
+    let first = wait_settled(&cluster, &[]).await;
     assert_rules(&first, &[]);
     let mut client = ControlClient::for_calls(&config).unwrap();
     assert_eq!(call(&mut client, "primary").await, b"ping");
@@ -169,7 +135,7 @@ async fn planned_agents_run_where_the_directory_says_and_move_when_their_node_di
     // survivors, the others stay, and `primary` answers where it went.
     let victim = first["primary"].clone();
     assert!(cluster.stop_node(&victim, Departure::Crash).await);
-    let moved = wait_settled(&cluster, &config, &[&victim]).await;
+    let moved = wait_settled(&cluster, &[&victim]).await;
     assert_rules(&moved, &[&victim]);
     for (agent, node) in &first {
         if node != &victim {
@@ -183,7 +149,7 @@ async fn planned_agents_run_where_the_directory_says_and_move_when_their_node_di
     cluster.restart_node(&victim).await.unwrap();
     let deadline = Instant::now() + common::WAIT_MAX;
     let back = loop {
-        let directory = wait_settled(&cluster, &config, &[]).await;
+        let directory = wait_settled(&cluster, &[]).await;
         if directory.values().any(|node| node == &victim) || Instant::now() > deadline {
             break directory;
         }
@@ -201,6 +167,9 @@ async fn planned_agents_run_where_the_directory_says_and_move_when_their_node_di
     assert!(moves <= config.placement.migrations_max, "{moves} moves");
     // Each balance move stopped the agent where it was, on a live node.
     let stopped = cluster.counters().placed_agents_stopped;
-    assert!(stopped >= moves as u64, "{stopped} stopped for {moves} moves");
+    assert!(
+        stopped >= moves as u64,
+        "{stopped} stopped for {moves} moves"
+    );
     cluster.shutdown().await;
 }
