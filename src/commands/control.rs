@@ -312,6 +312,30 @@ fn status_table(statuses: &[(String, Result<ReplicaStatus, String>)]) -> String 
             "overlay epoch {} (applied by {}), nodes down: {down}\n",
             status.overlay_epoch, status.node
         ));
+        text.push_str(&placements_text(status));
+    }
+    text
+}
+
+/// The committed directory of planned agents, node by node.
+fn placements_text(status: &ReplicaStatus) -> String {
+    if status.placed_agents == 0 {
+        return String::new();
+    }
+    let mut by_node: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (agent, node) in &status.placements {
+        by_node.entry(node).or_default().push(agent);
+    }
+    let mut text = format!("placements: {} planned agents\n", status.placed_agents);
+    for (node, agents) in by_node {
+        text.push_str(&format!("  {node:<8} {}\n", agents.join(", ")));
+    }
+    let listed = status.placements.len() as u64;
+    if listed < status.placed_agents {
+        let more = status.placed_agents - listed;
+        text.push_str(&format!(
+            "  … and {more} more (--json lists the first {listed})\n"
+        ));
     }
     text
 }

@@ -147,6 +147,10 @@ pub struct ReplicaStatus {
     pub overlay_epoch: u64,
     /// The nodes the committed overlay leaves out.
     pub overlay_down: Vec<String>,
+    /// Planned agents the committed directory places, and the first
+    /// STATUS_PLACEMENTS_MAX of them as (agent, node), by agent name.
+    pub placed_agents: u64,
+    pub placements: Vec<(String, String)>,
     pub keys: u64,
     pub fsync: bool,
     /// Whether it may vote (`Voting`'s words), and why not when it may not.
@@ -163,6 +167,10 @@ pub enum ClientCodecError {
     #[error("{0} bytes left over after the control frame")]
     TrailingBytes(usize),
 }
+
+/// Most placements a status lists (the count covers them all), so a
+/// status stays well inside a client frame.
+pub const STATUS_PLACEMENTS_MAX: usize = 1_000;
 
 pub fn encode<T: Encode>(value: &T) -> Vec<u8> {
     bincode::encode_to_vec(value, config::standard()).expect("encoding into a Vec is infallible")

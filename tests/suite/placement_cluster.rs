@@ -43,12 +43,12 @@ fn planned_config(data: &Path) -> String {
     text
 }
 
-async fn start(data: &Path) -> (LocalCluster, ClusterConfig) {
+async fn start(data: &Path) -> (LocalCluster, ClusterConfig, String) {
     for _ in 0..5 {
         let text = planned_config(data);
         let config = agentmesh::config::parse(&text, "planned.toml", Path::new(".")).unwrap();
         match LocalCluster::start(config.clone()).await {
-            Ok(cluster) => return (cluster, config),
+            Ok(cluster) => return (cluster, config, text),
             Err(error) if error.to_string().contains("in use") => continue,
             Err(error) => panic!("{error}"),
         }
@@ -125,9 +125,24 @@ async fn call(client: &mut ControlClient, agent: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planned_agents_run_where_the_directory_says_and_move_when_their_node_dies() {
     let data = tempfile::tempdir().unwrap();
-    let (mut cluster, config) = start(data.path()).await;
+    let (mut cluster, config, text) = start(data.path()).await;
     let first = wait_settled(&cluster, &[]).await;
     assert_rules(&first, &[]);
+    // `agentmesh status` shows the committed directory.
+    let path = data.path().join("planned.toml");
+    std::fs::write(&path, text).unwrap();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || common::agentmesh(&["status"], &path))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("placements: 8 planned agents"), "{out}");
+    let primary_line = format!("  {:<8} ", first["primary"]);
+    assert!(
+        out.lines()
+            .any(|line| line.starts_with(&primary_line) && line.contains("primary")),
+        "{out}"
+    );
     let mut client = ControlClient::for_calls(&config).unwrap();
     assert_eq!(call(&mut client, "primary").await, b"ping");
 

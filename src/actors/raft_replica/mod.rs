@@ -773,6 +773,11 @@ impl RaftReplicaState {
             learners: names(learners),
             overlay_epoch: self.machine.overlay_epoch,
             overlay_down: self.machine.overlay_down.iter().cloned().collect(),
+            placed_agents: self.machine.placed.len() as u64,
+            placements: (self.machine.placed.iter())
+                .take(crate::protocols::control::STATUS_PLACEMENTS_MAX)
+                .map(|(agent, node)| (agent.clone(), node.clone()))
+                .collect(),
             keys: self.machine.kv.len() as u64,
             fsync: self.fsync,
             voting: self.replica.voting().to_string(),
