@@ -54,16 +54,18 @@ pub enum ActorKind {
     Transport,
     RaftReplica,
     PbftReplica,
+    PlacementPlanner,
 }
 
 impl ActorKind {
-    const ALL: [ActorKind; 6] = [
+    const ALL: [ActorKind; 7] = [
         ActorKind::Agent,
         ActorKind::Router,
         ActorKind::Topology,
         ActorKind::Transport,
         ActorKind::RaftReplica,
         ActorKind::PbftReplica,
+        ActorKind::PlacementPlanner,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +76,7 @@ impl ActorKind {
             ActorKind::Transport => "transport",
             ActorKind::RaftReplica => "raft_replica",
             ActorKind::PbftReplica => "pbft_replica",
+            ActorKind::PlacementPlanner => "placement_planner",
         }
     }
 }
@@ -128,6 +131,9 @@ pub struct FaultDriver {
     pub retired_sinks: Vec<(String, Vec<Arc<AgentStats>>)>,
     sinks: Vec<String>,
     pub tally: FaultTally,
+    /// Samples of the committed directory, when the cluster has planned
+    /// agents.
+    pub placement: Option<super::placement::PlacementWatch>,
 }
 
 impl FaultDriver {
@@ -144,6 +150,7 @@ impl FaultDriver {
             .expect("a chaos run has a fault layer");
         let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
         let faulty_node = cluster.config.pbft.replicas.choose(&mut rng).cloned();
+        let placement = super::placement::PlacementWatch::new(&cluster.config);
         FaultDriver {
             cluster,
             running,
@@ -159,6 +166,7 @@ impl FaultDriver {
             behaviour_turn: 0,
             behaviour: None,
             retired_sinks: Vec::new(),
+            placement,
             sinks,
             tally: FaultTally::default(),
         }
@@ -211,6 +219,9 @@ impl FaultDriver {
             if now >= next_partition {
                 self.partition();
                 next_partition = now + self.gap(partition_rate);
+            }
+            if let Some(watch) = &mut self.placement {
+                watch.sample(&self.cluster);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -274,6 +285,10 @@ impl FaultDriver {
         match kind {
             ActorKind::RaftReplica => config.control.replica_id(node).is_some(),
             ActorKind::PbftReplica => self.faulty_node.as_deref() == Some(node),
+            // The active planner: the one beside the leading replica.
+            ActorKind::PlacementPlanner => self.cluster.node(node).is_some_and(|handle| {
+                (handle.parts.overlay.replica_leading).load(std::sync::atomic::Ordering::Relaxed)
+            }),
             _ => true,
         }
     }
@@ -299,6 +314,7 @@ impl FaultDriver {
             ActorKind::Transport => kill_in(&context.shared.mailboxes.transport)?,
             ActorKind::RaftReplica => kill_in(&context.shared.mailboxes.replica)?,
             ActorKind::PbftReplica => kill_in(&context.shared.mailboxes.pbft)?,
+            ActorKind::PlacementPlanner => kill_in(&context.shared.mailboxes.planner)?,
         };
         Some(name)
     }

@@ -18,6 +18,7 @@
 pub mod checks;
 pub mod faults;
 pub mod history;
+pub mod placement;
 pub mod report;
 pub mod workload;
 
@@ -434,8 +435,14 @@ struct Outcome {
     latency: hdrhistogram::Histogram<u64>,
     raft: Option<checks::RaftCheck>,
     pbft: Option<PbftSection>,
+    placement: Option<placement::PlacementSection>,
     violations: Vec<String>,
 }
+
+/// Least time planned agents get to settle after the faults: a node that
+/// came back is taken into the overlay after a few heartbeats, and the
+/// planner's balance moves follow.
+const PLACEMENT_SETTLE_MIN: Duration = Duration::from_secs(10);
 
 /// The faulted window's figures.
 struct Run {
@@ -501,12 +508,23 @@ async fn finish(
         ),
         None => None,
     };
+    let placement = match driver.placement.take() {
+        Some(watch) => {
+            let (section, found) = watch
+                .finish(&driver.cluster, options.settle.max(PLACEMENT_SETTLE_MIN))
+                .await;
+            violations.extend(found);
+            Some(section)
+        }
+        None => None,
+    };
     Ok(Outcome {
         storm,
         events: workload.events.clone(),
         latency: workload.ledger.latency(),
         raft,
         pbft,
+        placement,
         violations,
     })
 }
@@ -748,6 +766,7 @@ fn build_report(
         messages: outcome.storm,
         raft: outcome.raft,
         pbft: outcome.pbft,
+        placement: outcome.placement,
         faults: driver.tally.clone(),
         datagrams,
         over_time: run.over_time,

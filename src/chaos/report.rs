@@ -70,6 +70,8 @@ pub struct ChaosReport {
     pub messages: StormSection,
     pub raft: Option<RaftCheck>,
     pub pbft: Option<PbftSection>,
+    /// With planned agents: the directories seen and whether they settled.
+    pub placement: Option<super::placement::PlacementSection>,
     pub faults: FaultTally,
     pub datagrams: Datagrams,
     pub over_time: Vec<(f64, f64)>,
@@ -177,6 +179,13 @@ impl ChaosReport {
                 pbft.faulty_node.as_deref().unwrap_or("none"), pbft.check.operations, pbft.check.answered,
                 pbft.safety_violations, pbft.view_changes, pbft.check.committed_lost,
                 pbft.check.decisions_sharing_a_place
+            );
+        }
+        if let Some(placement) = &self.placement {
+            let _ = writeln!(
+                text,
+                "Placement: {} committed overlays seen, {} of them new directories; planned agents settled after the faults: {}.\n",
+                placement.epochs_seen, placement.directory_changes_seen, placement.settled
             );
         }
     }

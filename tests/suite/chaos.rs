@@ -143,6 +143,13 @@ fn short_chaos_runs_with_fixed_seeds_lose_nothing_acknowledged() {
             "seed {seed}: no node crashed: {kills:?}"
         );
         assert!(report["partitions"].as_u64().unwrap() >= 1, "seed {seed}");
+        // The planned agents settled where the last directory says, and
+        // every directory seen on the way held the rules.
+        let placement = &report["placement"];
+        assert_eq!(placement["settled"], true, "seed {seed}: {placement}");
+        assert!(placement["epochs_seen"].as_u64().unwrap() >= 1, "{placement}");
+        let directory = placement["final_directory"].as_object().unwrap();
+        assert_eq!(directory.len(), 6, "seed {seed}: {placement}");
         assert_eq!(report["seed"], seed);
         assert!(report["replay"]
             .as_str()
