@@ -399,29 +399,32 @@ impl NodeState {
                     .0
                     .get_id()
             }
-            ChildKind::AgentSupervisor => {
-                let data_path = parts.data_path.clone();
-                let registry = parts.registry.clone();
-                let args = AgentSupervisorArgs {
-                    parts: AgentParts {
-                        shared,
-                        data_path,
-                        registry,
-                    },
-                    overlay: parts.overlay.clone(),
-                };
-                let (agents, _) =
-                    Actor::spawn_linked(None, AgentSupervisor, args, supervisor).await?;
-                if self.quiesced {
-                    let _ = agents.cast(AgentSupervisorMsg::Quiesce);
-                }
-                let id = agents.get_id();
-                self.agent_supervisor = Some(agents);
-                id
-            }
+            ChildKind::AgentSupervisor => self.spawn_agent_supervisor(supervisor).await?,
         };
         self.children.insert(id, kind);
         Ok(())
+    }
+
+    async fn spawn_agent_supervisor(
+        &mut self,
+        supervisor: ractor::ActorCell,
+    ) -> Result<ractor::ActorId, ActorProcessingErr> {
+        let parts = &self.parts;
+        let args = AgentSupervisorArgs {
+            parts: AgentParts {
+                shared: parts.shared.clone(),
+                data_path: parts.data_path.clone(),
+                registry: parts.registry.clone(),
+            },
+            overlay: parts.overlay.clone(),
+        };
+        let (agents, _) = Actor::spawn_linked(None, AgentSupervisor, args, supervisor).await?;
+        if self.quiesced {
+            let _ = agents.cast(AgentSupervisorMsg::Quiesce);
+        }
+        let id = agents.get_id();
+        self.agent_supervisor = Some(agents);
+        Ok(id)
     }
 
     /// A child that cannot start again. A Raft replica whose log failed

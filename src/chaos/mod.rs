@@ -508,16 +508,7 @@ async fn finish(
         ),
         None => None,
     };
-    let placement = match driver.placement.take() {
-        Some(watch) => {
-            let (section, found) = watch
-                .finish(&driver.cluster, options.settle.max(PLACEMENT_SETTLE_MIN))
-                .await;
-            violations.extend(found);
-            Some(section)
-        }
-        None => None,
-    };
+    let placement = placement_section(options, driver, &mut violations).await;
     Ok(Outcome {
         storm,
         events: workload.events.clone(),
@@ -527,6 +518,20 @@ async fn finish(
         placement,
         violations,
     })
+}
+
+/// With planned agents, what the samples of the directory found and
+/// whether the agents settled.
+async fn placement_section(
+    options: &ChaosOptions,
+    driver: &mut FaultDriver,
+    violations: &mut Vec<String>,
+) -> Option<placement::PlacementSection> {
+    let watch = driver.placement.take()?;
+    let wait = options.settle.max(PLACEMENT_SETTLE_MIN);
+    let (section, found) = watch.finish(&driver.cluster, wait).await;
+    violations.extend(found);
+    Some(section)
 }
 
 fn storm_section(

@@ -147,7 +147,10 @@ fn short_chaos_runs_with_fixed_seeds_lose_nothing_acknowledged() {
         // every directory seen on the way held the rules.
         let placement = &report["placement"];
         assert_eq!(placement["settled"], true, "seed {seed}: {placement}");
-        assert!(placement["epochs_seen"].as_u64().unwrap() >= 1, "{placement}");
+        assert!(
+            placement["epochs_seen"].as_u64().unwrap() >= 1,
+            "{placement}"
+        );
         let directory = placement["final_directory"].as_object().unwrap();
         assert_eq!(directory.len(), 6, "seed {seed}: {placement}");
         assert_eq!(report["seed"], seed);
